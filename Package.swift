@@ -1,0 +1,54 @@
+// swift-tools-version: 6.2
+import PackageDescription
+
+// Layers (DESIGN.md section 4); imports point down only:
+//   continuum (CLI) -> ContinuumSimulation -> ContinuumProtocols -> ContinuumCore
+let package = Package(
+    name: "Continuum",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "ContinuumCore", targets: ["ContinuumCore"]),
+        .library(name: "ContinuumProtocols", targets: ["ContinuumProtocols"]),
+        .library(name: "ContinuumSimulation", targets: ["ContinuumSimulation"]),
+        .executable(name: "continuum", targets: ["ContinuumCLI"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
+        .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
+    ],
+    targets: [
+        .target(name: "ContinuumCore"),
+        .target(name: "ContinuumProtocols", dependencies: ["ContinuumCore"]),
+        .target(
+            name: "ContinuumSimulation",
+            dependencies: [
+                "ContinuumCore",
+                "ContinuumProtocols",
+                .product(name: "HeapModule", package: "swift-collections"),
+            ]
+        ),
+        .executableTarget(
+            name: "ContinuumCLI",
+            dependencies: [
+                "ContinuumCore",
+                "ContinuumProtocols",
+                "ContinuumSimulation",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(
+            name: "ContinuumCoreTests",
+            dependencies: [
+                "ContinuumCore",
+                "ContinuumSimulation",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ]
+        ),
+        .testTarget(
+            name: "ContinuumSimulationTests",
+            dependencies: ["ContinuumCore", "ContinuumProtocols", "ContinuumSimulation"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

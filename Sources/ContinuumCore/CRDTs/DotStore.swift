@@ -1,0 +1,160 @@
+/// The store part of a causal CRDT (Almeida, Shoker and Baquero 2018, section 5): a map whose
+/// entries are tagged with dots. Together with a `CausalContext` it forms a `Causal` lattice,
+/// whose join keeps a dot when both sides have it, or when one side has it and the other side
+/// has not seen it; a dot one side has seen but no longer holds was removed.
+public protocol DotStore: Sendable, Equatable, Codable {
+    /// The store with no dots.
+    static var empty: Self { get }
+    var isEmpty: Bool { get }
+    /// Every dot in the store.
+    var dots: Set<Dot> { get }
+    /// The store part of `(a, contextA) ⊔ (b, contextB)`.
+    static func join(_ a: Self, _ contextA: CausalContext, _ b: Self, _ contextB: CausalContext) -> Self
+}
+
+/// A set of dots: the store of an enable-wins flag, and of each element of an OR-set.
+public struct DotSet: DotStore, Hashable, CustomStringConvertible {
+    public var dots: Set<Dot>
+
+    public init(_ dots: Set<Dot> = []) { self.dots = dots }
+
+    public static var empty: DotSet { DotSet() }
+    public var isEmpty: Bool { dots.isEmpty }
+
+    public static func join(_ a: DotSet, _ contextA: CausalContext, _ b: DotSet, _ contextB: CausalContext) -> DotSet {
+        var result = a.dots.intersection(b.dots)
+        for dot in a.dots where !contextB.contains(dot) { result.insert(dot) }
+        for dot in b.dots where !contextA.contains(dot) { result.insert(dot) }
+        return DotSet(result)
+    }
+
+    public var description: String { "{" + dots.sorted().map(\.description).joined(separator: ",") + "}" }
+}
+
+/// A map from dots to values: the store of a multi-value register. A dot names one write, so
+/// two replicas that hold the same dot hold the same value.
+public struct DotFun<Value: Sendable & Equatable & Codable>: DotStore {
+    public var entries: [Dot: Value]
+
+    public init(_ entries: [Dot: Value] = [:]) { self.entries = entries }
+
+    public static var empty: DotFun { DotFun() }
+    public var isEmpty: Bool { entries.isEmpty }
+    public var dots: Set<Dot> { Set(entries.keys) }
+
+    public static func join(_ a: DotFun, _ contextA: CausalContext, _ b: DotFun, _ contextB: CausalContext) -> DotFun {
+        var result: [Dot: Value] = [:]
+        for (dot, value) in a.entries where b.entries[dot] != nil || !contextB.contains(dot) { result[dot] = value }
+        for (dot, value) in b.entries where a.entries[dot] == nil && !contextA.contains(dot) { result[dot] = value }
+        return DotFun(result)
+    }
+}
+
+/// A map from keys to dot stores sharing one causal context: the store of an OR-set (keys to
+/// dot sets) and of an OR-map (keys to the stores of nested causal CRDTs). A key whose store
+/// becomes empty is absent.
+public struct DotMap<Key: Hashable & Sendable & Codable, Value: DotStore>: DotStore {
+    public var entries: [Key: Value]
+
+    public init(_ entries: [Key: Value] = [:]) { self.entries = entries.filter { !$0.value.isEmpty } }
+
+    public static var empty: DotMap { DotMap() }
+    public var isEmpty: Bool { entries.isEmpty }
+    public var dots: Set<Dot> { entries.values.reduce(into: Set()) { $0.formUnion($1.dots) } }
+
+    public subscript(key: Key) -> Value { entries[key] ?? .empty }
+
+    public static func join(_ a: DotMap, _ contextA: CausalContext, _ b: DotMap, _ contextB: CausalContext) -> DotMap {
+        var result: [Key: Value] = [:]
+        for key in Set(a.entries.keys).union(b.entries.keys) {
+            let joined = Value.join(a[key], contextA, b[key], contextB)
+            if !joined.isEmpty { result[key] = joined }
+        }
+        return DotMap(result)
+    }
+}
+
+/// A dot store with its causal context: the lattice that every causal CRDT is built on.
+/// Invariant: every dot in the store is in the context.
+public struct Causal<Store: DotStore>: Lattice {
+    public private(set) var store: Store
+    public private(set) var context: CausalContext
+
+    public init(store: Store = .empty, context: CausalContext = .bottom) {
+        precondition(store.dots.allSatisfy(context.contains), "a causal store's dots must be in its context")
+        self.store = store
+        self.context = context
+    }
+
+    public static var bottom: Causal { Causal() }
+
+    public mutating func formJoin(_ other: Causal) {
+        store = Store.join(store, context, other.store, other.context)
+        context.formJoin(other.context)
+    }
+
+    /// `self ≤ other` when `other` has seen every dot `self` has, and every dot that `other`
+    /// holds and `self` has seen, `self` still holds (else `self` saw it removed and `other` not).
+    public func isBelowOrEqual(_ other: Causal) -> Bool {
+        guard context.isBelowOrEqual(other.context) else { return false }
+        let ownDots = store.dots
+        return other.store.dots.allSatisfy { !context.contains($0) || ownDots.contains($0) }
+    }
+
+    /// A fresh dot for `replica`'s next update.
+    public func nextDot(for replica: ReplicaID) -> Dot { context.nextDot(for: replica) }
+}
+
+/// A CRDT whose state is a `Causal` dot store; its lattice operations come from the store.
+public protocol CausalCRDT: Lattice {
+    associatedtype Store: DotStore
+    var causal: Causal<Store> { get }
+    init(causal: Causal<Store>)
+}
+
+extension CausalCRDT {
+    public static var bottom: Self { Self(causal: .bottom) }
+    public mutating func formJoin(_ other: Self) { self = Self(causal: causal.join(other.causal)) }
+    public func isBelowOrEqual(_ other: Self) -> Bool { causal.isBelowOrEqual(other.causal) }
+
+    /// Applies `delta` to `self` and returns it: the tail of every delta mutator.
+    mutating func apply(_ delta: Self) -> Self {
+        formJoin(delta)
+        return delta
+    }
+}
+
+// MARK: - Wire encoding
+
+extension DotSet: BinaryCodable {
+    public func encode(to writer: inout BinaryWriter) { dots.encode(to: &writer) }
+    public init(from reader: inout BinaryReader) throws(WireDecodingError) { self.init(try Set<Dot>(from: &reader)) }
+}
+
+extension DotFun: BinaryCodable where Value: BinaryCodable {
+    public func encode(to writer: inout BinaryWriter) { entries.encode(to: &writer) }
+    public init(from reader: inout BinaryReader) throws(WireDecodingError) { self.init(try [Dot: Value](from: &reader)) }
+}
+
+extension DotMap: BinaryCodable where Key: BinaryCodable, Value: BinaryCodable {
+    public func encode(to writer: inout BinaryWriter) { entries.encode(to: &writer) }
+    public init(from reader: inout BinaryReader) throws(WireDecodingError) {
+        let entries = try [Key: Value](from: &reader)
+        guard entries.values.allSatisfy({ !$0.isEmpty }) else { throw .invalid("dot map with an empty entry") }
+        self.init(entries)
+    }
+}
+
+extension Causal: BinaryCodable where Store: BinaryCodable {
+    public func encode(to writer: inout BinaryWriter) {
+        store.encode(to: &writer)
+        context.encode(to: &writer)
+    }
+
+    public init(from reader: inout BinaryReader) throws(WireDecodingError) {
+        let store = try Store(from: &reader)
+        let context = try CausalContext(from: &reader)
+        guard store.dots.allSatisfy(context.contains) else { throw .invalid("store holds a dot its context lacks") }
+        self.init(store: store, context: context)
+    }
+}

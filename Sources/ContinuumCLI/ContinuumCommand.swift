@@ -1,0 +1,9 @@
+import ArgumentParser
+
+@main
+struct ContinuumCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "continuum",
+        abstract: "Replicated registers that declare their place between availability and consistency.",
+        subcommands: [DemoCommand.self, SimulateCommand.self])
+}

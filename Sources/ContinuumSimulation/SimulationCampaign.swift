@@ -1,0 +1,168 @@
+import ContinuumCore
+
+/// Runs a workload over many seeds, checks that each seed is deterministic, and summarizes.
+/// This is what `continuum simulate` prints.
+public enum SimulationCampaign {
+    public static let workloads = ["gossip"]
+
+    public struct Settings: Sendable {
+        public var workload: String
+        public var nodes: Int
+        /// One CRDT type for every seed, or nil for every type in turn (seed modulo the catalog).
+        public var crdt: String?
+        public var seeds: [UInt64]
+        public var plantedBug: PlantedGossipBug?
+        /// Run each seed twice and compare trace hashes.
+        public var determinismCheck: Bool
+
+        public init(workload: String = "gossip", nodes: Int, crdt: String? = nil, seeds: [UInt64],
+                    plantedBug: PlantedGossipBug? = nil, determinismCheck: Bool = true) {
+            self.workload = workload
+            self.nodes = nodes
+            self.crdt = crdt
+            self.seeds = seeds
+            self.plantedBug = plantedBug
+            self.determinismCheck = determinismCheck
+        }
+    }
+
+    /// A seed that failed, and the command that replays exactly it.
+    public struct Failure: Sendable {
+        public var report: SeedReport
+        public var replayCommand: String
+    }
+
+    public struct Result: Sendable {
+        public var reports: [SeedReport]
+        public var failures: [Failure]
+        /// The summary, whose last line is `seeds: K, violations: V` (V: seeds with a violation).
+        public var summary: [String]
+    }
+
+    /// Why a campaign could not start.
+    public enum SettingsError: Error, CustomStringConvertible {
+        case unknownWorkload(String)
+        case unknownCRDT(String)
+        case nodeCount(Int)
+        case noSeeds
+
+        public var description: String {
+            switch self {
+            case let .unknownWorkload(name): "unknown workload '\(name)'; known: \(SimulationCampaign.workloads.joined(separator: ", "))"
+            case let .unknownCRDT(name): "unknown CRDT '\(name)'; known: \(CRDTCatalog.names.joined(separator: ", "))"
+            case let .nodeCount(count): "node count \(count) must be between 1 and 64"
+            case .noSeeds: "no seeds to run"
+            }
+        }
+    }
+
+    public static func validate(_ settings: Settings) throws(SettingsError) {
+        guard workloads.contains(settings.workload) else { throw .unknownWorkload(settings.workload) }
+        if let crdt = settings.crdt, CRDTCatalog.named(crdt) == nil { throw .unknownCRDT(crdt) }
+        guard (1...64).contains(settings.nodes) else { throw .nodeCount(settings.nodes) }
+        guard !settings.seeds.isEmpty else { throw .noSeeds }
+    }
+
+    /// The CRDT type a seed runs with.
+    public static func crdt(for seed: UInt64, in settings: Settings) -> any CRDTOperations.Type {
+        if let name = settings.crdt { return CRDTCatalog.named(name)! }
+        return CRDTCatalog.all[Int(seed % UInt64(CRDTCatalog.all.count))]
+    }
+
+    public static func replayCommand(seed: UInt64, settings: Settings) -> String {
+        var command = "swift run continuum simulate --workload \(settings.workload) --nodes \(settings.nodes)"
+        command += " --crdt \(crdt(for: seed, in: settings).name) --seed \(seed)"
+        if let bug = settings.plantedBug { command += " --planted-bug \(bug.rawValue)" }
+        return command
+    }
+
+    /// Runs every seed; `progress` receives a line now and then (and every failure at once).
+    public static func run(_ settings: Settings, progress: (String) -> Void = { _ in }) throws(SettingsError) -> Result {
+        try validate(settings)
+        var reports: [SeedReport] = []
+        var failures: [Failure] = []
+        var deterministicSeeds = 0
+        let progressEvery = max(1, settings.seeds.count / 10)
+        for (index, seed) in settings.seeds.enumerated() {
+            var report = runSeed(seed, settings)
+            if settings.determinismCheck {
+                let again = runSeed(seed, settings)
+                if again.traceHash == report.traceHash && again.violations == report.violations {
+                    deterministicSeeds += 1
+                } else {
+                    report.violations.append(
+                        "nondeterministic: trace hash \(hex(report.traceHash)) then \(hex(again.traceHash)) for the same seed")
+                }
+            }
+            reports.append(report)
+            if !report.violations.isEmpty {
+                let failure = Failure(report: report, replayCommand: replayCommand(seed: seed, settings: settings))
+                failures.append(failure)
+                progress("FAIL seed \(seed) (\(report.crdt)): \(report.violations[0])")
+                progress("  replay: \(failure.replayCommand)")
+            }
+            if (index + 1) % progressEvery == 0 || index + 1 == settings.seeds.count {
+                progress("[\(index + 1)/\(settings.seeds.count)] seeds run, \(failures.count) with violations")
+            }
+        }
+        return Result(reports: reports, failures: failures,
+                      summary: summarize(reports, failures, settings, deterministicSeeds: deterministicSeeds))
+    }
+
+    static func runSeed(_ seed: UInt64, _ settings: Settings) -> SeedReport {
+        let operations = crdt(for: seed, in: settings)
+        var run = GossipRunSettings(nodes: settings.nodes, seed: seed, plantedBug: settings.plantedBug)
+        run.faults = nil
+        return GossipWorkload.run(operations, run)
+    }
+
+    static func summarize(_ reports: [SeedReport], _ failures: [Failure], _ settings: Settings, deterministicSeeds: Int) -> [String] {
+        var lines: [String] = []
+        let types = settings.crdt ?? "every type in turn (\(CRDTCatalog.names.joined(separator: ", ")))"
+        lines.append("workload \(settings.workload): \(settings.nodes) nodes, \(reports.count) seeds, crdt \(types)"
+                     + (settings.plantedBug.map { ", planted bug \($0.rawValue)" } ?? ""))
+        let rounds = reports.compactMap(\.roundsToConverge).sorted()
+        if !rounds.isEmpty {
+            let bound = GossipRunSettings(nodes: settings.nodes, seed: 0).convergenceRoundsMax
+            lines.append("rounds to converge after heal: median \(percentile(rounds, 0.5)), p99 \(percentile(rounds, 0.99)), "
+                         + "max \(rounds.last!) (bound \(bound)); \(reports.count - rounds.count) seeds did not converge")
+        }
+        let total = reports.reduce(into: SimulationStatistics()) { sum, report in
+            let s = report.statistics
+            sum.eventsProcessed += s.eventsProcessed
+            sum.messagesSent += s.messagesSent
+            sum.messagesLost += s.messagesLost
+            sum.messagesDuplicated += s.messagesDuplicated
+            sum.messagesCutByPartition += s.messagesCutByPartition
+            sum.messagesToDownNodes += s.messagesToDownNodes
+            sum.partitions += s.partitions
+            sum.crashes += s.crashes
+            sum.restarts += s.restarts
+        }
+        let acknowledged = reports.reduce(0) { $0 + $1.updatesAcknowledged }
+        let refused = reports.reduce(0) { $0 + $1.updatesRefused }
+        lines.append("updates acknowledged \(acknowledged), refused at down nodes \(refused); events \(total.eventsProcessed)")
+        lines.append("messages sent \(total.messagesSent), lost \(total.messagesLost), duplicated \(total.messagesDuplicated), "
+                     + "cut by partitions \(total.messagesCutByPartition), to down nodes \(total.messagesToDownNodes)")
+        lines.append("faults: \(total.partitions) partitions, \(total.crashes) crashes, \(total.restarts) restarts")
+        if settings.determinismCheck {
+            lines.append("determinism: \(deterministicSeeds)/\(reports.count) seeds gave the same trace hash on a second run")
+        }
+        for failure in failures {
+            lines.append("FAIL seed \(failure.report.seed) (\(failure.report.crdt); faults: \(failure.report.faults))")
+            for violation in failure.report.violations { lines.append("  \(violation)") }
+            lines.append("  replay: \(failure.replayCommand)")
+        }
+        lines.append("seeds: \(reports.count), violations: \(failures.count)")
+        return lines
+    }
+
+    static func percentile(_ sorted: [Int], _ fraction: Double) -> Int {
+        sorted[min(sorted.count - 1, Int(Double(sorted.count - 1) * fraction + 0.5))]
+    }
+
+    static func hex(_ value: UInt64) -> String {
+        let digits = String(value, radix: 16)
+        return String(repeating: "0", count: 16 - digits.count) + digits
+    }
+}

@@ -15,6 +15,7 @@ public struct GCounter: Lattice, Hashable, BinaryCodable, CustomStringConvertibl
 
     @discardableResult
     public mutating func increment(by amount: UInt64 = 1, replica: ReplicaID) -> GCounter {
+        guard amount > 0 else { return .bottom }
         let (next, overflow) = entries[replica].addingReportingOverflow(amount)
         precondition(!overflow, "GCounter entry of \(replica) would overflow UInt64")
         entries[replica] = next

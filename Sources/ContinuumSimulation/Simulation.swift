@@ -189,6 +189,12 @@ public final class Simulation<Instance: ProtocolInstance> {
         for node in nodes where !isUp(node) { schedule(at: now, .restart(node)) }
     }
 
+    /// Crashes `node` at true time `time` (a scripted fault, beside the drawn ones).
+    public func scheduleCrash(of node: NodeID, at time: Int64) { schedule(at: time, .crash(node)) }
+
+    /// Restarts `node` from its durable state at true time `time`, if it is down then.
+    public func scheduleRestart(of node: NodeID, at time: Int64) { schedule(at: time, .restart(node)) }
+
     /// Cuts the link from `from` to `to` until `healAll` (or a matching heal).
     public func cut(from: NodeID, to: NodeID) { cuts[Link(from: from, to: to), default: 0] += 1 }
 

@@ -7,6 +7,20 @@ private let r3 = ReplicaID(3)
 
 /// Scenario tests of what each CRDT means, beyond the lattice laws.
 @Suite struct CRDTSemanticsTests {
+    /// The README's code sample, verbatim, so that it stays true.
+    @Test func readmeExample() {
+        let alice = ReplicaID(1), bob = ReplicaID(2)
+        var cartAtAlice = ORSet<String>()
+        cartAtAlice.insert("apple", replica: alice)
+        var cartAtBob = cartAtAlice                 // Bob has seen the apple...
+        cartAtBob.remove("apple")                   // ...and removes it,
+        let delta = cartAtAlice.insert("apple", replica: alice)  // while Alice adds it again.
+        cartAtBob.formJoin(delta)                   // Only the small delta travels.
+        cartAtAlice.formJoin(cartAtBob)
+        #expect(cartAtAlice == cartAtBob && cartAtBob.contains("apple"))  // the concurrent add wins
+        _ = bob
+    }
+
     @Test func orSetConcurrentAddWinsOverRemove() {
         var a = ORSet<String>()
         a.insert("x", replica: r1)

@@ -111,9 +111,7 @@ public enum SimulationCampaign {
 
     static func runSeed(_ seed: UInt64, _ settings: Settings) -> SeedReport {
         let operations = crdt(for: seed, in: settings)
-        var run = GossipRunSettings(nodes: settings.nodes, seed: seed, plantedBug: settings.plantedBug)
-        run.faults = nil
-        return GossipWorkload.run(operations, run)
+        GossipWorkload.run(operations, GossipRunSettings(nodes: settings.nodes, seed: seed, plantedBug: settings.plantedBug))
     }
 
     static func summarize(_ reports: [SeedReport], _ failures: [Failure], _ settings: Settings, deterministicSeeds: Int) -> [String] {
@@ -123,7 +121,7 @@ public enum SimulationCampaign {
                      + (settings.plantedBug.map { ", planted bug \($0.rawValue)" } ?? ""))
         let rounds = reports.compactMap(\.roundsToConverge).sorted()
         if !rounds.isEmpty {
-            let bound = GossipRunSettings(nodes: settings.nodes, seed: 0).convergenceRoundsMax
+            let bound = GossipRunSettings.convergenceRoundsDefault
             lines.append("rounds to converge after heal: median \(percentile(rounds, 0.5)), p99 \(percentile(rounds, 0.99)), "
                          + "max \(rounds.last!) (bound \(bound)); \(reports.count - rounds.count) seeds did not converge")
         }

@@ -14,11 +14,11 @@ private let r3 = ReplicaID(3)
         cartAtAlice.insert("apple", replica: alice)
         var cartAtBob = cartAtAlice                 // Bob has seen the apple...
         cartAtBob.remove("apple")                   // ...and removes it,
+        cartAtBob.insert("bread", replica: bob)
         let delta = cartAtAlice.insert("apple", replica: alice)  // while Alice adds it again.
         cartAtBob.formJoin(delta)                   // Only the small delta travels.
         cartAtAlice.formJoin(cartAtBob)
-        #expect(cartAtAlice == cartAtBob && cartAtBob.contains("apple"))  // the concurrent add wins
-        _ = bob
+        #expect(cartAtAlice == cartAtBob && cartAtBob.elements == ["apple", "bread"])  // the concurrent add wins
     }
 
     @Test func orSetConcurrentAddWinsOverRemove() {

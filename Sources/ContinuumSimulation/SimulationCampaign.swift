@@ -111,7 +111,7 @@ public enum SimulationCampaign {
 
     static func runSeed(_ seed: UInt64, _ settings: Settings) -> SeedReport {
         let operations = crdt(for: seed, in: settings)
-        GossipWorkload.run(operations, GossipRunSettings(nodes: settings.nodes, seed: seed, plantedBug: settings.plantedBug))
+        return GossipWorkload.run(operations, GossipRunSettings(nodes: settings.nodes, seed: seed, plantedBug: settings.plantedBug))
     }
 
     static func summarize(_ reports: [SeedReport], _ failures: [Failure], _ settings: Settings, deterministicSeeds: Int) -> [String] {

@@ -80,4 +80,16 @@ public protocol ProtocolInstance: Sendable {
     mutating func timerFired(_ timer: Timer, now: Duration) -> [Effect]
     /// A client or workload command arrived at this node.
     mutating func handle(_ command: Command, now: Duration) -> [Effect]
+
+    /// Folds a `persist` effect into what is durable. The default replaces it; an instance
+    /// whose persists are patches (the changed registers only) merges them.
+    static func accumulate(_ patch: Durable, into durable: inout Durable?)
+
+    /// A name for the kind of `message`, so that shells can count bytes per kind.
+    static func trafficClass(of message: Message) -> String
+}
+
+extension ProtocolInstance {
+    public static func accumulate(_ patch: Durable, into durable: inout Durable?) { durable = patch }
+    public static func trafficClass(of message: Message) -> String { "messages" }
 }

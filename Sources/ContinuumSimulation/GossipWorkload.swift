@@ -39,6 +39,10 @@ public struct SeedReport: Sendable {
     public var updatesAcknowledged: Int
     public var updatesRefused: Int
     public var statistics: SimulationStatistics
+    /// Bytes of replication messages (deltas and acknowledgements) per acknowledged update.
+    public var replicationBytesPerUpdate: Double? = nil
+    /// Bytes of membership and failure-detection messages.
+    public var membershipBytes: Int = 0
 }
 
 /// The `gossip` simulation workload: random updates of one CRDT register at random nodes
@@ -137,10 +141,9 @@ final class GossipChecker<Value: Lattice & BinaryCodable> {
 
     func check(_ step: Simulation<Instance>.Step) {
         switch step {
-        case let .commandRefused(node):
-            _ = node
+        case .commandRefused:
             refusedCount += 1
-        case let .started(node), let .restarted(node), let .delivered(node), let .timerFired(node), let .commandHandled(node):
+        case let .started(node), let .restarted(node), let .delivered(node), let .timerFired(node), let .commandHandled(node, _):
             guard let state = simulation.instance(node)?.value else { return }
             if let previous = lastSeen[node], !previous.isBelowOrEqual(state) {
                 record("inflation violated at \(node) (\(step)): \(previous) went to \(state)")

@@ -15,6 +15,8 @@ public struct SimulationStatistics: Sendable, Equatable {
     public var crashes = 0
     public var restarts = 0
     public var persists = 0
+    /// Encoded bytes sent, by the instance's traffic class.
+    public var bytesSent: [String: Int] = [:]
 }
 
 /// A deterministic discrete-event simulator for any `ProtocolInstance` (DESIGN.md section 5;
@@ -88,8 +90,9 @@ public final class Simulation<Instance: ProtocolInstance> {
         case started(NodeID)
         case delivered(to: NodeID)
         case timerFired(NodeID)
-        case commandHandled(NodeID)
-        case commandRefused(NodeID)
+        case commandHandled(NodeID, Instance.Command)
+        /// The node was down: the command was not delivered.
+        case commandRefused(NodeID, Instance.Command)
         case crashed(NodeID)
         case restarted(NodeID)
         case network
@@ -263,13 +266,13 @@ public final class Simulation<Instance: ProtocolInstance> {
             trace.combine(UInt64(6))
             trace.combine(node.rawValue)
             guard var instance = state[node]?.instance else {
-                afterStep?(.commandRefused(node))
+                afterStep?(.commandRefused(node, command))
                 return
             }
             let effects = instance.handle(command, now: localTime(node))
             state[node]!.instance = instance
             carryOut(effects, at: node)
-            afterStep?(.commandHandled(node))
+            afterStep?(.commandHandled(node, command))
         case .faultTick:
             trace.combine(UInt64(7))
             injectOneFault()
@@ -321,7 +324,7 @@ public final class Simulation<Instance: ProtocolInstance> {
             case let .persist(durable):
                 statistics.persists += 1
                 trace.combine(durable.binaryEncoded())
-                state[node]!.durable = durable
+                Instance.accumulate(durable, into: &state[node]!.durable)
             case let .setTimer(timer, after):
                 nextTimerGeneration += 1
                 state[node]!.timers[timer] = nextTimerGeneration
@@ -337,11 +340,12 @@ public final class Simulation<Instance: ProtocolInstance> {
 
     private func send(_ message: Instance.Message, from: NodeID, to: NodeID) {
         statistics.messagesSent += 1
+        let encoded = message.binaryEncoded()
+        statistics.bytesSent[Instance.trafficClass(of: message), default: 0] += encoded.count
         if random.chance(faults.lossProbability) {
             statistics.messagesLost += 1
             return
         }
-        let encoded = message.binaryEncoded()
         let copies = random.chance(faults.duplicateProbability) ? 2 : 1
         if copies == 2 { statistics.messagesDuplicated += 1 }
         for _ in 0..<copies {

@@ -1,9 +1,10 @@
 import ContinuumCore
+import ContinuumProtocols
 
 /// Runs a workload over many seeds, checks that each seed is deterministic, and summarizes.
 /// This is what `continuum simulate` prints.
 public enum SimulationCampaign {
-    public static let workloads = ["gossip"]
+    public static let workloads = ["gossip", "available"]
 
     public struct Settings: Sendable {
         public var workload: String
@@ -11,12 +12,13 @@ public enum SimulationCampaign {
         /// One CRDT type for every seed, or nil for every type in turn (seed modulo the catalog).
         public var crdt: String?
         public var seeds: [UInt64]
-        public var plantedBug: PlantedGossipBug?
+        /// A planted bug by name: a `PlantedGossipBug` for `gossip`, a `PlantedReplicationBug` for `available`.
+        public var plantedBug: String?
         /// Run each seed twice and compare trace hashes.
         public var determinismCheck: Bool
 
         public init(workload: String = "gossip", nodes: Int, crdt: String? = nil, seeds: [UInt64],
-                    plantedBug: PlantedGossipBug? = nil, determinismCheck: Bool = true) {
+                    plantedBug: String? = nil, determinismCheck: Bool = true) {
             self.workload = workload
             self.nodes = nodes
             self.crdt = crdt
@@ -45,13 +47,16 @@ public enum SimulationCampaign {
         case unknownCRDT(String)
         case nodeCount(Int)
         case noSeeds
+        case unknownPlantedBug(workload: String, String)
 
         public var description: String {
             switch self {
             case let .unknownWorkload(name): "unknown workload '\(name)'; known: \(SimulationCampaign.workloads.joined(separator: ", "))"
             case let .unknownCRDT(name): "unknown CRDT '\(name)'; known: \(CRDTCatalog.names.joined(separator: ", "))"
-            case let .nodeCount(count): "node count \(count) must be between 1 and 64"
+            case let .nodeCount(count): "node count \(count) must be between 1 and \(SimulationCampaign.nodesMax)"
             case .noSeeds: "no seeds to run"
+            case let .unknownPlantedBug(workload, name):
+                "unknown planted bug '\(name)' for workload \(workload); known: \(SimulationCampaign.plantedBugs(for: workload).joined(separator: ", "))"
             }
         }
     }
@@ -59,8 +64,23 @@ public enum SimulationCampaign {
     public static func validate(_ settings: Settings) throws(SettingsError) {
         guard workloads.contains(settings.workload) else { throw .unknownWorkload(settings.workload) }
         if let crdt = settings.crdt, CRDTCatalog.named(crdt) == nil { throw .unknownCRDT(crdt) }
-        guard (1...64).contains(settings.nodes) else { throw .nodeCount(settings.nodes) }
+        guard (1...nodesMax).contains(settings.nodes) else { throw .nodeCount(settings.nodes) }
         guard !settings.seeds.isEmpty else { throw .noSeeds }
+        if let bug = settings.plantedBug, !plantedBugs(for: settings.workload).contains(bug) {
+            throw .unknownPlantedBug(workload: settings.workload, bug)
+        }
+    }
+
+    /// The most nodes a simulation may have.
+    public static let nodesMax = 512
+
+    /// The bugs that can be planted in a workload's protocol.
+    public static func plantedBugs(for workload: String) -> [String] {
+        switch workload {
+        case "gossip": PlantedGossipBug.allCases.map(\.rawValue)
+        case "available": PlantedReplicationBug.allCases.map(\.rawValue)
+        default: []
+        }
     }
 
     /// The CRDT type a seed runs with.
@@ -71,8 +91,9 @@ public enum SimulationCampaign {
 
     public static func replayCommand(seed: UInt64, settings: Settings) -> String {
         var command = "swift run continuum simulate --workload \(settings.workload) --nodes \(settings.nodes)"
-        command += " --crdt \(crdt(for: seed, in: settings).name) --seed \(seed)"
-        if let bug = settings.plantedBug { command += " --planted-bug \(bug.rawValue)" }
+        if settings.workload == "gossip" { command += " --crdt \(crdt(for: seed, in: settings).name)" }
+        command += " --seed \(seed)"
+        if let bug = settings.plantedBug { command += " --planted-bug \(bug)" }
         return command
     }
 
@@ -110,18 +131,27 @@ public enum SimulationCampaign {
     }
 
     static func runSeed(_ seed: UInt64, _ settings: Settings) -> SeedReport {
-        let operations = crdt(for: seed, in: settings)
-        return GossipWorkload.run(operations, GossipRunSettings(nodes: settings.nodes, seed: seed, plantedBug: settings.plantedBug))
+        switch settings.workload {
+        case "available":
+            return AvailableWorkload.run(
+                nodes: settings.nodes, seed: seed, plantedBug: settings.plantedBug.flatMap(PlantedReplicationBug.init(rawValue:)))
+        default:
+            let operations = crdt(for: seed, in: settings)
+            return GossipWorkload.run(operations, GossipRunSettings(
+                nodes: settings.nodes, seed: seed, plantedBug: settings.plantedBug.flatMap(PlantedGossipBug.init(rawValue:))))
+        }
     }
 
     static func summarize(_ reports: [SeedReport], _ failures: [Failure], _ settings: Settings, deterministicSeeds: Int) -> [String] {
         var lines: [String] = []
-        let types = settings.crdt ?? "every type in turn (\(CRDTCatalog.names.joined(separator: ", ")))"
-        lines.append("workload \(settings.workload): \(settings.nodes) nodes, \(reports.count) seeds, crdt \(types)"
-                     + (settings.plantedBug.map { ", planted bug \($0.rawValue)" } ?? ""))
+        let subject = settings.workload == "gossip"
+            ? "crdt " + (settings.crdt ?? "every type in turn (\(CRDTCatalog.names.joined(separator: ", ")))")
+            : "9 registers of 9 CRDT types, 7 derived registers, threshold reads"
+        lines.append("workload \(settings.workload): \(settings.nodes) nodes, \(reports.count) seeds, \(subject)"
+                     + (settings.plantedBug.map { ", planted bug \($0)" } ?? ""))
         let rounds = reports.compactMap(\.roundsToConverge).sorted()
         if !rounds.isEmpty {
-            let bound = GossipRunSettings.convergenceRoundsDefault
+            let bound = settings.workload == "gossip" ? GossipRunSettings.convergenceRoundsDefault : AvailableWorkload.convergenceRoundsDefault
             lines.append("rounds to converge after heal: median \(percentile(rounds, 0.5)), p99 \(percentile(rounds, 0.99)), "
                          + "max \(rounds.last!) (bound \(bound)); \(reports.count - rounds.count) seeds did not converge")
         }
@@ -142,6 +172,12 @@ public enum SimulationCampaign {
         lines.append("updates acknowledged \(acknowledged), refused at down nodes \(refused); events \(total.eventsProcessed)")
         lines.append("messages sent \(total.messagesSent), lost \(total.messagesLost), duplicated \(total.messagesDuplicated), "
                      + "cut by partitions \(total.messagesCutByPartition), to down nodes \(total.messagesToDownNodes)")
+        let bytesPerUpdate = reports.compactMap(\.replicationBytesPerUpdate).sorted()
+        if !bytesPerUpdate.isEmpty {
+            let membership = reports.reduce(0) { $0 + $1.membershipBytes }
+            lines.append("replication bytes per acknowledged update: median \(fixed(bytesPerUpdate[bytesPerUpdate.count / 2], 0)), "
+                         + "max \(fixed(bytesPerUpdate.last!, 0)); membership bytes \(membership)")
+        }
         lines.append("faults: \(total.partitions) partitions, \(total.crashes) crashes, \(total.restarts) restarts")
         if settings.determinismCheck {
             lines.append("determinism: \(deterministicSeeds)/\(reports.count) seeds gave the same trace hash on a second run")

@@ -1,0 +1,538 @@
+import ContinuumCore
+
+/// A bug that can be planted in replication so that tests can show the checkers catch its
+/// class. Never set outside tests.
+public enum PlantedReplicationBug: String, Sendable, CaseIterable {
+    /// Treat a delta-interval as acknowledged as soon as it is sent: a lost message is never
+    /// resent.
+    case forgetUnacknowledgedDeltas = "forget-unacknowledged-deltas"
+    /// Send nothing when a peer needs the whole state (new, restarted, or too far behind).
+    case skipFullStateFallback = "skip-full-state-fallback"
+}
+
+/// A derived register: a function of other registers' states, kept up to date at every
+/// replica as its inputs grow (Lasp's dataflow). Not replicated itself: every replica computes
+/// it from its own merged inputs, so derived registers converge when their inputs do.
+/// `compute` must be monotone for threshold reads on the result to mean anything.
+public struct DerivedDefinition: Sendable {
+    public var name: String
+    public var inputs: [String]
+    public var compute: @Sendable ([AnyReplicated]) -> AnyReplicated
+
+    public init(name: String, inputs: [String], compute: @escaping @Sendable ([AnyReplicated]) -> AnyReplicated) {
+        self.name = name
+        self.inputs = inputs
+        self.compute = compute
+    }
+}
+
+/// Counters of what the instance did.
+public struct ReplicationStatistics: Sendable, Equatable {
+    public var deltaPayloadsSent = 0
+    public var fullStatesSent = 0
+    public var bufferOverflows = 0
+    public var rejectedMessages = 0
+    public var lastRejection: String?
+}
+
+/// Available registers: delta-state anti-entropy over a SWIM-style membership, the Lasp end of
+/// the spectrum (Almeida, Shoker and Baquero, "Delta State Replicated Data Types", 2018,
+/// Algorithm 2, per register; Meiklejohn and Van Roy, "Lasp", 2015, for threshold reads and
+/// dataflow).
+///
+/// Every register keeps a bounded buffer of numbered deltas: its own updates and every
+/// received delta that changed its state (so deltas travel transitively). For each peer and
+/// register it remembers the highest sequence number the peer acknowledged, and ships the join
+/// of the deltas after it: periodically to `gossipFanout` reachable peers, and at once to
+/// `pushFanout` peers after a local update. A peer that is new, restarted, or further behind
+/// than the buffer reaches gets the whole state instead. Acknowledged deltas are dropped once
+/// every reachable peer has them; an unreachable peer is left out of that and of gossip, and
+/// gets the whole state when it returns. Acknowledgements name the sender's incarnation
+/// (`epoch`), so that an acknowledgement for a previous life never drops a delta of this one.
+///
+/// Updates apply locally, persist and are acknowledged without waiting for the network.
+public struct ReplicationInstance: ProtocolInstance {
+    public static let registerNameBytesMax = 255
+
+    public struct Configuration: Sendable {
+        public var gossipInterval: Duration
+        public var gossipFanout: Int
+        public var pushFanout: Int
+        /// Deltas buffered per register, at most; past it the oldest is dropped and peers
+        /// behind it get the whole state.
+        public var deltaBufferMax: Int
+        /// Encoded bytes of one batch of payloads, at most (a single larger payload goes alone).
+        public var batchBytesMax: Int
+        public var thresholdReadsMax: Int
+        public var membership: Membership.Configuration
+        public var catalog: ReplicableTypeCatalog
+        /// Nodes to join through; nil for a static cluster where every member is known at start.
+        public var seeds: [NodeID]?
+        public var plantedBug: PlantedReplicationBug?
+
+        public init(gossipInterval: Duration = .milliseconds(200), gossipFanout: Int = 3, pushFanout: Int = 2,
+                    deltaBufferMax: Int = 128, batchBytesMax: Int = 64 * 1024, thresholdReadsMax: Int = 10_000,
+                    membership: Membership.Configuration = .init(), catalog: ReplicableTypeCatalog = .standard,
+                    seeds: [NodeID]? = nil, plantedBug: PlantedReplicationBug? = nil) {
+            precondition(gossipInterval > .zero && gossipFanout >= 1 && pushFanout >= 0 && deltaBufferMax >= 1 && batchBytesMax >= 1)
+            self.gossipInterval = gossipInterval
+            self.gossipFanout = gossipFanout
+            self.pushFanout = pushFanout
+            self.deltaBufferMax = deltaBufferMax
+            self.batchBytesMax = batchBytesMax
+            self.thresholdReadsMax = thresholdReadsMax
+            self.membership = membership
+            self.catalog = catalog
+            self.seeds = seeds
+            self.plantedBug = plantedBug
+        }
+    }
+
+    /// A delta mutator over a type-erased state: mutates in place and returns the delta.
+    public typealias Mutation = @Sendable (inout AnyReplicated, ReplicaID, UInt64) throws -> AnyReplicated
+
+    public enum Command: Sendable {
+        /// Creates the register with this type (given by its bottom value) if it does not exist.
+        case declare(id: UInt64, register: String, bottom: AnyReplicated)
+        case update(id: UInt64, register: String, typeName: String, mutation: Mutation)
+        case delete(id: UInt64, register: String)
+        /// Answers once the register (or derived register) reaches at least `threshold`.
+        case thresholdRead(id: UInt64, register: String, threshold: AnyReplicated)
+        case cancelRead(id: UInt64)
+        case defineDerived(id: UInt64, DerivedDefinition)
+    }
+
+    public enum Output: Sendable {
+        /// A declare, update, delete or definition finished (durably, when it changed state);
+        /// carries the register's state after it.
+        case completed(id: UInt64, register: String, Result<AnyReplicated?, ReplicationError>)
+        case thresholdReached(id: UInt64, AnyReplicated)
+        case thresholdFailed(id: UInt64, ReplicationError)
+        /// A register's or derived register's local state changed (nil: deleted).
+        case changed(register: String, AnyReplicated?)
+        case reachabilityChanged(NodeID, reachable: Bool)
+    }
+
+    public enum Timer: Hashable, Sendable {
+        case gossip
+        case membership(Membership.Timer)
+    }
+
+    public typealias Message = ReplicationMessage
+    public typealias Durable = ReplicaDurableState
+
+    struct DeltaBuffer {
+        var entries: [(sequence: UInt64, delta: RegisterSlot)] = []
+        var lastSequence: UInt64 = 0
+
+        /// The join of the deltas after `acknowledged`, or nil when some were dropped.
+        func interval(after acknowledged: UInt64) -> RegisterSlot? {
+            guard acknowledged < lastSequence else { return nil }
+            guard let first = entries.first, first.sequence <= acknowledged + 1 else { return nil }
+            var result: RegisterSlot?
+            for entry in entries where entry.sequence > acknowledged {
+                result = result.map { (try? $0.joined(with: entry.delta)) ?? $0 } ?? entry.delta
+            }
+            return result
+        }
+    }
+
+    struct PendingRead {
+        var register: String
+        var threshold: AnyReplicated
+    }
+
+    public let node: NodeID
+    public private(set) var epoch: UInt64
+    public private(set) var slots: [String: RegisterSlot]
+    public private(set) var membership: Membership
+    public private(set) var statistics = ReplicationStatistics()
+    public private(set) var derivedValues: [String: AnyReplicated] = [:]
+    public private(set) var derived: [DerivedDefinition] = []
+
+    private let configuration: Configuration
+    private var random: DeterministicRandom
+    private var buffers: [String: DeltaBuffer] = [:]
+    private var acknowledged: [NodeID: [String: UInt64]] = [:]
+    private var gossipOrder: [NodeID] = []
+    private var gossipCursor = 0
+    private var registerCursor = 0
+    private var pendingReads: [UInt64: PendingRead] = [:]
+
+    public init(configuration: Configuration, context: InstanceContext, durable: ReplicaDurableState?) {
+        self.configuration = configuration
+        self.node = context.node
+        self.random = context.random
+        self.epoch = (durable?.incarnation ?? 0) + 1
+        var slots: [String: RegisterSlot] = [:]
+        for (name, encoded) in durable?.slots ?? [:] {
+            do {
+                slots[name] = try encoded.decode(with: configuration.catalog)
+            } catch {
+                preconditionFailure("\(context.node): durable register '\(name)' cannot be decoded (\(error)); is its type in the catalog?")
+            }
+        }
+        self.slots = slots
+        self.membership = Membership(
+            node: context.node, seeds: configuration.seeds ?? [],
+            knownMembers: configuration.seeds == nil ? context.peers : [], configuration: configuration.membership)
+    }
+
+    public static func accumulate(_ patch: ReplicaDurableState, into durable: inout ReplicaDurableState?) {
+        var merged = durable ?? ReplicaDurableState(incarnation: 0, slots: [:])
+        merged.incarnation = max(merged.incarnation, patch.incarnation)
+        merged.slots.merge(patch.slots) { $1 }
+        durable = merged
+    }
+
+    public static func trafficClass(of message: ReplicationMessage) -> String {
+        switch message {
+        case .membership: "membership"
+        case .deltas: "deltas"
+        case .acks: "acks"
+        }
+    }
+
+    // MARK: - Reading
+
+    /// The local state of a register or derived register.
+    public func value(of register: String) -> AnyReplicated? { slots[register]?.state ?? derivedValues[register] }
+
+    /// Threshold reads waiting for their register to grow.
+    public var pendingReadCount: Int { pendingReads.count }
+
+    // MARK: - Events
+
+    public mutating func start(now: Duration) -> [Effect] {
+        // The new incarnation is durable before any message names it.
+        var effects: [Effect] = [.persist(ReplicaDurableState(incarnation: epoch, slots: [:]))]
+        effects += translate(membership.start(now: now, random: &random))
+        effects.append(.setTimer(.gossip, after: jittered(configuration.gossipInterval)))
+        return effects
+    }
+
+    public mutating func timerFired(_ timer: Timer, now: Duration) -> [Effect] {
+        switch timer {
+        case let .membership(inner):
+            return translate(membership.timerFired(inner, now: now, random: &random))
+        case .gossip:
+            var effects: [Effect] = [.setTimer(.gossip, after: jittered(configuration.gossipInterval))]
+            for peer in nextGossipPeers() {
+                effects += ship(to: peer, registers: slots.keys.sorted())
+            }
+            registerCursor &+= 1
+            return effects
+        }
+    }
+
+    public mutating func receive(_ message: ReplicationMessage, from sender: NodeID, now: Duration) -> [Effect] {
+        switch message {
+        case let .membership(inner):
+            return translate(membership.receive(inner, from: sender, now: now, random: &random))
+        case let .deltas(senderEpoch, payloads):
+            return receiveDeltas(payloads, senderEpoch: senderEpoch, from: sender)
+        case let .acks(ackEpoch, acks):
+            guard ackEpoch == epoch else { return [] }
+            for ack in acks {
+                let previous = acknowledged[sender]?[ack.register] ?? 0
+                acknowledged[sender, default: [:]][ack.register] = max(previous, ack.upTo)
+                collectGarbage(ack.register)
+            }
+            return []
+        }
+    }
+
+    public mutating func handle(_ command: Command, now: Duration) -> [Effect] {
+        switch command {
+        case let .declare(id, register, bottom): return declare(id, register, bottom)
+        case let .update(id, register, typeName, mutation):
+            return update(id, register, typeName, mutation, physical: UInt64(clamping: now.nanoseconds))
+        case let .delete(id, register): return delete(id, register)
+        case let .thresholdRead(id, register, threshold): return thresholdRead(id, register, threshold)
+        case let .cancelRead(id):
+            guard pendingReads.removeValue(forKey: id) != nil else { return [] }
+            return [.output(.thresholdFailed(id: id, .readCancelled))]
+        case let .defineDerived(id, definition): return define(id, definition)
+        }
+    }
+
+    // MARK: - Commands
+
+    private mutating func declare(_ id: UInt64, _ register: String, _ bottom: AnyReplicated) -> [Effect] {
+        guard Self.isValidName(register) else { return [.output(.completed(id: id, register: register, .failure(.invalidName(register))))] }
+        let generation: UInt64
+        switch slots[register] {
+        case let .some(slot) where !slot.isDeleted:
+            guard slot.typeName == bottom.typeName else {
+                return [.output(.completed(id: id, register: register, .failure(.typeMismatch(register: register, declared: slot.typeName, requested: bottom.typeName))))]
+            }
+            return [.output(.completed(id: id, register: register, .success(slot.state)))]
+        case let .some(slot):
+            generation = slot.generation + 1
+        case .none:
+            generation = 1
+        }
+        let slot = RegisterSlot(generation: generation, typeName: bottom.typeName, state: bottom.bottom)
+        return applyLocal(slot, delta: slot, register: register) + [.output(.completed(id: id, register: register, .success(slot.state)))]
+            + push(register)
+    }
+
+    private mutating func update(_ id: UInt64, _ register: String, _ typeName: String, _ mutation: Mutation, physical: UInt64) -> [Effect] {
+        let slot: RegisterSlot
+        switch lookUp(register, typeName: typeName) {
+        case let .success(found): slot = found
+        case let .failure(error): return [.output(.completed(id: id, register: register, .failure(error)))]
+        }
+        let before = slot.state!
+        var after = before
+        let delta: AnyReplicated
+        do {
+            delta = try mutation(&after, node.replica, physical)
+        } catch {
+            return [.output(.completed(id: id, register: register, .failure(.mutationRefused("\(error)"))))]
+        }
+        precondition(after.typeName == typeName && delta.typeName == typeName, "mutation of '\(register)' changed its type")
+        precondition(before.isBelowOrEqual(after) == true, "mutation of '\(register)' did not inflate: \(before) -> \(after)")
+        guard after != before else { return [.output(.completed(id: id, register: register, .success(after)))] }
+        let newSlot = RegisterSlot(generation: slot.generation, typeName: typeName, state: after)
+        let deltaSlot = RegisterSlot(generation: slot.generation, typeName: typeName, state: delta)
+        return applyLocal(newSlot, delta: deltaSlot, register: register) + [.output(.completed(id: id, register: register, .success(after)))]
+            + push(register)
+    }
+
+    private mutating func delete(_ id: UInt64, _ register: String) -> [Effect] {
+        guard let slot = slots[register] else { return [.output(.completed(id: id, register: register, .failure(.notDeclared(register))))] }
+        guard !slot.isDeleted else { return [.output(.completed(id: id, register: register, .success(nil)))] }
+        let tombstone = RegisterSlot(generation: slot.generation, typeName: slot.typeName, state: nil)
+        return applyLocal(tombstone, delta: tombstone, register: register) + [.output(.completed(id: id, register: register, .success(nil)))]
+            + push(register)
+    }
+
+    private mutating func thresholdRead(_ id: UInt64, _ register: String, _ threshold: AnyReplicated) -> [Effect] {
+        guard let current = value(of: register) else {
+            let error: ReplicationError = slots[register]?.isDeleted == true ? .deleted(register) : .notDeclared(register)
+            return [.output(.thresholdFailed(id: id, error))]
+        }
+        guard let reached = threshold.isBelowOrEqual(current) else {
+            return [.output(.thresholdFailed(id: id, .typeMismatch(register: register, declared: current.typeName, requested: threshold.typeName)))]
+        }
+        if reached { return [.output(.thresholdReached(id: id, current))] }
+        guard pendingReads.count < configuration.thresholdReadsMax else {
+            return [.output(.thresholdFailed(id: id, .tooManyPendingReads(limit: configuration.thresholdReadsMax)))]
+        }
+        pendingReads[id] = PendingRead(register: register, threshold: threshold)
+        return []
+    }
+
+    private mutating func define(_ id: UInt64, _ definition: DerivedDefinition) -> [Effect] {
+        guard Self.isValidName(definition.name), slots[definition.name] == nil else {
+            return [.output(.completed(id: id, register: definition.name, .failure(.invalidName(definition.name))))]
+        }
+        for input in definition.inputs where value(of: input) == nil {
+            return [.output(.completed(id: id, register: definition.name, .failure(.derivedInputMissing(derived: definition.name, input: input))))]
+        }
+        derived.removeAll { $0.name == definition.name }
+        derived.append(definition)
+        derivedValues[definition.name] = nil
+        var effects = recompute(changed: Set(definition.inputs))
+        effects.append(.output(.completed(id: id, register: definition.name, .success(derivedValues[definition.name]))))
+        return effects
+    }
+
+    private func lookUp(_ register: String, typeName: String) -> Result<RegisterSlot, ReplicationError> {
+        guard let slot = slots[register] else { return .failure(.notDeclared(register)) }
+        guard !slot.isDeleted else { return .failure(.deleted(register)) }
+        guard slot.typeName == typeName else {
+            return .failure(.typeMismatch(register: register, declared: slot.typeName, requested: typeName))
+        }
+        return .success(slot)
+    }
+
+    static func isValidName(_ name: String) -> Bool { (1...registerNameBytesMax).contains(name.utf8.count) }
+
+    // MARK: - State changes
+
+    /// Installs `slot` (already joined), buffers `delta`, persists, and reacts.
+    private mutating func applyLocal(_ slot: RegisterSlot, delta: RegisterSlot, register: String) -> [Effect] {
+        slots[register] = slot
+        buffer(delta, for: register)
+        var effects: [Effect] = [.persist(ReplicaDurableState(incarnation: epoch, slots: [register: EncodedSlot(slot)]))]
+        effects += reactToChange(of: [register])
+        return effects
+    }
+
+    private mutating func buffer(_ delta: RegisterSlot, for register: String) {
+        var buffer = buffers[register] ?? DeltaBuffer()
+        buffer.lastSequence += 1
+        buffer.entries.append((buffer.lastSequence, delta))
+        if buffer.entries.count > configuration.deltaBufferMax {
+            buffer.entries.removeFirst(buffer.entries.count - configuration.deltaBufferMax)
+            statistics.bufferOverflows += 1
+        }
+        buffers[register] = buffer
+    }
+
+    /// Change notifications, derived registers and threshold reads after `registers` changed.
+    private mutating func reactToChange(of registers: Set<String>) -> [Effect] {
+        var effects: [Effect] = registers.sorted().map { .output(.changed(register: $0, slots[$0]?.state)) }
+        effects += recompute(changed: registers)
+        effects += completeReads()
+        return effects
+    }
+
+    /// Recomputes derived registers that depend on `changed`, in definition order (a derived
+    /// register can only read registers and derived registers defined before it).
+    private mutating func recompute(changed: Set<String>) -> [Effect] {
+        var changed = changed
+        var effects: [Effect] = []
+        for definition in derived where !changed.isDisjoint(with: definition.inputs) || derivedValues[definition.name] == nil {
+            let inputs = definition.inputs.compactMap { value(of: $0) }
+            let newValue = inputs.count == definition.inputs.count ? definition.compute(inputs) : nil
+            guard newValue != derivedValues[definition.name] else { continue }
+            derivedValues[definition.name] = newValue
+            changed.insert(definition.name)
+            effects.append(.output(.changed(register: definition.name, newValue)))
+        }
+        return effects
+    }
+
+    private mutating func completeReads() -> [Effect] {
+        var effects: [Effect] = []
+        for id in pendingReads.keys.sorted() {
+            let read = pendingReads[id]!
+            guard let current = value(of: read.register) else {
+                pendingReads[id] = nil
+                effects.append(.output(.thresholdFailed(id: id, .deleted(read.register))))
+                continue
+            }
+            if read.threshold.isBelowOrEqual(current) == true {
+                pendingReads[id] = nil
+                effects.append(.output(.thresholdReached(id: id, current)))
+            }
+        }
+        return effects
+    }
+
+    // MARK: - Anti-entropy
+
+    private mutating func receiveDeltas(_ payloads: [DeltaPayload], senderEpoch: UInt64, from sender: NodeID) -> [Effect] {
+        // Validate the whole batch before changing anything: a bad payload rejects the message.
+        var decoded: [(DeltaPayload, RegisterSlot, RegisterSlot)] = []
+        for payload in payloads {
+            do {
+                let slot = try payload.slot.decode(with: configuration.catalog)
+                let joined = try slots[payload.register].map { current throws(RegisterSlot.JoinError) in try current.joined(with: slot) } ?? slot
+                guard Self.isValidName(payload.register) else { throw WireDecodingError.invalid("register name") }
+                decoded.append((payload, slot, joined))
+            } catch {
+                statistics.rejectedMessages += 1
+                statistics.lastRejection = "from \(sender): register '\(payload.register)': \(error)"
+                return []
+            }
+        }
+        var patch: [String: EncodedSlot] = [:]
+        var changed: Set<String> = []
+        var acks: [DeltaAck] = []
+        for (payload, delta, joined) in decoded {
+            acks.append(DeltaAck(register: payload.register, upTo: payload.upTo))
+            guard joined != slots[payload.register] else { continue }
+            slots[payload.register] = joined
+            buffer(delta, for: payload.register)
+            patch[payload.register] = EncodedSlot(joined)
+            changed.insert(payload.register)
+        }
+        var effects: [Effect] = []
+        if !patch.isEmpty {
+            effects.append(.persist(ReplicaDurableState(incarnation: epoch, slots: patch)))
+            effects += reactToChange(of: changed)
+        }
+        // Acknowledge only after what was joined is durable (the persist above comes first).
+        effects.append(.send(to: sender, .acks(epoch: senderEpoch, acks)))
+        return effects
+    }
+
+    /// A batch for `peer` of every register in `registers` whose deltas it has not acknowledged.
+    private mutating func ship(to peer: NodeID, registers: [String]) -> [Effect] {
+        var payloads: [DeltaPayload] = []
+        var bytes = 0
+        let count = registers.count
+        for offset in 0..<count {
+            let register = registers[(offset + registerCursor) % count]
+            guard let slot = slots[register] else { continue }
+            let buffer = buffers[register] ?? DeltaBuffer()
+            let acknowledgedUpTo = acknowledged[peer]?[register]
+            if let acknowledgedUpTo, acknowledgedUpTo >= buffer.lastSequence { continue }
+            let payload: DeltaPayload
+            if let acknowledgedUpTo, let interval = buffer.interval(after: acknowledgedUpTo) {
+                payload = DeltaPayload(register: register, upTo: buffer.lastSequence, isFullState: false, slot: EncodedSlot(interval))
+            } else {
+                if configuration.plantedBug == .skipFullStateFallback { continue }
+                payload = DeltaPayload(register: register, upTo: buffer.lastSequence, isFullState: true, slot: EncodedSlot(slot))
+            }
+            let size = payload.binaryEncoded().count
+            if bytes + size > configuration.batchBytesMax, !payloads.isEmpty { break }
+            bytes += size
+            payloads.append(payload)
+            if payload.isFullState { statistics.fullStatesSent += 1 } else { statistics.deltaPayloadsSent += 1 }
+            if configuration.plantedBug == .forgetUnacknowledgedDeltas {
+                acknowledged[peer, default: [:]][register] = buffer.lastSequence
+            }
+        }
+        return payloads.isEmpty ? [] : [.send(to: peer, .deltas(epoch: epoch, payloads))]
+    }
+
+    /// Ships `register` at once to a few reachable peers after a local change.
+    private mutating func push(_ register: String) -> [Effect] {
+        let peers = membership.reachableMembers.shuffled(using: &random).prefix(configuration.pushFanout)
+        return peers.flatMap { ship(to: $0, registers: [register]) }
+    }
+
+    /// Drops the deltas of `register` that every reachable peer has acknowledged.
+    private mutating func collectGarbage(_ register: String) {
+        guard var buffer = buffers[register], !buffer.entries.isEmpty else { return }
+        let reachable = membership.reachableMembers
+        guard !reachable.isEmpty else { return }
+        var floor = buffer.lastSequence
+        for peer in reachable {
+            // A peer that never acknowledged will get the whole state anyway.
+            guard let upTo = acknowledged[peer]?[register] else { continue }
+            floor = min(floor, upTo)
+        }
+        buffer.entries.removeAll { $0.sequence <= floor }
+        buffers[register] = buffer
+    }
+
+    /// The next peers in a shuffled round-robin over reachable members.
+    private mutating func nextGossipPeers() -> [NodeID] {
+        let reachable = membership.reachableMembers
+        guard !reachable.isEmpty else { return [] }
+        var chosen: [NodeID] = []
+        var attempts = 0
+        while chosen.count < min(configuration.gossipFanout, reachable.count), attempts < 2 * reachable.count + 2 {
+            attempts += 1
+            if gossipCursor >= gossipOrder.count {
+                gossipOrder = reachable.shuffled(using: &random)
+                gossipCursor = 0
+            }
+            let peer = gossipOrder[gossipCursor]
+            gossipCursor += 1
+            if membership.isReachable(peer), !chosen.contains(peer) { chosen.append(peer) }
+        }
+        return chosen
+    }
+
+    private func translate(_ directives: [Membership.Directive]) -> [Effect] {
+        directives.map { directive in
+            switch directive {
+            case let .send(peer, message): .send(to: peer, .membership(message))
+            case let .setTimer(timer, after): .setTimer(.membership(timer), after: after)
+            case let .reachabilityChanged(peer, reachable): .output(.reachabilityChanged(peer, reachable: reachable))
+            }
+        }
+    }
+
+    private mutating func jittered(_ interval: Duration) -> Duration {
+        let spread = interval.nanoseconds / 5
+        return interval + .nanoseconds(Int64.random(in: -spread...spread, using: &random))
+    }
+}

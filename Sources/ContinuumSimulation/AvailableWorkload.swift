@@ -158,6 +158,18 @@ final class AvailableChecker {
     private(set) var refusedCommands = 0
     private var reads: [UInt64: (node: NodeID, threshold: AnyReplicated, answered: Bool, crashed: Bool)] = [:]
     var onRestart: ((NodeID) -> Void)?
+    private var lastDerived: [NodeID: [String: AnyReplicated?]] = [:]
+    /// A full sweep of a node's registers every this many of its timer events.
+    static let sweepEveryTimers = 8
+    private var timerCount: [NodeID: Int] = [:]
+    /// Whether `node` reported a derived register changed since its last check.
+    private func reportedDerived(_ node: NodeID) -> Bool {
+        defer { reportedDerivedNodes.remove(node) }
+        return reportedDerivedNodes.contains(node)
+    }
+    private var reportedDerivedNodes: Set<NodeID> = []
+    /// Registers each node reported changed since its last check.
+    private var reported: [NodeID: Set<String>] = [:]
     /// The command ids that are updates (the others declare registers and define derived ones).
     var updateIDs: Set<UInt64> = []
 
@@ -192,7 +204,13 @@ final class AvailableChecker {
             }
         case let .thresholdFailed(id, error):
             record("\(node): threshold read \(id) failed: \(error)")
-        case .changed, .reachabilityChanged:
+        case let .changed(register, _):
+            if AvailableRegisters.derived.contains(where: { $0.name == register }) {
+                reportedDerivedNodes.insert(node)
+            } else {
+                reported[node, default: []].insert(register)
+            }
+        case .reachabilityChanged:
             return
         }
     }
@@ -200,12 +218,15 @@ final class AvailableChecker {
     func check(_ step: Simulation<ReplicationInstance>.Step) {
         switch step {
         case let .restarted(node):
-            checkNode(node, context: "restart")
+            checkNode(node, context: "restart", sweep: true)
             onRestart?(node)
         case let .crashed(node):
             for (id, read) in reads where read.node == node && !read.answered { reads[id]?.crashed = true }
-        case let .started(node), let .delivered(node), let .timerFired(node), let .commandHandled(node, _):
-            checkNode(node, context: "\(step)")
+        case let .timerFired(node):
+            timerCount[node, default: 0] += 1
+            checkNode(node, context: "timer", sweep: timerCount[node]! % Self.sweepEveryTimers == 0)
+        case let .started(node), let .delivered(node), let .commandHandled(node, _):
+            checkNode(node, context: "\(step)", sweep: false)
         case let .commandRefused(_, command):
             // A read sent to a node that was down was never issued.
             if case let .thresholdRead(id, _, _) = command { reads[id] = nil } else { refusedCommands += 1 }
@@ -214,27 +235,48 @@ final class AvailableChecker {
         }
     }
 
-    private func checkNode(_ node: NodeID, context: String) {
+    /// Checks the registers of `node` that changed. The instance's change reports say which
+    /// did; a `sweep` (after every timer and restart) compares every register with what was last
+    /// seen instead (every `sweepEveryTimers` timer events), so a change the instance did not
+    /// report is caught too, a little later.
+    private func checkNode(_ node: NodeID, context: @autoclosure () -> String, sweep: Bool) {
         guard let instance = simulation.instance(node) else { return }
+        let isRestart = sweep && context() == "restart"
         var seen = lastSeen[node] ?? [:]
-        for (register, slot) in instance.slots {
+        var changed: Set<String> = []
+        let candidates = sweep ? Set(instance.slots.keys).union(seen.keys) : reported[node, default: []]
+        reported[node] = []
+        for register in candidates.sorted() {
+            guard let slot = instance.slots[register], seen[register] != slot else { continue }
+            changed.insert(register)
             if let previous = seen[register], !previous.isBelowOrEqual(slot) {
-                record("inflation violated at \(node) for '\(register)' (\(context)): \(previous) went to \(slot)")
+                record("inflation violated at \(node) for '\(register)' (\(context())): \(previous) went to \(slot)")
             }
             if let state = slot.state, let bound = expected[register], state.isBelowOrEqual(bound) != true {
                 record("\(node) '\(register)' holds \(state), beyond every acknowledged update \(bound)")
             }
             seen[register] = slot
         }
+        for register in seen.keys where instance.slots[register] == nil {
+            record("\(node) lost register '\(register)' (\(context()))")
+        }
         lastSeen[node] = seen
+        guard sweep || !changed.isEmpty || reportedDerived(node) else { return }
+        var derivedSeen = lastDerived[node] ?? [:]
         for definition in instance.derived {
+            let current = instance.derivedValues[definition.name]
+            let derivedChanged = derivedSeen[definition.name] != current
+            derivedSeen[definition.name] = current
+            guard derivedChanged || !changed.isDisjoint(with: definition.inputs) || isRestart else { continue }
+            changed.insert(definition.name)
             let inputs = definition.inputs.compactMap { instance.value(of: $0) }
             guard inputs.count == definition.inputs.count else { continue }
             let should = definition.compute(inputs)
-            if instance.derivedValues[definition.name] != should {
-                record("\(node) derived '\(definition.name)' is \(String(describing: instance.derivedValues[definition.name])), its definition gives \(should)")
+            if current != should {
+                record("\(node) derived '\(definition.name)' is \(current.map { "\($0)" } ?? "nil"), its definition gives \(should)")
             }
         }
+        lastDerived[node] = derivedSeen
     }
 
     func converged() -> Bool {

@@ -255,22 +255,19 @@ public final class Simulation<Instance: ProtocolInstance> {
         case let .timer(node, timer, generation):
             trace.combine(UInt64(5))
             trace.combine(node.rawValue)
-            guard var current = state[node], current.timers[timer] == generation, var instance = current.instance else { return }
-            current.timers[timer] = nil
-            state[node] = current
-            let effects = instance.timerFired(timer, now: localTime(node))
-            state[node]!.instance = instance
+            guard state[node]?.timers[timer] == generation, isUp(node) else { return }
+            state[node]!.timers[timer] = nil
+            let effects = mutateInstance(node) { $0.timerFired(timer, now: localTime(node)) }
             carryOut(effects, at: node)
             afterStep?(.timerFired(node))
         case let .command(node, command):
             trace.combine(UInt64(6))
             trace.combine(node.rawValue)
-            guard var instance = state[node]?.instance else {
+            guard isUp(node) else {
                 afterStep?(.commandRefused(node, command))
                 return
             }
-            let effects = instance.handle(command, now: localTime(node))
-            state[node]!.instance = instance
+            let effects = mutateInstance(node) { $0.handle(command, now: localTime(node)) }
             carryOut(effects, at: node)
             afterStep?(.commandHandled(node, command))
         case .faultTick:
@@ -291,6 +288,15 @@ public final class Simulation<Instance: ProtocolInstance> {
         }
     }
 
+    /// Runs `body` on the instance of an up node, moved out of the node table while it runs so
+    /// that its storage is uniquely referenced and mutates in place (no copy-on-write copies).
+    private func mutateInstance(_ node: NodeID, _ body: (inout Instance) -> [Effect]) -> [Effect] {
+        var instance = state[node]!.instance.take()!
+        let effects = body(&instance)
+        state[node]!.instance = instance
+        return effects
+    }
+
     private func boot(_ node: NodeID) {
         let context = InstanceContext(node: node, members: nodes, random: random.split())
         var instance = Instance(configuration: configuration, context: context, durable: state[node]!.durable)
@@ -304,13 +310,12 @@ public final class Simulation<Instance: ProtocolInstance> {
             statistics.messagesCutByPartition += 1
             return
         }
-        guard var instance = state[to]?.instance else {
+        guard isUp(to) else {
             statistics.messagesToDownNodes += 1
             return
         }
         statistics.messagesDelivered += 1
-        let effects = instance.receive(message, from: from, now: localTime(to))
-        state[to]!.instance = instance
+        let effects = mutateInstance(to) { $0.receive(message, from: from, now: localTime(to)) }
         carryOut(effects, at: to)
         afterStep?(.delivered(to: to))
     }

@@ -1,9 +1,20 @@
+import Synchronization
+
 /// A lattice that can travel: every register's value type.
 public typealias Replicable = Lattice & BinaryCodable
 
 /// The stable name of a replicable type on the wire: its fully qualified Swift name, the same
-/// on every node that runs the same program.
-public func replicableTypeName<L: Replicable>(_ type: L.Type) -> String { String(reflecting: type) }
+/// on every node that runs the same program. Computed by reflection once per type.
+public func replicableTypeName<L: Replicable>(_ type: L.Type) -> String {
+    let key = ObjectIdentifier(type)
+    if let name = typeNames.withLock({ $0[key] }) { return name }
+    let name = String(reflecting: type)
+    typeNames.withLock { $0[key] = name }
+    return name
+}
+
+/// Type names by type: reflection is far too slow to run on every join.
+private let typeNames = Mutex<[ObjectIdentifier: String]>([:])
 
 /// A replicable value of any type: how a node holds registers of many types side by side.
 /// Joining two boxes of different types is refused, never guessed.

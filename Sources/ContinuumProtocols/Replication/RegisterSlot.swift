@@ -65,6 +65,12 @@ public struct EncodedSlot: Sendable, Equatable, BinaryCodable {
         bytes = slot.state?.encoded()
     }
 
+    public init(generation: UInt64, typeName: String, bytes: [UInt8]?) {
+        self.generation = generation
+        self.typeName = typeName
+        self.bytes = bytes
+    }
+
     public func decode(with catalog: ReplicableTypeCatalog) throws(WireDecodingError) -> RegisterSlot {
         guard generation >= 1 else { throw .invalid("register generation 0") }
         guard catalog.contains(typeName) else { throw .invalid("unknown register type \(typeName)") }

@@ -40,15 +40,22 @@ public struct ReplicationStatistics: Sendable, Equatable {
 /// Algorithm 2, per register; Meiklejohn and Van Roy, "Lasp", 2015, for threshold reads and
 /// dataflow).
 ///
-/// Every register keeps a bounded buffer of numbered deltas: its own updates and every
-/// received delta that changed its state (so deltas travel transitively). For each peer and
-/// register it remembers the highest sequence number the peer acknowledged, and ships the join
-/// of the deltas after it: periodically to `gossipFanout` reachable peers, and at once to
-/// `pushFanout` peers after a local update. A peer that is new, restarted, or further behind
-/// than the buffer reaches gets the whole state instead. Acknowledged deltas are dropped once
-/// every reachable peer has them; an unreachable peer is left out of that and of gossip, and
-/// gets the whole state when it returns. Acknowledgements name the sender's incarnation
-/// (`epoch`), so that an acknowledgement for a previous life never drops a delta of this one.
+/// Deltas travel over a sparse overlay, as the paper's algorithm allows (it is stated for any
+/// connected neighbor graph): each node's neighbors are its `ringNeighbors` nearest reachable
+/// members on each side of a ring ordered by node id, plus "fingers" at ring distances 4, 8,
+/// 16, … (as in Chord), so the overlay has about `2·ringNeighbors + log2 N` edges per node and a
+/// diameter of about log2 N hops. A full mesh would make every update cost N² messages.
+///
+/// Every register keeps a bounded buffer of numbered deltas: its own updates and every received
+/// delta that changed its state (so deltas travel transitively, hop by hop). For each neighbor
+/// and register it remembers the highest sequence number the neighbor acknowledged, and ships
+/// the join of the deltas after it, at once after a local update and on every gossip tick, in
+/// batches of at most `batchBytesMax` bytes. Deltas that came from the neighbor itself are not
+/// sent back. A neighbor that is new, restarted, or further behind than the buffer reaches gets
+/// the whole state instead. Deltas are dropped once every neighbor has acknowledged them; an
+/// unreachable node stops being a neighbor and gets the whole state when it returns.
+/// Acknowledgements name the sender's incarnation (`epoch`), so that an acknowledgement for a
+/// previous life never drops a delta of this one.
 ///
 /// Updates apply locally, persist and are acknowledged without waiting for the network.
 public struct ReplicationInstance: ProtocolInstance {
@@ -56,8 +63,8 @@ public struct ReplicationInstance: ProtocolInstance {
 
     public struct Configuration: Sendable {
         public var gossipInterval: Duration
-        public var gossipFanout: Int
-        public var pushFanout: Int
+        /// Overlay neighbors on each side of the ring (fingers come on top).
+        public var ringNeighbors: Int
         /// Deltas buffered per register, at most; past it the oldest is dropped and peers
         /// behind it get the whole state.
         public var deltaBufferMax: Int
@@ -70,14 +77,13 @@ public struct ReplicationInstance: ProtocolInstance {
         public var seeds: [NodeID]?
         public var plantedBug: PlantedReplicationBug?
 
-        public init(gossipInterval: Duration = .milliseconds(200), gossipFanout: Int = 3, pushFanout: Int = 2,
+        public init(gossipInterval: Duration = .milliseconds(200), ringNeighbors: Int = 2,
                     deltaBufferMax: Int = 128, batchBytesMax: Int = 64 * 1024, thresholdReadsMax: Int = 10_000,
                     membership: Membership.Configuration = .init(), catalog: ReplicableTypeCatalog = .standard,
                     seeds: [NodeID]? = nil, plantedBug: PlantedReplicationBug? = nil) {
-            precondition(gossipInterval > .zero && gossipFanout >= 1 && pushFanout >= 0 && deltaBufferMax >= 1 && batchBytesMax >= 1)
+            precondition(gossipInterval > .zero && ringNeighbors >= 1 && deltaBufferMax >= 1 && batchBytesMax >= 1)
             self.gossipInterval = gossipInterval
-            self.gossipFanout = gossipFanout
-            self.pushFanout = pushFanout
+            self.ringNeighbors = ringNeighbors
             self.deltaBufferMax = deltaBufferMax
             self.batchBytesMax = batchBytesMax
             self.thresholdReadsMax = thresholdReadsMax
@@ -122,18 +128,26 @@ public struct ReplicationInstance: ProtocolInstance {
     public typealias Durable = ReplicaDurableState
 
     struct DeltaBuffer {
-        var entries: [(sequence: UInt64, delta: RegisterSlot)] = []
+        /// Numbered deltas; `source` is the neighbor a received delta came from.
+        var entries: [(sequence: UInt64, delta: RegisterSlot, source: NodeID?)] = []
         var lastSequence: UInt64 = 0
 
-        /// The join of the deltas after `acknowledged`, or nil when some were dropped.
-        func interval(after acknowledged: UInt64) -> RegisterSlot? {
-            guard acknowledged < lastSequence else { return nil }
-            guard let first = entries.first, first.sequence <= acknowledged + 1 else { return nil }
+        enum Interval {
+            /// Every delta after the acknowledgement came from the peer itself.
+            case nothingNew
+            case deltas(RegisterSlot)
+            /// Some deltas after the acknowledgement were dropped: send the whole state.
+            case unavailable
+        }
+
+        /// The join of the deltas after `acknowledged` that did not come from `peer`.
+        func interval(after acknowledged: UInt64, for peer: NodeID) -> Interval {
+            guard let first = entries.first, first.sequence <= acknowledged + 1 else { return .unavailable }
             var result: RegisterSlot?
-            for entry in entries where entry.sequence > acknowledged {
+            for entry in entries where entry.sequence > acknowledged && entry.source != peer {
                 result = result.map { (try? $0.joined(with: entry.delta)) ?? $0 } ?? entry.delta
             }
-            return result
+            return result.map { .deltas($0) } ?? .nothingNew
         }
     }
 
@@ -154,10 +168,10 @@ public struct ReplicationInstance: ProtocolInstance {
     private var random: DeterministicRandom
     private var buffers: [String: DeltaBuffer] = [:]
     private var acknowledged: [NodeID: [String: UInt64]] = [:]
-    private var gossipOrder: [NodeID] = []
-    private var gossipCursor = 0
     private var registerCursor = 0
     private var pendingReads: [UInt64: PendingRead] = [:]
+    /// The overlay neighbors, recomputed when reachability changes.
+    private var cachedNeighbors: [NodeID]?
 
     public init(configuration: Configuration, context: InstanceContext, durable: ReplicaDurableState?) {
         self.configuration = configuration
@@ -217,9 +231,12 @@ public struct ReplicationInstance: ProtocolInstance {
             return translate(membership.timerFired(inner, now: now, random: &random))
         case .gossip:
             var effects: [Effect] = [.setTimer(.gossip, after: jittered(configuration.gossipInterval))]
-            for peer in nextGossipPeers() {
-                effects += ship(to: peer, registers: slots.keys.sorted())
-            }
+            let neighbors = self.neighbors()
+            // Forget acknowledgements of nodes that are no longer neighbors (bounded state);
+            // they get the whole state if they become neighbors again.
+            acknowledged = acknowledged.filter { neighbors.contains($0.key) }
+            let registers = slots.keys.sorted()
+            for peer in neighbors { effects += ship(to: peer, registers: registers) }
             registerCursor &+= 1
             return effects
         }
@@ -234,6 +251,10 @@ public struct ReplicationInstance: ProtocolInstance {
         case let .acks(ackEpoch, acks):
             guard ackEpoch == epoch else { return [] }
             for ack in acks {
+                if ack.needsFullState {
+                    acknowledged[sender]?[ack.register] = nil
+                    continue
+                }
                 let previous = acknowledged[sender]?[ack.register] ?? 0
                 acknowledged[sender, default: [:]][ack.register] = max(previous, ack.upTo)
                 collectGarbage(ack.register)
@@ -355,16 +376,16 @@ public struct ReplicationInstance: ProtocolInstance {
     /// Installs `slot` (already joined), buffers `delta`, persists, and reacts.
     private mutating func applyLocal(_ slot: RegisterSlot, delta: RegisterSlot, register: String) -> [Effect] {
         slots[register] = slot
-        buffer(delta, for: register)
+        buffer(delta, for: register, from: nil)
         var effects: [Effect] = [.persist(ReplicaDurableState(incarnation: epoch, slots: [register: EncodedSlot(slot)]))]
         effects += reactToChange(of: [register])
         return effects
     }
 
-    private mutating func buffer(_ delta: RegisterSlot, for register: String) {
+    private mutating func buffer(_ delta: RegisterSlot, for register: String, from source: NodeID?) {
         var buffer = buffers[register] ?? DeltaBuffer()
         buffer.lastSequence += 1
-        buffer.entries.append((buffer.lastSequence, delta))
+        buffer.entries.append((buffer.lastSequence, delta, source))
         if buffer.entries.count > configuration.deltaBufferMax {
             buffer.entries.removeFirst(buffer.entries.count - configuration.deltaBufferMax)
             statistics.bufferOverflows += 1
@@ -418,11 +439,21 @@ public struct ReplicationInstance: ProtocolInstance {
     private mutating func receiveDeltas(_ payloads: [DeltaPayload], senderEpoch: UInt64, from sender: NodeID) -> [Effect] {
         // Validate the whole batch before changing anything: a bad payload rejects the message.
         var decoded: [(DeltaPayload, RegisterSlot, RegisterSlot)] = []
+        var resync: [DeltaAck] = []
         for payload in payloads {
             do {
-                let slot = try payload.slot.decode(with: configuration.catalog)
-                let joined = try slots[payload.register].map { current throws(RegisterSlot.JoinError) in try current.joined(with: slot) } ?? slot
                 guard Self.isValidName(payload.register) else { throw WireDecodingError.invalid("register name") }
+                let current = slots[payload.register]
+                let slot: RegisterSlot
+                do {
+                    slot = try payload.decode(existing: current, catalog: configuration.catalog)
+                } catch .registerUnknown {
+                    resync.append(DeltaAck(register: payload.register, upTo: 0, needsFullState: true))
+                    continue
+                } catch let .wire(error) {
+                    throw error
+                }
+                let joined = try current.map { current throws(RegisterSlot.JoinError) in try current.joined(with: slot) } ?? slot
                 decoded.append((payload, slot, joined))
             } catch {
                 statistics.rejectedMessages += 1
@@ -432,12 +463,12 @@ public struct ReplicationInstance: ProtocolInstance {
         }
         var patch: [String: EncodedSlot] = [:]
         var changed: Set<String> = []
-        var acks: [DeltaAck] = []
+        var acks = resync
         for (payload, delta, joined) in decoded {
             acks.append(DeltaAck(register: payload.register, upTo: payload.upTo))
             guard joined != slots[payload.register] else { continue }
             slots[payload.register] = joined
-            buffer(delta, for: payload.register)
+            buffer(delta, for: payload.register, from: sender)
             patch[payload.register] = EncodedSlot(joined)
             changed.insert(payload.register)
         }
@@ -463,11 +494,16 @@ public struct ReplicationInstance: ProtocolInstance {
             let acknowledgedUpTo = acknowledged[peer]?[register]
             if let acknowledgedUpTo, acknowledgedUpTo >= buffer.lastSequence { continue }
             let payload: DeltaPayload
-            if let acknowledgedUpTo, let interval = buffer.interval(after: acknowledgedUpTo) {
-                payload = DeltaPayload(register: register, upTo: buffer.lastSequence, isFullState: false, slot: EncodedSlot(interval))
-            } else {
+            switch acknowledgedUpTo.map({ buffer.interval(after: $0, for: peer) }) ?? .unavailable {
+            case .nothingNew:
+                // Everything pending came from the peer itself, which is durable there.
+                acknowledged[peer, default: [:]][register] = buffer.lastSequence
+                continue
+            case let .deltas(interval):
+                payload = DeltaPayload(register: register, upTo: buffer.lastSequence, slot: interval, isFullState: false)
+            case .unavailable:
                 if configuration.plantedBug == .skipFullStateFallback { continue }
-                payload = DeltaPayload(register: register, upTo: buffer.lastSequence, isFullState: true, slot: EncodedSlot(slot))
+                payload = DeltaPayload(register: register, upTo: buffer.lastSequence, slot: slot, isFullState: true)
             }
             let size = payload.binaryEncoded().count
             if bytes + size > configuration.batchBytesMax, !payloads.isEmpty { break }
@@ -481,20 +517,17 @@ public struct ReplicationInstance: ProtocolInstance {
         return payloads.isEmpty ? [] : [.send(to: peer, .deltas(epoch: epoch, payloads))]
     }
 
-    /// Ships `register` at once to a few reachable peers after a local change.
+    /// Ships `register` at once to every neighbor after a local change.
     private mutating func push(_ register: String) -> [Effect] {
-        let peers = membership.reachableMembers.shuffled(using: &random).prefix(configuration.pushFanout)
-        return peers.flatMap { ship(to: $0, registers: [register]) }
+        neighbors().flatMap { ship(to: $0, registers: [register]) }
     }
 
-    /// Drops the deltas of `register` that every reachable peer has acknowledged.
+    /// Drops the deltas of `register` that every neighbor has acknowledged.
     private mutating func collectGarbage(_ register: String) {
         guard var buffer = buffers[register], !buffer.entries.isEmpty else { return }
-        let reachable = membership.reachableMembers
-        guard !reachable.isEmpty else { return }
         var floor = buffer.lastSequence
-        for peer in reachable {
-            // A peer that never acknowledged will get the whole state anyway.
+        for peer in neighbors() {
+            // A neighbor that never acknowledged will get the whole state anyway.
             guard let upTo = acknowledged[peer]?[register] else { continue }
             floor = min(floor, upTo)
         }
@@ -502,31 +535,43 @@ public struct ReplicationInstance: ProtocolInstance {
         buffers[register] = buffer
     }
 
-    /// The next peers in a shuffled round-robin over reachable members.
-    private mutating func nextGossipPeers() -> [NodeID] {
-        let reachable = membership.reachableMembers
-        guard !reachable.isEmpty else { return [] }
-        var chosen: [NodeID] = []
-        var attempts = 0
-        while chosen.count < min(configuration.gossipFanout, reachable.count), attempts < 2 * reachable.count + 2 {
-            attempts += 1
-            if gossipCursor >= gossipOrder.count {
-                gossipOrder = reachable.shuffled(using: &random)
-                gossipCursor = 0
-            }
-            let peer = gossipOrder[gossipCursor]
-            gossipCursor += 1
-            if membership.isReachable(peer), !chosen.contains(peer) { chosen.append(peer) }
-        }
-        return chosen
+    /// This node's overlay neighbors: the nearest reachable members on both sides of the ring of
+    /// reachable members ordered by id, and fingers at ring distances 4, 8, 16, …
+    public mutating func neighbors() -> [NodeID] {
+        if let cachedNeighbors { return cachedNeighbors }
+        let computed = Self.neighbors(of: node, among: membership.reachableMembers, ringNeighbors: configuration.ringNeighbors)
+        cachedNeighbors = computed
+        return computed
     }
 
-    private func translate(_ directives: [Membership.Directive]) -> [Effect] {
+    static func neighbors(of node: NodeID, among reachable: [NodeID], ringNeighbors: Int) -> [NodeID] {
+        var ring = reachable
+        let position = ring.firstIndex { $0 > node } ?? ring.count
+        ring.insert(node, at: position)
+        let size = ring.count
+        guard size > 1 else { return [] }
+        var chosen = Set<NodeID>()
+        for step in 1...ringNeighbors {
+            chosen.insert(ring[(position + step) % size])
+            chosen.insert(ring[(position - step % size + size) % size])
+        }
+        var distance = 4
+        while distance < size {
+            chosen.insert(ring[(position + distance) % size])
+            distance *= 2
+        }
+        chosen.remove(node)
+        return chosen.sorted()
+    }
+
+    private mutating func translate(_ directives: [Membership.Directive]) -> [Effect] {
         directives.map { directive in
             switch directive {
-            case let .send(peer, message): .send(to: peer, .membership(message))
-            case let .setTimer(timer, after): .setTimer(.membership(timer), after: after)
-            case let .reachabilityChanged(peer, reachable): .output(.reachabilityChanged(peer, reachable: reachable))
+            case let .send(peer, message): return .send(to: peer, .membership(message))
+            case let .setTimer(timer, after): return .setTimer(.membership(timer), after: after)
+            case let .reachabilityChanged(peer, reachable):
+                cachedNeighbors = nil
+                return .output(.reachabilityChanged(peer, reachable: reachable))
             }
         }
     }

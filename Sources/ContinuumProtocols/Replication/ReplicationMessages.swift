@@ -1,54 +1,85 @@
 import ContinuumCore
 
-/// One register's delta-interval (or whole state) in a batch.
+/// One register's delta-interval (or whole state) in a batch. A delta-interval leaves out the
+/// type name, which the receiver already has (it acknowledged earlier deltas); a whole state
+/// carries it, for a receiver that may not have the register yet.
 public struct DeltaPayload: Sendable, Equatable, BinaryCodable {
     public var register: String
     /// The sender's last buffered sequence number that this payload covers.
     public var upTo: UInt64
-    /// True when the payload is the whole state rather than a delta-interval.
-    public var isFullState: Bool
-    public var slot: EncodedSlot
+    public var generation: UInt64
+    /// Present exactly when the payload is the whole state.
+    public var typeName: String?
+    /// The encoded state; nil for a deleted register.
+    public var bytes: [UInt8]?
 
-    public init(register: String, upTo: UInt64, isFullState: Bool, slot: EncodedSlot) {
+    public var isFullState: Bool { typeName != nil }
+
+    public init(register: String, upTo: UInt64, slot: RegisterSlot, isFullState: Bool) {
         self.register = register
         self.upTo = upTo
-        self.isFullState = isFullState
-        self.slot = slot
+        self.generation = slot.generation
+        self.typeName = isFullState ? slot.typeName : nil
+        self.bytes = slot.state?.encoded()
+    }
+
+    /// Why a payload could not be decoded.
+    public enum DecodingError: Error, Equatable, Sendable {
+        /// A delta-interval for a register this node does not have: ask for the whole state.
+        case registerUnknown
+        case wire(WireDecodingError)
+    }
+
+    /// The payload as a slot, typed by the payload (whole state) or by the local slot (delta).
+    public func decode(existing: RegisterSlot?, catalog: ReplicableTypeCatalog) throws(DecodingError) -> RegisterSlot {
+        guard let typeName = typeName ?? existing?.typeName else { throw .registerUnknown }
+        do {
+            return try EncodedSlot(generation: generation, typeName: typeName, bytes: bytes).decode(with: catalog)
+        } catch {
+            throw .wire(error)
+        }
     }
 
     public func encode(to writer: inout BinaryWriter) {
         register.encode(to: &writer)
         writer.writeVarint(upTo)
-        isFullState.encode(to: &writer)
-        slot.encode(to: &writer)
+        writer.writeVarint(generation)
+        typeName.encode(to: &writer)
+        bytes.encode(to: &writer)
     }
 
     public init(from reader: inout BinaryReader) throws(WireDecodingError) {
         register = try String(from: &reader)
         upTo = try reader.readVarint()
-        isFullState = try Bool(from: &reader)
-        slot = try EncodedSlot(from: &reader)
+        generation = try reader.readVarint()
+        typeName = try String?(from: &reader)
+        bytes = try [UInt8]?(from: &reader)
     }
 }
 
-/// An acknowledgement of one register's payload.
+/// An acknowledgement of one register's payload, or a request for its whole state.
 public struct DeltaAck: Sendable, Equatable, BinaryCodable {
     public var register: String
     public var upTo: UInt64
+    /// The receiver could not use a delta-interval (it lacks the register): send the whole state.
+    public var needsFullState: Bool
 
-    public init(register: String, upTo: UInt64) {
+    public init(register: String, upTo: UInt64, needsFullState: Bool = false) {
         self.register = register
         self.upTo = upTo
+        self.needsFullState = needsFullState
     }
 
     public func encode(to writer: inout BinaryWriter) {
         register.encode(to: &writer)
         writer.writeVarint(upTo)
+        needsFullState.encode(to: &writer)
     }
 
     public init(from reader: inout BinaryReader) throws(WireDecodingError) {
         register = try String(from: &reader)
         upTo = try reader.readVarint()
+        needsFullState = try Bool(from: &reader)
     }
 }
 

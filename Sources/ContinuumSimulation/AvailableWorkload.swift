@@ -67,7 +67,7 @@ public enum AvailableWorkload {
     public static let convergenceRoundsDefault = 60
 
     public static func run(nodes: Int, seed: UInt64, plantedBug: PlantedReplicationBug? = nil,
-                           faults: FaultSettings? = nil, faultPhase: Duration = .seconds(20),
+                           faults: FaultSettings? = nil, faultPhase: Duration = .seconds(20), warmUp: Duration = .seconds(3),
                            updates: ClosedRange<Int> = 40...200) -> SeedReport {
         var setup = DeterministicRandom(seed: seed ^ 0xA7A1_1AB1_E000)
         let faults = faults ?? FaultSettings.swarm(using: &setup)
@@ -92,9 +92,17 @@ public enum AvailableWorkload {
         for node in simulation.nodes { setUp(node, at: 0) }
         checker.onRestart = { node in setUp(node, at: simulation.now) }
 
+        // Updates start after a warm-up in which nodes join and exchange their declarations, so
+        // that bytes per update measure updates, not setup.
         let faultPhaseEnd = faultPhase.nanoseconds
+        let warmUpEnd = warmUp.nanoseconds
+        var bytesAtWarmUp = 0
+        simulation.scheduleCallback(at: warmUpEnd) {
+            let bytes = simulation.statistics.bytesSent
+            bytesAtWarmUp = (bytes["deltas"] ?? 0) + (bytes["acks"] ?? 0)
+        }
         for _ in 0..<Int.random(in: updates, using: &setup) {
-            let time = Int64.random(in: 1..<faultPhaseEnd, using: &setup)
+            let time = Int64.random(in: warmUpEnd..<faultPhaseEnd, using: &setup)
             let node = simulation.nodes.randomElement(using: &setup)!
             let entry = AvailableRegisters.all.randomElement(using: &setup)!
             let code = setup.next()
@@ -137,7 +145,7 @@ public enum AvailableWorkload {
         checker.checkReadsAnswered()
 
         let bytes = simulation.statistics.bytesSent
-        let replicationBytes = (bytes["deltas"] ?? 0) + (bytes["acks"] ?? 0)
+        let replicationBytes = (bytes["deltas"] ?? 0) + (bytes["acks"] ?? 0) - bytesAtWarmUp
         return SeedReport(
             seed: seed, crdt: "registers", faults: faults, traceHash: simulation.trace.value,
             violations: checker.violations, roundsToConverge: roundsToConverge,

@@ -39,7 +39,8 @@ public struct SeedReport: Sendable {
     public var updatesAcknowledged: Int
     public var updatesRefused: Int
     public var statistics: SimulationStatistics
-    /// Bytes of replication messages (deltas and acknowledgements) per acknowledged update.
+    /// Bytes of replication messages (deltas and acknowledgements) sent after the warm-up, per
+    /// acknowledged update: updates, their spreading, and the resyncs that faults cause.
     public var replicationBytesPerUpdate: Double? = nil
     /// Bytes of membership and failure-detection messages.
     public var membershipBytes: Int = 0

@@ -46,6 +46,10 @@ let package = Package(
             ]
         ),
         .testTarget(
+            name: "ContinuumProtocolsTests",
+            dependencies: ["ContinuumCore", "ContinuumProtocols", "ContinuumSimulation"]
+        ),
+        .testTarget(
             name: "ContinuumSimulationTests",
             dependencies: ["ContinuumCore", "ContinuumProtocols", "ContinuumSimulation"]
         ),

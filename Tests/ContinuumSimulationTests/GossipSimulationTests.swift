@@ -32,7 +32,7 @@ import Testing
 
     @Test(arguments: PlantedGossipBug.allCases)
     func plantedBugIsCaughtAndReplays(bug: PlantedGossipBug) throws {
-        let settings = SimulationCampaign.Settings(nodes: 5, seeds: Array(1...12), plantedBug: bug, determinismCheck: false)
+        let settings = SimulationCampaign.Settings(nodes: 5, seeds: Array(1...12), plantedBug: bug.rawValue, determinismCheck: false)
         let result = try SimulationCampaign.run(settings)
         let failure = try #require(result.failures.first, "planted bug \(bug.rawValue) went unnoticed in 12 seeds")
         // The command that replays it, as the CLI prints it.
@@ -50,7 +50,7 @@ import Testing
 
     @Test func eachPlantedBugIsCaughtByTheCheckerMeantForIt() throws {
         func firstViolation(_ bug: PlantedGossipBug) throws -> String {
-            let result = try SimulationCampaign.run(.init(nodes: 5, seeds: Array(1...12), plantedBug: bug, determinismCheck: false))
+            let result = try SimulationCampaign.run(.init(nodes: 5, seeds: Array(1...12), plantedBug: bug.rawValue, determinismCheck: false))
             return try #require(result.failures.first?.report.violations.first)
         }
         #expect(try firstViolation(.adoptEveryTenthMerge).contains("inflation violated"))

@@ -1,0 +1,349 @@
+import ContinuumCore
+import ContinuumProtocols
+import Testing
+
+/// Drives a few `ReplicationInstance`s by hand: every message is delivered when the test says.
+struct Harness {
+    typealias Instance = ReplicationInstance
+    var instances: [NodeID: Instance] = [:]
+    var inFlight: [(from: NodeID, to: NodeID, message: ReplicationMessage)] = []
+    var outputs: [(NodeID, Instance.Output)] = []
+    var persisted: [NodeID: [ReplicaDurableState]] = [:]
+    var now: Duration = .zero
+    var nextID: UInt64 = 1
+
+    init(nodes: Int, configuration: Instance.Configuration = .init(membership: .init())) {
+        let members = (1...nodes).map { NodeID(UInt64($0)) }
+        for node in members {
+            var instance = Instance(configuration: configuration,
+                                    context: InstanceContext(node: node, members: members, random: DeterministicRandom(seed: node.rawValue)),
+                                    durable: nil)
+            let effects = instance.start(now: now)
+            instances[node] = instance
+            carryOut(effects, at: node)
+        }
+        inFlight.removeAll { if case .membership = $0.message { true } else { false } }
+    }
+
+    mutating func carryOut(_ effects: [Instance.Effect], at node: NodeID) {
+        for effect in effects {
+            switch effect {
+            case let .send(to, message): inFlight.append((node, to, message))
+            case let .persist(state): persisted[node, default: []].append(state)
+            case let .output(output): outputs.append((node, output))
+            case .setTimer, .cancelTimer: break
+            }
+        }
+    }
+
+    mutating func command(_ node: NodeID, _ make: (UInt64) -> Instance.Command) -> [Instance.Effect] {
+        let id = nextID
+        nextID += 1
+        let effects = instances[node]!.handle(make(id), now: now)
+        carryOut(effects, at: node)
+        return effects
+    }
+
+    mutating func declare<L: Replicable>(_ name: String, _: L.Type, at nodes: [NodeID]) {
+        for node in nodes { _ = command(node) { .declare(id: $0, register: name, bottom: AnyReplicated(L.bottom)) } }
+    }
+
+    mutating func update<L: Replicable>(_ name: String, at node: NodeID, _ mutate: @escaping @Sendable (inout L, ReplicaID) -> L) -> [Instance.Effect] {
+        command(node) { id in
+            .update(id: id, register: name, typeName: replicableTypeName(L.self)) { state, replica, _ in
+                var typed = state.unwrap(as: L.self)!
+                let delta = mutate(&typed, replica)
+                state = AnyReplicated(typed)
+                return AnyReplicated(delta)
+            }
+        }
+    }
+
+    /// Delivers every message in flight (and those they cause), except membership traffic.
+    mutating func deliverAll(dropping shouldDrop: (NodeID, NodeID, ReplicationMessage) -> Bool = { _, _, _ in false }) {
+        var rounds = 0
+        while !inFlight.isEmpty, rounds < 10_000 {
+            rounds += 1
+            let (from, to, message) = inFlight.removeFirst()
+            if case .membership = message { continue }
+            if shouldDrop(from, to, message) { continue }
+            let effects = instances[to]!.receive(message, from: from, now: now)
+            carryOut(effects, at: to)
+        }
+    }
+
+    mutating func gossip(_ node: NodeID) {
+        let effects = instances[node]!.timerFired(.gossip, now: now)
+        carryOut(effects, at: node)
+    }
+
+    func value<L: Replicable>(_ name: String, at node: NodeID, as _: L.Type) -> L? {
+        instances[node]!.value(of: name)?.unwrap(as: L.self)
+    }
+}
+
+let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
+
+@Suite struct ReplicationInstanceTests {
+    @Test func updatePersistsBeforeAcknowledgingAndShipsDeltas() {
+        var harness = Harness(nodes: 3)
+        harness.declare("cart", ORSet<String>.self, at: [n1, n2, n3])
+        harness.deliverAll()
+        let effects = harness.update("cart", at: n1) { (set: inout ORSet<String>, replica) in set.insert("apple", replica: replica) }
+        let persistIndex = effects.firstIndex { if case .persist = $0 { true } else { false } }
+        let completedIndex = effects.firstIndex { if case .output(.completed) = $0 { true } else { false } }
+        #expect(persistIndex != nil && completedIndex != nil && persistIndex! < completedIndex!)
+        // Shipped at once to the neighbors, as a delta-interval without the type name.
+        let payloads = effects.compactMap { effect -> [DeltaPayload]? in
+            if case let .send(_, .deltas(_, payloads)) = effect { payloads } else { nil }
+        }.flatMap { $0 }
+        #expect(!payloads.isEmpty)
+        #expect(payloads.allSatisfy { !$0.isFullState && $0.typeName == nil })
+        harness.deliverAll()
+        #expect(harness.value("cart", at: n2, as: ORSet<String>.self)?.elements == ["apple"])
+        #expect(harness.value("cart", at: n3, as: ORSet<String>.self)?.elements == ["apple"])
+    }
+
+    @Test func declarationsReplicateAsWholeStates() {
+        var harness = Harness(nodes: 2)
+        harness.declare("flag", EWFlag.self, at: [n1])
+        harness.deliverAll()
+        #expect(harness.value("flag", at: n2, as: EWFlag.self) == EWFlag())
+        #expect(harness.instances[n2]!.slots["flag"]?.typeName == replicableTypeName(EWFlag.self))
+    }
+
+    @Test func lostDeltasAreResentUntilAcknowledged() {
+        var harness = Harness(nodes: 2)
+        harness.declare("count", GCounter.self, at: [n1, n2])
+        harness.deliverAll()
+        _ = harness.update("count", at: n1) { (counter: inout GCounter, replica) in counter.increment(by: 3, replica: replica) }
+        harness.deliverAll { _, _, message in if case .deltas = message { true } else { false } }  // lost
+        #expect(harness.value("count", at: n2, as: GCounter.self)?.value == 0)
+        harness.gossip(n1)
+        harness.deliverAll()
+        #expect(harness.value("count", at: n2, as: GCounter.self)?.value == 3)
+        // Acknowledged now: the next gossip sends nothing.
+        harness.gossip(n1)
+        #expect(!harness.inFlight.contains { if case .deltas = $0.message { true } else { false } })
+    }
+
+    @Test func aPeerBeyondTheBufferGetsTheWholeState() {
+        var harness = Harness(nodes: 2, configuration: .init(deltaBufferMax: 2))
+        harness.declare("count", GCounter.self, at: [n1, n2])
+        harness.deliverAll()
+        for _ in 0..<5 {
+            _ = harness.update("count", at: n1) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
+            harness.deliverAll { _, _, message in if case .deltas = message { true } else { false } }
+        }
+        harness.gossip(n1)
+        let payloads = harness.inFlight.compactMap { if case let .deltas(_, payloads) = $0.message { payloads } else { nil } }.flatMap { $0 }
+        #expect(payloads.contains { $0.register == "count" && $0.isFullState })
+        harness.deliverAll()
+        #expect(harness.value("count", at: n2, as: GCounter.self)?.value == 5)
+        #expect(harness.instances[n1]!.statistics.bufferOverflows > 0)
+    }
+
+    @Test func aMalformedBatchChangesNothingAndIsNotAcknowledged() {
+        var harness = Harness(nodes: 2)
+        harness.declare("count", GCounter.self, at: [n1, n2])
+        harness.deliverAll()
+        let good = DeltaPayload(register: "count", upTo: 1, slot: RegisterSlot(
+            generation: 1, typeName: replicableTypeName(GCounter.self), state: AnyReplicated({ var c = GCounter(); c.increment(replica: ReplicaID(9)); return c }())), isFullState: true)
+        var bad = good
+        bad.typeName = "NoSuchType"
+        let effects = harness.instances[n2]!.receive(.deltas(epoch: 1, [good, bad]), from: n1, now: .zero)
+        #expect(effects.isEmpty)
+        #expect(harness.value("count", at: n2, as: GCounter.self)?.value == 0)
+        #expect(harness.instances[n2]!.statistics.rejectedMessages == 1)
+    }
+
+    @Test func deletionReplicatesAndANewGenerationStartsClean() {
+        var harness = Harness(nodes: 2)
+        harness.declare("tmp", GSet<String>.self, at: [n1, n2])
+        harness.deliverAll()
+        _ = harness.update("tmp", at: n2) { (set: inout GSet<String>, _) in set.insert("old") }
+        harness.deliverAll()
+        _ = harness.command(n1) { .delete(id: $0, register: "tmp") }
+        harness.deliverAll()
+        #expect(harness.instances[n2]!.slots["tmp"]?.isDeleted == true)
+        #expect(harness.instances[n2]!.value(of: "tmp") == nil)
+        // An update at a node that has seen the delete is refused.
+        let refused = harness.update("tmp", at: n2) { (set: inout GSet<String>, _) in set.insert("late") }
+        #expect(refused.contains { if case .output(.completed(_, _, .failure(.deleted("tmp")))) = $0 { true } else { false } })
+        // Declaring again starts generation 2, empty.
+        harness.declare("tmp", GSet<String>.self, at: [n1])
+        harness.deliverAll()
+        #expect(harness.instances[n2]!.slots["tmp"]?.generation == 2)
+        #expect(harness.value("tmp", at: n2, as: GSet<String>.self)?.elements == [])
+    }
+
+    @Test func anUpdateConcurrentWithDeleteIsDiscardedNotResurrected() {
+        var harness = Harness(nodes: 2)
+        harness.declare("tmp", GSet<String>.self, at: [n1, n2])
+        harness.deliverAll()
+        _ = harness.command(n1) { .delete(id: $0, register: "tmp") }
+        _ = harness.update("tmp", at: n2) { (set: inout GSet<String>, _) in set.insert("concurrent") }
+        harness.deliverAll()
+        #expect(harness.instances[n1]!.slots["tmp"]?.isDeleted == true)
+        #expect(harness.instances[n2]!.slots["tmp"]?.isDeleted == true)
+    }
+
+    @Test func thresholdReadsWaitUntilTheStateReachesThem() {
+        var harness = Harness(nodes: 2)
+        harness.declare("count", GCounter.self, at: [n1, n2])
+        harness.deliverAll()
+        var threshold = GCounter()
+        threshold.increment(by: 2, replica: n1.replica)
+        _ = harness.command(n2) { .thresholdRead(id: $0, register: "count", threshold: AnyReplicated(threshold)) }
+        #expect(harness.instances[n2]!.pendingReadCount == 1)
+        _ = harness.update("count", at: n1) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
+        harness.deliverAll()
+        #expect(!harness.outputs.contains { if case .thresholdReached = $0.1 { true } else { false } })
+        _ = harness.update("count", at: n1) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
+        harness.deliverAll()
+        let reached = harness.outputs.compactMap { if case let .thresholdReached(_, value) = $0.1 { value } else { nil } }
+        #expect(reached.count == 1)
+        #expect(reached.first.flatMap { threshold.isBelowOrEqual($0.unwrap(as: GCounter.self)!) } == true)
+        #expect(harness.instances[n2]!.pendingReadCount == 0)
+        // A read of an unknown register fails at once; a pending read can be cancelled.
+        _ = harness.command(n2) { .thresholdRead(id: $0, register: "nope", threshold: AnyReplicated(threshold)) }
+        #expect(harness.outputs.contains { if case .thresholdFailed(_, .notDeclared("nope")) = $0.1 { true } else { false } })
+        var far = GCounter()
+        far.increment(by: 100, replica: n1.replica)
+        let effects = harness.command(n2) { .thresholdRead(id: $0, register: "count", threshold: AnyReplicated(far)) }
+        #expect(effects.isEmpty)
+        let pendingID = harness.nextID - 1
+        _ = harness.command(n2) { _ in .cancelRead(id: pendingID) }
+        #expect(harness.outputs.contains { if case .thresholdFailed(_, .readCancelled) = $0.1 { true } else { false } })
+    }
+
+    @Test func derivedRegistersFollowTheirInputsAndChain() {
+        var harness = Harness(nodes: 2)
+        harness.declare("ads", ORSet<String>.self, at: [n1, n2])
+        harness.deliverAll()
+        for node in [n1, n2] {
+            _ = harness.command(node) { .defineDerived(id: $0, DerivedDefinition(name: "long", inputs: ["ads"]) {
+                AnyReplicated($0[0].unwrap(as: ORSet<String>.self)!.filterElements { $0.count > 3 })
+            }) }
+            _ = harness.command(node) { .defineDerived(id: $0, DerivedDefinition(name: "shouted", inputs: ["long"]) {
+                AnyReplicated($0[0].unwrap(as: ORSet<String>.self)!.mapElements { $0.uppercased() })
+            }) }
+        }
+        _ = harness.update("ads", at: n1) { (set: inout ORSet<String>, replica) in set.insert("shoes", replica: replica) }
+        _ = harness.update("ads", at: n1) { (set: inout ORSet<String>, replica) in set.insert("tea", replica: replica) }
+        harness.deliverAll()
+        #expect(harness.value("shouted", at: n2, as: ORSet<String>.self)?.elements == ["SHOES"])
+        _ = harness.update("ads", at: n2) { (set: inout ORSet<String>, _) in set.remove("shoes") }
+        harness.deliverAll()
+        #expect(harness.value("shouted", at: n1, as: ORSet<String>.self)?.elements == [])
+        // A derived register over a register nobody declared is refused.
+        _ = harness.command(n1) { .defineDerived(id: $0, DerivedDefinition(name: "bad", inputs: ["missing"]) { $0[0] }) }
+        #expect(harness.outputs.contains { if case .completed(_, "bad", .failure(.derivedInputMissing)) = $0.1 { true } else { false } })
+    }
+
+    @Test func acknowledgementsFromAnEarlierIncarnationAreIgnored() {
+        var harness = Harness(nodes: 2)
+        harness.declare("count", GCounter.self, at: [n1, n2])
+        harness.deliverAll()
+        _ = harness.update("count", at: n1) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
+        harness.inFlight.removeAll()
+        // An acknowledgement naming another epoch must not mark the delta delivered.
+        _ = harness.instances[n1]!.receive(.acks(epoch: 99, [DeltaAck(register: "count", upTo: 5)]), from: n2, now: .zero)
+        harness.gossip(n1)
+        harness.deliverAll()
+        #expect(harness.value("count", at: n2, as: GCounter.self)?.value == 1)
+    }
+
+    @Test func badNamesAndTypeMismatchesAreTypedErrors() {
+        var harness = Harness(nodes: 1)
+        _ = harness.command(n1) { .declare(id: $0, register: "", bottom: AnyReplicated(GCounter())) }
+        _ = harness.command(n1) { .declare(id: $0, register: "x", bottom: AnyReplicated(GCounter())) }
+        _ = harness.command(n1) { .declare(id: $0, register: "x", bottom: AnyReplicated(PNCounter())) }
+        _ = harness.update("y", at: n1) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
+        let failures = harness.outputs.compactMap { if case let .completed(_, _, .failure(error)) = $0.1 { error } else { nil } }
+        #expect(failures.contains(.invalidName("")))
+        #expect(failures.contains { if case .typeMismatch(register: "x", _, _) = $0 { true } else { false } })
+        #expect(failures.contains(.notDeclared("y")))
+    }
+
+    @Test func overlayIsSparseAndConnected() {
+        for size in [2, 3, 5, 16, 64, 256] {
+            let members = (1...size).map { NodeID(UInt64($0)) }
+            var edges: [NodeID: [NodeID]] = [:]
+            for node in members {
+                var instance = ReplicationInstance(
+                    configuration: .init(), context: InstanceContext(node: node, members: members, random: DeterministicRandom(seed: 1)), durable: nil)
+                edges[node] = instance.neighbors()
+            }
+            // Connected: a breadth-first search from n1 reaches everyone.
+            var reached: Set<NodeID> = [members[0]]
+            var frontier = [members[0]]
+            var hops = 0
+            while !frontier.isEmpty {
+                frontier = frontier.flatMap { edges[$0]! }.filter { reached.insert($0).inserted }
+                if !frontier.isEmpty { hops += 1 }
+            }
+            #expect(reached.count == size, "overlay of \(size) nodes not connected")
+            let degree = edges.values.map(\.count).max()!
+            if size == 256 {
+                #expect(degree <= 12, "degree \(degree)")
+                #expect(hops <= 10, "diameter \(hops)")
+            }
+        }
+    }
+}
+
+@Suite struct MembershipTests {
+    @Test func swimPrecedence() {
+        let alive3 = MembershipUpdate(node: n2, status: .alive, incarnation: 3)
+        let suspect3 = MembershipUpdate(node: n2, status: .suspect, incarnation: 3)
+        let unreachable3 = MembershipUpdate(node: n2, status: .unreachable, incarnation: 3)
+        let alive4 = MembershipUpdate(node: n2, status: .alive, incarnation: 4)
+        #expect(suspect3.overrides(alive3))
+        #expect(!alive3.overrides(suspect3))
+        #expect(unreachable3.overrides(suspect3))
+        #expect(alive4.overrides(unreachable3))
+        #expect(!suspect3.overrides(suspect3))
+    }
+
+    @Test func aSuspectedNodeRefutesWithAHigherIncarnation() {
+        var membership = Membership(node: n1, seeds: [], knownMembers: [n2], configuration: .init())
+        var random = DeterministicRandom(seed: 1)
+        _ = membership.start(now: .zero, random: &random)
+        let suspicion = MembershipUpdate(node: n1, status: .suspect, incarnation: 0)
+        let directives = membership.receive(.ping(sequence: 7, updates: [suspicion]), from: n2, now: .zero, random: &random)
+        #expect(membership.incarnation == 1)
+        // The answer carries the refutation.
+        let carried = directives.compactMap { directive -> [MembershipUpdate]? in
+            if case let .send(_, .ack(_, _, updates)) = directive { updates } else { nil }
+        }.flatMap { $0 }
+        #expect(carried.contains(MembershipUpdate(node: n1, status: .alive, incarnation: 1)))
+    }
+
+    @Test func unansweredProbesLeadToSuspicionThenUnreachable() {
+        let configuration = Membership.Configuration()
+        var membership = Membership(node: n1, seeds: [], knownMembers: [n2], configuration: configuration)
+        var random = DeterministicRandom(seed: 1)
+        _ = membership.start(now: .zero, random: &random)
+        var now = Duration.zero
+        var became: [Membership.Directive] = []
+        for _ in 0..<40 {
+            now += configuration.probeInterval
+            became += membership.timerFired(.probe, now: now, random: &random).filter {
+                if case .reachabilityChanged = $0 { true } else { false }
+            }
+        }
+        #expect(membership.status(of: n2) == .unreachable)
+        #expect(became == [.reachabilityChanged(n2, reachable: false)])
+    }
+
+    @Test func messagesRoundTripOnTheWire() throws {
+        let messages: [MembershipMessage] = [
+            .join, .welcome(members: [MembershipUpdate(node: n2, status: .suspect, incarnation: 9)]),
+            .ping(sequence: 3, updates: []), .pingRequest(sequence: 4, target: n3, updates: []),
+            .ack(sequence: 5, target: n2, updates: [MembershipUpdate(node: n1, status: .alive, incarnation: 1)]),
+        ]
+        for message in messages { #expect(try MembershipMessage(binary: message.binaryEncoded()) == message) }
+        #expect(throws: WireDecodingError.self) { try MembershipMessage(binary: [9]) }
+    }
+}

@@ -2,11 +2,12 @@
 import PackageDescription
 
 // Layers (DESIGN.md section 4); imports point down only:
-//   continuum (CLI) -> ContinuumSimulation -> ContinuumProtocols -> ContinuumCore
+//   continuum (CLI) -> ContinuumSimulation, Continuum -> ContinuumProtocols -> ContinuumCore
 let package = Package(
     name: "Continuum",
     platforms: [.macOS(.v15)],
     products: [
+        .library(name: "Continuum", targets: ["Continuum"]),
         .library(name: "ContinuumCore", targets: ["ContinuumCore"]),
         .library(name: "ContinuumProtocols", targets: ["ContinuumProtocols"]),
         .library(name: "ContinuumSimulation", targets: ["ContinuumSimulation"]),
@@ -20,6 +21,7 @@ let package = Package(
     targets: [
         .target(name: "ContinuumCore"),
         .target(name: "ContinuumProtocols", dependencies: ["ContinuumCore"]),
+        .target(name: "Continuum", dependencies: ["ContinuumCore", "ContinuumProtocols"]),
         .target(
             name: "ContinuumSimulation",
             dependencies: [
@@ -31,6 +33,7 @@ let package = Package(
         .executableTarget(
             name: "ContinuumCLI",
             dependencies: [
+                "Continuum",
                 "ContinuumCore",
                 "ContinuumProtocols",
                 "ContinuumSimulation",
@@ -44,6 +47,10 @@ let package = Package(
                 "ContinuumSimulation",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ]
+        ),
+        .testTarget(
+            name: "ContinuumTests",
+            dependencies: ["Continuum", "ContinuumCore", "ContinuumProtocols"]
         ),
         .testTarget(
             name: "ContinuumProtocolsTests",

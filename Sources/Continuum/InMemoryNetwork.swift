@@ -1,0 +1,72 @@
+import ContinuumCore
+import ContinuumProtocols
+import Synchronization
+
+/// The embedded cluster's network: messages between nodes of one process, encoded to bytes and
+/// decoded at the receiver as on a real wire, delivered asynchronously (and so possibly out of
+/// order). Links can be cut one way or both, to try partitions in an application's own tests.
+public final class InMemoryNetwork: Sendable {
+    struct Link: Hashable {
+        var from: NodeID
+        var to: NodeID
+    }
+
+    private struct State {
+        var nodes: [NodeID: Node] = [:]
+        var cut: Set<Link> = []
+        var bytesSent = 0
+        var messagesDropped = 0
+    }
+
+    private let state = Mutex(State())
+
+    public init() {}
+
+    func attach(_ node: Node) { state.withLock { $0.nodes[node.id] = node } }
+
+    /// Stops delivering messages from `from` to `to` (one way).
+    public func cut(from: NodeID, to: NodeID) { _ = state.withLock { $0.cut.insert(Link(from: from, to: to)) } }
+
+    /// Cuts every link to and from `node`.
+    public func isolate(_ node: NodeID) {
+        state.withLock { state in
+            for other in state.nodes.keys where other != node {
+                state.cut.insert(Link(from: node, to: other))
+                state.cut.insert(Link(from: other, to: node))
+            }
+        }
+    }
+
+    public func healAll() { state.withLock { $0.cut.removeAll() } }
+
+    /// Encoded bytes handed to the network so far.
+    public var bytesSent: Int { state.withLock { $0.bytesSent } }
+
+    func send(_ message: ReplicationMessage, from: NodeID, to: NodeID) {
+        let bytes = message.binaryEncoded()
+        let target: Node? = state.withLock { state in
+            state.bytesSent += bytes.count
+            guard !state.cut.contains(Link(from: from, to: to)) else {
+                state.messagesDropped += 1
+                return nil
+            }
+            return state.nodes[to]
+        }
+        guard let target else { return }
+        Task { await target.deliver(bytes, from: from) }
+    }
+}
+
+/// What a node has persisted, kept outside the node so that it survives the node's crash and
+/// restart within the process (memory-only durability; disk storage is its own layer).
+public final class MemoryStore: Sendable {
+    private let state = Mutex<ReplicaDurableState?>(nil)
+
+    public init() {}
+
+    func load() -> ReplicaDurableState? { state.withLock { $0 } }
+
+    func persist(_ patch: ReplicaDurableState) {
+        state.withLock { ReplicationInstance.accumulate(patch, into: &$0) }
+    }
+}

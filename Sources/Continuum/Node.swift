@@ -1,0 +1,268 @@
+import ContinuumCore
+import ContinuumProtocols
+
+/// One Continuum node: the shell that runs the pure protocol instances with real time, a
+/// network and a store, and serves the register API. Its registers are replicas of the
+/// cluster's registers.
+///
+/// The node never blocks an `available` update on the network: `update` returns once the new
+/// state is applied and persisted locally.
+public actor Node {
+    public nonisolated let id: NodeID
+    private let members: [NodeID]
+    private let configuration: ReplicationInstance.Configuration
+    private let store: MemoryStore
+    private let network: InMemoryNetwork
+    private let clock = ContinuousClock()
+    private let startInstant: ContinuousClock.Instant
+    private var random: DeterministicRandom
+    private var instance: ReplicationInstance?
+    private var timerGenerations: [ReplicationInstance.Timer: UInt64] = [:]
+    private var timerTasks: [ReplicationInstance.Timer: Task<Void, Never>] = [:]
+    private var nextGeneration: UInt64 = 0
+    private var nextCommandID: UInt64 = 0
+    private var waiting: [UInt64: CheckedContinuation<Result<AnyReplicated?, ContinuumError>, Never>] = [:]
+    private var reads: [UInt64: CheckedContinuation<Result<AnyReplicated, ContinuumError>, Never>] = [:]
+    private var subscribers: [String: [UInt64: @Sendable (AnyReplicated?) -> Void]] = [:]
+    private var derivedDefinitions: [DerivedDefinition] = []
+
+    init(id: NodeID, members: [NodeID], configuration: ReplicationInstance.Configuration,
+         store: MemoryStore, network: InMemoryNetwork, seed: UInt64) {
+        self.id = id
+        self.members = members
+        self.configuration = configuration
+        self.store = store
+        self.network = network
+        self.random = DeterministicRandom(seed: seed)
+        self.startInstant = clock.now
+    }
+
+    /// Whether the node is running.
+    public var isRunning: Bool { instance != nil }
+
+    /// Starts (or restarts) the node from what it persisted.
+    func start() {
+        guard instance == nil else { return }
+        var fresh = ReplicationInstance(
+            configuration: configuration,
+            context: InstanceContext(node: id, members: members, random: random.split()),
+            durable: store.load())
+        let effects = fresh.start(now: now)
+        instance = fresh
+        carryOut(effects)
+        for definition in derivedDefinitions { _ = submit { .defineDerived(id: $0, definition) } }
+    }
+
+    /// Stops the node as a crash would: volatile state is lost, pending operations fail with
+    /// `nodeStopped`, change streams end. What was persisted stays.
+    func stop() {
+        guard instance != nil else { return }
+        instance = nil
+        for task in timerTasks.values { task.cancel() }
+        timerTasks.removeAll()
+        timerGenerations.removeAll()
+        for continuation in waiting.values { continuation.resume(returning: .failure(.nodeStopped)) }
+        waiting.removeAll()
+        for continuation in reads.values { continuation.resume(returning: .failure(.nodeStopped)) }
+        reads.removeAll()
+        for streams in subscribers.values { for yield in streams.values { yield(nil) } }
+        subscribers.removeAll()
+    }
+
+    private var now: Duration { clock.now - startInstant }
+
+    // MARK: - Registers
+
+    /// Declares the register `name` holding `type` under `policy`, creating it cluster-wide if
+    /// it does not exist, and returns a handle to it on this node.
+    public func declare<Value: Replicable>(_ name: String, as type: Value.Type, policy: Policy = .available) async throws(ContinuumError) -> Register<Value> {
+        switch policy {
+        case .available: break
+        }
+        _ = try await perform { .declare(id: $0, register: name, bottom: AnyReplicated(Value.bottom)) }.get()
+        return Register(name: name, node: self)
+    }
+
+    /// A handle to a register (or derived register) without declaring it.
+    public nonisolated func register<Value: Replicable>(_ name: String, as type: Value.Type) -> Register<Value> {
+        Register(name: name, node: self)
+    }
+
+    /// Defines a derived register on this node (see `Register.map` and the other combinators).
+    /// Kept across restarts of the node.
+    func define(_ definition: DerivedDefinition) async throws(ContinuumError) {
+        derivedDefinitions.removeAll { $0.name == definition.name }
+        derivedDefinitions.append(definition)
+        _ = try await perform { .defineDerived(id: $0, definition) }.get()
+    }
+
+    func update<Value: Replicable>(_ name: String, _ mutate: @escaping @Sendable (inout Value, ReplicaID) throws -> Value) async throws(ContinuumError) -> Value {
+        let result = await perform { id in
+            .update(id: id, register: name, typeName: replicableTypeName(Value.self)) { state, replica, _ in
+                var typed = state.unwrap(as: Value.self)!
+                let delta = try mutate(&typed, replica)
+                state = AnyReplicated(typed)
+                return AnyReplicated(delta)
+            }
+        }
+        return try result.get()!.unwrap(as: Value.self)!
+    }
+
+    func delete(_ name: String) async throws(ContinuumError) {
+        _ = try await perform { .delete(id: $0, register: name) }.get()
+    }
+
+    func read<Value: Replicable>(_ name: String, as _: Value.Type) throws(ContinuumError) -> Value {
+        guard let instance else { throw .nodeStopped }
+        guard let value = instance.value(of: name) else {
+            throw instance.slots[name]?.isDeleted == true ? .deleted(register: name) : .notDeclared(register: name)
+        }
+        guard let typed = value.unwrap(as: Value.self) else {
+            throw .typeMismatch(register: name, declared: value.typeName, requested: replicableTypeName(Value.self))
+        }
+        return typed
+    }
+
+    func read<Value: Replicable>(_ name: String, atLeast threshold: Value, timeout: Duration?) async throws(ContinuumError) -> Value {
+        guard instance != nil else { throw .nodeStopped }
+        nextCommandID += 1
+        let id = nextCommandID
+        let result = await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Result<AnyReplicated, ContinuumError>, Never>) in
+                reads[id] = continuation
+                handle(.thresholdRead(id: id, register: name, threshold: AnyReplicated(threshold)))
+                if let timeout, reads[id] != nil {
+                    Task { [weak self] in
+                        try? await Task.sleep(for: timeout)
+                        await self?.abandonRead(id, with: .timedOut(after: timeout))
+                    }
+                }
+            }
+        } onCancel: {
+            Task { [weak self] in await self?.abandonRead(id, with: .cancelled) }
+        }
+        let value = try result.get()
+        guard let typed = value.unwrap(as: Value.self) else {
+            throw .typeMismatch(register: name, declared: value.typeName, requested: replicableTypeName(Value.self))
+        }
+        return typed
+    }
+
+    private func abandonRead(_ id: UInt64, with error: ContinuumError) {
+        guard let continuation = reads.removeValue(forKey: id) else { return }
+        handle(.cancelRead(id: id))
+        continuation.resume(returning: .failure(error))
+    }
+
+    func subscribe(_ name: String, _ yield: @escaping @Sendable (AnyReplicated?) -> Void) -> UInt64? {
+        guard let instance else { return nil }
+        nextCommandID += 1
+        subscribers[name, default: [:]][nextCommandID] = yield
+        if let current = instance.value(of: name) { yield(current) }
+        return nextCommandID
+    }
+
+    func unsubscribe(_ name: String, _ token: UInt64) { subscribers[name]?[token] = nil }
+
+    // MARK: - The shell
+
+    /// A message from the network.
+    func deliver(_ bytes: [UInt8], from sender: NodeID) {
+        guard var current = instance else { return }
+        // A frame that does not decode changes nothing.
+        guard let message = try? ReplicationMessage(binary: bytes) else { return }
+        instance = nil
+        let effects = current.receive(message, from: sender, now: now)
+        instance = current
+        carryOut(effects)
+    }
+
+    private func perform(_ make: (UInt64) -> ReplicationInstance.Command) async -> Result<AnyReplicated?, ContinuumError> {
+        guard instance != nil else { return .failure(.nodeStopped) }
+        nextCommandID += 1
+        let id = nextCommandID
+        return await withCheckedContinuation { continuation in
+            waiting[id] = continuation
+            handle(make(id))
+        }
+    }
+
+    private func submit(_ make: (UInt64) -> ReplicationInstance.Command) -> UInt64 {
+        nextCommandID += 1
+        handle(make(nextCommandID))
+        return nextCommandID
+    }
+
+    private func handle(_ command: ReplicationInstance.Command) {
+        guard var current = instance else { return }
+        instance = nil
+        let effects = current.handle(command, now: now)
+        instance = current
+        carryOut(effects)
+    }
+
+    private func fire(_ timer: ReplicationInstance.Timer, generation: UInt64) {
+        guard timerGenerations[timer] == generation, var current = instance else { return }
+        timerGenerations[timer] = nil
+        timerTasks[timer] = nil
+        instance = nil
+        let effects = current.timerFired(timer, now: now)
+        instance = current
+        carryOut(effects)
+    }
+
+    private func carryOut(_ effects: [ReplicationInstance.Effect]) {
+        for effect in effects {
+            switch effect {
+            case let .send(to, message):
+                network.send(message, from: id, to: to)
+            case let .persist(patch):
+                store.persist(patch)
+            case let .setTimer(timer, after):
+                nextGeneration += 1
+                let generation = nextGeneration
+                timerGenerations[timer] = generation
+                timerTasks[timer]?.cancel()
+                timerTasks[timer] = Task { [weak self] in
+                    try? await Task.sleep(for: after)
+                    guard !Task.isCancelled else { return }
+                    await self?.fire(timer, generation: generation)
+                }
+            case let .cancelTimer(timer):
+                timerGenerations[timer] = nil
+                timerTasks.removeValue(forKey: timer)?.cancel()
+            case let .output(output):
+                deliver(output)
+            }
+        }
+    }
+
+    private func deliver(_ output: ReplicationInstance.Output) {
+        switch output {
+        case let .completed(id, _, result):
+            waiting.removeValue(forKey: id)?.resume(returning: result.mapError(Self.translate))
+        case let .thresholdReached(id, value):
+            reads.removeValue(forKey: id)?.resume(returning: .success(value))
+        case let .thresholdFailed(id, error):
+            reads.removeValue(forKey: id)?.resume(returning: .failure(Self.translate(error)))
+        case let .changed(register, value):
+            for yield in subscribers[register, default: [:]].values { yield(value) }
+            if value == nil { subscribers[register] = nil }
+        case .reachabilityChanged:
+            break
+        }
+    }
+
+    static func translate(_ error: ReplicationError) -> ContinuumError {
+        switch error {
+        case let .notDeclared(name): .notDeclared(register: name)
+        case let .deleted(name): .deleted(register: name)
+        case let .typeMismatch(name, declared, requested): .typeMismatch(register: name, declared: declared, requested: requested)
+        case let .tooManyPendingReads(limit): .tooManyPendingReads(limit: limit)
+        case let .invalidName(name): .invalidName(name)
+        case let .derivedInputMissing(derived, input): .derivedInputMissing(derived: derived, input: input)
+        case let .mutationRefused(reason): .refused(reason)
+        case .readCancelled: .cancelled
+        }
+    }
+}

@@ -1,0 +1,124 @@
+import ContinuumCore
+import ContinuumProtocols
+
+/// A handle to one register (or derived register) on one node.
+///
+/// ```swift
+/// let cart = try await node.declare("cart", as: ORSet<String>.self)
+/// try await cart.update { set, replica in set.insert("apple", replica: replica) }
+/// let now = try await cart.read()
+/// ```
+public struct Register<Value: Replicable>: Sendable {
+    public let name: String
+    public let node: Node
+
+    init(name: String, node: Node) {
+        self.name = name
+        self.node = node
+    }
+
+    /// Applies a delta mutator locally and returns the new state once it is applied and
+    /// persisted (in memory-only mode, applied). Never waits for the network. The mutator must
+    /// return the delta it produced; throwing from it refuses the update (`ContinuumError.refused`).
+    @discardableResult
+    public func update(_ mutate: @escaping @Sendable (inout Value, ReplicaID) throws -> Value) async throws(ContinuumError) -> Value {
+        try await node.update(name, mutate)
+    }
+
+    /// The current local state.
+    public func read() async throws(ContinuumError) -> Value { try await node.read(name, as: Value.self) }
+
+    /// Waits until the local state is at least `threshold` in the lattice order, and returns
+    /// it (Lasp's monotone threshold read). Fails with `timedOut` after `timeout`, and with
+    /// `cancelled` when the calling task is cancelled.
+    public func read(atLeast threshold: Value, timeout: Duration? = nil) async throws(ContinuumError) -> Value {
+        try await node.read(name, atLeast: threshold, timeout: timeout)
+    }
+
+    /// The current state, then every new state as it changes at this node. Ends when the
+    /// register is deleted or the node stops.
+    public func changes() async -> AsyncStream<Value> {
+        let (stream, continuation) = AsyncStream<Value>.makeStream(bufferingPolicy: .bufferingNewest(64))
+        let token = await node.subscribe(name) { value in
+            if let typed = value?.unwrap(as: Value.self) { continuation.yield(typed) } else { continuation.finish() }
+        }
+        guard let token else {
+            continuation.finish()
+            return stream
+        }
+        let node = self.node
+        let name = self.name
+        continuation.onTermination = { _ in Task { await node.unsubscribe(name, token) } }
+        return stream
+    }
+
+    /// Deletes the register cluster-wide. The deletion replicates as a small tombstone and the
+    /// state is dropped everywhere; declaring the name again starts afresh.
+    public func delete() async throws(ContinuumError) { try await node.delete(name) }
+
+    // MARK: - Dataflow (Lasp combinators)
+
+    /// A derived register `name` holding `transform(state)`, kept up to date on this node as
+    /// this register grows. `transform` must be monotone (a larger input never gives a smaller
+    /// output) for threshold reads on the result to be meaningful; `LatticeLaws.monotonicityViolations`
+    /// checks a function on sample states.
+    public func map<Output: Replicable>(_ name: String, _ transform: @escaping @Sendable (Value) -> Output) async throws(ContinuumError) -> Register<Output> {
+        try await node.define(DerivedDefinition(name: name, inputs: [self.name]) { inputs in
+            AnyReplicated(transform(inputs[0].unwrap(as: Value.self)!))
+        })
+        return Register<Output>(name: name, node: node)
+    }
+
+    /// A derived register over this one and `other`.
+    public func combine<Other: Replicable, Output: Replicable>(
+        _ other: Register<Other>, into name: String, _ combine: @escaping @Sendable (Value, Other) -> Output
+    ) async throws(ContinuumError) -> Register<Output> {
+        try await node.define(DerivedDefinition(name: name, inputs: [self.name, other.name]) { inputs in
+            AnyReplicated(combine(inputs[0].unwrap(as: Value.self)!, inputs[1].unwrap(as: Other.self)!))
+        })
+        return Register<Output>(name: name, node: node)
+    }
+}
+
+extension Register {
+    /// Lasp's `map` over an OR-set's elements: an OR-set that keeps each output element's
+    /// causal history, so removals in the input propagate.
+    public func mapElements<Element, Output: Hashable & Sendable & Codable & BinaryCodable>(
+        _ name: String, _ transform: @escaping @Sendable (Element) -> Output
+    ) async throws(ContinuumError) -> Register<ORSet<Output>> where Value == ORSet<Element>, Element: BinaryCodable {
+        try await map(name) { $0.mapElements(transform) }
+    }
+
+    /// Lasp's `filter` over an OR-set.
+    public func filter<Element>(
+        _ name: String, _ isIncluded: @escaping @Sendable (Element) -> Bool
+    ) async throws(ContinuumError) -> Register<ORSet<Element>> where Value == ORSet<Element>, Element: BinaryCodable {
+        try await map(name) { $0.filterElements(isIncluded) }
+    }
+
+    /// Lasp's `union` of two set registers.
+    public func union<Other: SetLattice & BinaryCodable>(_ other: Register<Other>, into name: String) async throws(ContinuumError)
+        -> Register<Union<Value, Other>> where Value: SetLattice, Value.Element == Other.Element {
+        try await combine(other, into: name) { Union($0, $1) }
+    }
+
+    /// Lasp's `intersection` of two set registers.
+    public func intersection<Other: SetLattice & BinaryCodable>(_ other: Register<Other>, into name: String) async throws(ContinuumError)
+        -> Register<Intersection<Value, Other>> where Value: SetLattice, Value.Element == Other.Element {
+        try await combine(other, into: name) { Intersection($0, $1) }
+    }
+
+    /// Lasp's `product` of two set registers.
+    public func product<Other: SetLattice & BinaryCodable>(_ other: Register<Other>, into name: String) async throws(ContinuumError)
+        -> Register<Product<Value, Other>> where Value: SetLattice {
+        try await combine(other, into: name) { Product($0, $1) }
+    }
+
+    /// Lasp's `fold`: the join, over the set's elements, of `contribution(element)`. Join is
+    /// associative, commutative and idempotent, so the fold is well defined; it grows with
+    /// the set when the set only grows (over an OR-set, a removal can make it shrink).
+    public func fold<Output: Replicable>(_ name: String, _ contribution: @escaping @Sendable (Value.Element) -> Output) async throws(ContinuumError)
+        -> Register<Output> where Value: SetLattice {
+        try await map(name) { set in set.elements.reduce(Output.bottom) { $0.join(contribution($1)) } }
+    }
+}

@@ -35,6 +35,30 @@ public struct Register<Value: Replicable>: Sendable {
         try await node.read(name, atLeast: threshold, timeout: timeout)
     }
 
+    /// Waits until `condition` holds for the local state, and returns that state. Meant for
+    /// monotone conditions (once true, true for every larger state), such as "the counter's
+    /// value is at least 5", which a lattice threshold cannot say.
+    public func read(until condition: @escaping @Sendable (Value) -> Bool, timeout: Duration? = nil) async throws(ContinuumError) -> Value {
+        let stream = await changes()
+        let watch = Task<Value?, Never> {
+            for await state in stream where condition(state) { return state }
+            return nil
+        }
+        let deadline: Task<Void, Never>? = timeout.map { timeout in
+            Task {
+                try? await Task.sleep(for: timeout)
+                if !Task.isCancelled { watch.cancel() }
+            }
+        }
+        let found = await withTaskCancellationHandler { await watch.value } onCancel: { watch.cancel() }
+        deadline?.cancel()
+        if let found { return found }
+        if Task.isCancelled { throw .cancelled }
+        let current = try await read()  // throws `deleted` or `nodeStopped` if that ended the stream
+        if condition(current) { return current }
+        throw .timedOut(after: timeout ?? .zero)
+    }
+
     /// The current state, then every new state as it changes at this node. Ends when the
     /// register is deleted or the node stops.
     public func changes() async -> AsyncStream<Value> {

@@ -1,7 +1,7 @@
 import ArgumentParser
 
 @main
-struct ContinuumCommand: ParsableCommand {
+struct ContinuumCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "continuum",
         abstract: "Replicated registers that declare their place between availability and consistency.",

@@ -1,135 +1,168 @@
 import ArgumentParser
+import Continuum
 import ContinuumCore
-import ContinuumProtocols
-import ContinuumSimulation
 
-/// The newcomer's tour. For now it runs the gossip protocol inside the deterministic simulator
-/// (virtual time, so it finishes at once) and shows available registers at work: updates on a
-/// node cut off from the rest, add-wins under concurrent remove, an inventory that cannot be
-/// oversold, and convergence after the heal.
-struct DemoCommand: ParsableCommand {
+/// The newcomer's tour, on the embedded default: a 5-node cluster inside this process, in real
+/// time, over an in-memory network whose links the demo cuts and heals.
+struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
-        abstract: "Show available (CRDT) registers converging across a partition, in an embedded simulation.")
+        abstract: "Available (CRDT) registers on an embedded 5-node cluster: partitions, offline updates, dataflow.")
 
-    @Option(help: "Seed of the simulated network.")
-    var seed: UInt64 = 7
-
-    func run() throws {
-        print("Continuum demo: 5 nodes gossiping CRDT registers in a deterministic simulation (seed \(seed)).\n")
-        shoppingCart()
+    func run() async throws {
+        print("Continuum demo: an embedded cluster of 5 nodes in this process, real time, in-memory network.\n")
+        let clock = ContinuousClock()
+        let started = clock.now
+        try await shoppingCart()
         print("")
-        try ticketInventory()
+        try await ticketInventory()
+        print("")
+        try await advertisementCounter()
+        print("\nDemo finished in \(milliseconds(clock.now - started)) ms.")
     }
 
-    private func shoppingCart() {
-        print("1. An add-wins set (ORSet), updated on both sides of a partition")
-        let cluster = DemoCluster<ORSet<String>>(seed: seed)
-        cluster.update(1, "n1 adds apple") { set, replica, _ in set.insert("apple", replica: replica) }
-        cluster.update(2, "n2 adds bread") { set, replica, _ in set.insert("bread", replica: replica) }
-        cluster.advance(milliseconds: 1_000)
-        cluster.show("after gossip")
+    /// Updates on both sides of a partition, and the add-wins merge after it heals.
+    private func shoppingCart() async throws {
+        print("1. An add-wins set (ORSet) updated on both sides of a partition")
+        let cluster = await EmbeddedCluster(nodes: 5)
+        defer { Task { await cluster.shutdown() } }
+        let carts = try await cluster.declare("cart", as: ORSet<String>.self)
+        try await carts[0].update { set, replica in set.insert("apple", replica: replica) }
+        let withBread = try await carts[1].update { set, replica in set.insert("bread", replica: replica) }
+        try await waitAll(carts, atLeast: withBread.join(try await carts[0].read()))
+        try await show(carts, "   after gossip:")
         cluster.isolate(5)
         print("   -- n5 is cut off from everyone --")
-        cluster.update(5, "n5 (cut off) removes apple") { set, _, _ in set.remove("apple") }
-        cluster.update(5, "n5 (cut off) adds cheese") { set, replica, _ in set.insert("cheese", replica: replica) }
-        cluster.update(2, "n2 adds apple again, concurrently") { set, replica, _ in set.insert("apple", replica: replica) }
-        cluster.update(3, "n3 removes bread") { set, _, _ in set.remove("bread") }
-        cluster.advance(milliseconds: 1_000)
-        cluster.show("during the partition: both sides kept taking updates")
-        cluster.healAndConverge()
-        cluster.show("after the heal: the concurrent add of apple wins over n5's remove")
+        let isolatedSide = try await carts[4].update { set, _ in set.remove("apple") }
+        let isolatedSide2 = try await carts[4].update { set, replica in set.insert("cheese", replica: replica) }
+        print("   n5 removes apple and adds cheese: its updates return at once (\(isolatedSide2.elements.sorted()))")
+        _ = isolatedSide
+        let majority = try await carts[1].update { set, replica in set.insert("apple", replica: replica) }
+        let majority2 = try await carts[2].update { set, _ in set.remove("bread") }
+        print("   meanwhile n2 adds apple again and n3 removes bread")
+        _ = try await carts[0].read(atLeast: majority.join(majority2), timeout: .seconds(5))
+        try await show(carts, "   during the partition:")
+        cluster.healAll()
+        let clock = ContinuousClock()
+        let healed = clock.now
+        try await waitAll(carts, atLeast: isolatedSide2.join(majority).join(majority2))
+        print("   -- healed; all 5 replicas equal after \(milliseconds(clock.now - healed)) ms --")
+        try await show(carts, "   after the heal (the concurrent add of apple wins over n5's remove):")
     }
 
-    private func ticketInventory() throws {
-        print("2. A bounded counter: 10 tickets sold from 5 nodes, partitioned, never oversold")
-        let cluster = DemoCluster<BoundedCounter>(seed: seed &+ 1)
-        cluster.update(1, "n1 stocks 10 tickets") { counter, replica, _ in counter.increment(by: 10, replica: replica) }
-        cluster.advance(milliseconds: 500)
+    /// An escrow counter: sold out, never oversold, though nodes sell while cut off.
+    private func ticketInventory() async throws {
+        print("2. A bounded counter: 10 tickets sold from 5 nodes, two of them cut off, never oversold")
+        let cluster = await EmbeddedCluster(nodes: 5)
+        defer { Task { await cluster.shutdown() } }
+        let tickets = try await cluster.declare("tickets", as: BoundedCounter.self)
+        var stocked = try await tickets[0].update { counter, replica in counter.increment(by: 10, replica: replica) }
         for target in 2...5 {
-            cluster.update(1, "n1 hands 2 ticket rights to n\(target)") { counter, replica, _ in
-                (try? counter.transfer(2, from: replica, to: ReplicaID(UInt64(target)))) ?? .bottom
+            stocked = try await tickets[0].update { counter, replica in
+                try counter.transfer(2, from: replica, to: ReplicaID(UInt64(target)))
             }
         }
-        cluster.advance(milliseconds: 500)
+        print("   n1 stocks 10 tickets and hands 2 selling rights to each of n2...n5")
+        try await waitAll(tickets, atLeast: stocked)
         cluster.isolate(1)
         cluster.isolate(2)
         print("   -- n1 and n2 are each cut off --")
         var sold = 0
+        var refused = 0
         for _ in 0..<4 {
-            for node in 1...5 {
-                cluster.update(UInt64(node), nil) { counter, replica, _ in
-                    guard let delta = try? counter.decrement(by: 1, replica: replica) else { return .bottom }
-                    return delta
+            for ticket in tickets {
+                do {
+                    try await ticket.update { counter, replica in try counter.decrement(replica: replica) }
+                    sold += 1
+                } catch {
+                    refused += 1
                 }
             }
         }
-        cluster.advance(milliseconds: 200)
-        for node in cluster.nodes {
-            let state = cluster.state(node)!
-            sold += Int(state.decrements[node.replica])
+        print("   20 sale attempts, 4 per node: \(sold) sold, \(refused) refused locally for lack of rights")
+        cluster.healAll()
+        var all = BoundedCounter()
+        for ticket in tickets { all.formJoin(try await ticket.read()) }
+        try await waitAll(tickets, atLeast: all)
+        print("   after the heal every node shows \(all.value) tickets left; \(all.decrements.value) sold of 10")
+    }
+
+    /// Lasp's advertisement counter (Meiklejohn and Van Roy 2015, section 5).
+    private func advertisementCounter() async throws {
+        print("3. Lasp's advertisement counter: ads of two vendors, impressions counted on clients, ads retired at a cap")
+        let cap: UInt64 = 6
+        let cluster = await EmbeddedCluster(nodes: 5)
+        defer { Task { await cluster.shutdown() } }
+        let server = cluster.node(1)
+        let vendorA = try await cluster.declare("ads-vendor-a", as: ORSet<String>.self)
+        let vendorB = try await cluster.declare("ads-vendor-b", as: ORSet<String>.self)
+        let impressions = try await cluster.declare("impressions", as: GMap<String, GCounter>.self)
+        // Every client shows the union of the vendors' ads: a derived register on each node.
+        var shown: [Register<Union<ORSet<String>, ORSet<String>>>] = []
+        for index in 0..<5 { shown.append(try await vendorA[index].union(vendorB[index], into: "ads")) }
+        var ads = try await vendorA[0].update { set, replica in set.insert("shoes", replica: replica) }
+        ads = try await vendorA[0].update { set, replica in set.insert("tea", replica: replica) }
+        let bAds = try await vendorB[0].update { set, replica in set.insert("hats", replica: replica) }
+        for index in 0..<5 { _ = try await shown[index].read(atLeast: Union(ads, bAds), timeout: .seconds(5)) }
+        print("   vendors publish shoes, tea (A) and hats (B); every client sees the union")
+
+        // The server retires an ad once its impressions reach the cap: a monotone condition read.
+        let serverImpressions = server.register("impressions", as: GMap<String, GCounter>.self)
+        let serverVendorA = server.register("ads-vendor-a", as: ORSet<String>.self)
+        let serverVendorB = server.register("ads-vendor-b", as: ORSet<String>.self)
+        let watchers = ["shoes", "tea", "hats"].map { ad in
+            Task {
+                _ = try await serverImpressions.read(until: { $0[ad].value >= cap }, timeout: .seconds(20))
+                if ad == "hats" {
+                    try await serverVendorB.update { set, _ in set.remove(ad) }
+                } else {
+                    try await serverVendorA.update { set, _ in set.remove(ad) }
+                }
+                return ad
+            }
         }
-        print("   20 sale attempts, 4 per node: \(sold) sold, \(20 - sold) refused for lack of local rights")
-        cluster.healAndConverge()
-        let final = cluster.state(NodeID(1))!
-        print("   after the heal every node shows \(final.value) tickets left; sold \(final.decrements.value) of 10")
-        precondition(final.value == 10 - UInt64(sold), "inventory does not add up")
-    }
-}
-
-/// A small scripted cluster for the demo: the real gossip instances under the simulator.
-final class DemoCluster<Value: Lattice & BinaryCodable> {
-    typealias Instance = FullStateGossip<Value>
-    let simulation: Simulation<Instance>
-    private var nextUpdate: UInt64 = 0
-
-    init(seed: UInt64) {
-        var faults = FaultSettings.none
-        faults.linkLatencyMin = .milliseconds(1)
-        faults.linkLatencyMax = .milliseconds(8)
-        simulation = Simulation(nodeCount: 5, seed: seed, faults: faults, configuration: .init())
-    }
-
-    var nodes: [NodeID] { simulation.nodes }
-
-    func state(_ node: NodeID) -> Value? { simulation.instance(node)?.value }
-
-    func update(_ node: UInt64, _ label: String?, _ mutate: @escaping @Sendable (inout Value, ReplicaID, UInt64) -> Value) {
-        nextUpdate += 1
-        if let label { print("   \(label)") }
-        simulation.scheduleCommand(.init(id: nextUpdate, label: label ?? "update", mutate: mutate), to: NodeID(node), at: simulation.now)
-        simulation.run(until: simulation.now)
-    }
-
-    func advance(milliseconds: Int64) { simulation.run(until: simulation.now + milliseconds * 1_000_000) }
-
-    func isolate(_ node: UInt64) {
-        for other in nodes where other != NodeID(node) {
-            simulation.cut(from: NodeID(node), to: other)
-            simulation.cut(from: other, to: NodeID(node))
-        }
-    }
-
-    func healAndConverge() {
-        simulation.healAll()
-        let start = simulation.now
+        cluster.isolate(5)
+        print("   -- client n5 goes offline and keeps counting impressions locally --")
         var rounds = 0
-        while Set(nodes.map { state($0)?.binaryEncoded() ?? [] }).count > 1, rounds < 100 {
-            advance(milliseconds: 100)
+        while rounds < 100 {
             rounds += 1
+            var anyShown = false
+            for client in 1..<4 {  // n2, n3 and n4 are online
+                let visible = try await shown[client].read().elements.sorted()
+                guard let ad = visible.first else { continue }
+                anyShown = true
+                try await impressions[client].update { map, replica in map.update(ad) { $0.increment(replica: replica) } }
+            }
+            let offline = try await shown[4].read().elements.sorted()  // n5 is not
+            if let ad = offline.first {
+                try await impressions[4].update { map, replica in map.update(ad) { $0.increment(replica: replica) } }
+            }
+            if !anyShown { break }
+            _ = try? await shown[1].read(until: { _ in false }, timeout: .milliseconds(20))
         }
-        print("   -- healed; all 5 replicas equal after \(rounds) gossip rounds (\((simulation.now - start) / 1_000_000) ms virtual) --")
+        var retired: [String] = []
+        for watcher in watchers { retired.append(try await watcher.value) }
+        print("   the server retired \(retired.sorted().joined(separator: ", ")) at \(cap) impressions each; online clients stopped showing them")
+        cluster.healAll()
+        let counted = try await impressions[4].read()
+        let total = try await impressions[0].read(atLeast: counted, timeout: .seconds(5))
+        for ad in ["hats", "shoes", "tea"] {
+            let offline = total[ad][ReplicaID(5)]
+            print("   \(ad): \(total[ad].value) impressions: \(total[ad].value - offline) online, \(offline) offline on n5 (cap \(cap))")
+        }
+        print("   -- healed: n5's offline impressions merged in; the overshoot beyond the cap is what n5 showed offline --")
     }
 
-    func show(_ heading: String) {
-        print("   \(heading):")
-        for node in nodes {
-            print("     \(node): \(state(node).map(render) ?? "down")")
+    private func waitAll<Value: Replicable>(_ registers: [Register<Value>], atLeast target: Value) async throws {
+        for register in registers { _ = try await register.read(atLeast: target, timeout: .seconds(5)) }
+    }
+
+    private func show(_ carts: [Register<ORSet<String>>], _ heading: String) async throws {
+        print(heading)
+        for (index, cart) in carts.enumerated() {
+            print("     n\(index + 1): {" + (try await cart.read()).elements.sorted().joined(separator: ", ") + "}")
         }
     }
 
-    private func render(_ value: Value) -> String {
-        if let set = value as? ORSet<String> { return "{" + set.elements.sorted().joined(separator: ", ") + "}" }
-        return "\(value)"
-    }
+    private func milliseconds(_ duration: Duration) -> Int { Int(duration.nanoseconds / 1_000_000) }
 }

@@ -7,8 +7,8 @@ private let r3 = ReplicaID(3)
 
 /// Scenario tests of what each CRDT means, beyond the lattice laws.
 @Suite struct CRDTSemanticsTests {
-    /// The README's code sample, verbatim, so that it stays true.
-    @Test func readmeExample() {
+    /// Concurrent add and remove on two replicas, as an introduction would show it.
+    @Test func aliceAndBobEditOneCart() {
         let alice = ReplicaID(1), bob = ReplicaID(2)
         var cartAtAlice = ORSet<String>()
         cartAtAlice.insert("apple", replica: alice)

@@ -88,7 +88,7 @@ public struct Register<Value: Replicable>: Sendable {
     /// checks a function on sample states.
     public func map<Output: Replicable>(_ name: String, _ transform: @escaping @Sendable (Value) -> Output) async throws(ContinuumError) -> Register<Output> {
         try await node.define(DerivedDefinition(name: name, inputs: [self.name]) { inputs in
-            AnyReplicated(transform(inputs[0].unwrap(as: Value.self)!))
+            inputs[0].unwrap(as: Value.self).map { AnyReplicated(transform($0)) }
         })
         return Register<Output>(name: name, node: node)
     }
@@ -98,7 +98,8 @@ public struct Register<Value: Replicable>: Sendable {
         _ other: Register<Other>, into name: String, _ combine: @escaping @Sendable (Value, Other) -> Output
     ) async throws(ContinuumError) -> Register<Output> {
         try await node.define(DerivedDefinition(name: name, inputs: [self.name, other.name]) { inputs in
-            AnyReplicated(combine(inputs[0].unwrap(as: Value.self)!, inputs[1].unwrap(as: Other.self)!))
+            guard let first = inputs[0].unwrap(as: Value.self), let second = inputs[1].unwrap(as: Other.self) else { return nil }
+            return AnyReplicated(combine(first, second))
         })
         return Register<Output>(name: name, node: node)
     }

@@ -281,7 +281,7 @@ final class AvailableChecker {
             guard inputs.count == definition.inputs.count else { continue }
             let should = definition.compute(inputs)
             if current != should {
-                record("\(node) derived '\(definition.name)' is \(current.map { "\($0)" } ?? "nil"), its definition gives \(should)")
+                record("\(node) derived '\(definition.name)' is \(current.map { "\($0)" } ?? "nil"), its definition gives \(should.map { "\($0)" } ?? "nil")")
             }
         }
         lastDerived[node] = derivedSeen

@@ -13,13 +13,15 @@ public enum PlantedReplicationBug: String, Sendable, CaseIterable {
 /// A derived register: a function of other registers' states, kept up to date at every
 /// replica as its inputs grow (Lasp's dataflow). Not replicated itself: every replica computes
 /// it from its own merged inputs, so derived registers converge when their inputs do.
-/// `compute` must be monotone for threshold reads on the result to mean anything.
+/// `compute` must be monotone for threshold reads on the result to mean anything; it returns
+/// nil when its inputs are not of the types it expects (say, an input deleted and declared
+/// again with another type), and the derived register is then absent.
 public struct DerivedDefinition: Sendable {
     public var name: String
     public var inputs: [String]
-    public var compute: @Sendable ([AnyReplicated]) -> AnyReplicated
+    public var compute: @Sendable ([AnyReplicated]) -> AnyReplicated?
 
-    public init(name: String, inputs: [String], compute: @escaping @Sendable ([AnyReplicated]) -> AnyReplicated) {
+    public init(name: String, inputs: [String], compute: @escaping @Sendable ([AnyReplicated]) -> AnyReplicated?) {
         self.name = name
         self.inputs = inputs
         self.compute = compute

@@ -1,0 +1,739 @@
+import ContinuumCore
+
+/// A bug that can be planted in Raft so that tests can show the checkers catch its class.
+/// Never set outside tests.
+public enum PlantedRaftBug: String, Sendable, CaseIterable {
+    /// The leader answers reads from its own state at once, without ReadIndex or a lease: a
+    /// deposed leader that does not know it yet serves stale values.
+    case staleLocalReads = "stale-local-reads"
+    /// The leader commits entries of earlier terms by counting replicas (the Figure 8 error
+    /// of the Raft paper, section 5.4.2).
+    case commitPreviousTermEntries = "commit-previous-term-entries"
+}
+
+/// How a client request ended, seen from the node the client asked.
+public enum RequestOutcome: Sendable, Equatable, CustomStringConvertible {
+    case ok(KeyValueResult)
+    /// Definitely not applied: no leader here, or a read that could not be confirmed.
+    case unavailable(String)
+    /// A write that may yet commit: the latency bound passed after it was handed to a leader.
+    case indeterminate
+
+    public var description: String {
+        switch self {
+        case let .ok(result): "ok \(result)"
+        case let .unavailable(reason): "unavailable (\(reason))"
+        case .indeterminate: "indeterminate"
+        }
+    }
+}
+
+/// Raft consensus (Ongaro and Ousterhout, "In Search of an Understandable Consensus
+/// Algorithm", 2014, and Ongaro's thesis, 2014) driving a replicated key-value state machine,
+/// as a pure instance: randomized election timeouts from the injected generator; pre-vote and
+/// check-quorum (thesis 9.6) with leader stickiness (4.2.3); log replication with batching
+/// (`entriesPerMessageMax`), pipelining and per-follower flow control (`inflightAppendsMax`);
+/// commitment only of current-term entries by counting (5.4.2); linearizable reads by ReadIndex
+/// (6.4) or, when enabled with check-quorum, by a leader lease shortened by `maxClockOffset`;
+/// log compaction with snapshots sent to lagging followers (5); leadership transfer (3.10).
+/// Client requests may arrive at any node; followers forward them to the leader; a retried
+/// request (same client and sequence number) applies once.
+public struct RaftInstance: ProtocolInstance {
+    public struct Configuration: Sendable {
+        /// Election timeouts are drawn from [min, 2·min).
+        public var electionTimeoutMin: Duration
+        public var heartbeatInterval: Duration
+        public var entriesPerMessageMax: Int
+        /// Append messages with entries in flight to one follower, at most.
+        public var inflightAppendsMax: Int
+        /// Client requests waiting at this node, at most; more are refused as unavailable.
+        public var pendingRequestsMax: Int
+        /// Applied entries kept in the log before it is compacted into a snapshot.
+        public var snapshotThresholdEntries: Int
+        public var preVote: Bool
+        public var checkQuorum: Bool
+        public var leaseReads: Bool
+        /// The most two node clocks may disagree by; leases are shortened by it.
+        public var maxClockOffset: Duration
+        public var plantedBug: PlantedRaftBug?
+
+        public init(electionTimeoutMin: Duration = .milliseconds(300), heartbeatInterval: Duration = .milliseconds(50),
+                    entriesPerMessageMax: Int = 64, inflightAppendsMax: Int = 4, pendingRequestsMax: Int = 1_024,
+                    snapshotThresholdEntries: Int = 256, preVote: Bool = true, checkQuorum: Bool = true, leaseReads: Bool = false,
+                    maxClockOffset: Duration = .milliseconds(50), plantedBug: PlantedRaftBug? = nil) {
+            precondition(heartbeatInterval < electionTimeoutMin, "heartbeats must come faster than election timeouts")
+            precondition(!leaseReads || checkQuorum, "lease reads are only safe with check-quorum")
+            precondition(!leaseReads || maxClockOffset < electionTimeoutMin, "the clock offset bound leaves no lease")
+            precondition(entriesPerMessageMax >= 1 && inflightAppendsMax >= 1 && pendingRequestsMax >= 1 && snapshotThresholdEntries >= 1)
+            self.electionTimeoutMin = electionTimeoutMin
+            self.heartbeatInterval = heartbeatInterval
+            self.entriesPerMessageMax = entriesPerMessageMax
+            self.inflightAppendsMax = inflightAppendsMax
+            self.pendingRequestsMax = pendingRequestsMax
+            self.snapshotThresholdEntries = snapshotThresholdEntries
+            self.preVote = preVote
+            self.checkQuorum = checkQuorum
+            self.leaseReads = leaseReads
+            self.maxClockOffset = maxClockOffset
+            self.plantedBug = plantedBug
+        }
+    }
+
+    public enum Role: String, Sendable { case follower, preCandidate, candidate, leader }
+
+    public enum Command: Sendable {
+        /// A client request with its latency bound.
+        case request(id: UInt64, client: UInt64, sequence: UInt64, KeyValueOperation, latency: Duration)
+        case transferLeadership(to: NodeID)
+    }
+
+    public enum Output: Sendable {
+        case reply(id: UInt64, RequestOutcome)
+        case becameLeader(term: UInt64)
+    }
+
+    public enum Timer: Hashable, Sendable {
+        case election
+        case heartbeat
+        case deadline(request: UInt64)
+    }
+
+    public typealias Message = RaftMessage
+    public typealias Durable = RaftDurableState
+
+    /// Where a request came from: a client of this node, or another node that forwarded it.
+    enum Origin: Equatable {
+        case local(UInt64)
+        case remote(NodeID, UInt64)
+    }
+
+    struct ClientRequest {
+        var client: UInt64
+        var sequence: UInt64
+        var operation: KeyValueOperation
+        /// Whether it was handed to a leader (appended here, or forwarded).
+        var handedOver: Bool
+    }
+
+    struct PendingRead {
+        var origin: Origin
+        var key: String
+        var readIndex: UInt64
+        var round: UInt64
+    }
+
+    // MARK: State
+
+    public let node: NodeID
+    public let members: [NodeID]
+    public private(set) var term: UInt64
+    public private(set) var votedFor: NodeID?
+    public private(set) var role: Role = .follower
+    public private(set) var leader: NodeID?
+    public private(set) var commitIndex: UInt64
+    public private(set) var lastApplied: UInt64
+    public private(set) var stateMachine: KeyValueStateMachine
+    public private(set) var snapshot: RaftSnapshot?
+    private var entries: [LogEntry]
+
+    private let configuration: Configuration
+    private var random: DeterministicRandom
+    private var votes: Set<NodeID> = []
+    private var lastHeardFromLeader: Duration?
+    private var now: Duration = .zero
+    // Leader state.
+    private var nextIndex: [NodeID: UInt64] = [:]
+    private var matchIndex: [NodeID: UInt64] = [:]
+    private var inflight: [NodeID: Int] = [:]
+    private var lastContact: [NodeID: Duration] = [:]
+    private var round: UInt64 = 0
+    private var roundSentAt: [UInt64: Duration] = [:]
+    private var acknowledgedRound: [NodeID: UInt64] = [:]
+    private var leaseUntil: Duration?
+    private var pendingReads: [PendingRead] = []
+    private var readsAwaitingCommit: [(origin: Origin, key: String)] = []
+    private var serving: [UInt64: [UInt64: [Origin]]] = [:]
+    private var transferTarget: (node: NodeID, until: Duration)?
+    // Requests of this node's clients.
+    private var requests: [UInt64: ClientRequest] = [:]
+
+    public init(configuration: Configuration, context: InstanceContext, durable: RaftDurableState?) {
+        self.configuration = configuration
+        self.node = context.node
+        self.members = context.members
+        self.random = context.random
+        self.term = durable?.term ?? 0
+        self.votedFor = durable?.votedFor
+        self.snapshot = durable?.snapshot
+        self.entries = durable?.entries ?? []
+        self.stateMachine = durable?.snapshot?.state ?? KeyValueStateMachine()
+        self.commitIndex = durable?.snapshot?.lastIndex ?? 0
+        self.lastApplied = commitIndex
+    }
+
+    public static func accumulate(_ patch: RaftDurableState, into durable: inout RaftDurableState?) {
+        var state = durable ?? RaftDurableState(term: 0, votedFor: nil)
+        state.term = patch.term
+        state.votedFor = patch.votedFor
+        if let snapshot = patch.snapshot {
+            state.snapshot = snapshot
+            state.entries.removeAll { $0.index <= snapshot.lastIndex }
+        }
+        if let from = patch.replaceFrom { state.entries.removeAll { $0.index >= from } }
+        if let first = patch.entries.first {
+            let expected = (state.entries.last?.index ?? state.snapshot?.lastIndex ?? 0) + 1
+            precondition(first.index == expected, "persisted entries not contiguous: \(first.index) after \(expected - 1)")
+            state.entries += patch.entries
+        }
+        state.replaceFrom = nil
+        durable = state
+    }
+
+    public static func trafficClass(of message: RaftMessage) -> String {
+        switch message {
+        case .requestVote, .vote, .timeoutNow: "elections"
+        case .appendEntries, .appendResult, .installSnapshot: "replication"
+        case .forward, .forwardedResult: "forwarding"
+        }
+    }
+
+    // MARK: Log access
+
+    public var snapshotIndex: UInt64 { snapshot?.lastIndex ?? 0 }
+    public var lastIndex: UInt64 { snapshotIndex + UInt64(entries.count) }
+    var lastTerm: UInt64 { entries.last?.term ?? snapshot?.lastTerm ?? 0 }
+
+    /// The term of the entry at `index`; nil if compacted away (below the snapshot) or absent.
+    public func term(at index: UInt64) -> UInt64? {
+        if index == snapshotIndex { return snapshot?.lastTerm ?? 0 }
+        guard index > snapshotIndex, index <= lastIndex else { return nil }
+        return entries[Int(index - snapshotIndex - 1)].term
+    }
+
+    /// The entry at `index`, if it is in the log (not compacted).
+    public func entry(at index: UInt64) -> LogEntry? {
+        guard index > snapshotIndex, index <= lastIndex else { return nil }
+        return entries[Int(index - snapshotIndex - 1)]
+    }
+
+    var quorum: Int { members.count / 2 + 1 }
+    var peers: [NodeID] { members.filter { $0 != node } }
+
+    // MARK: Events
+
+    public mutating func start(now: Duration) -> [Effect] {
+        self.now = now
+        return [resetElectionTimer()]
+    }
+
+    public mutating func timerFired(_ timer: Timer, now: Duration) -> [Effect] {
+        self.now = now
+        switch timer {
+        case .election: return electionTimeout()
+        case .heartbeat: return heartbeat()
+        case let .deadline(id): return deadlinePassed(id)
+        }
+    }
+
+    public mutating func handle(_ command: Command, now: Duration) -> [Effect] {
+        self.now = now
+        switch command {
+        case let .request(id, client, sequence, operation, latency):
+            return request(id: id, client: client, sequence: sequence, operation, latency: latency)
+        case let .transferLeadership(target):
+            guard role == .leader, target != node, members.contains(target) else { return [] }
+            transferTarget = (target, now + configuration.electionTimeoutMin)
+            return progressTransfer()
+        }
+    }
+
+    public mutating func receive(_ message: RaftMessage, from sender: NodeID, now: Duration) -> [Effect] {
+        self.now = now
+        switch message {
+        case let .requestVote(term, lastLogIndex, lastLogTerm, preVote, transfer):
+            return voteRequested(by: sender, term: term, lastLogIndex: lastLogIndex, lastLogTerm: lastLogTerm, preVote: preVote, transfer: transfer)
+        case let .vote(term, granted, preVote):
+            return voteReceived(from: sender, term: term, granted: granted, preVote: preVote)
+        case let .appendEntries(term, previousIndex, previousTerm, newEntries, leaderCommit, round):
+            return appendEntries(from: sender, term: term, previousIndex: previousIndex, previousTerm: previousTerm,
+                                 newEntries: newEntries, leaderCommit: leaderCommit, round: round)
+        case let .appendResult(term, success, matchIndex, round):
+            return appendResult(from: sender, term: term, success: success, match: matchIndex, round: round)
+        case let .installSnapshot(term, snapshot, round):
+            return installSnapshot(from: sender, term: term, snapshot, round: round)
+        case let .timeoutNow(term):
+            guard term == self.term, role == .follower else { return [] }
+            return becomeCandidate(transfer: true)
+        case let .forward(request, client, sequence, operation):
+            guard role == .leader else { return [] }
+            return serve(operation, client: client, sequence: sequence, origin: .remote(sender, request))
+        case let .forwardedResult(request, result):
+            return complete(request, .ok(result))
+        }
+    }
+
+    // MARK: Elections
+
+    private mutating func resetElectionTimer() -> Effect {
+        let minimum = configuration.electionTimeoutMin.nanoseconds
+        return .setTimer(.election, after: .nanoseconds(Int64.random(in: minimum..<(2 * minimum), using: &random)))
+    }
+
+    private mutating func electionTimeout() -> [Effect] {
+        guard role != .leader else { return [] }
+        leader = nil
+        guard configuration.preVote else { return becomeCandidate(transfer: false) }
+        role = .preCandidate
+        votes = [node]
+        if votes.count >= quorum { return becomeCandidate(transfer: false) }
+        var effects: [Effect] = [resetElectionTimer()]
+        for peer in peers {
+            effects.append(.send(to: peer, .requestVote(term: term + 1, lastLogIndex: lastIndex, lastLogTerm: lastTerm, preVote: true, transfer: false)))
+        }
+        return effects
+    }
+
+    private mutating func becomeCandidate(transfer: Bool) -> [Effect] {
+        role = .candidate
+        term += 1
+        votedFor = node
+        leader = nil
+        votes = [node]
+        var effects: [Effect] = [persistHardState(), resetElectionTimer()]
+        if votes.count >= quorum { return effects + becomeLeader() }
+        for peer in peers {
+            effects.append(.send(to: peer, .requestVote(term: term, lastLogIndex: lastIndex, lastLogTerm: lastTerm, preVote: false, transfer: transfer)))
+        }
+        return effects
+    }
+
+    private mutating func voteRequested(by candidate: NodeID, term candidateTerm: UInt64, lastLogIndex: UInt64, lastLogTerm: UInt64,
+                                        preVote: Bool, transfer: Bool) -> [Effect] {
+        let upToDate = lastLogTerm > lastTerm || (lastLogTerm == lastTerm && lastLogIndex >= lastIndex)
+        // Leader stickiness: while a leader is heard from, no vote for anyone else (thesis 4.2.3).
+        let hearsLeader = role == .leader || (leader != nil && lastHeardFromLeader.map { now - $0 < configuration.electionTimeoutMin } == true)
+        if hearsLeader && !transfer && (configuration.checkQuorum || preVote) {
+            return [.send(to: candidate, .vote(term: preVote ? candidateTerm : term, granted: false, preVote: preVote))]
+        }
+        if preVote {
+            let granted = candidateTerm > term && upToDate
+            return [.send(to: candidate, .vote(term: candidateTerm, granted: granted, preVote: true))]
+        }
+        guard candidateTerm >= term else { return [.send(to: candidate, .vote(term: term, granted: false, preVote: false))] }
+        var effects: [Effect] = []
+        if candidateTerm > term { effects += stepDown(to: candidateTerm) }
+        let granted = (votedFor == nil || votedFor == candidate) && upToDate
+        if granted {
+            votedFor = candidate
+            effects.append(persistHardState())
+            effects.append(resetElectionTimer())
+        }
+        // The vote is durable before it is sent (the persist above comes first).
+        effects.append(.send(to: candidate, .vote(term: term, granted: granted, preVote: false)))
+        return effects
+    }
+
+    private mutating func voteReceived(from voter: NodeID, term voteTerm: UInt64, granted: Bool, preVote: Bool) -> [Effect] {
+        if preVote {
+            guard role == .preCandidate, voteTerm == term + 1, granted else { return [] }
+            votes.insert(voter)
+            return votes.count >= quorum ? becomeCandidate(transfer: false) : []
+        }
+        if voteTerm > term { return stepDown(to: voteTerm) }
+        guard role == .candidate, voteTerm == term, granted else { return [] }
+        votes.insert(voter)
+        return votes.count >= quorum ? becomeLeader() : []
+    }
+
+    private mutating func becomeLeader() -> [Effect] {
+        role = .leader
+        leader = node
+        transferTarget = nil
+        for peer in peers {
+            nextIndex[peer] = lastIndex + 1
+            matchIndex[peer] = 0
+            inflight[peer] = 0
+            lastContact[peer] = now  // a grace period before check-quorum counts silence
+            acknowledgedRound[peer] = 0
+        }
+        leaseUntil = nil
+        // A no-op of the new term: committing it commits everything before it (section 8),
+        // and ReadIndex needs it.
+        var effects = appendToLog(.noop)
+        effects.append(.output(.becameLeader(term: term)))
+        effects += broadcastAppends()
+        effects.append(.setTimer(.heartbeat, after: configuration.heartbeatInterval))
+        effects += advanceCommit()
+        return effects
+    }
+
+    /// Adopts a newer term as a follower.
+    private mutating func stepDown(to newTerm: UInt64) -> [Effect] {
+        var effects: [Effect] = []
+        if newTerm > term {
+            term = newTerm
+            votedFor = nil
+            effects.append(persistHardState())
+        }
+        if role == .leader { effects += abandonLeadership() }
+        if role != .follower {
+            role = .follower
+            effects.append(resetElectionTimer())
+        }
+        return effects
+    }
+
+    private mutating func abandonLeadership() -> [Effect] {
+        role = .follower
+        leader = nil
+        leaseUntil = nil
+        transferTarget = nil
+        var effects: [Effect] = [.cancelTimer(.heartbeat), resetElectionTimer()]
+        // Reads not yet confirmed cannot be; writes stay pending (they may still commit).
+        for read in pendingReads { effects += fail(read.origin) }
+        for read in readsAwaitingCommit { effects += fail(read.origin) }
+        pendingReads.removeAll()
+        readsAwaitingCommit.removeAll()
+        serving.removeAll()
+        return effects
+    }
+
+    private mutating func fail(_ origin: Origin) -> [Effect] {
+        guard case let .local(id) = origin else { return [] }
+        return complete(id, .unavailable("leadership lost"))
+    }
+
+    // MARK: Replication
+
+    private mutating func heartbeat() -> [Effect] {
+        guard role == .leader else { return [] }
+        var effects: [Effect] = [.setTimer(.heartbeat, after: configuration.heartbeatInterval)]
+        if configuration.checkQuorum {
+            let inContact = peers.filter { lastContact[$0].map { now - $0 < configuration.electionTimeoutMin } == true }.count + 1
+            if inContact < quorum { return effects + abandonLeadership() }
+        }
+        if let transfer = transferTarget, now >= transfer.until { transferTarget = nil }
+        effects += broadcastAppends()
+        return effects
+    }
+
+    private mutating func broadcastAppends() -> [Effect] {
+        round += 1
+        roundSentAt[round] = now
+        roundSentAt = roundSentAt.filter { $0.key + 64 > round }
+        return peers.flatMap { sendAppend(to: $0) }
+    }
+
+    private mutating func sendAppend(to peer: NodeID) -> [Effect] {
+        let next = nextIndex[peer] ?? lastIndex + 1
+        if next <= snapshotIndex, let snapshot {
+            inflight[peer] = configuration.inflightAppendsMax
+            return [.send(to: peer, .installSnapshot(term: term, snapshot: snapshot, round: round))]
+        }
+        var batch: [LogEntry] = []
+        if (inflight[peer] ?? 0) < configuration.inflightAppendsMax, next <= lastIndex {
+            let end = min(lastIndex, next + UInt64(configuration.entriesPerMessageMax) - 1)
+            batch = Array(entries[Int(next - snapshotIndex - 1)...Int(end - snapshotIndex - 1)])
+            nextIndex[peer] = end + 1
+            inflight[peer, default: 0] += 1
+        }
+        let previous = next - 1
+        return [.send(to: peer, .appendEntries(term: term, previousIndex: previous, previousTerm: term(at: previous) ?? 0,
+                                               entries: batch, leaderCommit: commitIndex, round: round))]
+    }
+
+    private mutating func appendToLog(_ command: LogCommand) -> [Effect] {
+        let entry = LogEntry(term: term, index: lastIndex + 1, command: command)
+        entries.append(entry)
+        return [.persist(RaftDurableState(term: term, votedFor: votedFor, entries: [entry]))]
+    }
+
+    private mutating func appendEntries(from sender: NodeID, term leaderTerm: UInt64, previousIndex: UInt64, previousTerm: UInt64,
+                                        newEntries: [LogEntry], leaderCommit: UInt64, round: UInt64) -> [Effect] {
+        guard leaderTerm >= term else {
+            return [.send(to: sender, .appendResult(term: term, success: false, matchIndex: lastIndex, round: round))]
+        }
+        var effects: [Effect] = []
+        if leaderTerm > term || role != .follower { effects += stepDown(to: leaderTerm) }
+        precondition(role == .follower, "\(node) got appends from \(sender) for its own term \(term) as \(role)")
+        leader = sender
+        lastHeardFromLeader = now
+        effects.append(resetElectionTimer())
+        guard previousIndex <= lastIndex else {
+            return effects + [.send(to: sender, .appendResult(term: term, success: false, matchIndex: lastIndex, round: round))]
+        }
+        if previousIndex >= snapshotIndex, term(at: previousIndex) != previousTerm {
+            let hint = max(commitIndex, previousIndex - 1)
+            return effects + [.send(to: sender, .appendResult(term: term, success: false, matchIndex: hint, round: round))]
+        }
+        // Append what is new; a conflicting suffix is replaced (log matching, section 5.3).
+        var replaceFrom: UInt64?
+        var appended: [LogEntry] = []
+        for entry in newEntries where entry.index > snapshotIndex {
+            if appended.isEmpty, let existing = term(at: entry.index) {
+                if existing == entry.term { continue }
+                precondition(entry.index > commitIndex, "\(node): leader \(sender) overwrites committed entry \(entry.index)")
+                entries.removeLast(Int(lastIndex - entry.index + 1))
+                replaceFrom = entry.index
+            }
+            entries.append(entry)
+            appended.append(entry)
+        }
+        if !appended.isEmpty || replaceFrom != nil {
+            effects.append(.persist(RaftDurableState(term: term, votedFor: votedFor, entries: appended, replaceFrom: replaceFrom)))
+        }
+        let lastNew = previousIndex + UInt64(newEntries.count)
+        if leaderCommit > commitIndex { commitIndex = max(commitIndex, min(leaderCommit, lastNew)) }
+        effects += applyCommitted()
+        // The reply follows the persist: what it acknowledges is durable.
+        effects.append(.send(to: sender, .appendResult(term: term, success: true, matchIndex: lastNew, round: round)))
+        return effects
+    }
+
+    private mutating func installSnapshot(from sender: NodeID, term leaderTerm: UInt64, _ incoming: RaftSnapshot, round: UInt64) -> [Effect] {
+        guard leaderTerm >= term else {
+            return [.send(to: sender, .appendResult(term: term, success: false, matchIndex: lastIndex, round: round))]
+        }
+        var effects: [Effect] = []
+        if leaderTerm > term || role != .follower { effects += stepDown(to: leaderTerm) }
+        leader = sender
+        lastHeardFromLeader = now
+        effects.append(resetElectionTimer())
+        if incoming.lastIndex > commitIndex {
+            // Keep the log after the snapshot only if it continues the snapshot (section 7).
+            let keepsSuffix = term(at: incoming.lastIndex) == incoming.lastTerm
+            if keepsSuffix {
+                entries.removeFirst(Int(incoming.lastIndex - snapshotIndex))
+            } else {
+                entries.removeAll()
+            }
+            snapshot = incoming
+            stateMachine = incoming.state
+            commitIndex = incoming.lastIndex
+            lastApplied = incoming.lastIndex
+            effects.append(.persist(RaftDurableState(term: term, votedFor: votedFor, snapshot: incoming,
+                                                     replaceFrom: keepsSuffix ? nil : incoming.lastIndex + 1)))
+            effects += answerRequestsFromSessions()
+        }
+        effects.append(.send(to: sender, .appendResult(term: term, success: true, matchIndex: max(commitIndex, incoming.lastIndex), round: round)))
+        return effects
+    }
+
+    private mutating func appendResult(from peer: NodeID, term resultTerm: UInt64, success: Bool, match: UInt64, round ackRound: UInt64) -> [Effect] {
+        if resultTerm > term { return stepDown(to: resultTerm) }
+        guard role == .leader, resultTerm == term else { return [] }
+        lastContact[peer] = now
+        acknowledgedRound[peer] = max(acknowledgedRound[peer] ?? 0, ackRound)
+        inflight[peer] = max(0, (inflight[peer] ?? 0) - 1)
+        var effects: [Effect] = []
+        if success {
+            matchIndex[peer] = max(matchIndex[peer] ?? 0, match)
+            nextIndex[peer] = max(nextIndex[peer] ?? 0, match + 1)
+            effects += advanceCommit()
+        } else {
+            nextIndex[peer] = max((matchIndex[peer] ?? 0) + 1, min(nextIndex[peer] ?? lastIndex + 1, match + 1))
+            inflight[peer] = 0
+            effects += sendAppend(to: peer)
+        }
+        if (nextIndex[peer] ?? 0) <= lastIndex, (inflight[peer] ?? 0) < configuration.inflightAppendsMax {
+            effects += sendAppend(to: peer)
+        }
+        updateLease()
+        effects += confirmReads()
+        effects += progressTransfer()
+        return effects
+    }
+
+    /// Commits the highest index replicated on a quorum whose entry is of the current term.
+    private mutating func advanceCommit() -> [Effect] {
+        guard role == .leader else { return [] }
+        var candidate = lastIndex
+        while candidate > commitIndex {
+            let replicas = peers.filter { (matchIndex[$0] ?? 0) >= candidate }.count + 1
+            let ofThisTerm = term(at: candidate) == term || configuration.plantedBug == .commitPreviousTermEntries
+            if replicas >= quorum && ofThisTerm { break }
+            candidate -= 1
+        }
+        guard candidate > commitIndex else { return [] }
+        commitIndex = candidate
+        var effects = applyCommitted()
+        // Reads that waited for the first commit of this term can now get a read index.
+        let waiting = readsAwaitingCommit
+        readsAwaitingCommit.removeAll()
+        for read in waiting { effects += startRead(read.key, origin: read.origin) }
+        return effects
+    }
+
+    private mutating func applyCommitted() -> [Effect] {
+        var effects: [Effect] = []
+        while lastApplied < commitIndex {
+            lastApplied += 1
+            guard let entry = entry(at: lastApplied) else { preconditionFailure("\(node): committed entry \(lastApplied) missing") }
+            guard let result = stateMachine.apply(entry.command) else { continue }
+            effects += answer(client: entry.command.client, sequence: entry.command.sequence, result)
+        }
+        effects += confirmReads()
+        effects += compactIfNeeded()
+        return effects
+    }
+
+    /// Replies to whoever waits for (client, sequence), here or at a forwarding node.
+    private mutating func answer(client: UInt64, sequence: UInt64, _ result: KeyValueResult) -> [Effect] {
+        var effects: [Effect] = []
+        for origin in serving[client]?[sequence] ?? [] {
+            switch origin {
+            case let .local(id): effects += complete(id, .ok(result))
+            case let .remote(peer, id): effects.append(.send(to: peer, .forwardedResult(request: id, result)))
+            }
+        }
+        serving[client]?[sequence] = nil
+        if serving[client]?.isEmpty == true { serving[client] = nil }
+        // A forwarded request whose entry this node applies as a follower is answered here too.
+        for (id, request) in requests.sorted(by: { $0.key < $1.key }) where request.client == client && request.sequence == sequence {
+            effects += complete(id, .ok(result))
+        }
+        return effects
+    }
+
+    /// After installing a snapshot: requests whose results the sessions now hold.
+    private mutating func answerRequestsFromSessions() -> [Effect] {
+        var effects: [Effect] = []
+        for (id, request) in requests.sorted(by: { $0.key < $1.key }) where !request.operation.isRead {
+            if let session = stateMachine.sessions[request.client], session.sequence == request.sequence {
+                effects += complete(id, .ok(session.result))
+            }
+        }
+        return effects
+    }
+
+    private mutating func compactIfNeeded() -> [Effect] {
+        guard lastApplied - snapshotIndex > UInt64(configuration.snapshotThresholdEntries), let appliedTerm = term(at: lastApplied) else { return [] }
+        let newSnapshot = RaftSnapshot(lastIndex: lastApplied, lastTerm: appliedTerm, state: stateMachine)
+        entries.removeFirst(Int(lastApplied - snapshotIndex))
+        snapshot = newSnapshot
+        return [.persist(RaftDurableState(term: term, votedFor: votedFor, snapshot: newSnapshot))]
+    }
+
+    // MARK: Client requests
+
+    private mutating func request(id: UInt64, client: UInt64, sequence: UInt64, _ operation: KeyValueOperation, latency: Duration) -> [Effect] {
+        guard requests.count < configuration.pendingRequestsMax else {
+            return [.output(.reply(id: id, .unavailable("more than \(configuration.pendingRequestsMax) requests pending")))]
+        }
+        requests[id] = ClientRequest(client: client, sequence: sequence, operation: operation, handedOver: false)
+        var effects: [Effect] = [.setTimer(.deadline(request: id), after: latency)]
+        switch role {
+        case .leader:
+            requests[id]?.handedOver = true
+            effects += serve(operation, client: client, sequence: sequence, origin: .local(id))
+        default:
+            guard let leader, lastHeardFromLeader.map({ now - $0 < configuration.electionTimeoutMin }) == true else {
+                return effects + complete(id, .unavailable("no leader known"))
+            }
+            requests[id]?.handedOver = true
+            effects.append(.send(to: leader, .forward(request: id, client: client, sequence: sequence, operation)))
+        }
+        return effects
+    }
+
+    /// The leader's side of a request, from here or forwarded.
+    private mutating func serve(_ operation: KeyValueOperation, client: UInt64, sequence: UInt64, origin: Origin) -> [Effect] {
+        guard transferTarget == nil else { return fail(origin) }
+        if case let .read(key) = operation { return startRead(key, origin: origin) }
+        if let session = stateMachine.sessions[client], sequence <= session.sequence {
+            // Already applied: answer with the remembered result (a retry), or never (stale).
+            guard sequence == session.sequence else { return [] }
+            return reply(origin, session.result)
+        }
+        let alreadyLogged = serving[client]?[sequence] != nil
+        serving[client, default: [:]][sequence, default: []].append(origin)
+        guard !alreadyLogged else { return [] }
+        var effects = appendToLog(LogCommand(client: client, sequence: sequence, operation: operation))
+        for peer in peers where (inflight[peer] ?? 0) < configuration.inflightAppendsMax { effects += sendAppend(to: peer) }
+        effects += advanceCommit()
+        return effects
+    }
+
+    private mutating func reply(_ origin: Origin, _ result: KeyValueResult) -> [Effect] {
+        switch origin {
+        case let .local(id): complete(id, .ok(result))
+        case let .remote(peer, id): [.send(to: peer, .forwardedResult(request: id, result))]
+        }
+    }
+
+    private mutating func startRead(_ key: String, origin: Origin) -> [Effect] {
+        if configuration.plantedBug == .staleLocalReads { return reply(origin, .value(stateMachine.read(key))) }
+        // ReadIndex needs an entry of this term committed (thesis 6.4, step 1).
+        guard term(at: commitIndex) == term || entriesOfTermCommitted else {
+            readsAwaitingCommit.append((origin, key))
+            return []
+        }
+        if configuration.leaseReads, let leaseUntil, now < leaseUntil {
+            pendingReads.append(PendingRead(origin: origin, key: key, readIndex: commitIndex, round: 0))
+            return confirmReads()
+        }
+        var effects = broadcastAppends()
+        pendingReads.append(PendingRead(origin: origin, key: key, readIndex: commitIndex, round: round))
+        effects += confirmReads()
+        return effects
+    }
+
+    private var entriesOfTermCommitted: Bool {
+        var index = commitIndex
+        while index > snapshotIndex {
+            if term(at: index) == term { return true }
+            index -= 1
+        }
+        return false
+    }
+
+    /// Answers reads whose heartbeat round a quorum acknowledged and whose index is applied.
+    private mutating func confirmReads() -> [Effect] {
+        guard role == .leader, !pendingReads.isEmpty else { return [] }
+        var effects: [Effect] = []
+        var remaining: [PendingRead] = []
+        for read in pendingReads {
+            let acknowledged = peers.filter { (acknowledgedRound[$0] ?? 0) >= read.round }.count + 1
+            if (read.round == 0 || acknowledged >= quorum) && lastApplied >= read.readIndex {
+                effects += reply(read.origin, .value(stateMachine.read(read.key)))
+            } else {
+                remaining.append(read)
+            }
+        }
+        pendingReads = remaining
+        return effects
+    }
+
+    /// The lease runs from the sending of the latest round a quorum acknowledged, for the
+    /// shortest election timeout less the clock offset bound: no other leader can be elected
+    /// before (followers that heard this leader refuse votes for an election timeout).
+    private mutating func updateLease() {
+        guard configuration.leaseReads else { return }
+        let rounds = (peers.map { acknowledgedRound[$0] ?? 0 } + [round]).sorted(by: >)
+        let quorumRound = rounds[quorum - 1]
+        guard let sentAt = roundSentAt[quorumRound] else { return }
+        let until = sentAt + configuration.electionTimeoutMin - configuration.maxClockOffset
+        leaseUntil = max(leaseUntil ?? until, until)
+    }
+
+    private mutating func progressTransfer() -> [Effect] {
+        guard role == .leader, let transfer = transferTarget else { return [] }
+        guard (matchIndex[transfer.node] ?? 0) >= lastIndex else { return sendAppend(to: transfer.node) }
+        transferTarget = nil
+        return [.send(to: transfer.node, .timeoutNow(term: term))]
+    }
+
+    private mutating func deadlinePassed(_ id: UInt64) -> [Effect] {
+        guard let request = requests[id] else { return [] }
+        let outcome: RequestOutcome = request.operation.isRead || !request.handedOver
+            ? .unavailable("no answer within the latency bound") : .indeterminate
+        return complete(id, outcome)
+    }
+
+    private mutating func complete(_ id: UInt64, _ outcome: RequestOutcome) -> [Effect] {
+        guard requests.removeValue(forKey: id) != nil else { return [] }
+        return [.cancelTimer(.deadline(request: id)), .output(.reply(id: id, outcome))]
+    }
+
+    private func persistHardState() -> Effect { .persist(RaftDurableState(term: term, votedFor: votedFor)) }
+}

@@ -1,0 +1,352 @@
+import ContinuumCore
+
+/// A client's operation on the replicated key-value state machine. Values are integers; nil
+/// means absent.
+public enum KeyValueOperation: Sendable, Equatable, BinaryCodable, CustomStringConvertible {
+    case read(key: String)
+    case write(key: String, value: Int64?)
+    case compareAndSet(key: String, expected: Int64?, new: Int64?)
+
+    public var key: String {
+        switch self {
+        case let .read(key), let .write(key, _), let .compareAndSet(key, _, _): key
+        }
+    }
+
+    public var isRead: Bool { if case .read = self { true } else { false } }
+
+    public var description: String {
+        switch self {
+        case let .read(key): "read \(key)"
+        case let .write(key, value): "write \(key)=\(value.map(String.init) ?? "nil")"
+        case let .compareAndSet(key, expected, new): "cas \(key) \(expected.map(String.init) ?? "nil")→\(new.map(String.init) ?? "nil")"
+        }
+    }
+
+    public func encode(to writer: inout BinaryWriter) {
+        switch self {
+        case let .read(key):
+            writer.writeByte(0)
+            key.encode(to: &writer)
+        case let .write(key, value):
+            writer.writeByte(1)
+            key.encode(to: &writer)
+            value.encode(to: &writer)
+        case let .compareAndSet(key, expected, new):
+            writer.writeByte(2)
+            key.encode(to: &writer)
+            expected.encode(to: &writer)
+            new.encode(to: &writer)
+        }
+    }
+
+    public init(from reader: inout BinaryReader) throws(WireDecodingError) {
+        switch try reader.readByte() {
+        case 0: self = .read(key: try String(from: &reader))
+        case 1: self = .write(key: try String(from: &reader), value: try Int64?(from: &reader))
+        case 2: self = .compareAndSet(key: try String(from: &reader), expected: try Int64?(from: &reader), new: try Int64?(from: &reader))
+        case let tag: throw .invalid("key-value operation tag \(tag)")
+        }
+    }
+}
+
+/// What an operation returned.
+public enum KeyValueResult: Sendable, Equatable, BinaryCodable, CustomStringConvertible {
+    case value(Int64?)
+    case written
+    case compareAndSet(swapped: Bool)
+
+    public var description: String {
+        switch self {
+        case let .value(value): "value \(value.map(String.init) ?? "nil")"
+        case .written: "written"
+        case let .compareAndSet(swapped): swapped ? "swapped" : "not swapped"
+        }
+    }
+
+    public func encode(to writer: inout BinaryWriter) {
+        switch self {
+        case let .value(value):
+            writer.writeByte(0)
+            value.encode(to: &writer)
+        case .written:
+            writer.writeByte(1)
+        case let .compareAndSet(swapped):
+            writer.writeByte(2)
+            swapped.encode(to: &writer)
+        }
+    }
+
+    public init(from reader: inout BinaryReader) throws(WireDecodingError) {
+        switch try reader.readByte() {
+        case 0: self = .value(try Int64?(from: &reader))
+        case 1: self = .written
+        case 2: self = .compareAndSet(swapped: try Bool(from: &reader))
+        case let tag: throw .invalid("key-value result tag \(tag)")
+        }
+    }
+}
+
+/// A command in the log: a client's write or compare-and-set, or a leader's no-op.
+public struct LogCommand: Sendable, Equatable, BinaryCodable {
+    /// The client and its request number: a retried request applies once.
+    public var client: UInt64
+    public var sequence: UInt64
+    /// nil for the no-op a new leader appends to commit its term.
+    public var operation: KeyValueOperation?
+
+    public init(client: UInt64, sequence: UInt64, operation: KeyValueOperation?) {
+        self.client = client
+        self.sequence = sequence
+        self.operation = operation
+    }
+
+    public static let noop = LogCommand(client: 0, sequence: 0, operation: nil)
+
+    public func encode(to writer: inout BinaryWriter) {
+        writer.writeVarint(client)
+        writer.writeVarint(sequence)
+        operation.encode(to: &writer)
+    }
+
+    public init(from reader: inout BinaryReader) throws(WireDecodingError) {
+        client = try reader.readVarint()
+        sequence = try reader.readVarint()
+        operation = try KeyValueOperation?(from: &reader)
+    }
+}
+
+public struct LogEntry: Sendable, Equatable, BinaryCodable, CustomStringConvertible {
+    public var term: UInt64
+    public var index: UInt64
+    public var command: LogCommand
+
+    public init(term: UInt64, index: UInt64, command: LogCommand) {
+        self.term = term
+        self.index = index
+        self.command = command
+    }
+
+    public var description: String { "\(index)@\(term) \(command.operation.map { "\($0)" } ?? "no-op")" }
+
+    public func encode(to writer: inout BinaryWriter) {
+        writer.writeVarint(term)
+        writer.writeVarint(index)
+        command.encode(to: &writer)
+    }
+
+    public init(from reader: inout BinaryReader) throws(WireDecodingError) {
+        term = try reader.readVarint()
+        index = try reader.readVarint()
+        command = try LogCommand(from: &reader)
+    }
+}
+
+/// The replicated key-value state machine: registers by key, and the last request applied per
+/// client with its result, so that a retried request is answered, not applied again.
+public struct KeyValueStateMachine: Sendable, Equatable, BinaryCodable {
+    public private(set) var values: [String: Int64] = [:]
+    public private(set) var sessions: [UInt64: Session] = [:]
+
+    public struct Session: Sendable, Equatable, BinaryCodable {
+        public var sequence: UInt64
+        public var result: KeyValueResult
+
+        public func encode(to writer: inout BinaryWriter) {
+            writer.writeVarint(sequence)
+            result.encode(to: &writer)
+        }
+
+        public init(sequence: UInt64, result: KeyValueResult) {
+            self.sequence = sequence
+            self.result = result
+        }
+
+        public init(from reader: inout BinaryReader) throws(WireDecodingError) {
+            sequence = try reader.readVarint()
+            result = try KeyValueResult(from: &reader)
+        }
+    }
+
+    public init() {}
+
+    public func read(_ key: String) -> Int64? { values[key] }
+
+    /// Applies a committed command; returns its result (the remembered one for a duplicate).
+    public mutating func apply(_ command: LogCommand) -> KeyValueResult? {
+        guard let operation = command.operation else { return nil }
+        if let session = sessions[command.client], command.sequence <= session.sequence {
+            return command.sequence == session.sequence ? session.result : nil
+        }
+        let result: KeyValueResult
+        switch operation {
+        case let .read(key):
+            result = .value(values[key])
+        case let .write(key, value):
+            values[key] = value
+            result = .written
+        case let .compareAndSet(key, expected, new):
+            let swapped = values[key] == expected
+            if swapped { values[key] = new }
+            result = .compareAndSet(swapped: swapped)
+        }
+        sessions[command.client] = Session(sequence: command.sequence, result: result)
+        return result
+    }
+
+    public func encode(to writer: inout BinaryWriter) {
+        values.encode(to: &writer)
+        sessions.encode(to: &writer)
+    }
+
+    public init(from reader: inout BinaryReader) throws(WireDecodingError) {
+        values = try [String: Int64](from: &reader)
+        sessions = try [UInt64: Session](from: &reader)
+    }
+}
+
+/// A snapshot: the state machine as of `lastIndex`, which had term `lastTerm`.
+public struct RaftSnapshot: Sendable, Equatable, BinaryCodable {
+    public var lastIndex: UInt64
+    public var lastTerm: UInt64
+    public var state: KeyValueStateMachine
+
+    public init(lastIndex: UInt64, lastTerm: UInt64, state: KeyValueStateMachine) {
+        self.lastIndex = lastIndex
+        self.lastTerm = lastTerm
+        self.state = state
+    }
+
+    public func encode(to writer: inout BinaryWriter) {
+        writer.writeVarint(lastIndex)
+        writer.writeVarint(lastTerm)
+        state.encode(to: &writer)
+    }
+
+    public init(from reader: inout BinaryReader) throws(WireDecodingError) {
+        lastIndex = try reader.readVarint()
+        lastTerm = try reader.readVarint()
+        state = try KeyValueStateMachine(from: &reader)
+    }
+}
+
+/// What Raft keeps on disk, and the patches that change it: every persist carries the hard
+/// state (term and vote); `replaceFrom` drops the entries from that index on before `entries`
+/// are appended; a snapshot replaces the log prefix it covers.
+public struct RaftDurableState: Sendable, Equatable, BinaryCodable {
+    public var term: UInt64
+    public var votedFor: NodeID?
+    public var snapshot: RaftSnapshot?
+    public var entries: [LogEntry]
+    public var replaceFrom: UInt64?
+
+    public init(term: UInt64, votedFor: NodeID?, snapshot: RaftSnapshot? = nil, entries: [LogEntry] = [], replaceFrom: UInt64? = nil) {
+        self.term = term
+        self.votedFor = votedFor
+        self.snapshot = snapshot
+        self.entries = entries
+        self.replaceFrom = replaceFrom
+    }
+
+    public func encode(to writer: inout BinaryWriter) {
+        writer.writeVarint(term)
+        votedFor.encode(to: &writer)
+        snapshot.encode(to: &writer)
+        entries.encode(to: &writer)
+        replaceFrom.encode(to: &writer)
+    }
+
+    public init(from reader: inout BinaryReader) throws(WireDecodingError) {
+        term = try reader.readVarint()
+        votedFor = try NodeID?(from: &reader)
+        snapshot = try RaftSnapshot?(from: &reader)
+        entries = try [LogEntry](from: &reader)
+        replaceFrom = try UInt64?(from: &reader)
+    }
+}
+
+/// Raft's messages (Ongaro and Ousterhout 2014; thesis 2014 for pre-vote, ReadIndex and
+/// leadership transfer), plus forwarding of client requests from followers to the leader.
+public enum RaftMessage: Sendable, Equatable, BinaryCodable {
+    case requestVote(term: UInt64, lastLogIndex: UInt64, lastLogTerm: UInt64, preVote: Bool, transfer: Bool)
+    case vote(term: UInt64, granted: Bool, preVote: Bool)
+    /// `round` numbers the leader's heartbeat rounds, for ReadIndex and leases.
+    case appendEntries(term: UInt64, previousIndex: UInt64, previousTerm: UInt64, entries: [LogEntry], leaderCommit: UInt64, round: UInt64)
+    /// `matchIndex`: on success the last index known to match; on failure a hint (the
+    /// follower's last index) from which to retry.
+    case appendResult(term: UInt64, success: Bool, matchIndex: UInt64, round: UInt64)
+    case installSnapshot(term: UInt64, snapshot: RaftSnapshot, round: UInt64)
+    case timeoutNow(term: UInt64)
+    case forward(request: UInt64, client: UInt64, sequence: UInt64, KeyValueOperation)
+    case forwardedResult(request: UInt64, KeyValueResult)
+
+    public func encode(to writer: inout BinaryWriter) {
+        switch self {
+        case let .requestVote(term, lastLogIndex, lastLogTerm, preVote, transfer):
+            writer.writeByte(0)
+            writer.writeVarint(term)
+            writer.writeVarint(lastLogIndex)
+            writer.writeVarint(lastLogTerm)
+            preVote.encode(to: &writer)
+            transfer.encode(to: &writer)
+        case let .vote(term, granted, preVote):
+            writer.writeByte(1)
+            writer.writeVarint(term)
+            granted.encode(to: &writer)
+            preVote.encode(to: &writer)
+        case let .appendEntries(term, previousIndex, previousTerm, entries, leaderCommit, round):
+            writer.writeByte(2)
+            writer.writeVarint(term)
+            writer.writeVarint(previousIndex)
+            writer.writeVarint(previousTerm)
+            entries.encode(to: &writer)
+            writer.writeVarint(leaderCommit)
+            writer.writeVarint(round)
+        case let .appendResult(term, success, matchIndex, round):
+            writer.writeByte(3)
+            writer.writeVarint(term)
+            success.encode(to: &writer)
+            writer.writeVarint(matchIndex)
+            writer.writeVarint(round)
+        case let .installSnapshot(term, snapshot, round):
+            writer.writeByte(4)
+            writer.writeVarint(term)
+            snapshot.encode(to: &writer)
+            writer.writeVarint(round)
+        case let .timeoutNow(term):
+            writer.writeByte(5)
+            writer.writeVarint(term)
+        case let .forward(request, client, sequence, operation):
+            writer.writeByte(6)
+            writer.writeVarint(request)
+            writer.writeVarint(client)
+            writer.writeVarint(sequence)
+            operation.encode(to: &writer)
+        case let .forwardedResult(request, result):
+            writer.writeByte(7)
+            writer.writeVarint(request)
+            result.encode(to: &writer)
+        }
+    }
+
+    public init(from reader: inout BinaryReader) throws(WireDecodingError) {
+        switch try reader.readByte() {
+        case 0:
+            self = .requestVote(term: try reader.readVarint(), lastLogIndex: try reader.readVarint(), lastLogTerm: try reader.readVarint(),
+                                preVote: try Bool(from: &reader), transfer: try Bool(from: &reader))
+        case 1: self = .vote(term: try reader.readVarint(), granted: try Bool(from: &reader), preVote: try Bool(from: &reader))
+        case 2:
+            self = .appendEntries(term: try reader.readVarint(), previousIndex: try reader.readVarint(), previousTerm: try reader.readVarint(),
+                                  entries: try [LogEntry](from: &reader), leaderCommit: try reader.readVarint(), round: try reader.readVarint())
+        case 3:
+            self = .appendResult(term: try reader.readVarint(), success: try Bool(from: &reader), matchIndex: try reader.readVarint(), round: try reader.readVarint())
+        case 4: self = .installSnapshot(term: try reader.readVarint(), snapshot: try RaftSnapshot(from: &reader), round: try reader.readVarint())
+        case 5: self = .timeoutNow(term: try reader.readVarint())
+        case 6:
+            self = .forward(request: try reader.readVarint(), client: try reader.readVarint(), sequence: try reader.readVarint(),
+                            try KeyValueOperation(from: &reader))
+        case 7: self = .forwardedResult(request: try reader.readVarint(), try KeyValueResult(from: &reader))
+        case let tag: throw .invalid("raft message tag \(tag)")
+        }
+    }
+}

@@ -1,5 +1,6 @@
 import ArgumentParser
 import ContinuumSimulation
+import Foundation
 
 struct SimulateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -31,11 +32,14 @@ struct SimulateCommand: ParsableCommand {
     @Option(help: "The CRDT type to gossip (default: every type in turn, by seed): \(CRDTCatalog.names.joined(separator: ", ")).")
     var crdt: String?
 
-    @Option(help: "Plant a known bug to see the checkers catch it. gossip: \(SimulationCampaign.plantedBugs(for: "gossip").joined(separator: ", ")); available: \(SimulationCampaign.plantedBugs(for: "available").joined(separator: ", ")).")
+    @Option(help: "Plant a known bug to see the checkers catch it. gossip: \(SimulationCampaign.plantedBugs(for: "gossip").joined(separator: ", ")); available: \(SimulationCampaign.plantedBugs(for: "available").joined(separator: ", ")); linearizable: \(SimulationCampaign.plantedBugs(for: "linearizable").joined(separator: ", ")).")
     var plantedBug: String?
 
     @Flag(help: "Skip the second run of each seed that checks determinism.")
     var noDeterminismCheck = false
+
+    @Option(help: "linearizable: write the history of the last seed run to this file (JSON Lines).")
+    var history: String?
 
     func validate() throws {
         guard seeds >= 1 else { throw ValidationError("--seeds must be at least 1, got \(seeds)") }
@@ -54,6 +58,16 @@ struct SimulateCommand: ParsableCommand {
             throw ValidationError(error.description)
         }
         for line in result.summary { print(line) }
+        if let history, let last = result.reports.last {
+            let text = History.jsonLines(last.history)
+            guard FileManager.default.createFile(atPath: history, contents: Data(text.utf8)) else {
+                throw ValidationError("cannot write the history to \(history)")
+            }
+            print("history of seed \(last.seed): \(last.history.count) events written to \(history)")
+        }
+        if seed != nil, let only = result.reports.first {
+            print("seed \(only.seed): trace hash \(String(only.traceHash, radix: 16))")
+        }
         if !result.failures.isEmpty { throw ExitCode(1) }
     }
 }

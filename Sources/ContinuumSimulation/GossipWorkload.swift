@@ -44,6 +44,15 @@ public struct SeedReport: Sendable {
     public var replicationBytesPerUpdate: Double? = nil
     /// Bytes of membership and failure-detection messages.
     public var membershipBytes: Int = 0
+    /// Linearizable workload: histories the checker could not decide within its budget.
+    public var unknownVerdicts: Int = 0
+    /// Linearizable workload: simulated milliseconds from a leader's loss to a new leader
+    /// that committed an entry of its term.
+    public var leaderRecoveriesMilliseconds: [Double] = []
+    /// Linearizable workload: operations completed ok per simulated second of the fault phase.
+    public var operationsPerSecond: Double? = nil
+    /// Linearizable workload: the recorded history.
+    public var history: [HistoryEvent] = []
 }
 
 /// The `gossip` simulation workload: random updates of one CRDT register at random nodes

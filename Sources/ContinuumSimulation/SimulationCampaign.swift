@@ -4,7 +4,7 @@ import ContinuumProtocols
 /// Runs a workload over many seeds, checks that each seed is deterministic, and summarizes.
 /// This is what `continuum simulate` prints.
 public enum SimulationCampaign {
-    public static let workloads = ["gossip", "available"]
+    public static let workloads = ["gossip", "available", "linearizable"]
 
     public struct Settings: Sendable {
         public var workload: String
@@ -79,6 +79,7 @@ public enum SimulationCampaign {
         switch workload {
         case "gossip": PlantedGossipBug.allCases.map(\.rawValue)
         case "available": PlantedReplicationBug.allCases.map(\.rawValue)
+        case "linearizable": PlantedRaftBug.allCases.map(\.rawValue)
         default: []
         }
     }
@@ -132,6 +133,9 @@ public enum SimulationCampaign {
 
     static func runSeed(_ seed: UInt64, _ settings: Settings) -> SeedReport {
         switch settings.workload {
+        case "linearizable":
+            return LinearizableWorkload.run(
+                nodes: settings.nodes, seed: seed, plantedBug: settings.plantedBug.flatMap(PlantedRaftBug.init(rawValue:)))
         case "available":
             return AvailableWorkload.run(
                 nodes: settings.nodes, seed: seed, plantedBug: settings.plantedBug.flatMap(PlantedReplicationBug.init(rawValue:)))
@@ -144,9 +148,11 @@ public enum SimulationCampaign {
 
     static func summarize(_ reports: [SeedReport], _ failures: [Failure], _ settings: Settings, deterministicSeeds: Int) -> [String] {
         var lines: [String] = []
-        let subject = settings.workload == "gossip"
-            ? "crdt " + (settings.crdt ?? "every type in turn (\(CRDTCatalog.names.joined(separator: ", ")))")
-            : "9 registers of 9 CRDT types, 7 derived registers, threshold reads"
+        let subject = switch settings.workload {
+        case "gossip": "crdt " + (settings.crdt ?? "every type in turn (\(CRDTCatalog.names.joined(separator: ", ")))")
+        case "linearizable": "\(LinearizableWorkload.clients) clients, reads, writes and compare-and-sets on \(LinearizableWorkload.keys.count) keys, Raft"
+        default: "9 registers of 9 CRDT types, 7 derived registers, threshold reads"
+        }
         lines.append("workload \(settings.workload): \(settings.nodes) nodes, \(reports.count) seeds, \(subject)"
                      + (settings.plantedBug.map { ", planted bug \($0)" } ?? ""))
         let rounds = reports.compactMap(\.roundsToConverge).sorted()
@@ -169,7 +175,24 @@ public enum SimulationCampaign {
         }
         let acknowledged = reports.reduce(0) { $0 + $1.updatesAcknowledged }
         let refused = reports.reduce(0) { $0 + $1.updatesRefused }
-        lines.append("updates acknowledged \(acknowledged), refused at down nodes \(refused); events \(total.eventsProcessed)")
+        if settings.workload == "linearizable" {
+            let recoveries = reports.flatMap(\.leaderRecoveriesMilliseconds).sorted()
+            let throughput = reports.compactMap(\.operationsPerSecond).sorted()
+            lines.append("operations ok \(acknowledged), failed (definitely not applied) \(refused); events \(total.eventsProcessed)")
+            if !recoveries.isEmpty {
+                lines.append("leader loss to a new leader that committed: median \(fixed(recoveries[recoveries.count / 2], 0)) ms, "
+                             + "p99 \(fixed(recoveries[min(recoveries.count - 1, Int(Double(recoveries.count) * 0.99))], 0)) ms, "
+                             + "max \(fixed(recoveries.last!, 0)) ms (simulated; \(recoveries.count) crashes of the leader)")
+            }
+            if !throughput.isEmpty {
+                lines.append("operations ok per simulated second under faults: median \(fixed(throughput[throughput.count / 2], 0)) "
+                             + "(\(LinearizableWorkload.clients) clients, one operation at a time each)")
+            }
+            lines.append("linearizability verdicts: \(reports.count - reports.filter { $0.unknownVerdicts > 0 }.count) decided, "
+                         + "\(reports.reduce(0) { $0 + $1.unknownVerdicts }) unknown")
+        } else {
+            lines.append("updates acknowledged \(acknowledged), refused at down nodes \(refused); events \(total.eventsProcessed)")
+        }
         lines.append("messages sent \(total.messagesSent), lost \(total.messagesLost), duplicated \(total.messagesDuplicated), "
                      + "cut by partitions \(total.messagesCutByPartition), to down nodes \(total.messagesToDownNodes)")
         let bytesPerUpdate = reports.compactMap(\.replicationBytesPerUpdate).sorted()

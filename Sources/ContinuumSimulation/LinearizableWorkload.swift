@@ -237,6 +237,9 @@ final class RaftChecker {
 
     private func checkNode(_ node: NodeID) {
         guard let instance = simulation.instance(node) else { return }
+        if instance.committedOverwritesRefused > 0 {
+            record("\(node) was asked to overwrite a committed entry (\(instance.committedOverwritesRefused) times)")
+        }
         if instance.role == .leader {
             if let other = leaders[instance.term], other != node {
                 record("two leaders in term \(instance.term): \(other) and \(node)")

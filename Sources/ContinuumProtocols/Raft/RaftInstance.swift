@@ -134,6 +134,9 @@ public struct RaftInstance: ProtocolInstance {
     public private(set) var lastApplied: UInt64
     public private(set) var stateMachine: KeyValueStateMachine
     public private(set) var snapshot: RaftSnapshot?
+    /// Appends that would have overwritten a committed entry, refused. Always 0 in a correct
+    /// cluster: a leader without every committed entry was elected.
+    public private(set) var committedOverwritesRefused = 0
     private var entries: [LogEntry]
 
     private let configuration: Configuration
@@ -312,12 +315,13 @@ public struct RaftInstance: ProtocolInstance {
         let upToDate = lastLogTerm > lastTerm || (lastLogTerm == lastTerm && lastLogIndex >= lastIndex)
         // Leader stickiness: while a leader is heard from, no vote for anyone else (thesis 4.2.3).
         let hearsLeader = role == .leader || (leader != nil && lastHeardFromLeader.map { now - $0 < configuration.electionTimeoutMin } == true)
+        // A refusal carries the voter's own term, so that a candidate behind it catches up.
         if hearsLeader && !transfer && (configuration.checkQuorum || preVote) {
-            return [.send(to: candidate, .vote(term: preVote ? candidateTerm : term, granted: false, preVote: preVote))]
+            return [.send(to: candidate, .vote(term: term, granted: false, preVote: preVote))]
         }
         if preVote {
             let granted = candidateTerm > term && upToDate
-            return [.send(to: candidate, .vote(term: candidateTerm, granted: granted, preVote: true))]
+            return [.send(to: candidate, .vote(term: granted ? candidateTerm : term, granted: granted, preVote: true))]
         }
         guard candidateTerm >= term else { return [.send(to: candidate, .vote(term: term, granted: false, preVote: false))] }
         var effects: [Effect] = []
@@ -335,6 +339,7 @@ public struct RaftInstance: ProtocolInstance {
 
     private mutating func voteReceived(from voter: NodeID, term voteTerm: UInt64, granted: Bool, preVote: Bool) -> [Effect] {
         if preVote {
+            if !granted, voteTerm > term { return stepDown(to: voteTerm) }
             guard role == .preCandidate, voteTerm == term + 1, granted else { return [] }
             votes.insert(voter)
             return votes.count >= quorum ? becomeCandidate(transfer: false) : []
@@ -472,7 +477,11 @@ public struct RaftInstance: ProtocolInstance {
         for entry in newEntries where entry.index > snapshotIndex {
             if appended.isEmpty, let existing = term(at: entry.index) {
                 if existing == entry.term { continue }
-                precondition(entry.index > commitIndex, "\(node): leader \(sender) overwrites committed entry \(entry.index)")
+                guard entry.index > commitIndex else {
+                    // Only a broken leader asks this; refuse, and let the checkers see it.
+                    committedOverwritesRefused += 1
+                    return effects + [.send(to: sender, .appendResult(term: term, success: false, matchIndex: commitIndex, round: round))]
+                }
                 entries.removeLast(Int(lastIndex - entry.index + 1))
                 replaceFrom = entry.index
             }

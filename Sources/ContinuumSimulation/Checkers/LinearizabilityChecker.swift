@@ -90,10 +90,36 @@ public enum LinearizabilityChecker {
             return .unknown(reason: "malformed history: \(error)")
         }
         for key in byKey.keys.sorted() {
-            let verdict = check(key: key, byKey[key]!, searchStepsMax: searchStepsMax)
+            let verdict = checkWithPrefixes(key: key, byKey[key]!, searchStepsMax: searchStepsMax)
             if verdict != .linearizable { return verdict }
         }
         return .linearizable
+    }
+
+    /// Proving a violation can take an exhaustive search, and indeterminate operations make that
+    /// search exponential. Every prefix of a linearizable history is linearizable (operations
+    /// still open at the cut become indeterminate), so a violation in a short prefix is a
+    /// violation of the whole: check prefixes of 32, 64, 128, … operations (in invocation
+    /// order) first, then the whole history, and answer unknown only if none decides.
+    static func checkWithPrefixes(key: String, _ operations: [Operation], searchStepsMax: Int) -> Verdict {
+        let ordered = operations.sorted { ($0.call, $0.process) < ($1.call, $1.process) }
+        var size = 32
+        var budget = searchStepsMax
+        while size < ordered.count {
+            let cut = ordered[size].call
+            let prefix = ordered.prefix(size).map { operation -> Operation in
+                guard operation.completion >= cut else { return operation }
+                var open = operation
+                open.completion = .max
+                open.output = nil
+                return open
+            }.filter { !($0.function == "read" && $0.output == nil) }
+            let verdict = check(key: key, prefix, searchStepsMax: max(1, budget / 4))
+            if case .notLinearizable = verdict { return verdict }
+            budget -= budget / 4
+            size *= 2
+        }
+        return check(key: key, operations, searchStepsMax: max(1, budget))
     }
 
     /// The register model: applies `operation` to `state` (nil: absent); nil when the operation

@@ -1,0 +1,205 @@
+import ContinuumCore
+import ContinuumProtocols
+import Testing
+
+/// Drives five `RaftInstance`s by hand, so that a test decides exactly which message arrives.
+struct RaftHarness {
+    var instances: [NodeID: RaftInstance] = [:]
+    var inFlight: [(from: NodeID, to: NodeID, message: RaftMessage)] = []
+    var replies: [UInt64: RequestOutcome] = [:]
+    var now: Duration = .seconds(1)
+    /// Entries seen committed, by index: two different ones at one index is the violation.
+    var committed: [UInt64: LogEntry] = [:]
+    var violations: [String] = []
+
+    init(nodes: Int, configuration: RaftInstance.Configuration) {
+        let members = (1...nodes).map { NodeID(UInt64($0)) }
+        for node in members {
+            instances[node] = RaftInstance(configuration: configuration,
+                                           context: InstanceContext(node: node, members: members, random: DeterministicRandom(seed: node.rawValue)),
+                                           durable: nil)
+            carryOut(instances[node]!.start(now: now), at: node)
+        }
+    }
+
+    mutating func carryOut(_ effects: [RaftInstance.Effect], at node: NodeID) {
+        for effect in effects {
+            switch effect {
+            case let .send(to, message): inFlight.append((node, to, message))
+            case let .output(.reply(id, outcome)): replies[id] = outcome
+            default: break
+            }
+        }
+        observeCommits(node)
+    }
+
+    mutating func observeCommits(_ node: NodeID) {
+        let instance = instances[node]!
+        // Leader completeness: a leader holds every entry committed so far.
+        if instance.role == .leader {
+            for (index, entry) in committed.sorted(by: { $0.key < $1.key }) where index > instance.snapshotIndex && instance.entry(at: index) != entry {
+                violations.append("leader \(node) of term \(instance.term) lacks committed entry \(entry)")
+                break
+            }
+        }
+        if instance.committedOverwritesRefused > 0 { violations.append("\(node) was asked to overwrite a committed entry") }
+        guard instance.commitIndex > instance.snapshotIndex else { return }
+        for index in (instance.snapshotIndex + 1)...instance.commitIndex {
+            guard let entry = instance.entry(at: index) else { continue }
+            if let known = committed[index], known != entry {
+                violations.append("two entries committed at \(index): \(known) and \(entry)")
+            }
+            committed[index] = committed[index] ?? entry
+        }
+    }
+
+    /// Delivers in-flight messages among `up` nodes; messages to or from others are dropped.
+    /// `network` may drop a message (nil) or deliver less of it.
+    mutating func deliver(among up: Set<NodeID>, network: (NodeID, NodeID, RaftMessage) -> RaftMessage? = { $2 }) {
+        var steps = 0
+        while !inFlight.isEmpty, steps < 10_000 {
+            steps += 1
+            let (from, to, sent) = inFlight.removeFirst()
+            guard up.contains(from), up.contains(to), let message = network(from, to, sent) else { continue }
+            carryOut(instances[to]!.receive(message, from: from, now: now), at: to)
+        }
+    }
+
+    /// Lets `node`'s election timer fire, well after anyone heard a leader.
+    mutating func election(at node: NodeID) {
+        now += .seconds(5)
+        carryOut(instances[node]!.timerFired(.election, now: now), at: node)
+    }
+
+    mutating func heartbeat(at node: NodeID) {
+        now += .milliseconds(50)
+        carryOut(instances[node]!.timerFired(.heartbeat, now: now), at: node)
+    }
+
+    mutating func request(_ id: UInt64, at node: NodeID, _ operation: KeyValueOperation) {
+        carryOut(instances[node]!.handle(.request(id: id, client: id, sequence: 1, operation, latency: .seconds(1)), now: now), at: node)
+    }
+}
+
+private let s1 = NodeID(1), s2 = NodeID(2), s3 = NodeID(3), s4 = NodeID(4), s5 = NodeID(5)
+
+@Suite struct RaftTests {
+    /// The Raft paper's Figure 8 (section 5.4.2). With the planted bug the old-term entry is
+    /// "committed" by counting and then overwritten; the correct rule never commits it.
+    @Test(arguments: [nil, PlantedRaftBug.commitPreviousTermEntries])
+    func figureEight(bug: PlantedRaftBug?) {
+        var cluster = RaftHarness(nodes: 5, configuration: .init(entriesPerMessageMax: 1, plantedBug: bug))
+        let everyone: Set<NodeID> = [s1, s2, s3, s4, s5]
+        cluster.election(at: s1)
+        cluster.deliver(among: everyone)
+        #expect(cluster.instances[s1]!.role == .leader)
+        cluster.heartbeat(at: s1)
+        cluster.deliver(among: everyone)
+        // (a) S1 appends a write at index 2 and replicates it to S2 only.
+        cluster.request(1, at: s1, .write(key: "x", value: 1))
+        cluster.deliver(among: [s1, s2])
+        // (b) S1 is gone; S5 wins with S3 and S4 and appends its no-op at index 2, term 2.
+        cluster.election(at: s5)
+        cluster.deliver(among: [s3, s4, s5]) { _, _, message in
+            if case .appendEntries = message { nil } else { message }
+        }
+        #expect(cluster.instances[s5]!.role == .leader)
+        // (c) S5 is gone; S1, back, notices it lost its quorum and steps down, learns of term 2
+        // from a refusal, then wins term 3 with S2 and S3 and replicates index 2 (of term 1) to S3.
+        cluster.now += .seconds(1)
+        cluster.heartbeat(at: s1)
+        #expect(cluster.instances[s1]!.role == .follower)
+        cluster.election(at: s1)
+        cluster.deliver(among: [s1, s2, s3])
+        #expect(cluster.instances[s1]!.term == 2)
+        cluster.election(at: s1)
+        // Appends arrive without S1's own term-3 entries (a leader may send any prefix).
+        let withoutTermThree: (NodeID, NodeID, RaftMessage) -> RaftMessage? = { _, _, message in
+            guard case let .appendEntries(term, previousIndex, previousTerm, entries, commit, round) = message else { return message }
+            return .appendEntries(term: term, previousIndex: previousIndex, previousTerm: previousTerm,
+                                  entries: entries.filter { $0.term != 3 }, leaderCommit: commit, round: round)
+        }
+        cluster.deliver(among: [s1, s2, s3], network: withoutTermThree)
+        cluster.heartbeat(at: s1)
+        cluster.deliver(among: [s1, s2, s3], network: withoutTermThree)
+        #expect(cluster.instances[s1]!.role == .leader)
+        let committedAfterC = cluster.instances[s1]!.commitIndex
+        // (d) S1 is gone; S5, back, steps down, learns of term 3, wins term 4 with S2, S3 and S4,
+        // and would overwrite index 2.
+        cluster.now += .seconds(1)
+        cluster.heartbeat(at: s5)
+        cluster.election(at: s5)
+        cluster.deliver(among: [s2, s3, s4, s5])
+        cluster.election(at: s5)
+        cluster.deliver(among: [s2, s3, s4, s5])
+        cluster.heartbeat(at: s5)
+        cluster.deliver(among: [s2, s3, s4, s5])
+        #expect(cluster.instances[s5]!.role == .leader)
+        if bug == nil {
+            #expect(committedAfterC == 1, "index 2 of term 1 must not be committed by counting")
+            #expect(cluster.violations.isEmpty, "\(cluster.violations)")
+        } else {
+            #expect(committedAfterC >= 2)
+            #expect(!cluster.violations.isEmpty, "the planted bug went unnoticed")
+        }
+    }
+
+    @Test func theMinorityFailsFastWhileTheMajorityServes() {
+        var cluster = RaftHarness(nodes: 5, configuration: .init())
+        let everyone: Set<NodeID> = [s1, s2, s3, s4, s5]
+        cluster.election(at: s1)
+        cluster.deliver(among: everyone)
+        cluster.heartbeat(at: s1)
+        cluster.deliver(among: everyone)
+        // S1 and S2 are cut off from S3, S4, S5; an election timeout later the majority has a
+        // new leader and the old one has stepped down (check-quorum).
+        cluster.now += .seconds(1)
+        cluster.heartbeat(at: s1)
+        #expect(cluster.instances[s1]!.role == .follower)
+        cluster.election(at: s3)
+        cluster.deliver(among: [s3, s4, s5])
+        #expect(cluster.instances[s3]!.role == .leader)
+        cluster.heartbeat(at: s3)
+        cluster.deliver(among: [s3, s4, s5])
+        // The minority answers at once, definitely not applied.
+        cluster.request(10, at: s2, .write(key: "x", value: 1))
+        cluster.request(11, at: s1, .read(key: "x"))
+        guard case .unavailable = cluster.replies[10], case .unavailable = cluster.replies[11] else {
+            Issue.record("minority replies: \(String(describing: cluster.replies[10])), \(String(describing: cluster.replies[11]))")
+            return
+        }
+        // The majority serves, through a follower too.
+        cluster.request(12, at: s4, .write(key: "x", value: 2))
+        cluster.deliver(among: [s3, s4, s5])
+        cluster.heartbeat(at: s3)
+        cluster.deliver(among: [s3, s4, s5])
+        cluster.request(13, at: s5, .read(key: "x"))
+        cluster.deliver(among: [s3, s4, s5])
+        #expect(cluster.replies[12] == .ok(.written))
+        #expect(cluster.replies[13] == .ok(.value(2)))
+    }
+
+    @Test func aRetriedRequestAppliesOnce() {
+        var machine = KeyValueStateMachine()
+        let command = LogCommand(client: 7, sequence: 1, operation: .compareAndSet(key: "k", expected: nil, new: 1))
+        #expect(machine.apply(command) == .compareAndSet(swapped: true))
+        #expect(machine.apply(command) == .compareAndSet(swapped: true))  // remembered, not re-run
+        #expect(machine.read("k") == 1)
+        #expect(machine.apply(LogCommand(client: 7, sequence: 2, operation: .compareAndSet(key: "k", expected: nil, new: 5))) == .compareAndSet(swapped: false))
+    }
+
+    @Test func messagesRoundTripOnTheWire() throws {
+        let entry = LogEntry(term: 3, index: 9, command: LogCommand(client: 1, sequence: 2, operation: .write(key: "k", value: -4)))
+        let messages: [RaftMessage] = [
+            .requestVote(term: 2, lastLogIndex: 5, lastLogTerm: 1, preVote: true, transfer: false),
+            .vote(term: 2, granted: true, preVote: false),
+            .appendEntries(term: 3, previousIndex: 8, previousTerm: 2, entries: [entry], leaderCommit: 7, round: 11),
+            .appendResult(term: 3, success: false, matchIndex: 4, round: 11),
+            .installSnapshot(term: 3, snapshot: RaftSnapshot(lastIndex: 9, lastTerm: 3, state: KeyValueStateMachine()), round: 1),
+            .timeoutNow(term: 4),
+            .forward(request: 1, client: 2, sequence: 3, .compareAndSet(key: "k", expected: nil, new: 2)),
+            .forwardedResult(request: 1, .value(nil)),
+        ]
+        for message in messages { #expect(try RaftMessage(binary: message.binaryEncoded()) == message) }
+    }
+}

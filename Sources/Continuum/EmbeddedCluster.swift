@@ -22,13 +22,18 @@ public final class EmbeddedCluster: Sendable {
         gossipInterval: .milliseconds(50),
         membership: .init(probeInterval: .milliseconds(100), probeTimeout: .milliseconds(40), suspicionMultiplier: 3))
 
-    public init(nodes count: Int = 3, configuration: ReplicationInstance.Configuration = EmbeddedCluster.embeddedConfiguration, seed: UInt64 = 1) async {
+    /// Raft timings for a cluster inside one process.
+    public static let embeddedRaftConfiguration = RaftInstance.Configuration(
+        electionTimeoutMin: .milliseconds(150), heartbeatInterval: .milliseconds(30))
+
+    public init(nodes count: Int = 3, configuration: ReplicationInstance.Configuration = EmbeddedCluster.embeddedConfiguration,
+                raftConfiguration: RaftInstance.Configuration = EmbeddedCluster.embeddedRaftConfiguration, seed: UInt64 = 1) async {
         precondition((1...256).contains(count), "an embedded cluster has 1 to 256 nodes, not \(count)")
         let members = (1...count).map { NodeID(UInt64($0)) }
         let network = InMemoryNetwork()
         let nodes = members.map {
-            Node(id: $0, members: members, configuration: configuration, store: MemoryStore(), network: network,
-                 seed: seed &* 1_000_003 &+ $0.rawValue)
+            Node(id: $0, members: members, configuration: configuration, raftConfiguration: raftConfiguration,
+                 store: MemoryStore(), network: network, seed: seed &* 1_000_003 &+ $0.rawValue)
         }
         self.network = network
         self.nodes = nodes

@@ -42,7 +42,7 @@ public final class InMemoryNetwork: Sendable {
     /// Encoded bytes handed to the network so far.
     public var bytesSent: Int { state.withLock { $0.bytesSent } }
 
-    func send(_ message: ReplicationMessage, from: NodeID, to: NodeID) {
+    func send(_ message: NodeMessage, from: NodeID, to: NodeID) {
         let bytes = message.binaryEncoded()
         let target: Node? = state.withLock { state in
             state.bytesSent += bytes.count
@@ -57,16 +57,47 @@ public final class InMemoryNetwork: Sendable {
     }
 }
 
+/// What travels between nodes: the messages of the node's protocol instances.
+public enum NodeMessage: Sendable, Equatable, BinaryCodable {
+    case replication(ReplicationMessage)
+    case raft(RaftMessage)
+
+    public func encode(to writer: inout BinaryWriter) {
+        switch self {
+        case let .replication(message):
+            writer.writeByte(0)
+            message.encode(to: &writer)
+        case let .raft(message):
+            writer.writeByte(1)
+            message.encode(to: &writer)
+        }
+    }
+
+    public init(from reader: inout BinaryReader) throws(WireDecodingError) {
+        switch try reader.readByte() {
+        case 0: self = .replication(try ReplicationMessage(from: &reader))
+        case 1: self = .raft(try RaftMessage(from: &reader))
+        case let tag: throw .invalid("node message tag \(tag)")
+        }
+    }
+}
+
 /// What a node has persisted, kept outside the node so that it survives the node's crash and
 /// restart within the process (memory-only durability; disk storage is its own layer).
 public final class MemoryStore: Sendable {
-    private let state = Mutex<ReplicaDurableState?>(nil)
+    private let replication = Mutex<ReplicaDurableState?>(nil)
+    private let raft = Mutex<RaftDurableState?>(nil)
 
     public init() {}
 
-    func load() -> ReplicaDurableState? { state.withLock { $0 } }
+    func load() -> ReplicaDurableState? { replication.withLock { $0 } }
+    func loadRaft() -> RaftDurableState? { raft.withLock { $0 } }
 
     func persist(_ patch: ReplicaDurableState) {
-        state.withLock { ReplicationInstance.accumulate(patch, into: &$0) }
+        replication.withLock { ReplicationInstance.accumulate(patch, into: &$0) }
+    }
+
+    func persist(_ patch: RaftDurableState) {
+        raft.withLock { RaftInstance.accumulate(patch, into: &$0) }
     }
 }

@@ -11,6 +11,7 @@ public actor Node {
     public nonisolated let id: NodeID
     private let members: [NodeID]
     private let configuration: ReplicationInstance.Configuration
+    private let raftConfiguration: RaftInstance.Configuration
     private let store: MemoryStore
     private let network: InMemoryNetwork
     private let clock = ContinuousClock()
@@ -25,12 +26,19 @@ public actor Node {
     private var reads: [UInt64: CheckedContinuation<Result<AnyReplicated, ContinuumError>, Never>] = [:]
     private var subscribers: [String: [UInt64: @Sendable (AnyReplicated?) -> Void]] = [:]
     private var derivedDefinitions: [DerivedDefinition] = []
+    // The Raft instance behind linearizable registers.
+    private var raft: RaftInstance?
+    private var raftTimerGenerations: [RaftInstance.Timer: UInt64] = [:]
+    private var raftTimerTasks: [RaftInstance.Timer: Task<Void, Never>] = [:]
+    private var raftWaiting: [UInt64: CheckedContinuation<RequestOutcome, Never>] = [:]
+    private var nextClient: UInt64 = 0
 
     init(id: NodeID, members: [NodeID], configuration: ReplicationInstance.Configuration,
-         store: MemoryStore, network: InMemoryNetwork, seed: UInt64) {
+         raftConfiguration: RaftInstance.Configuration, store: MemoryStore, network: InMemoryNetwork, seed: UInt64) {
         self.id = id
         self.members = members
         self.configuration = configuration
+        self.raftConfiguration = raftConfiguration
         self.store = store
         self.network = network
         self.random = DeterministicRandom(seed: seed)
@@ -51,6 +59,13 @@ public actor Node {
         instance = fresh
         carryOut(effects)
         for definition in derivedDefinitions { _ = submit { .defineDerived(id: $0, definition) } }
+        var consensus = RaftInstance(
+            configuration: raftConfiguration,
+            context: InstanceContext(node: id, members: members, random: random.split()),
+            durable: store.loadRaft())
+        let raftEffects = consensus.start(now: now)
+        raft = consensus
+        carryOutRaft(raftEffects)
     }
 
     /// Stops the node as a crash would: volatile state is lost, pending operations fail with
@@ -67,6 +82,12 @@ public actor Node {
         reads.removeAll()
         for streams in subscribers.values { for yield in streams.values { yield(nil) } }
         subscribers.removeAll()
+        raft = nil
+        for task in raftTimerTasks.values { task.cancel() }
+        raftTimerTasks.removeAll()
+        raftTimerGenerations.removeAll()
+        for continuation in raftWaiting.values { continuation.resume(returning: .indeterminate) }
+        raftWaiting.removeAll()
     }
 
     private var now: Duration { clock.now - startInstant }
@@ -76,11 +97,16 @@ public actor Node {
     /// Declares the register `name` holding `type` under `policy`, creating it cluster-wide if
     /// it does not exist, and returns a handle to it on this node.
     public func declare<Value: Replicable>(_ name: String, as type: Value.Type, policy: Policy = .available) async throws(ContinuumError) -> Register<Value> {
-        switch policy {
-        case .available: break
-        }
+        guard policy == .available else { throw .wrongPolicy(register: name, declared: policy) }
         _ = try await perform { .declare(id: $0, register: name, bottom: AnyReplicated(Value.bottom)) }.get()
         return Register(name: name, node: self)
+    }
+
+    /// A handle to the linearizable register `name`: an integer (or absent) kept by Raft.
+    public func declareLinearizable(_ name: String) throws(ContinuumError) -> LinearizableRegister {
+        guard (1...ReplicationInstance.registerNameBytesMax).contains(name.utf8.count) else { throw .invalidName(name) }
+        nextClient += 1
+        return LinearizableRegister(name: name, node: self, client: id.rawValue << 32 | nextClient)
     }
 
     /// A handle to a register (or derived register) without declaring it.
@@ -168,13 +194,78 @@ public actor Node {
 
     /// A message from the network.
     func deliver(_ bytes: [UInt8], from sender: NodeID) {
-        guard var current = instance else { return }
         // A frame that does not decode changes nothing.
-        guard let message = try? ReplicationMessage(binary: bytes) else { return }
-        instance = nil
-        let effects = current.receive(message, from: sender, now: now)
-        instance = current
-        carryOut(effects)
+        guard let message = try? NodeMessage(binary: bytes) else { return }
+        switch message {
+        case let .replication(inner):
+            guard var current = instance else { return }
+            instance = nil
+            let effects = current.receive(inner, from: sender, now: now)
+            instance = current
+            carryOut(effects)
+        case let .raft(inner):
+            guard var current = raft else { return }
+            raft = nil
+            let effects = current.receive(inner, from: sender, now: now)
+            raft = current
+            carryOutRaft(effects)
+        }
+    }
+
+    /// Runs one operation on a linearizable register through Raft.
+    func linearizable(_ operation: KeyValueOperation, client: UInt64, sequence: UInt64, latency: Duration) async -> RequestOutcome {
+        guard raft != nil else { return .unavailable("the node is stopped") }
+        nextCommandID += 1
+        let id = nextCommandID
+        return await withCheckedContinuation { continuation in
+            raftWaiting[id] = continuation
+            guard var current = raft else { return }
+            raft = nil
+            let effects = current.handle(.request(id: id, client: client, sequence: sequence, operation, latency: latency), now: now)
+            raft = current
+            carryOutRaft(effects)
+        }
+    }
+
+    /// Whether this node leads the Raft group now.
+    public var isLeader: Bool { raft?.role == .leader }
+
+    private func fireRaft(_ timer: RaftInstance.Timer, generation: UInt64) {
+        guard raftTimerGenerations[timer] == generation, var current = raft else { return }
+        raftTimerGenerations[timer] = nil
+        raftTimerTasks[timer] = nil
+        raft = nil
+        let effects = current.timerFired(timer, now: now)
+        raft = current
+        carryOutRaft(effects)
+    }
+
+    private func carryOutRaft(_ effects: [RaftInstance.Effect]) {
+        for effect in effects {
+            switch effect {
+            case let .send(to, message):
+                network.send(.raft(message), from: id, to: to)
+            case let .persist(patch):
+                store.persist(patch)
+            case let .setTimer(timer, after):
+                nextGeneration += 1
+                let generation = nextGeneration
+                raftTimerGenerations[timer] = generation
+                raftTimerTasks[timer]?.cancel()
+                raftTimerTasks[timer] = Task { [weak self] in
+                    try? await Task.sleep(for: after)
+                    guard !Task.isCancelled else { return }
+                    await self?.fireRaft(timer, generation: generation)
+                }
+            case let .cancelTimer(timer):
+                raftTimerGenerations[timer] = nil
+                raftTimerTasks.removeValue(forKey: timer)?.cancel()
+            case let .output(.reply(requestID, outcome)):
+                raftWaiting.removeValue(forKey: requestID)?.resume(returning: outcome)
+            case .output(.becameLeader):
+                break
+            }
+        }
     }
 
     private func perform(_ make: (UInt64) -> ReplicationInstance.Command) async -> Result<AnyReplicated?, ContinuumError> {
@@ -215,7 +306,7 @@ public actor Node {
         for effect in effects {
             switch effect {
             case let .send(to, message):
-                network.send(message, from: id, to: to)
+                network.send(.replication(message), from: id, to: to)
             case let .persist(patch):
                 store.persist(patch)
             case let .setTimer(timer, after):

@@ -6,15 +6,20 @@ public enum Policy: Sendable, Equatable, CustomStringConvertible {
     /// for the network, also on a node cut off from all others; replicas converge once they
     /// can talk. Strong eventual consistency; monotone threshold reads.
     case available
+    /// An integer register replicated by Raft consensus: every operation is linearizable, and
+    /// available only on the side of a partition that holds a majority; elsewhere operations
+    /// fail with `unavailable` (or `indeterminate` for a write that may still commit).
+    case linearizable
 
     public var description: String {
         switch self {
         case .available: "available"
+        case .linearizable: "linearizable"
         }
     }
 }
 
-/// Why an operation failed. Every case here means the operation took no effect.
+/// Why an operation failed. Every case but `indeterminate` means the operation took no effect.
 public enum ContinuumError: Error, Equatable, Sendable, CustomStringConvertible {
     case notDeclared(register: String)
     case deleted(register: String)
@@ -29,6 +34,12 @@ public enum ContinuumError: Error, Equatable, Sendable, CustomStringConvertible 
     case nodeStopped
     case tooManyPendingReads(limit: Int)
     case derivedInputMissing(derived: String, input: String)
+    /// The operation cannot be served here now (no majority, no leader): definitely not applied.
+    case unavailable(String)
+    /// A write whose outcome is unknown: it may have been applied, or may still be.
+    case indeterminate
+    /// The register is declared with another policy than the call needs.
+    case wrongPolicy(register: String, declared: Policy)
 
     public var description: String {
         switch self {
@@ -42,6 +53,9 @@ public enum ContinuumError: Error, Equatable, Sendable, CustomStringConvertible 
         case .nodeStopped: "the node stopped"
         case let .tooManyPendingReads(limit): "more than \(limit) threshold reads pending"
         case let .derivedInputMissing(derived, input): "derived register '\(derived)' reads '\(input)', which is not declared"
+        case let .unavailable(reason): "unavailable: \(reason)"
+        case .indeterminate: "indeterminate: the write may or may not take effect"
+        case let .wrongPolicy(register, declared): "register '\(register)' is declared \(declared)"
         }
     }
 }

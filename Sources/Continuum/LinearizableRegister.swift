@@ -1,0 +1,50 @@
+import ContinuumCore
+import ContinuumProtocols
+
+/// A handle to a linearizable register: an integer (or absent), replicated by Raft. Every
+/// operation takes a latency bound. On the side of a partition without a majority, or while
+/// no leader is known, operations fail with `unavailable` (definitely not applied); a write
+/// whose latency bound passes after it reached a leader fails with `indeterminate` (it may
+/// still take effect). Each handle is one client: its requests are numbered, so that the
+/// state machine applies a request once.
+public actor LinearizableRegister {
+    public nonisolated let name: String
+    public nonisolated let node: Node
+    private let client: UInt64
+    private var sequence: UInt64 = 0
+
+    init(name: String, node: Node, client: UInt64) {
+        self.name = name
+        self.node = node
+        self.client = client
+    }
+
+    /// The value, linearizably (a ReadIndex round, or a leader lease when enabled).
+    public func read(latency: Duration = .seconds(1)) async throws(ContinuumError) -> Int64? {
+        guard case let .value(value) = try await run(.read(key: name), latency: latency) else {
+            throw .unavailable("unexpected result")
+        }
+        return value
+    }
+
+    public func write(_ value: Int64?, latency: Duration = .seconds(1)) async throws(ContinuumError) {
+        _ = try await run(.write(key: name, value: value), latency: latency)
+    }
+
+    /// Sets the value to `new` if it is `expected`; returns whether it did.
+    public func compareAndSet(expected: Int64?, new: Int64?, latency: Duration = .seconds(1)) async throws(ContinuumError) -> Bool {
+        guard case let .compareAndSet(swapped) = try await run(.compareAndSet(key: name, expected: expected, new: new), latency: latency) else {
+            throw .unavailable("unexpected result")
+        }
+        return swapped
+    }
+
+    private func run(_ operation: KeyValueOperation, latency: Duration) async throws(ContinuumError) -> KeyValueResult {
+        sequence += 1
+        switch await node.linearizable(operation, client: client, sequence: sequence, latency: latency) {
+        case let .ok(result): return result
+        case let .unavailable(reason): throw .unavailable(reason)
+        case .indeterminate: throw .indeterminate
+        }
+    }
+}

@@ -179,6 +179,42 @@ private let s1 = NodeID(1), s2 = NodeID(2), s3 = NodeID(3), s4 = NodeID(4), s5 =
         #expect(cluster.replies[13] == .ok(.value(2)))
     }
 
+    @Test func aFollowerBehindTheSnapshotCatchesUpFromIt() {
+        var cluster = RaftHarness(nodes: 3, configuration: .init(snapshotThresholdEntries: 4))
+        let everyone: Set<NodeID> = [s1, s2, s3]
+        cluster.election(at: s1)
+        cluster.deliver(among: everyone)
+        for value in 1...12 as ClosedRange<Int64> {
+            cluster.request(UInt64(value), at: s1, .write(key: "k", value: value))
+            cluster.deliver(among: [s1, s2])
+            cluster.heartbeat(at: s1)
+            cluster.deliver(among: [s1, s2])
+        }
+        #expect(cluster.instances[s1]!.snapshotIndex > 0, "the leader compacted its log")
+        #expect(cluster.instances[s3]!.commitIndex < cluster.instances[s1]!.snapshotIndex)
+        cluster.heartbeat(at: s1)
+        cluster.deliver(among: everyone)
+        cluster.heartbeat(at: s1)
+        cluster.deliver(among: everyone)
+        #expect(cluster.instances[s3]!.stateMachine.read("k") == 12)
+        #expect(cluster.instances[s3]!.commitIndex == cluster.instances[s1]!.commitIndex)
+        #expect(cluster.violations.isEmpty)
+    }
+
+    @Test func leadershipTransfersToAnUpToDateFollower() {
+        var cluster = RaftHarness(nodes: 3, configuration: .init())
+        let everyone: Set<NodeID> = [s1, s2, s3]
+        cluster.election(at: s1)
+        cluster.deliver(among: everyone)
+        cluster.request(1, at: s1, .write(key: "k", value: 1))
+        cluster.deliver(among: everyone)
+        cluster.carryOut(cluster.instances[s1]!.handle(.transferLeadership(to: s2), now: cluster.now), at: s1)
+        cluster.deliver(among: everyone)
+        #expect(cluster.instances[s2]!.role == .leader)
+        #expect(cluster.instances[s1]!.role == .follower)
+        #expect(cluster.instances[s2]!.term == cluster.instances[s1]!.term)
+    }
+
     @Test func aRetriedRequestAppliesOnce() {
         var machine = KeyValueStateMachine()
         let command = LogCommand(client: 7, sequence: 1, operation: .compareAndSet(key: "k", expected: nil, new: 1))

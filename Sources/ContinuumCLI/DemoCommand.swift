@@ -18,6 +18,8 @@ struct DemoCommand: AsyncParsableCommand {
         try await ticketInventory()
         print("")
         try await advertisementCounter()
+        print("")
+        try await linearizableAccount()
         print("\nDemo finished in \(milliseconds(clock.now - started)) ms.")
     }
 
@@ -150,6 +152,41 @@ struct DemoCommand: AsyncParsableCommand {
             print("   \(ad): \(total[ad].value) impressions: \(total[ad].value - offline) online, \(offline) offline on n5 (cap \(cap))")
         }
         print("   -- healed: n5's offline impressions merged in; the overshoot beyond the cap is what n5 showed offline --")
+    }
+
+    /// The other end of the line: a linearizable register refuses on the minority side.
+    private func linearizableAccount() async throws {
+        print("4. A linearizable register (Raft): compare-and-set, and a minority that refuses rather than diverge")
+        let cluster = await EmbeddedCluster(nodes: 5)
+        defer { Task { await cluster.shutdown() } }
+        var accounts: [LinearizableRegister] = []
+        for index in 1...5 { accounts.append(try await cluster.node(index).declareLinearizable("account")) }
+        // A fresh cluster elects a leader first: retry every 20 ms, as a client would.
+        var opened = false
+        for _ in 0..<250 where !opened {
+            opened = (try? await accounts[0].compareAndSet(expected: nil, new: 100, latency: .milliseconds(300))) != nil
+            if !opened { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        print("   n1 opens the account with 100; n3 reads \(try await accounts[2].read().map(String.init) ?? "nothing")")
+        let swapped = try await accounts[3].compareAndSet(expected: 100, new: 60)
+        let lost = try await accounts[4].compareAndSet(expected: 100, new: 10)
+        print("   n4 withdraws 40 by compare-and-set (\(swapped ? "swapped" : "refused")); n5's concurrent withdrawal from 100 is \(lost ? "swapped" : "refused")")
+        cluster.isolate(4)
+        cluster.isolate(5)
+        print("   -- n4 and n5 are cut off: a minority of 2 --")
+        try await Task.sleep(for: .milliseconds(400))  // an election timeout: they notice
+        let clock = ContinuousClock()
+        let started = clock.now
+        do {
+            try await accounts[4].write(0, latency: .seconds(1))
+            print("   n5's write succeeded (unexpected)")
+        } catch {
+            print("   n5's write fails in \(milliseconds(clock.now - started)) ms: \(error)")
+        }
+        let stillServes = try await accounts[1].compareAndSet(expected: 60, new: 55, latency: .seconds(1))
+        print("   the majority keeps serving: n2's compare-and-set \(stillServes ? "swapped 60 to 55" : "was refused")")
+        cluster.healAll()
+        print("   -- healed --")
     }
 
     private func waitAll<Value: Replicable>(_ registers: [Register<Value>], atLeast target: Value) async throws {

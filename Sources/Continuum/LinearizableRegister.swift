@@ -1,7 +1,9 @@
 import ContinuumCore
 import ContinuumProtocols
 
-/// A handle to a linearizable register: an integer (or absent), replicated by Raft. Every
+/// A handle to a linearizable register: an integer (or absent), replicated by Raft; and, under
+/// the same name in a separate namespace, a CRDT (counter, set, flag, max register) whose
+/// operations the log applies in order, so that its reads are linearizable too. Every
 /// operation takes a latency bound. On the side of a partition without a majority, or while
 /// no leader is known, operations fail with `unavailable` (definitely not applied); a write
 /// whose latency bound passes after it reached a leader fails with `indeterminate` (it may
@@ -37,6 +39,24 @@ public actor LinearizableRegister {
             throw .unavailable("unexpected result")
         }
         return swapped
+    }
+
+    /// Applies a CRDT operation in log order and returns the CRDT's state right after it.
+    @discardableResult
+    public func apply(_ operation: CRDTOperation, latency: Duration = .seconds(1)) async throws(ContinuumError) -> LogCRDT {
+        switch try await run(.crdt(key: name, operation), latency: latency) {
+        case let .crdt(state?): return state
+        case .crdtKindMismatch: throw .refused("'\(name)' holds another kind of CRDT than \(operation) applies to")
+        default: throw .unavailable("unexpected result")
+        }
+    }
+
+    /// The CRDT's state, linearizably; nil when no operation was applied yet.
+    public func readCRDT(latency: Duration = .seconds(1)) async throws(ContinuumError) -> LogCRDT? {
+        guard case let .crdt(state) = try await run(.crdtRead(key: name), latency: latency) else {
+            throw .unavailable("unexpected result")
+        }
+        return state
     }
 
     private func run(_ operation: KeyValueOperation, latency: Duration) async throws(ContinuumError) -> KeyValueResult {

@@ -172,6 +172,7 @@ final class ClientDriver {
             case let .value(value): event.value = value.map { .int($0) } ?? .null
             case .written: break
             case let .compareAndSet(swapped): event.value = .bool(swapped)
+            case .crdt, .crdtKindMismatch: preconditionFailure("the workload issues no CRDT operations")
             }
             if simulation.now < stopAt - 5_000_000_000 { okDuringFaults += 1 }
             if let progressFrom, simulation.now >= progressFrom { progressed.insert(slot) }

@@ -35,6 +35,26 @@ import Testing
         }
     }
 
+    @Test func crdtOperationsApplyInLogOrder() async throws {
+        let cluster = await EmbeddedCluster(nodes: 3)
+        defer { Task { await cluster.shutdown() } }
+        let registers = try await (1...3).asyncMap { try await cluster.node($0).declareLinearizable("stock") }
+        _ = try await untilAvailable { try await registers[0].apply(.counterAdd(10), latency: .milliseconds(300)) }
+        // Concurrent increments from all three nodes: each returns the state right after it.
+        let results = try await withThrowingTaskGroup(of: LogCRDT.self) { group in
+            for register in registers { group.addTask { try await register.apply(.counterAdd(-1)) } }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        let values = results.compactMap { if case let .counter(counter) = $0 { counter.value } else { nil } }.sorted()
+        #expect(values == [7, 8, 9], "each decrement saw the ones ordered before it")
+        guard case let .counter(final)? = try await registers[2].readCRDT() else {
+            Issue.record("the stock is not a counter")
+            return
+        }
+        #expect(final.value == 7)
+        await #expect(throws: ContinuumError.self) { try await registers[1].apply(.setInsert("x")) }
+    }
+
     @Test func theMinorityFailsFastWhileTheMajorityKeepsServing() async throws {
         let cluster = await EmbeddedCluster(nodes: 3)
         defer { Task { await cluster.shutdown() } }

@@ -117,7 +117,7 @@ public struct RaftInstance: ProtocolInstance {
 
     struct PendingRead {
         var origin: Origin
-        var key: String
+        var operation: KeyValueOperation
         var readIndex: UInt64
         var round: UInt64
     }
@@ -154,7 +154,7 @@ public struct RaftInstance: ProtocolInstance {
     private var acknowledgedRound: [NodeID: UInt64] = [:]
     private var leaseUntil: Duration?
     private var pendingReads: [PendingRead] = []
-    private var readsAwaitingCommit: [(origin: Origin, key: String)] = []
+    private var readsAwaitingCommit: [(origin: Origin, operation: KeyValueOperation)] = []
     private var serving: [UInt64: [UInt64: [Origin]]] = [:]
     private var transferTarget: (node: NodeID, until: Duration)?
     // Requests of this node's clients.
@@ -569,7 +569,7 @@ public struct RaftInstance: ProtocolInstance {
         // Reads that waited for the first commit of this term can now get a read index.
         let waiting = readsAwaitingCommit
         readsAwaitingCommit.removeAll()
-        for read in waiting { effects += startRead(read.key, origin: read.origin) }
+        for read in waiting { effects += startRead(read.operation, origin: read.origin) }
         return effects
     }
 
@@ -648,7 +648,7 @@ public struct RaftInstance: ProtocolInstance {
     /// The leader's side of a request, from here or forwarded.
     private mutating func serve(_ operation: KeyValueOperation, client: UInt64, sequence: UInt64, origin: Origin) -> [Effect] {
         guard transferTarget == nil else { return fail(origin) }
-        if case let .read(key) = operation { return startRead(key, origin: origin) }
+        if operation.isRead { return startRead(operation, origin: origin) }
         if let session = stateMachine.sessions[client], sequence <= session.sequence {
             // Already applied: answer with the remembered result (a retry), or never (stale).
             guard sequence == session.sequence else { return [] }
@@ -670,19 +670,19 @@ public struct RaftInstance: ProtocolInstance {
         }
     }
 
-    private mutating func startRead(_ key: String, origin: Origin) -> [Effect] {
-        if configuration.plantedBug == .staleLocalReads { return reply(origin, .value(stateMachine.read(key))) }
+    private mutating func startRead(_ operation: KeyValueOperation, origin: Origin) -> [Effect] {
+        if configuration.plantedBug == .staleLocalReads { return reply(origin, stateMachine.query(operation)) }
         // ReadIndex needs an entry of this term committed (thesis 6.4, step 1).
         guard term(at: commitIndex) == term || entriesOfTermCommitted else {
-            readsAwaitingCommit.append((origin, key))
+            readsAwaitingCommit.append((origin, operation))
             return []
         }
         if configuration.leaseReads, let leaseUntil, now < leaseUntil {
-            pendingReads.append(PendingRead(origin: origin, key: key, readIndex: commitIndex, round: 0))
+            pendingReads.append(PendingRead(origin: origin, operation: operation, readIndex: commitIndex, round: 0))
             return confirmReads()
         }
         var effects = broadcastAppends()
-        pendingReads.append(PendingRead(origin: origin, key: key, readIndex: commitIndex, round: round))
+        pendingReads.append(PendingRead(origin: origin, operation: operation, readIndex: commitIndex, round: round))
         effects += confirmReads()
         return effects
     }
@@ -704,7 +704,7 @@ public struct RaftInstance: ProtocolInstance {
         for read in pendingReads {
             let acknowledged = peers.filter { (acknowledgedRound[$0] ?? 0) >= read.round }.count + 1
             if (read.round == 0 || acknowledged >= quorum) && lastApplied >= read.readIndex {
-                effects += reply(read.origin, .value(stateMachine.read(read.key)))
+                effects += reply(read.origin, stateMachine.query(read.operation))
             } else {
                 remaining.append(read)
             }

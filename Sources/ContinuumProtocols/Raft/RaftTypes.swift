@@ -1,25 +1,161 @@
 import ContinuumCore
 
+/// The CRDTs a linearizable register can hold. Their operations are applied by the state
+/// machine in log order, as one replica (the log), so every replica applies the same sequence
+/// and the register is linearizable, not just convergent.
+public enum LogCRDT: Sendable, Equatable, BinaryCodable, CustomStringConvertible {
+    case counter(PNCounter)
+    case set(ORSet<String>)
+    case flag(EWFlag)
+    case max(MaxRegister<UInt64>)
+
+    public var description: String {
+        switch self {
+        case let .counter(counter): "counter \(counter.value)"
+        case let .set(set): "set \(set.elements.sorted())"
+        case let .flag(flag): "flag \(flag.isEnabled)"
+        case let .max(register): "max \(register.value.map(String.init) ?? "nil")"
+        }
+    }
+
+    public func encode(to writer: inout BinaryWriter) {
+        switch self {
+        case let .counter(value): writer.writeByte(0); value.encode(to: &writer)
+        case let .set(value): writer.writeByte(1); value.encode(to: &writer)
+        case let .flag(value): writer.writeByte(2); value.encode(to: &writer)
+        case let .max(value): writer.writeByte(3); value.encode(to: &writer)
+        }
+    }
+
+    public init(from reader: inout BinaryReader) throws(WireDecodingError) {
+        switch try reader.readByte() {
+        case 0: self = .counter(try PNCounter(from: &reader))
+        case 1: self = .set(try ORSet<String>(from: &reader))
+        case 2: self = .flag(try EWFlag(from: &reader))
+        case 3: self = .max(try MaxRegister<UInt64>(from: &reader))
+        case let tag: throw .invalid("log CRDT tag \(tag)")
+        }
+    }
+}
+
+/// An operation on a linearizable CRDT register.
+public enum CRDTOperation: Sendable, Equatable, BinaryCodable, CustomStringConvertible {
+    case counterAdd(Int64)
+    case setInsert(String)
+    case setRemove(String)
+    case flagEnable
+    case flagDisable
+    case maxWrite(UInt64)
+
+    /// The log applies every operation as this replica.
+    public static let logReplica = ReplicaID(0)
+
+    /// Applies the operation to `state` (a fresh CRDT of the right kind when absent); nil when
+    /// `state` is a CRDT of another kind.
+    public func apply(to state: LogCRDT?) -> LogCRDT? {
+        let replica = Self.logReplica
+        switch self {
+        case let .counterAdd(amount):
+            guard var counter = Self.counter(state) else { return nil }
+            counter.add(amount, replica: replica)
+            return .counter(counter)
+        case let .setInsert(element):
+            guard var set = Self.set(state) else { return nil }
+            set.insert(element, replica: replica)
+            return .set(set)
+        case let .setRemove(element):
+            guard var set = Self.set(state) else { return nil }
+            set.remove(element)
+            return .set(set)
+        case .flagEnable, .flagDisable:
+            guard var flag = Self.flag(state) else { return nil }
+            if self == .flagEnable { flag.enable(replica: replica) } else { flag.disable() }
+            return .flag(flag)
+        case let .maxWrite(value):
+            guard var register = Self.max(state) else { return nil }
+            register.write(value)
+            return .max(register)
+        }
+    }
+
+    private static func counter(_ state: LogCRDT?) -> PNCounter? {
+        switch state { case nil: PNCounter(); case let .counter(counter)?: counter; default: nil }
+    }
+    private static func set(_ state: LogCRDT?) -> ORSet<String>? {
+        switch state { case nil: ORSet(); case let .set(set)?: set; default: nil }
+    }
+    private static func flag(_ state: LogCRDT?) -> EWFlag? {
+        switch state { case nil: EWFlag(); case let .flag(flag)?: flag; default: nil }
+    }
+    private static func max(_ state: LogCRDT?) -> MaxRegister<UInt64>? {
+        switch state { case nil: MaxRegister(); case let .max(register)?: register; default: nil }
+    }
+
+    public var description: String {
+        switch self {
+        case let .counterAdd(amount): "add \(amount)"
+        case let .setInsert(element): "insert \(element)"
+        case let .setRemove(element): "remove \(element)"
+        case .flagEnable: "enable"
+        case .flagDisable: "disable"
+        case let .maxWrite(value): "max \(value)"
+        }
+    }
+
+    public func encode(to writer: inout BinaryWriter) {
+        switch self {
+        case let .counterAdd(amount): writer.writeByte(0); amount.encode(to: &writer)
+        case let .setInsert(element): writer.writeByte(1); element.encode(to: &writer)
+        case let .setRemove(element): writer.writeByte(2); element.encode(to: &writer)
+        case .flagEnable: writer.writeByte(3)
+        case .flagDisable: writer.writeByte(4)
+        case let .maxWrite(value): writer.writeByte(5); value.encode(to: &writer)
+        }
+    }
+
+    public init(from reader: inout BinaryReader) throws(WireDecodingError) {
+        switch try reader.readByte() {
+        case 0: self = .counterAdd(try Int64(from: &reader))
+        case 1: self = .setInsert(try String(from: &reader))
+        case 2: self = .setRemove(try String(from: &reader))
+        case 3: self = .flagEnable
+        case 4: self = .flagDisable
+        case 5: self = .maxWrite(try UInt64(from: &reader))
+        case let tag: throw .invalid("CRDT operation tag \(tag)")
+        }
+    }
+}
+
 /// A client's operation on the replicated key-value state machine. Values are integers; nil
 /// means absent.
 public enum KeyValueOperation: Sendable, Equatable, BinaryCodable, CustomStringConvertible {
     case read(key: String)
     case write(key: String, value: Int64?)
     case compareAndSet(key: String, expected: Int64?, new: Int64?)
+    /// A CRDT operation on a CRDT-valued key (a separate namespace from integer keys).
+    case crdt(key: String, CRDTOperation)
+    case crdtRead(key: String)
 
     public var key: String {
         switch self {
-        case let .read(key), let .write(key, _), let .compareAndSet(key, _, _): key
+        case let .read(key), let .write(key, _), let .compareAndSet(key, _, _), let .crdt(key, _), let .crdtRead(key): key
         }
     }
 
-    public var isRead: Bool { if case .read = self { true } else { false } }
+    public var isRead: Bool {
+        switch self {
+        case .read, .crdtRead: true
+        default: false
+        }
+    }
 
     public var description: String {
         switch self {
         case let .read(key): "read \(key)"
         case let .write(key, value): "write \(key)=\(value.map(String.init) ?? "nil")"
         case let .compareAndSet(key, expected, new): "cas \(key) \(expected.map(String.init) ?? "nil")→\(new.map(String.init) ?? "nil")"
+        case let .crdt(key, operation): "\(operation) \(key)"
+        case let .crdtRead(key): "read CRDT \(key)"
         }
     }
 
@@ -37,6 +173,13 @@ public enum KeyValueOperation: Sendable, Equatable, BinaryCodable, CustomStringC
             key.encode(to: &writer)
             expected.encode(to: &writer)
             new.encode(to: &writer)
+        case let .crdt(key, operation):
+            writer.writeByte(3)
+            key.encode(to: &writer)
+            operation.encode(to: &writer)
+        case let .crdtRead(key):
+            writer.writeByte(4)
+            key.encode(to: &writer)
         }
     }
 
@@ -45,6 +188,8 @@ public enum KeyValueOperation: Sendable, Equatable, BinaryCodable, CustomStringC
         case 0: self = .read(key: try String(from: &reader))
         case 1: self = .write(key: try String(from: &reader), value: try Int64?(from: &reader))
         case 2: self = .compareAndSet(key: try String(from: &reader), expected: try Int64?(from: &reader), new: try Int64?(from: &reader))
+        case 3: self = .crdt(key: try String(from: &reader), try CRDTOperation(from: &reader))
+        case 4: self = .crdtRead(key: try String(from: &reader))
         case let tag: throw .invalid("key-value operation tag \(tag)")
         }
     }
@@ -55,12 +200,18 @@ public enum KeyValueResult: Sendable, Equatable, BinaryCodable, CustomStringConv
     case value(Int64?)
     case written
     case compareAndSet(swapped: Bool)
+    /// A CRDT key's state (nil: absent).
+    case crdt(LogCRDT?)
+    /// The operation does not fit the kind of CRDT the key holds; nothing changed.
+    case crdtKindMismatch
 
     public var description: String {
         switch self {
         case let .value(value): "value \(value.map(String.init) ?? "nil")"
         case .written: "written"
         case let .compareAndSet(swapped): swapped ? "swapped" : "not swapped"
+        case let .crdt(state): state.map { "\($0)" } ?? "absent"
+        case .crdtKindMismatch: "CRDT kind mismatch"
         }
     }
 
@@ -74,6 +225,11 @@ public enum KeyValueResult: Sendable, Equatable, BinaryCodable, CustomStringConv
         case let .compareAndSet(swapped):
             writer.writeByte(2)
             swapped.encode(to: &writer)
+        case let .crdt(state):
+            writer.writeByte(3)
+            state.encode(to: &writer)
+        case .crdtKindMismatch:
+            writer.writeByte(4)
         }
     }
 
@@ -82,6 +238,8 @@ public enum KeyValueResult: Sendable, Equatable, BinaryCodable, CustomStringConv
         case 0: self = .value(try Int64?(from: &reader))
         case 1: self = .written
         case 2: self = .compareAndSet(swapped: try Bool(from: &reader))
+        case 3: self = .crdt(try LogCRDT?(from: &reader))
+        case 4: self = .crdtKindMismatch
         case let tag: throw .invalid("key-value result tag \(tag)")
         }
     }
@@ -146,6 +304,7 @@ public struct LogEntry: Sendable, Equatable, BinaryCodable, CustomStringConverti
 /// client with its result, so that a retried request is answered, not applied again.
 public struct KeyValueStateMachine: Sendable, Equatable, BinaryCodable {
     public private(set) var values: [String: Int64] = [:]
+    public private(set) var crdts: [String: LogCRDT] = [:]
     public private(set) var sessions: [UInt64: Session] = [:]
 
     public struct Session: Sendable, Equatable, BinaryCodable {
@@ -172,6 +331,14 @@ public struct KeyValueStateMachine: Sendable, Equatable, BinaryCodable {
 
     public func read(_ key: String) -> Int64? { values[key] }
 
+    /// The answer to a read operation, from the current state.
+    public func query(_ operation: KeyValueOperation) -> KeyValueResult {
+        switch operation {
+        case let .crdtRead(key): .crdt(crdts[key])
+        default: .value(values[operation.key])
+        }
+    }
+
     /// Applies a committed command; returns its result (the remembered one for a duplicate).
     public mutating func apply(_ command: LogCommand) -> KeyValueResult? {
         guard let operation = command.operation else { return nil }
@@ -189,6 +356,15 @@ public struct KeyValueStateMachine: Sendable, Equatable, BinaryCodable {
             let swapped = values[key] == expected
             if swapped { values[key] = new }
             result = .compareAndSet(swapped: swapped)
+        case let .crdt(key, crdtOperation):
+            if let next = crdtOperation.apply(to: crdts[key]) {
+                crdts[key] = next
+                result = .crdt(next)
+            } else {
+                result = .crdtKindMismatch
+            }
+        case let .crdtRead(key):
+            result = .crdt(crdts[key])
         }
         sessions[command.client] = Session(sequence: command.sequence, result: result)
         return result
@@ -196,11 +372,13 @@ public struct KeyValueStateMachine: Sendable, Equatable, BinaryCodable {
 
     public func encode(to writer: inout BinaryWriter) {
         values.encode(to: &writer)
+        crdts.encode(to: &writer)
         sessions.encode(to: &writer)
     }
 
     public init(from reader: inout BinaryReader) throws(WireDecodingError) {
         values = try [String: Int64](from: &reader)
+        crdts = try [String: LogCRDT](from: &reader)
         sessions = try [UInt64: Session](from: &reader)
     }
 }

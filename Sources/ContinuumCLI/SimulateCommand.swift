@@ -32,7 +32,7 @@ struct SimulateCommand: ParsableCommand {
     @Option(help: "The CRDT type to gossip (default: every type in turn, by seed): \(CRDTCatalog.names.joined(separator: ", ")).")
     var crdt: String?
 
-    @Option(help: "Plant a known bug to see the checkers catch it. gossip: \(SimulationCampaign.plantedBugs(for: "gossip").joined(separator: ", ")); available: \(SimulationCampaign.plantedBugs(for: "available").joined(separator: ", ")); linearizable: \(SimulationCampaign.plantedBugs(for: "linearizable").joined(separator: ", ")).")
+    @Option(help: "Plant a known bug to see the checkers catch it. gossip: \(SimulationCampaign.plantedBugs(for: "gossip").joined(separator: ", ")); available: \(SimulationCampaign.plantedBugs(for: "available").joined(separator: ", ")); linearizable: \(SimulationCampaign.plantedBugs(for: "linearizable").joined(separator: ", ")); serializable: \(SimulationCampaign.plantedBugs(for: "serializable").joined(separator: ", ")).")
     var plantedBug: String?
 
     @Flag(help: "Skip the second run of each seed that checks determinism.")

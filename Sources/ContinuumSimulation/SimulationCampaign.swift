@@ -4,7 +4,7 @@ import ContinuumProtocols
 /// Runs a workload over many seeds, checks that each seed is deterministic, and summarizes.
 /// This is what `continuum simulate` prints.
 public enum SimulationCampaign {
-    public static let workloads = ["gossip", "available", "linearizable"]
+    public static let workloads = ["gossip", "available", "linearizable", "serializable"]
 
     public struct Settings: Sendable {
         public var workload: String
@@ -80,6 +80,7 @@ public enum SimulationCampaign {
         case "gossip": PlantedGossipBug.allCases.map(\.rawValue)
         case "available": PlantedReplicationBug.allCases.map(\.rawValue)
         case "linearizable": PlantedRaftBug.allCases.map(\.rawValue)
+        case "serializable": PlantedTransactionBug.allCases.map(\.rawValue)
         default: []
         }
     }
@@ -133,6 +134,9 @@ public enum SimulationCampaign {
 
     static func runSeed(_ seed: UInt64, _ settings: Settings) -> SeedReport {
         switch settings.workload {
+        case "serializable":
+            return SerializableWorkload.run(
+                nodes: settings.nodes, seed: seed, plantedBug: settings.plantedBug.flatMap(PlantedTransactionBug.init(rawValue:)))
         case "linearizable":
             return LinearizableWorkload.run(
                 nodes: settings.nodes, seed: seed, plantedBug: settings.plantedBug.flatMap(PlantedRaftBug.init(rawValue:)))
@@ -151,6 +155,7 @@ public enum SimulationCampaign {
         let subject = switch settings.workload {
         case "gossip": "crdt " + (settings.crdt ?? "every type in turn (\(CRDTCatalog.names.joined(separator: ", ")))")
         case "linearizable": "\(LinearizableWorkload.clients) clients, reads, writes and compare-and-sets on \(LinearizableWorkload.keys.count) keys, Raft"
+        case "serializable": "\(SerializableWorkload.clients) clients, list-append, transfer and audit transactions, 2PL and 2PC at every replica"
         default: "9 registers of 9 CRDT types, 7 derived registers, threshold reads"
         }
         lines.append("workload \(settings.workload): \(settings.nodes) nodes, \(reports.count) seeds, \(subject)"
@@ -190,6 +195,15 @@ public enum SimulationCampaign {
             }
             lines.append("linearizability verdicts: \(reports.count - reports.filter { $0.unknownVerdicts > 0 }.count) decided, "
                          + "\(reports.reduce(0) { $0 + $1.unknownVerdicts }) unknown")
+        } else if settings.workload == "serializable" {
+            let attempts = max(1, acknowledged + refused)
+            let throughput = reports.compactMap(\.operationsPerSecond).sorted()
+            lines.append("transactions committed \(acknowledged), aborted \(refused) (abort rate \(fixed(Double(refused) / Double(attempts) * 100, 1))%, "
+                         + "unknown outcomes not counted); events \(total.eventsProcessed)")
+            if !throughput.isEmpty {
+                lines.append("transactions committed per simulated second under faults: median \(fixed(throughput[throughput.count / 2], 1)) "
+                             + "(\(SerializableWorkload.clients) clients, one transaction at a time each)")
+            }
         } else {
             lines.append("updates acknowledged \(acknowledged), refused at down nodes \(refused); events \(total.eventsProcessed)")
         }

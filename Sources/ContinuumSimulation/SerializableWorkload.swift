@@ -1,6 +1,7 @@
 import ContinuumCore
 import ContinuumProtocols
 
+
 /// The `serializable` simulation workload: clients run transactions through random
 /// coordinators of the Austere protocol (two-phase locks and two-phase commit at every
 /// replica), under swarm faults plus crashes of coordinators between prepare and decision.
@@ -40,7 +41,8 @@ public enum SerializableWorkload {
             }
         }
         let end = faultPhase.nanoseconds
-        driver.start(until: end)
+        // Clients go on for 5 s after the heal: transactions must commit again (liveness).
+        driver.start(until: end + 5_000_000_000, faultsEnd: end)
         simulation.injectFaults(until: end)
         simulation.run(until: end)
         simulation.healAll()
@@ -48,6 +50,7 @@ public enum SerializableWorkload {
         simulation.run(until: end + 10_000_000_000)
 
         checker.checkFinalState()
+        if driver.committedAfterHeal == 0 { checker.record("liveness: no transaction committed in the 5 s after the heal") }
         var violations = checker.violations
         violations += ListAppendChecker.violations(driver.transactions).prefix(3)
         violations += driver.auditViolations.prefix(3)
@@ -91,8 +94,12 @@ final class TransactionDriver {
         self.random = random
     }
 
-    func start(until end: Int64) {
+    private var faultsEnd: Int64 = 0
+    private(set) var committedAfterHeal = 0
+
+    func start(until end: Int64, faultsEnd: Int64) {
         stopAt = end
+        self.faultsEnd = faultsEnd
         for slot in 0..<SerializableWorkload.clients {
             simulation.scheduleCallback(at: Int64.random(in: 0..<20_000_000, using: &random)) { [unowned self] in begin(slot) }
         }
@@ -153,7 +160,8 @@ final class TransactionDriver {
             simulation.scheduleCommand(.commit(handle: handle, writes), to: transaction.node, at: simulation.now)
         case let .committed(handle):
             conclude(handle, committed: true)
-        case let .aborted(handle, _):
+        case let .aborted(handle, reason):
+            abortReasons[String(reason.prefix(40)), default: 0] += 1
             conclude(handle, committed: false)
         }
     }
@@ -191,6 +199,8 @@ final class TransactionDriver {
     }
 
     private var pendingAudit: [Int: String] = [:]
+    /// Why transactions aborted, by the first words of the reason (for reports).
+    private(set) var abortReasons: [String: Int] = [:]
 
     private func conclude(_ handle: UInt64, committed: Bool?) {
         guard let transaction = running.removeValue(forKey: handle) else { return }
@@ -204,7 +214,7 @@ final class TransactionDriver {
         switch committed {
         case true?:
             committedCount += 1
-            if simulation.now < stopAt { committedDuringFaults += 1 }
+            if simulation.now < faultsEnd { committedDuringFaults += 1 } else { committedAfterHeal += 1 }
         case false?: abortedCount += 1
         case nil: break
         }

@@ -61,9 +61,13 @@ public final class InMemoryNetwork: Sendable {
 public enum NodeMessage: Sendable, Equatable, BinaryCodable {
     case replication(ReplicationMessage)
     case raft(RaftMessage)
+    case transaction(TransactionMessage)
 
     public func encode(to writer: inout BinaryWriter) {
         switch self {
+        case let .transaction(message):
+            writer.writeByte(2)
+            message.encode(to: &writer)
         case let .replication(message):
             writer.writeByte(0)
             message.encode(to: &writer)
@@ -77,6 +81,7 @@ public enum NodeMessage: Sendable, Equatable, BinaryCodable {
         switch try reader.readByte() {
         case 0: self = .replication(try ReplicationMessage(from: &reader))
         case 1: self = .raft(try RaftMessage(from: &reader))
+        case 2: self = .transaction(try TransactionMessage(from: &reader))
         case let tag: throw .invalid("node message tag \(tag)")
         }
     }
@@ -87,11 +92,17 @@ public enum NodeMessage: Sendable, Equatable, BinaryCodable {
 public final class MemoryStore: Sendable {
     private let replication = Mutex<ReplicaDurableState?>(nil)
     private let raft = Mutex<RaftDurableState?>(nil)
+    private let transactions = Mutex<TransactionDurableState?>(nil)
 
     public init() {}
 
     func load() -> ReplicaDurableState? { replication.withLock { $0 } }
     func loadRaft() -> RaftDurableState? { raft.withLock { $0 } }
+    func loadTransactions() -> TransactionDurableState? { transactions.withLock { $0 } }
+
+    func persist(_ patch: TransactionDurableState) {
+        transactions.withLock { TransactionInstance.accumulate(patch, into: &$0) }
+    }
 
     func persist(_ patch: ReplicaDurableState) {
         replication.withLock { ReplicationInstance.accumulate(patch, into: &$0) }

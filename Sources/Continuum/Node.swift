@@ -32,6 +32,11 @@ public actor Node {
     private var raftTimerTasks: [RaftInstance.Timer: Task<Void, Never>] = [:]
     private var raftWaiting: [UInt64: CheckedContinuation<RequestOutcome, Never>] = [:]
     private var nextClient: UInt64 = 0
+    // The Austere instance behind serializable registers.
+    private var austere: TransactionInstance?
+    private var austereTimerGenerations: [TransactionInstance.Timer: UInt64] = [:]
+    private var austereTimerTasks: [TransactionInstance.Timer: Task<Void, Never>] = [:]
+    private var austereWaiting: [UInt64: CheckedContinuation<TransactionInstance.Output, Never>] = [:]
 
     init(id: NodeID, members: [NodeID], configuration: ReplicationInstance.Configuration,
          raftConfiguration: RaftInstance.Configuration, store: MemoryStore, network: InMemoryNetwork, seed: UInt64) {
@@ -66,6 +71,12 @@ public actor Node {
         let raftEffects = consensus.start(now: now)
         raft = consensus
         carryOutRaft(raftEffects)
+        var transactions = TransactionInstance(
+            configuration: .init(), context: InstanceContext(node: id, members: members, random: random.split()),
+            durable: store.loadTransactions())
+        let transactionEffects = transactions.start(now: now)
+        austere = transactions
+        carryOutAustere(transactionEffects)
     }
 
     /// Stops the node as a crash would: volatile state is lost, pending operations fail with
@@ -88,6 +99,12 @@ public actor Node {
         raftTimerGenerations.removeAll()
         for continuation in raftWaiting.values { continuation.resume(returning: .indeterminate) }
         raftWaiting.removeAll()
+        austere = nil
+        for task in austereTimerTasks.values { task.cancel() }
+        austereTimerTasks.removeAll()
+        austereTimerGenerations.removeAll()
+        for (handle, continuation) in austereWaiting { continuation.resume(returning: .aborted(handle: handle, reason: "the node stopped")) }
+        austereWaiting.removeAll()
     }
 
     private var now: Duration { clock.now - startInstant }
@@ -209,6 +226,106 @@ public actor Node {
             let effects = current.receive(inner, from: sender, now: now)
             raft = current
             carryOutRaft(effects)
+        case let .transaction(inner):
+            guard var current = austere else { return }
+            austere = nil
+            let effects = current.receive(inner, from: sender, now: now)
+            austere = current
+            carryOutAustere(effects)
+        }
+    }
+
+    /// Runs a serializable transaction coordinated by this node: `body` reads and writes
+    /// serializable registers through the `Transaction`, taking locks at every replica as it
+    /// goes; when it returns, the writes commit atomically at every replica by two-phase commit.
+    /// Fails with `unavailable` (no effect anywhere) when a replica cannot be reached or a lock
+    /// cannot be had within `latency`, or when `body` throws (its error is rethrown).
+    public func transaction<Result: Sendable>(
+        latency: Duration = .seconds(1), _ body: (Transaction) async throws -> Result
+    ) async throws -> Result {
+        guard austere != nil else { throw ContinuumError.nodeStopped }
+        nextCommandID += 1
+        let handle = nextCommandID
+        handleAustere(.begin(handle: handle, latency: latency))
+        let transaction = Transaction(node: self, handle: handle)
+        let result: Result
+        do {
+            result = try await body(transaction)
+        } catch {
+            handleAustere(.abort(handle: handle))
+            throw error
+        }
+        let writes = await transaction.bufferedWrites()
+        switch await austereStep(handle, .commit(handle: handle, writes)) {
+        case .committed: return result
+        case let .aborted(_, reason): throw ContinuumError.unavailable(reason)
+        case .locked: throw ContinuumError.unavailable("unexpected answer to commit")
+        }
+    }
+
+    /// Locks keys for a transaction at every replica and returns their committed values.
+    func lockForTransaction(_ handle: UInt64, step: UInt64, _ requests: [LockRequest]) async throws(ContinuumError) -> [String: TransactionValue] {
+        switch await austereStep(handle, .lock(handle: handle, step: step, requests)) {
+        case let .locked(_, _, values): return values
+        case let .aborted(_, reason): throw .unavailable(reason)
+        case .committed: throw .unavailable("unexpected answer to a lock")
+        }
+    }
+
+    private func austereStep(_ handle: UInt64, _ command: TransactionInstance.Command) async -> TransactionInstance.Output {
+        await withCheckedContinuation { continuation in
+            austereWaiting[handle] = continuation
+            handleAustere(command)
+        }
+    }
+
+    private func handleAustere(_ command: TransactionInstance.Command) {
+        guard var current = austere else {
+            if case let .begin(handle, _) = command { austereWaiting.removeValue(forKey: handle)?.resume(returning: .aborted(handle: handle, reason: "the node stopped")) }
+            return
+        }
+        austere = nil
+        let effects = current.handle(command, now: now)
+        austere = current
+        carryOutAustere(effects)
+    }
+
+    private func fireAustere(_ timer: TransactionInstance.Timer, generation: UInt64) {
+        guard austereTimerGenerations[timer] == generation, var current = austere else { return }
+        austereTimerGenerations[timer] = nil
+        austereTimerTasks[timer] = nil
+        austere = nil
+        let effects = current.timerFired(timer, now: now)
+        austere = current
+        carryOutAustere(effects)
+    }
+
+    private func carryOutAustere(_ effects: [TransactionInstance.Effect]) {
+        for effect in effects {
+            switch effect {
+            case let .send(to, message):
+                network.send(.transaction(message), from: id, to: to)
+            case let .persist(patch):
+                store.persist(patch)
+            case let .setTimer(timer, after):
+                nextGeneration += 1
+                let generation = nextGeneration
+                austereTimerGenerations[timer] = generation
+                austereTimerTasks[timer]?.cancel()
+                austereTimerTasks[timer] = Task { [weak self] in
+                    try? await Task.sleep(for: after)
+                    guard !Task.isCancelled else { return }
+                    await self?.fireAustere(timer, generation: generation)
+                }
+            case let .cancelTimer(timer):
+                austereTimerGenerations[timer] = nil
+                austereTimerTasks.removeValue(forKey: timer)?.cancel()
+            case let .output(output):
+                let handle: UInt64 = switch output {
+                case let .locked(handle, _, _), let .committed(handle), let .aborted(handle, _): handle
+                }
+                austereWaiting.removeValue(forKey: handle)?.resume(returning: output)
+            }
         }
     }
 

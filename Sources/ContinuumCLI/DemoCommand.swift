@@ -20,6 +20,8 @@ struct DemoCommand: AsyncParsableCommand {
         try await advertisementCounter()
         print("")
         try await linearizableAccount()
+        print("")
+        try await austereContrast()
         print("\nDemo finished in \(milliseconds(clock.now - started)) ms.")
     }
 
@@ -187,6 +189,47 @@ struct DemoCommand: AsyncParsableCommand {
         print("   the majority keeps serving: n2's compare-and-set \(stillServes ? "swapped 60 to 55" : "was refused")")
         cluster.healAll()
         print("   -- healed --")
+    }
+
+    /// The two ends side by side: one replica cut off stops serializable transactions (which
+    /// lock at every replica) while available updates go on; after the heal both proceed.
+    private func austereContrast() async throws {
+        print("5. Serializable (Austere: 2PL and 2PC at every replica) beside available, one replica cut off")
+        let cluster = await EmbeddedCluster(nodes: 3)
+        defer { Task { await cluster.shutdown() } }
+        let likes = try await cluster.declare("likes", as: GCounter.self)
+        @Sendable func transfer(_ node: Node, _ amount: Int64) async throws {
+            try await node.transaction(latency: .milliseconds(300)) { tx in
+                let alice = try await tx.readInt("alice") ?? 100
+                let bob = try await tx.readInt("bob") ?? 100
+                try await tx.write("alice", .int(alice - amount))
+                try await tx.write("bob", .int(bob + amount))
+            }
+        }
+        try await transfer(cluster.node(1), 10)
+        print("   n1 transfers 10 from alice to bob: committed at all 3 replicas")
+        cluster.isolate(3)
+        print("   -- n3 is cut off --")
+        do {
+            try await transfer(cluster.node(1), 10)
+            print("   the second transfer committed (unexpected)")
+        } catch {
+            print("   the second transfer stops: \(error)")
+        }
+        try await likes[0].update { counter, replica in counter.increment(replica: replica) }
+        try await likes[2].update { counter, replica in counter.increment(replica: replica) }
+        print("   meanwhile available likes go on at n1 and at the cut-off n3")
+        cluster.healAll()
+        var done = false
+        for _ in 0..<100 where !done {
+            done = (try? await transfer(cluster.node(2), 10)) != nil
+            if !done { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        let (alice, bob) = try await cluster.node(3).transaction { tx in (try await tx.readInt("alice"), try await tx.readInt("bob")) }
+        var both = try await likes[0].read()
+        both.formJoin(try await likes[2].read())
+        _ = try await likes[1].read(atLeast: both, timeout: .seconds(5))
+        print("   -- healed: a transfer commits again; n3 reads alice \(alice ?? 0), bob \(bob ?? 0); likes \(both.value) everywhere --")
     }
 
     private func waitAll<Value: Replicable>(_ registers: [Register<Value>], atLeast target: Value) async throws {

@@ -10,11 +10,16 @@ public enum Policy: Sendable, Equatable, CustomStringConvertible {
     /// available only on the side of a partition that holds a majority; elsewhere operations
     /// fail with `unavailable` (or `indeterminate` for a write that may still commit).
     case linearizable
+    /// Registers read and written in transactions that lock at every replica and commit by
+    /// two-phase commit at every replica (the Austere model): strictly serializable, one system
+    /// image, and no progress while any replica is unreachable.
+    case serializable
 
     public var description: String {
         switch self {
         case .available: "available"
         case .linearizable: "linearizable"
+        case .serializable: "serializable"
         }
     }
 }

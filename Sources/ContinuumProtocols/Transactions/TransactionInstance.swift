@@ -194,7 +194,7 @@ public struct TransactionInstance: ProtocolInstance {
         case let .deadline(handle):
             guard let transaction = coordinated[handle] else { return [] }
             if case .decided = transaction.phase { return [] }
-            return abortCoordinated(handle, reason: "unavailable: not every replica answered within the latency bound")
+            return abortCoordinated(handle, reason: "not every replica answered within the latency bound")
         case let .retryDecision(id):
             guard let pending = unacknowledged[id], pending.retries > 0 else {
                 unacknowledged[id] = nil

@@ -38,6 +38,9 @@ struct SimulateCommand: ParsableCommand {
     @Flag(help: "Skip the second run of each seed that checks determinism.")
     var noDeterminismCheck = false
 
+    @Flag(help: "No faults: a perfect network and no crashes, to measure a protocol's own costs.")
+    var faultFree = false
+
     @Option(help: "linearizable: write the history of the last seed run to this file (JSON Lines).")
     var history: String?
 
@@ -47,10 +50,11 @@ struct SimulateCommand: ParsableCommand {
 
     func run() throws {
         let seedList = seed.map { [$0] } ?? Array(firstSeed..<(firstSeed + UInt64(seeds)))
-        let settings = SimulationCampaign.Settings(
+        var settings = SimulationCampaign.Settings(
             workload: workload, nodes: nodes, crdt: crdt, seeds: seedList,
             plantedBug: plantedBug,
             determinismCheck: !noDeterminismCheck)
+        settings.faultFree = faultFree
         let result: SimulationCampaign.Result
         do {
             result = try SimulationCampaign.run(settings) { print($0) }

@@ -16,6 +16,8 @@ public enum SimulationCampaign {
         public var plantedBug: String?
         /// Run each seed twice and compare trace hashes.
         public var determinismCheck: Bool
+        /// No faults at all (a perfect network, no crashes): to measure a protocol's own costs.
+        public var faultFree = false
 
         public init(workload: String = "gossip", nodes: Int, crdt: String? = nil, seeds: [UInt64],
                     plantedBug: String? = nil, determinismCheck: Bool = true) {
@@ -96,6 +98,7 @@ public enum SimulationCampaign {
         if settings.workload == "gossip" { command += " --crdt \(crdt(for: seed, in: settings).name)" }
         command += " --seed \(seed)"
         if let bug = settings.plantedBug { command += " --planted-bug \(bug)" }
+        if settings.faultFree { command += " --fault-free" }
         return command
     }
 
@@ -133,20 +136,21 @@ public enum SimulationCampaign {
     }
 
     static func runSeed(_ seed: UInt64, _ settings: Settings) -> SeedReport {
+        let faults: FaultSettings? = settings.faultFree ? FaultSettings.none : nil
         switch settings.workload {
         case "serializable":
             return SerializableWorkload.run(
-                nodes: settings.nodes, seed: seed, plantedBug: settings.plantedBug.flatMap(PlantedTransactionBug.init(rawValue:)))
+                nodes: settings.nodes, seed: seed, plantedBug: settings.plantedBug.flatMap(PlantedTransactionBug.init(rawValue:)), faults: faults)
         case "linearizable":
             return LinearizableWorkload.run(
-                nodes: settings.nodes, seed: seed, plantedBug: settings.plantedBug.flatMap(PlantedRaftBug.init(rawValue:)))
+                nodes: settings.nodes, seed: seed, plantedBug: settings.plantedBug.flatMap(PlantedRaftBug.init(rawValue:)), faults: faults)
         case "available":
             return AvailableWorkload.run(
-                nodes: settings.nodes, seed: seed, plantedBug: settings.plantedBug.flatMap(PlantedReplicationBug.init(rawValue:)))
+                nodes: settings.nodes, seed: seed, plantedBug: settings.plantedBug.flatMap(PlantedReplicationBug.init(rawValue:)), faults: faults)
         default:
             let operations = crdt(for: seed, in: settings)
             return GossipWorkload.run(operations, GossipRunSettings(
-                nodes: settings.nodes, seed: seed, plantedBug: settings.plantedBug.flatMap(PlantedGossipBug.init(rawValue:))))
+                nodes: settings.nodes, seed: seed, plantedBug: settings.plantedBug.flatMap(PlantedGossipBug.init(rawValue:)), faults: faults))
         }
     }
 

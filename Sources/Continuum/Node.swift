@@ -36,7 +36,8 @@ public actor Node {
     private var austere: TransactionInstance?
     private var austereTimerGenerations: [TransactionInstance.Timer: UInt64] = [:]
     private var austereTimerTasks: [TransactionInstance.Timer: Task<Void, Never>] = [:]
-    private var austereWaiting: [UInt64: CheckedContinuation<TransactionInstance.Output, Never>] = [:]
+    /// Waiting transaction steps; resumed with nil when the node stops (outcome unknown).
+    private var austereWaiting: [UInt64: CheckedContinuation<TransactionInstance.Output?, Never>] = [:]
 
     init(id: NodeID, members: [NodeID], configuration: ReplicationInstance.Configuration,
          raftConfiguration: RaftInstance.Configuration, store: MemoryStore, network: InMemoryNetwork, seed: UInt64) {
@@ -103,7 +104,7 @@ public actor Node {
         for task in austereTimerTasks.values { task.cancel() }
         austereTimerTasks.removeAll()
         austereTimerGenerations.removeAll()
-        for (handle, continuation) in austereWaiting { continuation.resume(returning: .aborted(handle: handle, reason: "the node stopped")) }
+        for continuation in austereWaiting.values { continuation.resume(returning: nil) }
         austereWaiting.removeAll()
     }
 
@@ -257,22 +258,35 @@ public actor Node {
         }
         let writes = await transaction.bufferedWrites()
         switch await austereStep(handle, .commit(handle: handle, writes)) {
-        case .committed: return result
-        case let .aborted(_, reason): throw ContinuumError.unavailable(reason)
-        case .locked: throw ContinuumError.unavailable("unexpected answer to commit")
+        case .committed?: return result
+        case let .aborted(_, reason)?: throw ContinuumError.unavailable(reason)
+        case .locked?: throw ContinuumError.unavailable("unexpected answer to commit")
+        // The coordinator stopped during two-phase commit: the decision is not known here.
+        case nil: throw ContinuumError.indeterminate
         }
+    }
+
+    /// A serializable register's value, read in a one-operation transaction.
+    public func read(serializable key: String, latency: Duration = .seconds(1)) async throws -> TransactionValue? {
+        try await transaction(latency: latency) { try await $0.read(key) }
+    }
+
+    /// Writes a serializable register in a one-operation transaction.
+    public func write(serializable key: String, _ value: TransactionValue, latency: Duration = .seconds(1)) async throws {
+        try await transaction(latency: latency) { try await $0.write(key, value) }
     }
 
     /// Locks keys for a transaction at every replica and returns their committed values.
     func lockForTransaction(_ handle: UInt64, step: UInt64, _ requests: [LockRequest]) async throws(ContinuumError) -> [String: TransactionValue] {
         switch await austereStep(handle, .lock(handle: handle, step: step, requests)) {
-        case let .locked(_, _, values): return values
-        case let .aborted(_, reason): throw .unavailable(reason)
-        case .committed: throw .unavailable("unexpected answer to a lock")
+        case let .locked(_, _, values)?: return values
+        case let .aborted(_, reason)?: throw .unavailable(reason)
+        case .committed?: throw .unavailable("unexpected answer to a lock")
+        case nil: throw .nodeStopped
         }
     }
 
-    private func austereStep(_ handle: UInt64, _ command: TransactionInstance.Command) async -> TransactionInstance.Output {
+    private func austereStep(_ handle: UInt64, _ command: TransactionInstance.Command) async -> TransactionInstance.Output? {
         await withCheckedContinuation { continuation in
             austereWaiting[handle] = continuation
             handleAustere(command)
@@ -281,7 +295,7 @@ public actor Node {
 
     private func handleAustere(_ command: TransactionInstance.Command) {
         guard var current = austere else {
-            if case let .begin(handle, _) = command { austereWaiting.removeValue(forKey: handle)?.resume(returning: .aborted(handle: handle, reason: "the node stopped")) }
+            if case let .begin(handle, _) = command { austereWaiting.removeValue(forKey: handle)?.resume(returning: nil) }
             return
         }
         austere = nil

@@ -26,6 +26,9 @@ import Testing
         #expect(alice == 50 && bob == 150)
         await #expect(throws: ContinuumError.refused("insufficient funds")) { try await transfer(cluster.node(1), amount: 80) }
         #expect(try await balances(cluster.node(2)) == (50, 150))
+        // Single operations run as one-operation transactions.
+        try await cluster.node(3).write(serializable: "tags", .list([1, 2]))
+        #expect(try await cluster.node(1).read(serializable: "tags") == .list([1, 2]))
     }
 
     @Test func aCutOffReplicaStopsTransactionsButNotAvailableUpdates() async throws {

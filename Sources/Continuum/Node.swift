@@ -18,9 +18,7 @@ public actor Node {
     private let startInstant: ContinuousClock.Instant
     private var random: DeterministicRandom
     private var instance: ReplicationInstance?
-    private var timerGenerations: [ReplicationInstance.Timer: UInt64] = [:]
-    private var timerTasks: [ReplicationInstance.Timer: Task<Void, Never>] = [:]
-    private var nextGeneration: UInt64 = 0
+    private var timers = ShellTimers<ReplicationInstance.Timer>()
     private var nextCommandID: UInt64 = 0
     private var waiting: [UInt64: CheckedContinuation<Result<AnyReplicated?, ContinuumError>, Never>] = [:]
     private var reads: [UInt64: CheckedContinuation<Result<AnyReplicated, ContinuumError>, Never>] = [:]
@@ -28,14 +26,12 @@ public actor Node {
     private var derivedDefinitions: [DerivedDefinition] = []
     // The Raft instance behind linearizable registers.
     private var raft: RaftInstance?
-    private var raftTimerGenerations: [RaftInstance.Timer: UInt64] = [:]
-    private var raftTimerTasks: [RaftInstance.Timer: Task<Void, Never>] = [:]
+    private var raftTimers = ShellTimers<RaftInstance.Timer>()
     private var raftWaiting: [UInt64: CheckedContinuation<RequestOutcome, Never>] = [:]
     private var nextClient: UInt64 = 0
     // The Austere instance behind serializable registers.
     private var austere: TransactionInstance?
-    private var austereTimerGenerations: [TransactionInstance.Timer: UInt64] = [:]
-    private var austereTimerTasks: [TransactionInstance.Timer: Task<Void, Never>] = [:]
+    private var austereTimers = ShellTimers<TransactionInstance.Timer>()
     /// Waiting transaction steps; resumed with nil when the node stops (outcome unknown).
     private var austereWaiting: [UInt64: CheckedContinuation<TransactionInstance.Output?, Never>] = [:]
 
@@ -85,9 +81,7 @@ public actor Node {
     func stop() {
         guard instance != nil else { return }
         instance = nil
-        for task in timerTasks.values { task.cancel() }
-        timerTasks.removeAll()
-        timerGenerations.removeAll()
+        timers.cancelAll()
         for continuation in waiting.values { continuation.resume(returning: .failure(.nodeStopped)) }
         waiting.removeAll()
         for continuation in reads.values { continuation.resume(returning: .failure(.nodeStopped)) }
@@ -95,15 +89,11 @@ public actor Node {
         for streams in subscribers.values { for yield in streams.values { yield(nil) } }
         subscribers.removeAll()
         raft = nil
-        for task in raftTimerTasks.values { task.cancel() }
-        raftTimerTasks.removeAll()
-        raftTimerGenerations.removeAll()
+        raftTimers.cancelAll()
         for continuation in raftWaiting.values { continuation.resume(returning: .indeterminate) }
         raftWaiting.removeAll()
         austere = nil
-        for task in austereTimerTasks.values { task.cancel() }
-        austereTimerTasks.removeAll()
-        austereTimerGenerations.removeAll()
+        austereTimers.cancelAll()
         for continuation in austereWaiting.values { continuation.resume(returning: nil) }
         austereWaiting.removeAll()
     }
@@ -305,9 +295,7 @@ public actor Node {
     }
 
     private func fireAustere(_ timer: TransactionInstance.Timer, generation: UInt64) {
-        guard austereTimerGenerations[timer] == generation, var current = austere else { return }
-        austereTimerGenerations[timer] = nil
-        austereTimerTasks[timer] = nil
+        guard austereTimers.consume(timer, generation: generation), var current = austere else { return }
         austere = nil
         let effects = current.timerFired(timer, now: now)
         austere = current
@@ -322,18 +310,9 @@ public actor Node {
             case let .persist(patch):
                 store.persist(patch)
             case let .setTimer(timer, after):
-                nextGeneration += 1
-                let generation = nextGeneration
-                austereTimerGenerations[timer] = generation
-                austereTimerTasks[timer]?.cancel()
-                austereTimerTasks[timer] = Task { [weak self] in
-                    try? await Task.sleep(for: after)
-                    guard !Task.isCancelled else { return }
-                    await self?.fireAustere(timer, generation: generation)
-                }
+                austereTimers.set(timer, after: after) { [weak self] timer, generation in await self?.fireAustere(timer, generation: generation) }
             case let .cancelTimer(timer):
-                austereTimerGenerations[timer] = nil
-                austereTimerTasks.removeValue(forKey: timer)?.cancel()
+                austereTimers.cancel(timer)
             case let .output(output):
                 let handle: UInt64 = switch output {
                 case let .locked(handle, _, _), let .committed(handle), let .aborted(handle, _): handle
@@ -362,9 +341,7 @@ public actor Node {
     public var isLeader: Bool { raft?.role == .leader }
 
     private func fireRaft(_ timer: RaftInstance.Timer, generation: UInt64) {
-        guard raftTimerGenerations[timer] == generation, var current = raft else { return }
-        raftTimerGenerations[timer] = nil
-        raftTimerTasks[timer] = nil
+        guard raftTimers.consume(timer, generation: generation), var current = raft else { return }
         raft = nil
         let effects = current.timerFired(timer, now: now)
         raft = current
@@ -379,18 +356,9 @@ public actor Node {
             case let .persist(patch):
                 store.persist(patch)
             case let .setTimer(timer, after):
-                nextGeneration += 1
-                let generation = nextGeneration
-                raftTimerGenerations[timer] = generation
-                raftTimerTasks[timer]?.cancel()
-                raftTimerTasks[timer] = Task { [weak self] in
-                    try? await Task.sleep(for: after)
-                    guard !Task.isCancelled else { return }
-                    await self?.fireRaft(timer, generation: generation)
-                }
+                raftTimers.set(timer, after: after) { [weak self] timer, generation in await self?.fireRaft(timer, generation: generation) }
             case let .cancelTimer(timer):
-                raftTimerGenerations[timer] = nil
-                raftTimerTasks.removeValue(forKey: timer)?.cancel()
+                raftTimers.cancel(timer)
             case let .output(.reply(requestID, outcome)):
                 raftWaiting.removeValue(forKey: requestID)?.resume(returning: outcome)
             case .output(.becameLeader):
@@ -424,9 +392,7 @@ public actor Node {
     }
 
     private func fire(_ timer: ReplicationInstance.Timer, generation: UInt64) {
-        guard timerGenerations[timer] == generation, var current = instance else { return }
-        timerGenerations[timer] = nil
-        timerTasks[timer] = nil
+        guard timers.consume(timer, generation: generation), var current = instance else { return }
         instance = nil
         let effects = current.timerFired(timer, now: now)
         instance = current
@@ -441,18 +407,9 @@ public actor Node {
             case let .persist(patch):
                 store.persist(patch)
             case let .setTimer(timer, after):
-                nextGeneration += 1
-                let generation = nextGeneration
-                timerGenerations[timer] = generation
-                timerTasks[timer]?.cancel()
-                timerTasks[timer] = Task { [weak self] in
-                    try? await Task.sleep(for: after)
-                    guard !Task.isCancelled else { return }
-                    await self?.fire(timer, generation: generation)
-                }
+                timers.set(timer, after: after) { [weak self] timer, generation in await self?.fire(timer, generation: generation) }
             case let .cancelTimer(timer):
-                timerGenerations[timer] = nil
-                timerTasks.removeValue(forKey: timer)?.cancel()
+                timers.cancel(timer)
             case let .output(output):
                 deliver(output)
             }

@@ -34,6 +34,8 @@ public actor Node {
     private var austereTimers = ShellTimers<TransactionInstance.Timer>()
     /// Waiting transaction steps; resumed with nil when the node stops (outcome unknown).
     private var austereWaiting: [UInt64: CheckedContinuation<TransactionInstance.Output?, Never>] = [:]
+    /// Attempts that died under wait-die, with the age to retry them with.
+    private var deaths: [UInt64: UInt64] = [:]
 
     init(id: NodeID, members: [NodeID], configuration: ReplicationInstance.Configuration,
          raftConfiguration: RaftInstance.Configuration, store: MemoryStore, network: InMemoryNetwork, seed: UInt64) {
@@ -234,10 +236,27 @@ public actor Node {
     public func transaction<Result: Sendable>(
         latency: Duration = .seconds(1), _ body: (Transaction) async throws -> Result
     ) async throws -> Result {
-        guard austere != nil else { throw ContinuumError.nodeStopped }
-        nextCommandID += 1
-        let handle = nextCommandID
-        handleAustere(.begin(handle: handle, latency: latency))
+        // An attempt that dies under wait-die is run again with its first attempt's age (so it
+        // only grows older and cannot starve), within the same latency bound.
+        let deadline = clock.now + latency
+        var age: UInt64?
+        while true {
+            guard austere != nil else { throw ContinuumError.nodeStopped }
+            nextCommandID += 1
+            let handle = nextCommandID
+            do {
+                return try await attempt(handle, latency: deadline - clock.now, age: age, body)
+            } catch {
+                guard let retryAge = deaths.removeValue(forKey: handle), clock.now < deadline else { throw error }
+                age = retryAge
+            }
+        }
+    }
+
+    private func attempt<Result: Sendable>(
+        _ handle: UInt64, latency: Duration, age: UInt64?, _ body: (Transaction) async throws -> Result
+    ) async throws -> Result {
+        handleAustere(.begin(handle: handle, latency: latency, age: age))
         let transaction = Transaction(node: self, handle: handle)
         let result: Result
         do {
@@ -249,7 +268,7 @@ public actor Node {
         let writes = await transaction.bufferedWrites()
         switch await austereStep(handle, .commit(handle: handle, writes)) {
         case .committed?: return result
-        case let .aborted(_, reason)?: throw ContinuumError.unavailable(reason)
+        case let .aborted(_, reason, _)?: throw ContinuumError.unavailable(reason)
         case .locked?: throw ContinuumError.unavailable("unexpected answer to commit")
         // The coordinator stopped during two-phase commit: the decision is not known here.
         case nil: throw ContinuumError.indeterminate
@@ -270,7 +289,9 @@ public actor Node {
     func lockForTransaction(_ handle: UInt64, step: UInt64, _ requests: [LockRequest]) async throws(ContinuumError) -> [String: TransactionValue] {
         switch await austereStep(handle, .lock(handle: handle, step: step, requests)) {
         case let .locked(_, _, values)?: return values
-        case let .aborted(_, reason)?: throw .unavailable(reason)
+        case let .aborted(_, reason, retryAge)?:
+            if let retryAge { deaths[handle] = retryAge }
+            throw .unavailable(reason)
         case .committed?: throw .unavailable("unexpected answer to a lock")
         case nil: throw .nodeStopped
         }
@@ -285,7 +306,7 @@ public actor Node {
 
     private func handleAustere(_ command: TransactionInstance.Command) {
         guard var current = austere else {
-            if case let .begin(handle, _) = command { austereWaiting.removeValue(forKey: handle)?.resume(returning: nil) }
+            if case let .begin(handle, _, _) = command { austereWaiting.removeValue(forKey: handle)?.resume(returning: nil) }
             return
         }
         austere = nil
@@ -315,7 +336,7 @@ public actor Node {
                 austereTimers.cancel(timer)
             case let .output(output):
                 let handle: UInt64 = switch output {
-                case let .locked(handle, _, _), let .committed(handle), let .aborted(handle, _): handle
+                case let .locked(handle, _, _), let .committed(handle), let .aborted(handle, _, _): handle
                 }
                 austereWaiting.removeValue(forKey: handle)?.resume(returning: output)
             }

@@ -140,7 +140,9 @@ final class TransactionDriver {
         let record = transactions.count
         transactions.append(.init(id: Int(handle), operations: operations, invoked: simulation.now, completed: .max, committed: nil))
         running[handle] = Running(slot: slot, node: node, kind: kind, record: record, requests: requests)
-        simulation.scheduleCommand(.begin(handle: handle, latency: SerializableWorkload.latencyBound), to: node, at: simulation.now)
+        // A client whose last attempt died under wait-die retries with that attempt's age.
+        let age = retryAges.removeValue(forKey: slot)
+        simulation.scheduleCommand(.begin(handle: handle, latency: SerializableWorkload.latencyBound, age: age), to: node, at: simulation.now)
         simulation.scheduleCommand(.lock(handle: handle, step: 1, requests), to: node, at: simulation.now)
         // The client's own timeout: a coordinator that crashes never answers.
         simulation.scheduleCallback(at: simulation.now + SerializableWorkload.latencyBound.nanoseconds + 5_000_000) { [unowned self] in
@@ -149,7 +151,7 @@ final class TransactionDriver {
     }
 
     func refused(_ command: TransactionInstance.Command) {
-        if case let .begin(handle, _) = command { conclude(handle, committed: false) }
+        if case let .begin(handle, _, _) = command { conclude(handle, committed: false) }
     }
 
     func output(_ output: TransactionInstance.Output) {
@@ -160,8 +162,9 @@ final class TransactionDriver {
             simulation.scheduleCommand(.commit(handle: handle, writes), to: transaction.node, at: simulation.now)
         case let .committed(handle):
             conclude(handle, committed: true)
-        case let .aborted(handle, reason):
+        case let .aborted(handle, reason, retryAge):
             abortReasons[String(reason.prefix(40)), default: 0] += 1
+            if let slot = running[handle]?.slot, let retryAge { retryAges[slot] = retryAge }
             conclude(handle, committed: false)
         }
     }
@@ -199,6 +202,8 @@ final class TransactionDriver {
     }
 
     private var pendingAudit: [Int: String] = [:]
+    /// Per client: the age to retry with after a wait-die death (textbook wait-die keeps it).
+    private var retryAges: [Int: UInt64] = [:]
     /// Why transactions aborted, by the first words of the reason (for reports).
     private(set) var abortReasons: [String: Int] = [:]
 

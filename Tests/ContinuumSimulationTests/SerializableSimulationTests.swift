@@ -82,7 +82,7 @@ import Testing
             switch output {
             case let .locked(handle, _, _): outcomes.locked.insert(handle)
             case let .committed(handle): outcomes.results[handle] = (true, simulation.now)
-            case let .aborted(handle, reason): outcomes.results[handle] = (false, simulation.now); outcomes.reasons[handle] = reason
+            case let .aborted(handle, reason, _): outcomes.results[handle] = (false, simulation.now); outcomes.reasons[handle] = reason
             }
         }
         func transfer(_ handle: UInt64, at node: NodeID, time: Int64) {

@@ -46,8 +46,10 @@ public struct TransactionInstance: ProtocolInstance {
 
     /// Client commands, naming the transaction by the client's handle.
     public enum Command: Sendable {
-        /// Starts a transaction that must decide within `latency`.
-        case begin(handle: UInt64, latency: Duration)
+        /// Starts a transaction that must decide within `latency`. A transaction that died under
+        /// wait-die is retried with the `age` of its first attempt (the timestamp its
+        /// `aborted` output carried), so that it gets older, not younger, and cannot starve.
+        case begin(handle: UInt64, latency: Duration, age: UInt64? = nil)
         /// Locks keys at every replica and reads their committed values.
         case lock(handle: UInt64, step: UInt64, [LockRequest])
         /// Commits these writes atomically at every replica (no writes: just releases).
@@ -58,8 +60,9 @@ public struct TransactionInstance: ProtocolInstance {
     public enum Output: Sendable, Equatable {
         case locked(handle: UInt64, step: UInt64, values: [String: TransactionValue])
         case committed(handle: UInt64)
-        /// Definitely not applied anywhere.
-        case aborted(handle: UInt64, reason: String)
+        /// Definitely not applied anywhere. `retryAge` is set when it died under wait-die: retry
+        /// it with `begin(age:)` set to this.
+        case aborted(handle: UInt64, reason: String, retryAge: UInt64? = nil)
     }
 
     public enum Timer: Hashable, Sendable {
@@ -156,12 +159,12 @@ public struct TransactionInstance: ProtocolInstance {
     public mutating func handle(_ command: Command, now: Duration) -> [Effect] {
         self.now = now
         switch command {
-        case let .begin(handle, latency):
+        case let .begin(handle, latency, age):
             guard coordinated.count < configuration.transactionsMax else {
                 return [.output(.aborted(handle: handle, reason: "more than \(configuration.transactionsMax) transactions open"))]
             }
             nextSequence += 1
-            let id = TransactionID(timestamp: UInt64(clamping: now.nanoseconds), coordinator: node, sequence: nextSequence)
+            let id = TransactionID(timestamp: age ?? UInt64(clamping: now.nanoseconds), coordinator: node, sequence: nextSequence)
             coordinated[handle] = Coordinated(id: id, phase: .open)
             handles[id] = handle
             return [.setTimer(.deadline(handle: handle), after: latency)]
@@ -216,10 +219,10 @@ public struct TransactionInstance: ProtocolInstance {
         switch message {
         case let .lock(id, step, requests): return participantLock(id, step: step, requests, from: sender)
         case let .locked(id, step, values): return coordinatorLocked(id, step: step, values, from: sender)
-        case let .refused(id, reason):
+        case let .refused(id, reason, retryable):
             guard let handle = handles[id], let transaction = coordinated[handle] else { return [] }
             switch transaction.phase {
-            case .open, .locking: return abortCoordinated(handle, reason: "\(sender) refused: \(reason)")
+            case .open, .locking: return abortCoordinated(handle, reason: "\(sender) refused: \(reason)", retryable: retryable)
             case .preparing, .decided: return []
             }
         case let .prepare(id, writes): return participantPrepare(id, writes, from: sender)
@@ -285,16 +288,17 @@ public struct TransactionInstance: ProtocolInstance {
         return effects
     }
 
-    private mutating func abortCoordinated(_ handle: UInt64, reason: String) -> [Effect] {
+    private mutating func abortCoordinated(_ handle: UInt64, reason: String, retryable: Bool = false) -> [Effect] {
         guard let transaction = coordinated[handle] else { return [] }
         switch transaction.phase {
         case .preparing: return decide(handle, transaction.id, commit: false, reason: reason)
         case .decided: return []
-        case .open, .locking: return finish(handle, committed: false, release: true, reason: reason)
+        case .open, .locking:
+            return finish(handle, committed: false, release: true, reason: reason, retryAge: retryable ? transaction.id.timestamp : nil)
         }
     }
 
-    private mutating func finish(_ handle: UInt64, committed: Bool, release: Bool, reason: String = "") -> [Effect] {
+    private mutating func finish(_ handle: UInt64, committed: Bool, release: Bool, reason: String = "", retryAge: UInt64? = nil) -> [Effect] {
         guard let transaction = coordinated.removeValue(forKey: handle) else { return [] }
         handles[transaction.id] = nil
         var effects: [Effect] = [.cancelTimer(.deadline(handle: handle))]
@@ -302,7 +306,7 @@ public struct TransactionInstance: ProtocolInstance {
             effects += others.map { .send(to: $0, .release(transaction.id)) }
             effects += participantRelease(transaction.id)
         }
-        effects.append(.output(committed ? .committed(handle: handle) : .aborted(handle: handle, reason: reason)))
+        effects.append(.output(committed ? .committed(handle: handle) : .aborted(handle: handle, reason: reason, retryAge: retryAge)))
         return effects
     }
 
@@ -317,7 +321,7 @@ public struct TransactionInstance: ProtocolInstance {
 
     private mutating func participantLock(_ id: TransactionID, step: UInt64, _ requests: [LockRequest], from coordinator: NodeID) -> [Effect] {
         guard !abortedHere.contains(id), decisions[id] == nil else {
-            return reply(to: coordinator, .refused(id, reason: "already over at \(node)"), id: id)
+            return reply(to: coordinator, .refused(id, reason: "already over at \(node)", retryable: false), id: id)
         }
         var participation = participations[id] ?? Participation(coordinator: coordinator, lastActivity: now)
         participation.lastActivity = now
@@ -339,7 +343,7 @@ public struct TransactionInstance: ProtocolInstance {
                 return []
             case let .die(conflict):
                 var effects = participantAbort(id)
-                effects += reply(to: participation.coordinator, .refused(id, reason: "wait-die at \(node): younger than \(conflict)"), id: id)
+                effects += reply(to: participation.coordinator, .refused(id, reason: "wait-die at \(node): younger than \(conflict)", retryable: true), id: id)
                 return effects
             }
         }

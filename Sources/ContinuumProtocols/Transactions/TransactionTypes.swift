@@ -122,8 +122,9 @@ public enum TransactionMessage: Sendable, Equatable, BinaryCodable {
     case lock(TransactionID, step: UInt64, [LockRequest])
     /// Participant: all granted; the committed values of the keys (absent ones omitted).
     case locked(TransactionID, step: UInt64, [TransactionWrite])
-    /// Participant: the transaction must die (wait-die), or is unknown here; it holds nothing here now.
-    case refused(TransactionID, reason: String)
+    /// Participant: the transaction must die (wait-die: `retryable`, with its age), or is over
+    /// here; it holds nothing here now.
+    case refused(TransactionID, reason: String, retryable: Bool)
     /// Coordinator: prepare to commit these writes; the participant's vote is durable before its answer.
     case prepare(TransactionID, [TransactionWrite])
     case prepared(TransactionID, yes: Bool)
@@ -141,8 +142,8 @@ public enum TransactionMessage: Sendable, Equatable, BinaryCodable {
             writer.writeByte(0); id.encode(to: &writer); writer.writeVarint(step); requests.encode(to: &writer)
         case let .locked(id, step, values):
             writer.writeByte(1); id.encode(to: &writer); writer.writeVarint(step); values.encode(to: &writer)
-        case let .refused(id, reason):
-            writer.writeByte(2); id.encode(to: &writer); reason.encode(to: &writer)
+        case let .refused(id, reason, retryable):
+            writer.writeByte(2); id.encode(to: &writer); reason.encode(to: &writer); retryable.encode(to: &writer)
         case let .prepare(id, writes):
             writer.writeByte(3); id.encode(to: &writer); writes.encode(to: &writer)
         case let .prepared(id, yes):
@@ -162,7 +163,7 @@ public enum TransactionMessage: Sendable, Equatable, BinaryCodable {
         switch try reader.readByte() {
         case 0: self = .lock(try TransactionID(from: &reader), step: try reader.readVarint(), try [LockRequest](from: &reader))
         case 1: self = .locked(try TransactionID(from: &reader), step: try reader.readVarint(), try [TransactionWrite](from: &reader))
-        case 2: self = .refused(try TransactionID(from: &reader), reason: try String(from: &reader))
+        case 2: self = .refused(try TransactionID(from: &reader), reason: try String(from: &reader), retryable: try Bool(from: &reader))
         case 3: self = .prepare(try TransactionID(from: &reader), try [TransactionWrite](from: &reader))
         case 4: self = .prepared(try TransactionID(from: &reader), yes: try Bool(from: &reader))
         case 5: self = .decision(try TransactionID(from: &reader), commit: try Bool(from: &reader))

@@ -194,7 +194,7 @@ public enum SimulationCampaign {
                              + "max \(fixed(recoveries.last!, 0)) ms (simulated; \(recoveries.count) crashes of the leader)")
             }
             if !throughput.isEmpty {
-                lines.append("operations ok per simulated second under faults: median \(fixed(throughput[throughput.count / 2], 0)) "
+                lines.append("operations ok per simulated second\(settings.faultFree ? " without faults" : " under faults"): median \(fixed(throughput[throughput.count / 2], 0)) "
                              + "(\(LinearizableWorkload.clients) clients, one operation at a time each)")
             }
             lines.append("linearizability verdicts: \(reports.count - reports.filter { $0.unknownVerdicts > 0 }.count) decided, "
@@ -205,7 +205,7 @@ public enum SimulationCampaign {
             lines.append("transactions committed \(acknowledged), aborted \(refused) (abort rate \(fixed(Double(refused) / Double(attempts) * 100, 1))%, "
                          + "unknown outcomes not counted); events \(total.eventsProcessed)")
             if !throughput.isEmpty {
-                lines.append("transactions committed per simulated second under faults: median \(fixed(throughput[throughput.count / 2], 1)) "
+                lines.append("transactions committed per simulated second\(settings.faultFree ? " without faults" : " under faults"): median \(fixed(throughput[throughput.count / 2], 1)) "
                              + "(\(SerializableWorkload.clients) clients, one transaction at a time each)")
             }
         } else {

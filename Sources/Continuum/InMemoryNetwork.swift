@@ -15,7 +15,6 @@ public final class InMemoryNetwork: Sendable {
         var nodes: [NodeID: Node] = [:]
         var cut: Set<Link> = []
         var bytesSent = 0
-        var messagesDropped = 0
     }
 
     private let state = Mutex(State())
@@ -46,10 +45,7 @@ public final class InMemoryNetwork: Sendable {
         let bytes = message.binaryEncoded()
         let target: Node? = state.withLock { state in
             state.bytesSent += bytes.count
-            guard !state.cut.contains(Link(from: from, to: to)) else {
-                state.messagesDropped += 1
-                return nil
-            }
+            guard !state.cut.contains(Link(from: from, to: to)) else { return nil }
             return state.nodes[to]
         }
         guard let target else { return }

@@ -71,6 +71,36 @@ import Testing
         #expect(ListAppendChecker.violations(incompatible).contains { $0.contains("not a prefix") })
     }
 
+    /// Decisions are forgotten past `decisionsRememberedMax` once nobody can ask about them.
+    @Test func rememberedDecisionsStayBounded() {
+        var faults = FaultSettings.none
+        faults.linkLatencyMax = .milliseconds(2)
+        let simulation = Simulation<TransactionInstance>(nodeCount: 3, seed: 2, faults: faults,
+                                                         configuration: .init(decisionsRememberedMax: 5))
+        let outcomes = Outcomes()
+        simulation.onOutput = { node, output in
+            switch output {
+            case let .locked(handle, _, _):
+                outcomes.locked.insert(handle)
+                simulation.scheduleCommand(.commit(handle: handle, [TransactionWrite(key: "k", value: .int(Int64(handle)))]), to: node, at: simulation.now)
+            case let .committed(handle): outcomes.results[handle] = (true, simulation.now)
+            case let .aborted(handle, _, _): outcomes.results[handle] = (false, simulation.now)
+            }
+        }
+        for handle in 1...20 as ClosedRange<UInt64> {
+            let time = Int64(handle) * 100_000_000
+            simulation.scheduleCommand(.begin(handle: handle, latency: .milliseconds(80)), to: NodeID(handle % 3 + 1), at: time)
+            simulation.scheduleCommand(.lock(handle: handle, step: 1, [LockRequest(key: "k", mode: .exclusive)]), to: NodeID(handle % 3 + 1), at: time)
+        }
+        simulation.run(until: 4_000_000_000)
+        #expect(outcomes.results.values.filter(\.0).count == 20)
+        for node in simulation.nodes {
+            #expect(simulation.instance(node)!.decisions.count <= 5, "\(node) remembers \(simulation.instance(node)!.decisions.count)")
+            #expect(simulation.durableState(node)!.decisions.count <= 5)
+            #expect(simulation.instance(node)!.committed["k"] == .int(20))
+        }
+    }
+
     /// One replica cut off: every transaction fails by its latency bound and changes nothing
     /// anywhere; after the heal they commit again.
     @Test func anIsolatedReplicaStopsEveryTransactionCleanly() {

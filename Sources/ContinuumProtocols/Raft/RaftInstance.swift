@@ -403,9 +403,11 @@ public struct RaftInstance: ProtocolInstance {
         return effects
     }
 
-    private mutating func fail(_ origin: Origin) -> [Effect] {
+    /// A request the leader will not serve: its own client hears why; a forwarding node's
+    /// client reaches its latency bound.
+    private mutating func fail(_ origin: Origin, _ reason: String = "leadership lost") -> [Effect] {
         guard case let .local(id) = origin else { return [] }
-        return complete(id, .unavailable("leadership lost"))
+        return complete(id, .unavailable(reason))
     }
 
     // MARK: Replication
@@ -647,7 +649,12 @@ public struct RaftInstance: ProtocolInstance {
 
     /// The leader's side of a request, from here or forwarded.
     private mutating func serve(_ operation: KeyValueOperation, client: UInt64, sequence: UInt64, origin: Origin) -> [Effect] {
-        guard transferTarget == nil else { return fail(origin) }
+        guard transferTarget == nil else { return fail(origin, "leadership is being transferred") }
+        // Forwarded requests wait here too: the same bound as this node's own clients.
+        let waiting = pendingReads.count + readsAwaitingCommit.count + serving.values.reduce(0) { $0 + $1.count }
+        guard waiting < configuration.pendingRequestsMax else {
+            return fail(origin, "more than \(configuration.pendingRequestsMax) requests waiting at the leader")
+        }
         if operation.isRead { return startRead(operation, origin: origin) }
         if let session = stateMachine.sessions[client], sequence <= session.sequence {
             // Already applied: answer with the remembered result (a retry), or never (stale).

@@ -30,16 +30,20 @@ public struct TransactionInstance: ProtocolInstance {
         public var decisionRetriesMax: Int
         /// Open transactions at one coordinator, at most.
         public var transactionsMax: Int
+        /// Decisions remembered, at most. Past it the oldest are forgotten, but never one that a
+        /// participant may still ask about (sent and not acknowledged everywhere, or prepared here).
+        public var decisionsRememberedMax: Int
         public var plantedBug: PlantedTransactionBug?
 
         public init(idleAbortTimeout: Duration = .seconds(2), checkInterval: Duration = .milliseconds(250),
                     decisionRetryInterval: Duration = .milliseconds(200), decisionRetriesMax: Int = 100,
-                    transactionsMax: Int = 1_024, plantedBug: PlantedTransactionBug? = nil) {
+                    transactionsMax: Int = 1_024, decisionsRememberedMax: Int = 4_096, plantedBug: PlantedTransactionBug? = nil) {
             self.idleAbortTimeout = idleAbortTimeout
             self.checkInterval = checkInterval
             self.decisionRetryInterval = decisionRetryInterval
             self.decisionRetriesMax = decisionRetriesMax
             self.transactionsMax = transactionsMax
+            self.decisionsRememberedMax = decisionsRememberedMax
             self.plantedBug = plantedBug
         }
     }
@@ -104,6 +108,8 @@ public struct TransactionInstance: ProtocolInstance {
     public private(set) var preparedHere: [TransactionID: [TransactionWrite]]
     /// Decisions known here: made as coordinator (commits durable) or applied as participant.
     public private(set) var decisions: [TransactionID: Bool]
+    /// The order in which decisions became known, oldest first, for forgetting.
+    private var decisionOrder: [TransactionID] = []
     private let configuration: Configuration
     private var now: Duration = .zero
     private var nextSequence: UInt64 = 0
@@ -122,6 +128,7 @@ public struct TransactionInstance: ProtocolInstance {
         self.committed = durable?.committed ?? [:]
         self.preparedHere = durable?.prepared ?? [:]
         self.decisions = durable?.decisions ?? [:]
+        self.decisionOrder = decisions.keys.sorted()
         // A prepared transaction keeps its exclusive locks across the crash until its decision.
         for (id, writes) in preparedHere.sorted(by: { $0.key < $1.key }) {
             for write in writes { _ = locks.acquire(id, write.key, .exclusive) }
@@ -135,7 +142,9 @@ public struct TransactionInstance: ProtocolInstance {
         state.prepared.merge(patch.prepared) { $1 }
         state.decisions.merge(patch.decisions) { $1 }
         for id in patch.resolved { state.prepared[id] = nil }
+        for id in patch.forgotten { state.decisions[id] = nil }
         state.resolved = []
+        state.forgotten = []
         durable = state
     }
 
@@ -209,7 +218,7 @@ public struct TransactionInstance: ProtocolInstance {
         case .participantCheck:
             return participantCheck()
         case let .persistDecision(id):
-            decisions[id] = true
+            learn(id, commit: true)
             return [.persist(TransactionDurableState(decisions: [id: true]))] + participantDecision(id, commit: true, from: node)
         }
     }
@@ -271,7 +280,7 @@ public struct TransactionInstance: ProtocolInstance {
         var effects: [Effect] = []
         let delayed = configuration.plantedBug == .commitBeforeDecisionDurable && commit
         if commit && !delayed {
-            decisions[id] = commit
+            learn(id, commit: commit)
             effects.append(.persist(TransactionDurableState(decisions: [id: commit])))
         }
         unacknowledged[id] = (commit, Set(others), configuration.decisionRetriesMax)
@@ -281,7 +290,7 @@ public struct TransactionInstance: ProtocolInstance {
             // The planted bug: commit is out before the decision is on disk (a slow disk).
             effects.append(.setTimer(.persistDecision(id), after: .milliseconds(20)))
         } else {
-            if !commit { decisions[id] = false }
+            if !commit { learn(id, commit: false) }
             effects += participantDecision(id, commit: commit, from: node)
         }
         effects += finish(handle, committed: commit, release: false, reason: reason)
@@ -379,7 +388,7 @@ public struct TransactionInstance: ProtocolInstance {
                     patch.committed[write.key] = write.value
                 }
             }
-            decisions[id] = commit
+            learn(id, commit: commit)
             effects.append(.persist(patch))
         } else if decisions[id] == nil, !commit {
             remember(id)
@@ -416,8 +425,32 @@ public struct TransactionInstance: ProtocolInstance {
         return effects
     }
 
+    private mutating func learn(_ id: TransactionID, commit: Bool) {
+        if decisions.updateValue(commit, forKey: id) == nil { decisionOrder.append(id) }
+    }
+
+    /// Forgets the oldest decisions past `decisionsRememberedMax` that nobody can ask about.
+    private mutating func forgetOldDecisions() -> [Effect] {
+        guard decisions.count > configuration.decisionsRememberedMax else { return [] }
+        var forgotten: [TransactionID] = []
+        var kept: [TransactionID] = []
+        var excess = decisions.count - configuration.decisionsRememberedMax
+        for id in decisionOrder {
+            if excess > 0, unacknowledged[id] == nil, preparedHere[id] == nil, handles[id] == nil {
+                forgotten.append(id)
+                excess -= 1
+            } else {
+                kept.append(id)
+            }
+        }
+        decisionOrder = kept
+        for id in forgotten { decisions[id] = nil }
+        return forgotten.isEmpty ? [] : [.persist(TransactionDurableState(forgotten: forgotten))]
+    }
+
     private mutating func participantCheck() -> [Effect] {
         var effects: [Effect] = [.setTimer(.participantCheck, after: configuration.checkInterval)]
+        effects += forgetOldDecisions()
         for (id, participation) in participations.sorted(by: { $0.key < $1.key }) {
             if participation.prepared != nil {
                 // Blocked until the decision: ask for it (2PC's recovery by asking).

@@ -185,13 +185,16 @@ public struct TransactionDurableState: Sendable, Equatable, BinaryCodable {
     public var decisions: [TransactionID: Bool]
     /// Patch only: prepare records to drop (their decision is applied).
     public var resolved: [TransactionID]
+    /// Patch only: decisions no participant can ask about any more.
+    public var forgotten: [TransactionID]
 
     public init(committed: [String: TransactionValue] = [:], prepared: [TransactionID: [TransactionWrite]] = [:],
-                decisions: [TransactionID: Bool] = [:], resolved: [TransactionID] = []) {
+                decisions: [TransactionID: Bool] = [:], resolved: [TransactionID] = [], forgotten: [TransactionID] = []) {
         self.committed = committed
         self.prepared = prepared
         self.decisions = decisions
         self.resolved = resolved
+        self.forgotten = forgotten
     }
 
     public func encode(to writer: inout BinaryWriter) {
@@ -199,6 +202,7 @@ public struct TransactionDurableState: Sendable, Equatable, BinaryCodable {
         prepared.encode(to: &writer)
         decisions.encode(to: &writer)
         resolved.encode(to: &writer)
+        forgotten.encode(to: &writer)
     }
 
     public init(from reader: inout BinaryReader) throws(WireDecodingError) {
@@ -206,5 +210,6 @@ public struct TransactionDurableState: Sendable, Equatable, BinaryCodable {
         prepared = try [TransactionID: [TransactionWrite]](from: &reader)
         decisions = try [TransactionID: Bool](from: &reader)
         resolved = try [TransactionID](from: &reader)
+        forgotten = try [TransactionID](from: &reader)
     }
 }

@@ -18,22 +18,24 @@ public final class EmbeddedCluster: Sendable {
     public let network: InMemoryNetwork
 
     /// Timings for a cluster inside one process: fast gossip and failure detection.
+    /// All nodes share one clock, so the clock offset bound is small (scheduling delay only).
     public static let embeddedConfiguration = ReplicationInstance.Configuration(
-        gossipInterval: .milliseconds(50),
+        gossipInterval: .milliseconds(50), freshness: .init(maxClockOffset: .milliseconds(1)),
         membership: .init(probeInterval: .milliseconds(100), probeTimeout: .milliseconds(40), suspicionMultiplier: 3))
 
     /// Raft timings for a cluster inside one process.
     public static let embeddedRaftConfiguration = RaftInstance.Configuration(
-        electionTimeoutMin: .milliseconds(150), heartbeatInterval: .milliseconds(30))
+        electionTimeoutMin: .milliseconds(150), heartbeatInterval: .milliseconds(30), maxClockOffset: .milliseconds(1))
 
     public init(nodes count: Int = 3, configuration: ReplicationInstance.Configuration = EmbeddedCluster.embeddedConfiguration,
                 raftConfiguration: RaftInstance.Configuration = EmbeddedCluster.embeddedRaftConfiguration, seed: UInt64 = 1) async {
         precondition((1...256).contains(count), "an embedded cluster has 1 to 256 nodes, not \(count)")
         let members = (1...count).map { NodeID(UInt64($0)) }
         let network = InMemoryNetwork()
+        let epoch = ContinuousClock().now
         let nodes = members.map {
             Node(id: $0, members: members, configuration: configuration, raftConfiguration: raftConfiguration,
-                 store: MemoryStore(), network: network, seed: seed &* 1_000_003 &+ $0.rawValue)
+                 store: MemoryStore(), network: network, seed: seed &* 1_000_003 &+ $0.rawValue, epoch: epoch)
         }
         self.network = network
         self.nodes = nodes

@@ -22,6 +22,8 @@ public actor Node {
     private var nextCommandID: UInt64 = 0
     private var waiting: [UInt64: CheckedContinuation<Result<AnyReplicated?, ContinuumError>, Never>] = [:]
     private var reads: [UInt64: CheckedContinuation<Result<AnyReplicated, ContinuumError>, Never>] = [:]
+    private var boundedWaiting: [UInt64: CheckedContinuation<Result<BoundedReadAnswer, ContinuumError>, Never>] = [:]
+    private var raftBoundedWaiting: [UInt64: CheckedContinuation<Result<RaftReadAnswer, ContinuumError>, Never>] = [:]
     private var subscribers: [String: [UInt64: @Sendable (AnyReplicated?) -> Void]] = [:]
     private var derivedDefinitions: [DerivedDefinition] = []
     // The Raft instance behind linearizable registers.
@@ -38,7 +40,8 @@ public actor Node {
     private var deaths: [UInt64: UInt64] = [:]
 
     init(id: NodeID, members: [NodeID], configuration: ReplicationInstance.Configuration,
-         raftConfiguration: RaftInstance.Configuration, store: MemoryStore, network: InMemoryNetwork, seed: UInt64) {
+         raftConfiguration: RaftInstance.Configuration, store: MemoryStore, network: InMemoryNetwork, seed: UInt64,
+         epoch: ContinuousClock.Instant) {
         self.id = id
         self.members = members
         self.configuration = configuration
@@ -46,7 +49,8 @@ public actor Node {
         self.store = store
         self.network = network
         self.random = DeterministicRandom(seed: seed)
-        self.startInstant = clock.now
+        // One epoch for the whole cluster: freshness certificates compare times across nodes.
+        self.startInstant = epoch
     }
 
     /// Whether the node is running.
@@ -88,6 +92,10 @@ public actor Node {
         waiting.removeAll()
         for continuation in reads.values { continuation.resume(returning: .failure(.nodeStopped)) }
         reads.removeAll()
+        for continuation in boundedWaiting.values { continuation.resume(returning: .failure(.nodeStopped)) }
+        boundedWaiting.removeAll()
+        for continuation in raftBoundedWaiting.values { continuation.resume(returning: .failure(.nodeStopped)) }
+        raftBoundedWaiting.removeAll()
         for streams in subscribers.values { for yield in streams.values { yield(nil) } }
         subscribers.removeAll()
         raft = nil
@@ -188,6 +196,44 @@ public actor Node {
         guard let continuation = reads.removeValue(forKey: id) else { return }
         handle(.cancelRead(id: id))
         continuation.resume(returning: .failure(error))
+    }
+
+    /// A bounded read of an available register (or derived register) at this node.
+    func boundedRead(_ name: String, levels: [ServiceLevel]) async -> Result<BoundedReadAnswer, ContinuumError> {
+        guard instance != nil else { return .failure(.nodeStopped) }
+        nextCommandID += 1
+        let id = nextCommandID
+        return await withCheckedContinuation { continuation in
+            boundedWaiting[id] = continuation
+            handle(.boundedRead(id: id, register: name, levels: levels))
+        }
+    }
+
+    /// Joins a state a session carries into the register here (read-your-writes and monotonic
+    /// reads for a client that moved to this node).
+    func absorb(_ name: String, _ state: AnyReplicated) async throws(ContinuumError) {
+        _ = try await perform { .absorb(id: $0, register: name, state: state) }.get()
+    }
+
+    /// A bounded read of consensus state at this node.
+    func raftBoundedRead(_ operation: KeyValueOperation, levels: [ServiceLevel], minimumIndex: UInt64) async -> Result<RaftReadAnswer, ContinuumError> {
+        guard raft != nil else { return .failure(.nodeStopped) }
+        nextCommandID += 1
+        let id = nextCommandID
+        return await withCheckedContinuation { continuation in
+            raftBoundedWaiting[id] = continuation
+            guard var current = raft else { return }
+            raft = nil
+            let effects = current.handle(.boundedRead(id: id, operation, levels: levels, minimumIndex: minimumIndex), now: now)
+            raft = current
+            carryOutRaft(effects)
+        }
+    }
+
+    /// The staleness this node can certify now for its available registers and for its
+    /// consensus state (nil: none).
+    public var certifiedStaleness: (available: Duration?, consensus: Duration?) {
+        (instance?.certifiedStaleness(now: now), raft?.certifiedStaleness(now: now))
     }
 
     func subscribe(_ name: String, _ yield: @escaping @Sendable (AnyReplicated?) -> Void) -> UInt64? {
@@ -384,6 +430,14 @@ public actor Node {
                 raftWaiting.removeValue(forKey: requestID)?.resume(returning: outcome)
             case .output(.becameLeader):
                 break
+            case let .output(.boundedReadCompleted(requestID, result)):
+                raftBoundedWaiting.removeValue(forKey: requestID)?.resume(returning: result.mapError { failure in
+                    switch failure {
+                    case let .stalenessBoundUnmet(best): ContinuumError.stalenessBoundUnmet(best: best)
+                    case let .unavailable(reason): ContinuumError.unavailable(reason)
+                    case let .invalidRequest(reason): ContinuumError.invalidRequest(reason)
+                    }
+                })
             }
         }
     }
@@ -448,6 +502,8 @@ public actor Node {
         case let .changed(register, value):
             for yield in subscribers[register, default: [:]].values { yield(value) }
             if value == nil { subscribers[register] = nil }
+        case let .boundedReadCompleted(id, result):
+            boundedWaiting.removeValue(forKey: id)?.resume(returning: result.mapError(Self.translate))
         case .reachabilityChanged:
             break
         }
@@ -463,6 +519,8 @@ public actor Node {
         case let .derivedInputMissing(derived, input): .derivedInputMissing(derived: derived, input: input)
         case let .mutationRefused(reason): .refused(reason)
         case .readCancelled: .cancelled
+        case let .stalenessBoundUnmet(best): .stalenessBoundUnmet(best: best)
+        case let .invalidRequest(reason): .invalidRequest(reason)
         }
     }
 }

@@ -1,6 +1,6 @@
 /// Where a register sits between availability and consistency (DESIGN.md section 1).
-/// Declared next to the data; later issues add `linearizable`, `serializable` and
-/// `bounded(staleness:latency:)`.
+/// Declared next to the data as a register's default, and passed per operation to override it
+/// where the register's mechanism can honour the override.
 public enum Policy: Sendable, Equatable, CustomStringConvertible {
     /// A CRDT replicated by anti-entropy (the Lasp model): updates apply locally and never wait
     /// for the network, also on a node cut off from all others; replicas converge once they
@@ -14,12 +14,32 @@ public enum Policy: Sendable, Equatable, CustomStringConvertible {
     /// two-phase commit at every replica (the Austere model): strictly serializable, one system
     /// image, and no progress while any replica is unreachable.
     case serializable
+    /// Spry's two knobs on a read (Meiklejohn, PMLDC 2017): never return anything older than
+    /// `staleness` (consistency over availability), and answer within `latency` with the
+    /// freshest value that can be had (availability and latency over consistency). The read
+    /// returns as soon as an answer within the staleness bound is in hand, and fails with
+    /// `stalenessBoundUnmet` at the latency bound otherwise. `staleness` nil means unbounded:
+    /// the local value, at once, with whatever staleness can be certified.
+    case bounded(staleness: Duration?, latency: Duration)
 
     public var description: String {
         switch self {
         case .available: "available"
         case .linearizable: "linearizable"
         case .serializable: "serializable"
+        case let .bounded(staleness, latency):
+            "bounded(staleness: \(staleness?.shortDescription ?? "unbounded"), latency: \(latency.shortDescription))"
+        }
+    }
+
+    /// The ranked service levels of a read under this policy.
+    public var serviceLevels: [ServiceLevel] {
+        switch self {
+        case .available: [.local]
+        case .linearizable: [.linearizable(within: .seconds(5))]
+        case .serializable: [.linearizable(within: .seconds(5))]
+        case let .bounded(staleness, latency):
+            [staleness.map { .staleness($0, within: latency) } ?? ServiceLevel(.any, within: latency)]
         }
     }
 }
@@ -45,6 +65,11 @@ public enum ContinuumError: Error, Equatable, Sendable, CustomStringConvertible 
     case indeterminate
     /// The register is declared with another policy than the call needs.
     case wrongPolicy(register: String, declared: Policy)
+    /// No answer within the read's staleness bound could be had by its latency bound; `best` is
+    /// the smallest staleness the node could certify (nil: none at all). Nothing was read.
+    case stalenessBoundUnmet(best: Duration?)
+    /// The request itself is malformed (an empty list of service levels, say).
+    case invalidRequest(String)
 
     public var description: String {
         switch self {
@@ -61,6 +86,9 @@ public enum ContinuumError: Error, Equatable, Sendable, CustomStringConvertible 
         case let .unavailable(reason): "unavailable: \(reason)"
         case .indeterminate: "indeterminate: the write may or may not take effect"
         case let .wrongPolicy(register, declared): "register '\(register)' is declared \(declared)"
+        case let .stalenessBoundUnmet(best):
+            "staleness bound unmet within the latency bound; best certified staleness: \(best?.shortDescription ?? "none")"
+        case let .invalidRequest(reason): "invalid request: \(reason)"
         }
     }
 }

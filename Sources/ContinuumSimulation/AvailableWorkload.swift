@@ -212,6 +212,8 @@ final class AvailableChecker {
             }
         case let .thresholdFailed(id, error):
             record("\(node): threshold read \(id) failed: \(error)")
+        case .boundedReadCompleted:
+            return  // this workload issues none (see BoundedWorkload)
         case let .changed(register, _):
             if AvailableRegisters.derived.contains(where: { $0.name == register }) {
                 reportedDerivedNodes.insert(node)

@@ -27,7 +27,7 @@ public enum LinearizableWorkload {
         simulation.onOutput = { node, output in
             switch output {
             case let .reply(id, outcome): clients.replied(id, outcome)
-            case .becameLeader: break
+            case .becameLeader, .boundedReadCompleted: break
             }
         }
         simulation.afterStep = { step in

@@ -115,9 +115,9 @@ private let s1 = NodeID(1), s2 = NodeID(2), s3 = NodeID(3), s4 = NodeID(4), s5 =
         cluster.election(at: s1)
         // Appends arrive without S1's own term-3 entries (a leader may send any prefix).
         let withoutTermThree: (NodeID, NodeID, RaftMessage) -> RaftMessage? = { _, _, message in
-            guard case let .appendEntries(term, previousIndex, previousTerm, entries, commit, round) = message else { return message }
+            guard case let .appendEntries(term, previousIndex, previousTerm, entries, commit, round, stamp) = message else { return message }
             return .appendEntries(term: term, previousIndex: previousIndex, previousTerm: previousTerm,
-                                  entries: entries.filter { $0.term != 3 }, leaderCommit: commit, round: round)
+                                  entries: entries.filter { $0.term != 3 }, leaderCommit: commit, round: round, stamp: stamp)
         }
         cluster.deliver(among: [s1, s2, s3], network: withoutTermThree)
         cluster.heartbeat(at: s1)
@@ -229,7 +229,7 @@ private let s1 = NodeID(1), s2 = NodeID(2), s3 = NodeID(3), s4 = NodeID(4), s5 =
         let messages: [RaftMessage] = [
             .requestVote(term: 2, lastLogIndex: 5, lastLogTerm: 1, preVote: true, transfer: false),
             .vote(term: 2, granted: true, preVote: false),
-            .appendEntries(term: 3, previousIndex: 8, previousTerm: 2, entries: [entry], leaderCommit: 7, round: 11),
+            .appendEntries(term: 3, previousIndex: 8, previousTerm: 2, entries: [entry], leaderCommit: 7, round: 11, stamp: FreshnessStamp(index: 7, leaderTime: -5)),
             .appendResult(term: 3, success: false, matchIndex: 4, round: 11),
             .installSnapshot(term: 3, snapshot: RaftSnapshot(lastIndex: 9, lastTerm: 3, state: KeyValueStateMachine()), round: 1),
             .timeoutNow(term: 4),

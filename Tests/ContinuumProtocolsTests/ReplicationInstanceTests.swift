@@ -95,7 +95,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         #expect(persistIndex != nil && completedIndex != nil && persistIndex! < completedIndex!)
         // Shipped at once to the neighbors, as a delta-interval without the type name.
         let payloads = effects.compactMap { effect -> [DeltaPayload]? in
-            if case let .send(_, .deltas(_, payloads)) = effect { payloads } else { nil }
+            if case let .send(_, .deltas(_, payloads, _)) = effect { payloads } else { nil }
         }.flatMap { $0 }
         #expect(!payloads.isEmpty)
         #expect(payloads.allSatisfy { !$0.isFullState && $0.typeName == nil })
@@ -136,7 +136,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
             harness.deliverAll { _, _, message in if case .deltas = message { true } else { false } }
         }
         harness.gossip(n1)
-        let payloads = harness.inFlight.compactMap { if case let .deltas(_, payloads) = $0.message { payloads } else { nil } }.flatMap { $0 }
+        let payloads = harness.inFlight.compactMap { if case let .deltas(_, payloads, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
         #expect(payloads.contains { $0.register == "count" && $0.isFullState })
         harness.deliverAll()
         #expect(harness.value("count", at: n2, as: GCounter.self)?.value == 5)
@@ -151,7 +151,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
             generation: 1, typeName: replicableTypeName(GCounter.self), state: AnyReplicated({ var c = GCounter(); c.increment(replica: ReplicaID(9)); return c }())), isFullState: true)
         var bad = good
         bad.typeName = "NoSuchType"
-        let effects = harness.instances[n2]!.receive(.deltas(epoch: 1, [good, bad]), from: n1, now: .zero)
+        let effects = harness.instances[n2]!.receive(.deltas(epoch: 1, [good, bad], certificate: nil), from: n1, now: .zero)
         #expect(effects.isEmpty)
         #expect(harness.value("count", at: n2, as: GCounter.self)?.value == 0)
         #expect(harness.instances[n2]!.statistics.rejectedMessages == 1)

@@ -55,12 +55,20 @@ public struct RaftInstance: ProtocolInstance {
         public var leaseReads: Bool
         /// The most two node clocks may disagree by; leases are shortened by it.
         public var maxClockOffset: Duration
+        /// The most a node's clock rate may err, for latency bounds of bounded reads.
+        public var clockDriftMaxPartsPerMillion: Int64
+        /// A leader holding its lease stamps heartbeats with freshness certificates.
+        public var freshnessStamps: Bool
+        /// Bounded reads waiting at this node, at most.
+        public var boundedReadsMax: Int
         public var plantedBug: PlantedRaftBug?
+        public var plantedFreshnessBug: PlantedFreshnessBug?
 
         public init(electionTimeoutMin: Duration = .milliseconds(300), heartbeatInterval: Duration = .milliseconds(50),
                     entriesPerMessageMax: Int = 64, inflightAppendsMax: Int = 4, pendingRequestsMax: Int = 1_024,
                     snapshotThresholdEntries: Int = 256, preVote: Bool = true, checkQuorum: Bool = true, leaseReads: Bool = false,
-                    maxClockOffset: Duration = .milliseconds(50), plantedBug: PlantedRaftBug? = nil) {
+                    maxClockOffset: Duration = .milliseconds(50), clockDriftMaxPartsPerMillion: Int64 = 1_000, freshnessStamps: Bool = true,
+                    boundedReadsMax: Int = 10_000, plantedBug: PlantedRaftBug? = nil, plantedFreshnessBug: PlantedFreshnessBug? = nil) {
             precondition(heartbeatInterval < electionTimeoutMin, "heartbeats must come faster than election timeouts")
             precondition(!leaseReads || checkQuorum, "lease reads are only safe with check-quorum")
             precondition(!leaseReads || maxClockOffset < electionTimeoutMin, "the clock offset bound leaves no lease")
@@ -75,7 +83,11 @@ public struct RaftInstance: ProtocolInstance {
             self.checkQuorum = checkQuorum
             self.leaseReads = leaseReads
             self.maxClockOffset = maxClockOffset
+            self.clockDriftMaxPartsPerMillion = clockDriftMaxPartsPerMillion
+            self.freshnessStamps = freshnessStamps
+            self.boundedReadsMax = boundedReadsMax
             self.plantedBug = plantedBug
+            self.plantedFreshnessBug = plantedFreshnessBug
         }
     }
 
@@ -85,17 +97,23 @@ public struct RaftInstance: ProtocolInstance {
         /// A client request with its latency bound.
         case request(id: UInt64, client: UInt64, sequence: UInt64, KeyValueOperation, latency: Duration)
         case transferLeadership(to: NodeID)
+        /// A read with ranked service levels. Answered from this replica's applied state when
+        /// its certificate is fresh enough, else linearizably through a read index from the
+        /// leader. `minimumIndex`: a session's last seen log index, which the answer must reach.
+        case boundedRead(id: UInt64, KeyValueOperation, levels: [ServiceLevel], minimumIndex: UInt64)
     }
 
     public enum Output: Sendable {
         case reply(id: UInt64, RequestOutcome)
         case becameLeader(term: UInt64)
+        case boundedReadCompleted(id: UInt64, Result<RaftReadAnswer, BoundedReadFailure>)
     }
 
     public enum Timer: Hashable, Sendable {
         case election
         case heartbeat
         case deadline(request: UInt64)
+        case boundedDeadline(UInt64)
     }
 
     public typealias Message = RaftMessage
@@ -105,6 +123,20 @@ public struct RaftInstance: ProtocolInstance {
     enum Origin: Equatable {
         case local(UInt64)
         case remote(NodeID, UInt64)
+        /// A follower's request for a read index.
+        case readIndex(NodeID, UInt64)
+        /// This node's own bounded read, waiting for a read index as leader.
+        case bounded(UInt64)
+    }
+
+    struct BoundedRead {
+        var operation: KeyValueOperation
+        var levels: [ServiceLevel]
+        var startedAt: Duration
+        var minimumIndex: UInt64
+        /// The read index the leader confirmed after this read began.
+        var linearizableIndex: UInt64?
+        var asked = false
     }
 
     struct ClientRequest {
@@ -159,6 +191,18 @@ public struct RaftInstance: ProtocolInstance {
     private var transferTarget: (node: NodeID, until: Duration)?
     // Requests of this node's clients.
     private var requests: [UInt64: ClientRequest] = [:]
+    private var boundedReads: [UInt64: BoundedRead] = [:]
+    /// The freshness this replica's applied state is certified as of, on the leader's clock.
+    public private(set) var certifiedAt: Duration?
+    /// Stamps whose index this replica has not applied yet (the newest few).
+    private var pendingStamps: [FreshnessStamp] = []
+    /// Set once this leader handed leadership over: no lease until it leads again.
+    private var leaseRevoked = false
+    private var gate: FreshnessGate {
+        FreshnessGate(configuration: .init(maxClockOffset: configuration.maxClockOffset,
+                                           clockDriftMaxPartsPerMillion: configuration.clockDriftMaxPartsPerMillion,
+                                           plantedBug: configuration.plantedFreshnessBug))
+    }
 
     public init(configuration: Configuration, context: InstanceContext, durable: RaftDurableState?) {
         self.configuration = configuration
@@ -197,6 +241,7 @@ public struct RaftInstance: ProtocolInstance {
         case .requestVote, .vote, .timeoutNow: "elections"
         case .appendEntries, .appendResult, .installSnapshot: "replication"
         case .forward, .forwardedResult: "forwarding"
+        case .readIndexRequest, .readIndexReply: "bounded reads"
         }
     }
 
@@ -235,6 +280,7 @@ public struct RaftInstance: ProtocolInstance {
         case .election: return electionTimeout()
         case .heartbeat: return heartbeat()
         case let .deadline(id): return deadlinePassed(id)
+        case let .boundedDeadline(id): return decide(id, atDeadline: true)
         }
     }
 
@@ -247,6 +293,8 @@ public struct RaftInstance: ProtocolInstance {
             guard role == .leader, target != node, members.contains(target) else { return [] }
             transferTarget = (target, now + configuration.electionTimeoutMin)
             return progressTransfer()
+        case let .boundedRead(id, operation, levels, minimumIndex):
+            return startBoundedRead(id, operation, levels, minimumIndex: minimumIndex)
         }
     }
 
@@ -257,9 +305,11 @@ public struct RaftInstance: ProtocolInstance {
             return voteRequested(by: sender, term: term, lastLogIndex: lastLogIndex, lastLogTerm: lastLogTerm, preVote: preVote, transfer: transfer)
         case let .vote(term, granted, preVote):
             return voteReceived(from: sender, term: term, granted: granted, preVote: preVote)
-        case let .appendEntries(term, previousIndex, previousTerm, newEntries, leaderCommit, round):
-            return appendEntries(from: sender, term: term, previousIndex: previousIndex, previousTerm: previousTerm,
-                                 newEntries: newEntries, leaderCommit: leaderCommit, round: round)
+        case let .appendEntries(term, previousIndex, previousTerm, newEntries, leaderCommit, round, stamp):
+            var effects = appendEntries(from: sender, term: term, previousIndex: previousIndex, previousTerm: previousTerm,
+                                        newEntries: newEntries, leaderCommit: leaderCommit, round: round)
+            if let stamp, term == self.term, role == .follower { effects += adopt(stamp) }
+            return effects
         case let .appendResult(term, success, matchIndex, round):
             return appendResult(from: sender, term: term, success: success, match: matchIndex, round: round)
         case let .installSnapshot(term, snapshot, round):
@@ -272,6 +322,15 @@ public struct RaftInstance: ProtocolInstance {
             return serve(operation, client: client, sequence: sequence, origin: .remote(sender, request))
         case let .forwardedResult(request, result):
             return complete(request, .ok(result))
+        case let .readIndexRequest(read):
+            guard role == .leader, transferTarget == nil else { return [] }
+            let waiting = pendingReads.count + readsAwaitingCommit.count
+            guard waiting < configuration.pendingRequestsMax else { return [] }
+            return startRead(.read(key: ""), origin: .readIndex(sender, read))
+        case let .readIndexReply(read, index):
+            guard boundedReads[read] != nil else { return [] }
+            boundedReads[read]?.linearizableIndex = index
+            return decide(read, atDeadline: false)
         }
     }
 
@@ -362,6 +421,7 @@ public struct RaftInstance: ProtocolInstance {
             acknowledgedRound[peer] = 0
         }
         leaseUntil = nil
+        leaseRevoked = false
         // A no-op of the new term: committing it commits everything before it (section 8),
         // and ReadIndex needs it.
         var effects = appendToLog(.noop)
@@ -446,7 +506,7 @@ public struct RaftInstance: ProtocolInstance {
         }
         let previous = next - 1
         return [.send(to: peer, .appendEntries(term: term, previousIndex: previous, previousTerm: term(at: previous) ?? 0,
-                                               entries: batch, leaderCommit: commitIndex, round: round))]
+                                               entries: batch, leaderCommit: commitIndex, round: round, stamp: leaderStamp()))]
     }
 
     private mutating func appendToLog(_ command: LogCommand) -> [Effect] {
@@ -585,6 +645,7 @@ public struct RaftInstance: ProtocolInstance {
         }
         effects += confirmReads()
         effects += compactIfNeeded()
+        effects += promoteStamps()
         return effects
     }
 
@@ -595,6 +656,7 @@ public struct RaftInstance: ProtocolInstance {
             switch origin {
             case let .local(id): effects += complete(id, .ok(result))
             case let .remote(peer, id): effects.append(.send(to: peer, .forwardedResult(request: id, result)))
+            case .readIndex, .bounded: break
             }
         }
         serving[client]?[sequence] = nil
@@ -674,7 +736,16 @@ public struct RaftInstance: ProtocolInstance {
         switch origin {
         case let .local(id): complete(id, .ok(result))
         case let .remote(peer, id): [.send(to: peer, .forwardedResult(request: id, result))]
+        // A read index is answered with the applied index: its state is at least as new.
+        case let .readIndex(peer, id): [.send(to: peer, .readIndexReply(read: id, index: lastApplied))]
+        case let .bounded(id): readIndexConfirmed(id)
         }
+    }
+
+    private mutating func readIndexConfirmed(_ id: UInt64) -> [Effect] {
+        guard boundedReads[id] != nil else { return [] }
+        boundedReads[id]?.linearizableIndex = lastApplied
+        return decide(id, atDeadline: false)
     }
 
     private mutating func startRead(_ operation: KeyValueOperation, origin: Origin) -> [Effect] {
@@ -724,7 +795,7 @@ public struct RaftInstance: ProtocolInstance {
     /// shortest election timeout less the clock offset bound: no other leader can be elected
     /// before (followers that heard this leader refuse votes for an election timeout).
     private mutating func updateLease() {
-        guard configuration.leaseReads else { return }
+        guard configuration.leaseReads || (configuration.freshnessStamps && configuration.checkQuorum), !leaseRevoked else { return }
         let rounds = (peers.map { acknowledgedRound[$0] ?? 0 } + [round]).sorted(by: >)
         let quorumRound = rounds[quorum - 1]
         guard let sentAt = roundSentAt[quorumRound] else { return }
@@ -736,6 +807,9 @@ public struct RaftInstance: ProtocolInstance {
         guard role == .leader, let transfer = transferTarget else { return [] }
         guard (matchIndex[transfer.node] ?? 0) >= lastIndex else { return sendAppend(to: transfer.node) }
         transferTarget = nil
+        // The target will win an election at once, ignoring leader stickiness: no more lease.
+        leaseUntil = nil
+        leaseRevoked = true
         return [.send(to: transfer.node, .timeoutNow(term: term))]
     }
 
@@ -749,6 +823,99 @@ public struct RaftInstance: ProtocolInstance {
     private mutating func complete(_ id: UInt64, _ outcome: RequestOutcome) -> [Effect] {
         guard requests.removeValue(forKey: id) != nil else { return [] }
         return [.cancelTimer(.deadline(request: id)), .output(.reply(id: id, outcome))]
+    }
+
+    // MARK: Bounded reads and freshness certificates
+
+    /// The certificate a leader sends with its appends: only while its lease holds (no other
+    /// leader can have committed anything) and once it committed an entry of its term (its
+    /// commit index covers everything committed before it).
+    private func leaderStamp() -> FreshnessStamp? {
+        guard configuration.freshnessStamps, configuration.checkQuorum, role == .leader, !leaseRevoked,
+              let leaseUntil, now < leaseUntil, transferTarget == nil, entriesOfTermCommitted else { return nil }
+        return FreshnessStamp(index: commitIndex, leaderTime: now.nanoseconds)
+    }
+
+    /// The freshness of this replica's applied state now, on the leader's clock.
+    private var currentCertificate: Duration? {
+        if leaderStamp() != nil { return now }
+        return certifiedAt
+    }
+
+    private mutating func adopt(_ stamp: FreshnessStamp) -> [Effect] {
+        pendingStamps.append(stamp)
+        if pendingStamps.count > 8 { pendingStamps.removeFirst(pendingStamps.count - 8) }
+        return promoteStamps()
+    }
+
+    /// Stamps whose index is applied become this replica's certificate.
+    private mutating func promoteStamps() -> [Effect] {
+        var raised = false
+        pendingStamps.removeAll { stamp in
+            guard stamp.index <= lastApplied else { return false }
+            let time = Duration.nanoseconds(stamp.leaderTime)
+            if time > certifiedAt ?? .nanoseconds(Int64.min) {
+                certifiedAt = time
+                raised = true
+            }
+            return true
+        }
+        guard raised || !boundedReads.isEmpty else { return [] }
+        return boundedReads.keys.sorted().flatMap { decide($0, atDeadline: false) }
+    }
+
+    /// The staleness this replica could certify for a read beginning now (nil: none).
+    public func certifiedStaleness(now: Duration) -> Duration? {
+        currentCertificate.map { gate.staleness(readStart: now, certifiedAt: $0) }
+    }
+
+    private mutating func startBoundedRead(_ id: UInt64, _ operation: KeyValueOperation, _ levels: [ServiceLevel], minimumIndex: UInt64) -> [Effect] {
+        func failure(_ reason: BoundedReadFailure) -> [Effect] { [.output(.boundedReadCompleted(id: id, .failure(reason)))] }
+        if let problem = FreshnessGate.validate(levels) { return failure(.invalidRequest(problem)) }
+        guard operation.isRead else { return failure(.invalidRequest("a bounded read needs a read operation, not \(operation)")) }
+        guard boundedReads[id] == nil else { return failure(.invalidRequest("read id \(id) in use")) }
+        guard boundedReads.count < configuration.boundedReadsMax else {
+            return failure(.unavailable("more than \(configuration.boundedReadsMax) bounded reads pending"))
+        }
+        boundedReads[id] = BoundedRead(operation: operation, levels: levels, startedAt: now, minimumIndex: minimumIndex)
+        return decide(id, atDeadline: false)
+    }
+
+    private func quality(of read: BoundedRead) -> FreshnessGate.Quality {
+        if let index = read.linearizableIndex, lastApplied >= index, lastApplied >= read.minimumIndex { return .linearizable }
+        guard lastApplied >= read.minimumIndex else { return .unusable }
+        return .certified(staleness: currentCertificate.map { gate.staleness(readStart: read.startedAt, certifiedAt: $0) })
+    }
+
+    private mutating func decide(_ id: UInt64, atDeadline: Bool) -> [Effect] {
+        guard var read = boundedReads[id] else { return [] }
+        let quality = quality(of: read)
+        switch gate.decide(levels: read.levels, startedAt: read.startedAt, now: now, quality: quality, atDeadline: atDeadline) {
+        case let .answer(level):
+            boundedReads[id] = nil
+            let receipt = ReadReceipt(guarantee: quality.guarantee, staleness: quality.staleness, version: .logIndex(lastApplied),
+                                      replicas: [node.replica], level: level)
+            let answer = RaftReadAnswer(result: stateMachine.query(read.operation), receipt: receipt)
+            return [.cancelTimer(.boundedDeadline(id)), .output(.boundedReadCompleted(id: id, .success(answer)))]
+        case .fail:
+            boundedReads[id] = nil
+            let best: BoundedReadFailure = lastApplied < read.minimumIndex
+                ? .unavailable("this replica has not applied the session's index \(read.minimumIndex) (it has \(lastApplied))")
+                : .stalenessBoundUnmet(best: quality.staleness)
+            return [.cancelTimer(.boundedDeadline(id)), .output(.boundedReadCompleted(id: id, .failure(best)))]
+        case let .wait(until):
+            var effects: [Effect] = [.setTimer(.boundedDeadline(id), after: max(.zero, until - now))]
+            if !read.asked {
+                read.asked = true
+                boundedReads[id] = read
+                if role == .leader {
+                    effects += startRead(.read(key: ""), origin: .bounded(id))
+                } else if let leader {
+                    effects.append(.send(to: leader, .readIndexRequest(read: id)))
+                }
+            }
+            return effects
+        }
     }
 
     private func persistHardState() -> Effect { .persist(RaftDurableState(term: term, votedFor: votedFor)) }

@@ -448,8 +448,10 @@ public struct RaftDurableState: Sendable, Equatable, BinaryCodable {
 public enum RaftMessage: Sendable, Equatable, BinaryCodable {
     case requestVote(term: UInt64, lastLogIndex: UInt64, lastLogTerm: UInt64, preVote: Bool, transfer: Bool)
     case vote(term: UInt64, granted: Bool, preVote: Bool)
-    /// `round` numbers the leader's heartbeat rounds, for ReadIndex and leases.
-    case appendEntries(term: UInt64, previousIndex: UInt64, previousTerm: UInt64, entries: [LogEntry], leaderCommit: UInt64, round: UInt64)
+    /// `round` numbers the leader's heartbeat rounds, for ReadIndex and leases. `stamp`: a
+    /// leader holding its quorum lease certifies freshness (DESIGN.md section 3).
+    case appendEntries(term: UInt64, previousIndex: UInt64, previousTerm: UInt64, entries: [LogEntry], leaderCommit: UInt64, round: UInt64,
+                       stamp: FreshnessStamp?)
     /// `matchIndex`: on success the last index known to match; on failure a hint (the
     /// follower's last index) from which to retry.
     case appendResult(term: UInt64, success: Bool, matchIndex: UInt64, round: UInt64)
@@ -457,6 +459,11 @@ public enum RaftMessage: Sendable, Equatable, BinaryCodable {
     case timeoutNow(term: UInt64)
     case forward(request: UInt64, client: UInt64, sequence: UInt64, KeyValueOperation)
     case forwardedResult(request: UInt64, KeyValueResult)
+    /// A follower's bounded read asks the leader for a read index (thesis 6.4).
+    case readIndexRequest(read: UInt64)
+    /// The leader's applied index once it confirmed leadership after the request arrived: a
+    /// follower that has applied it can answer linearizably.
+    case readIndexReply(read: UInt64, index: UInt64)
 
     public func encode(to writer: inout BinaryWriter) {
         switch self {
@@ -472,7 +479,7 @@ public enum RaftMessage: Sendable, Equatable, BinaryCodable {
             writer.writeVarint(term)
             granted.encode(to: &writer)
             preVote.encode(to: &writer)
-        case let .appendEntries(term, previousIndex, previousTerm, entries, leaderCommit, round):
+        case let .appendEntries(term, previousIndex, previousTerm, entries, leaderCommit, round, stamp):
             writer.writeByte(2)
             writer.writeVarint(term)
             writer.writeVarint(previousIndex)
@@ -480,6 +487,7 @@ public enum RaftMessage: Sendable, Equatable, BinaryCodable {
             entries.encode(to: &writer)
             writer.writeVarint(leaderCommit)
             writer.writeVarint(round)
+            stamp.encode(to: &writer)
         case let .appendResult(term, success, matchIndex, round):
             writer.writeByte(3)
             writer.writeVarint(term)
@@ -504,6 +512,13 @@ public enum RaftMessage: Sendable, Equatable, BinaryCodable {
             writer.writeByte(7)
             writer.writeVarint(request)
             result.encode(to: &writer)
+        case let .readIndexRequest(read):
+            writer.writeByte(8)
+            writer.writeVarint(read)
+        case let .readIndexReply(read, index):
+            writer.writeByte(9)
+            writer.writeVarint(read)
+            writer.writeVarint(index)
         }
     }
 
@@ -515,7 +530,8 @@ public enum RaftMessage: Sendable, Equatable, BinaryCodable {
         case 1: self = .vote(term: try reader.readVarint(), granted: try Bool(from: &reader), preVote: try Bool(from: &reader))
         case 2:
             self = .appendEntries(term: try reader.readVarint(), previousIndex: try reader.readVarint(), previousTerm: try reader.readVarint(),
-                                  entries: try [LogEntry](from: &reader), leaderCommit: try reader.readVarint(), round: try reader.readVarint())
+                                  entries: try [LogEntry](from: &reader), leaderCommit: try reader.readVarint(), round: try reader.readVarint(),
+                                  stamp: try FreshnessStamp?(from: &reader))
         case 3:
             self = .appendResult(term: try reader.readVarint(), success: try Bool(from: &reader), matchIndex: try reader.readVarint(), round: try reader.readVarint())
         case 4: self = .installSnapshot(term: try reader.readVarint(), snapshot: try RaftSnapshot(from: &reader), round: try reader.readVarint())
@@ -524,7 +540,43 @@ public enum RaftMessage: Sendable, Equatable, BinaryCodable {
             self = .forward(request: try reader.readVarint(), client: try reader.readVarint(), sequence: try reader.readVarint(),
                             try KeyValueOperation(from: &reader))
         case 7: self = .forwardedResult(request: try reader.readVarint(), try KeyValueResult(from: &reader))
+        case 8: self = .readIndexRequest(read: try reader.readVarint())
+        case 9: self = .readIndexReply(read: try reader.readVarint(), index: try reader.readVarint())
         case let tag: throw .invalid("raft message tag \(tag)")
         }
+    }
+}
+
+/// A consensus-backed freshness certificate: the leader, holding its quorum lease, had
+/// committed `index` when its clock read `leaderTime` (nanoseconds). A replica that has applied
+/// `index` reflects every write acknowledged before true time `leaderTime - maxClockOffset`.
+public struct FreshnessStamp: Sendable, Equatable, BinaryCodable {
+    public var index: UInt64
+    public var leaderTime: Int64
+
+    public init(index: UInt64, leaderTime: Int64) {
+        self.index = index
+        self.leaderTime = leaderTime
+    }
+
+    public func encode(to writer: inout BinaryWriter) {
+        writer.writeVarint(index)
+        writer.writeZigZag(leaderTime)
+    }
+
+    public init(from reader: inout BinaryReader) throws(WireDecodingError) {
+        index = try reader.readVarint()
+        leaderTime = try reader.readZigZag()
+    }
+}
+
+/// A bounded read's answer from consensus state.
+public struct RaftReadAnswer: Sendable, Equatable {
+    public var result: KeyValueResult
+    public var receipt: ReadReceipt
+
+    public init(result: KeyValueResult, receipt: ReadReceipt) {
+        self.result = result
+        self.receipt = receipt
     }
 }

@@ -73,6 +73,14 @@ public struct ReplicationInstance: ProtocolInstance {
         /// Encoded bytes of one batch of payloads, at most (a single larger payload goes alone).
         public var batchBytesMax: Int
         public var thresholdReadsMax: Int
+        /// Bounded reads waiting for a fresher answer, at most.
+        public var boundedReadsMax: Int
+        /// Clock bounds for freshness certificates.
+        public var freshness: FreshnessGate.Configuration
+        /// Send the freshness certificate to every neighbour on every gossip tick, even when no
+        /// delta is pending. Costs one message of about 10 bytes per member, per neighbour and
+        /// tick; without it certificates travel only with deltas and bounded reads must ask.
+        public var certificateHeartbeats: Bool
         public var membership: Membership.Configuration
         public var catalog: ReplicableTypeCatalog
         /// Nodes to join through; nil for a static cluster where every member is known at start.
@@ -81,6 +89,7 @@ public struct ReplicationInstance: ProtocolInstance {
 
         public init(gossipInterval: Duration = .milliseconds(200), ringNeighbors: Int = 2,
                     deltaBufferMax: Int = 128, batchBytesMax: Int = 64 * 1024, thresholdReadsMax: Int = 10_000,
+                    boundedReadsMax: Int = 10_000, freshness: FreshnessGate.Configuration = .init(), certificateHeartbeats: Bool = true,
                     membership: Membership.Configuration = .init(), catalog: ReplicableTypeCatalog = .standard,
                     seeds: [NodeID]? = nil, plantedBug: PlantedReplicationBug? = nil) {
             precondition(gossipInterval > .zero && ringNeighbors >= 1 && deltaBufferMax >= 1 && batchBytesMax >= 1)
@@ -89,6 +98,9 @@ public struct ReplicationInstance: ProtocolInstance {
             self.deltaBufferMax = deltaBufferMax
             self.batchBytesMax = batchBytesMax
             self.thresholdReadsMax = thresholdReadsMax
+            self.boundedReadsMax = boundedReadsMax
+            self.freshness = freshness
+            self.certificateHeartbeats = certificateHeartbeats
             self.membership = membership
             self.catalog = catalog
             self.seeds = seeds
@@ -107,6 +119,12 @@ public struct ReplicationInstance: ProtocolInstance {
         /// Answers once the register (or derived register) reaches at least `threshold`.
         case thresholdRead(id: UInt64, register: String, threshold: AnyReplicated)
         case cancelRead(id: UInt64)
+        /// A read with ranked service levels (Spry bounds, Pileus choices): answers as soon as
+        /// the best level still in time is met, asking every replica for its state when the
+        /// local certificate is not fresh enough.
+        case boundedRead(id: UInt64, register: String, levels: [ServiceLevel])
+        /// Joins a state that a client carries (a session's last seen state) into the register.
+        case absorb(id: UInt64, register: String, state: AnyReplicated)
         case defineDerived(id: UInt64, DerivedDefinition)
     }
 
@@ -116,6 +134,7 @@ public struct ReplicationInstance: ProtocolInstance {
         case completed(id: UInt64, register: String, Result<AnyReplicated?, ReplicationError>)
         case thresholdReached(id: UInt64, AnyReplicated)
         case thresholdFailed(id: UInt64, ReplicationError)
+        case boundedReadCompleted(id: UInt64, Result<BoundedReadAnswer, ReplicationError>)
         /// A register's or derived register's local state changed (nil: deleted).
         case changed(register: String, AnyReplicated?)
         case reachabilityChanged(NodeID, reachable: Bool)
@@ -124,6 +143,7 @@ public struct ReplicationInstance: ProtocolInstance {
     public enum Timer: Hashable, Sendable {
         case gossip
         case membership(Membership.Timer)
+        case readDeadline(UInt64)
     }
 
     public typealias Message = ReplicationMessage
@@ -158,6 +178,17 @@ public struct ReplicationInstance: ProtocolInstance {
         var threshold: AnyReplicated
     }
 
+    struct BoundedRead {
+        var register: String
+        var levels: [ServiceLevel]
+        var startedAt: Duration
+        /// Replicas that answered this read with states taken after it began.
+        var replied: Set<NodeID> = []
+        /// Certificates that came with the replies.
+        var certified: [NodeID: Duration] = [:]
+        var asked = false
+    }
+
     public let node: NodeID
     public private(set) var epoch: UInt64
     public private(set) var slots: [String: RegisterSlot]
@@ -172,6 +203,13 @@ public struct ReplicationInstance: ProtocolInstance {
     private var acknowledged: [NodeID: [String: UInt64]] = [:]
     private var registerCursor = 0
     private var pendingReads: [UInt64: PendingRead] = [:]
+    private var boundedReads: [UInt64: BoundedRead] = [:]
+    /// This node's freshness certificate: for each other node j, a time on j's clock before
+    /// which this node has merged everything j acknowledged. Volatile: after a restart it
+    /// starts empty (nothing certified), which is safe.
+    public private(set) var certificate: [NodeID: Duration] = [:]
+    private let gate: FreshnessGate
+    private let staticMembers: [NodeID]
     /// The overlay neighbors, recomputed when reachability changes.
     private var cachedNeighbors: [NodeID]?
 
@@ -189,6 +227,8 @@ public struct ReplicationInstance: ProtocolInstance {
             }
         }
         self.slots = slots
+        self.gate = FreshnessGate(configuration: configuration.freshness)
+        self.staticMembers = context.members
         self.membership = Membership(
             node: context.node, seeds: configuration.seeds ?? [],
             knownMembers: configuration.seeds == nil ? context.peers : [], configuration: configuration.membership)
@@ -204,8 +244,9 @@ public struct ReplicationInstance: ProtocolInstance {
     public static func trafficClass(of message: ReplicationMessage) -> String {
         switch message {
         case .membership: "membership"
-        case .deltas: "deltas"
+        case .deltas(_, let payloads, _): payloads.isEmpty ? "certificates" : "deltas"
         case .acks: "acks"
+        case .readRequest, .readReply: "bounded reads"
         }
     }
 
@@ -238,9 +279,11 @@ public struct ReplicationInstance: ProtocolInstance {
             // they get the whole state if they become neighbors again.
             acknowledged = acknowledged.filter { neighbors.contains($0.key) }
             let registers = slots.keys.sorted()
-            for peer in neighbors { effects += ship(to: peer, registers: registers) }
+            for peer in neighbors { effects += ship(to: peer, registers: registers, certifyAt: now) }
             registerCursor &+= 1
             return effects
+        case let .readDeadline(id):
+            return decide(id, now: now, atDeadline: true)
         }
     }
 
@@ -248,8 +291,12 @@ public struct ReplicationInstance: ProtocolInstance {
         switch message {
         case let .membership(inner):
             return translate(membership.receive(inner, from: sender, now: now, random: &random))
-        case let .deltas(senderEpoch, payloads):
-            return receiveDeltas(payloads, senderEpoch: senderEpoch, from: sender)
+        case let .deltas(senderEpoch, payloads, vector):
+            return receiveDeltas(payloads, senderEpoch: senderEpoch, certificate: vector, from: sender, now: now)
+        case let .readRequest(readerEpoch, read, registers):
+            return answerReadRequest(readerEpoch: readerEpoch, read: read, registers: registers, from: sender, now: now)
+        case let .readReply(readerEpoch, read, payloads, vector):
+            return receiveReadReply(readerEpoch: readerEpoch, read: read, payloads, certificate: vector, from: sender, now: now)
         case let .acks(ackEpoch, acks):
             guard ackEpoch == epoch else { return [] }
             for ack in acks {
@@ -276,6 +323,8 @@ public struct ReplicationInstance: ProtocolInstance {
             guard pendingReads.removeValue(forKey: id) != nil else { return [] }
             return [.output(.thresholdFailed(id: id, .readCancelled))]
         case let .defineDerived(id, definition): return define(id, definition)
+        case let .boundedRead(id, register, levels): return startBoundedRead(id, register, levels, now: now)
+        case let .absorb(id, register, state): return absorb(id, register, state)
         }
     }
 
@@ -345,6 +394,136 @@ public struct ReplicationInstance: ProtocolInstance {
         }
         pendingReads[id] = PendingRead(register: register, threshold: threshold)
         return []
+    }
+
+    // MARK: - Bounded reads
+
+    private mutating func startBoundedRead(_ id: UInt64, _ register: String, _ levels: [ServiceLevel], now: Duration) -> [Effect] {
+        if let problem = FreshnessGate.validate(levels) { return [.output(.boundedReadCompleted(id: id, .failure(.invalidRequest(problem))))] }
+        guard value(of: register) != nil else {
+            let error: ReplicationError = slots[register]?.isDeleted == true ? .deleted(register) : .notDeclared(register)
+            return [.output(.boundedReadCompleted(id: id, .failure(error)))]
+        }
+        guard boundedReads[id] == nil else { return [.output(.boundedReadCompleted(id: id, .failure(.invalidRequest("read id \(id) in use"))))] }
+        guard boundedReads.count < configuration.boundedReadsMax else {
+            return [.output(.boundedReadCompleted(id: id, .failure(.tooManyPendingReads(limit: configuration.boundedReadsMax))))]
+        }
+        boundedReads[id] = BoundedRead(register: register, levels: levels, startedAt: now)
+        return decide(id, now: now, atDeadline: false)
+    }
+
+    /// Every member this node knows of: the replicas whose acknowledged writes a certificate
+    /// must cover.
+    private var allMembers: [NodeID] {
+        Array(Set(staticMembers).union(membership.knownMembers).union([node])).sorted()
+    }
+
+    /// The certified staleness of the local state of `read`'s register, for that read.
+    private func quality(of read: BoundedRead) -> FreshnessGate.Quality {
+        var worst = Duration.zero
+        for member in allMembers where member != node && !read.replied.contains(member) {
+            let mine = certificate[member]
+            let theirs = read.certified[member]
+            guard let best = [mine, theirs].compactMap({ $0 }).max() else { return .certified(staleness: nil) }
+            worst = max(worst, gate.staleness(readStart: read.startedAt, certifiedAt: best))
+        }
+        return .certified(staleness: worst)
+    }
+
+    /// Asks the gate what to do with bounded read `id`, and does it.
+    private mutating func decide(_ id: UInt64, now: Duration, atDeadline: Bool) -> [Effect] {
+        guard var read = boundedReads[id] else { return [] }
+        guard let state = value(of: read.register) else {
+            boundedReads[id] = nil
+            let error: ReplicationError = slots[read.register]?.isDeleted == true ? .deleted(read.register) : .notDeclared(read.register)
+            return [.cancelTimer(.readDeadline(id)), .output(.boundedReadCompleted(id: id, .failure(error)))]
+        }
+        let quality = quality(of: read)
+        switch gate.decide(levels: read.levels, startedAt: read.startedAt, now: now, quality: quality, atDeadline: atDeadline) {
+        case let .answer(level):
+            boundedReads[id] = nil
+            let replicas = ([node] + read.replied.sorted()).map(\.replica)
+            let answer = BoundedReadAnswer(state: state, receipt: ReadReceipt(
+                guarantee: quality.guarantee, staleness: quality.staleness, version: ReadVersion.digest(of: state),
+                replicas: replicas, level: level))
+            return [.cancelTimer(.readDeadline(id)), .output(.boundedReadCompleted(id: id, .success(answer)))]
+        case .fail:
+            boundedReads[id] = nil
+            return [.cancelTimer(.readDeadline(id)), .output(.boundedReadCompleted(id: id, .failure(.stalenessBoundUnmet(best: quality.staleness))))]
+        case let .wait(until):
+            var effects: [Effect] = [.setTimer(.readDeadline(id), after: max(.zero, until - now))]
+            if !read.asked {
+                // Ask every replica once: a state taken after the request arrived reflects
+                // everything that replica acknowledged before this read began.
+                read.asked = true
+                let registers = baseRegisters(of: read.register)
+                for member in allMembers where member != node {
+                    effects.append(.send(to: member, .readRequest(epoch: epoch, read: id, registers: registers)))
+                }
+            }
+            boundedReads[id] = read
+            return effects
+        }
+    }
+
+    /// The replicated registers a register or derived register is computed from.
+    private func baseRegisters(of register: String) -> [String] {
+        var result: Set<String> = []
+        var pending = [register]
+        var seen: Set<String> = []
+        while let name = pending.popLast() {
+            guard seen.insert(name).inserted else { continue }
+            if slots[name] != nil { result.insert(name) }
+            if let definition = derived.first(where: { $0.name == name }) { pending += definition.inputs }
+        }
+        return result.sorted()
+    }
+
+    private mutating func answerReadRequest(readerEpoch: UInt64, read: UInt64, registers: [String], from sender: NodeID, now: Duration) -> [Effect] {
+        guard registers.count <= 1_024 else { return [] }
+        let payloads = registers.compactMap { name in
+            slots[name].map { DeltaPayload(register: name, upTo: 0, slot: $0, isFullState: true) }
+        }
+        return [.send(to: sender, .readReply(epoch: readerEpoch, read: read, payloads, certificate: certificateVector(now: now)))]
+    }
+
+    private mutating func receiveReadReply(readerEpoch: UInt64, read id: UInt64, _ payloads: [DeltaPayload], certificate vector: FreshnessVector,
+                                           from sender: NodeID, now: Duration) -> [Effect] {
+        // A reply to an earlier incarnation's read says nothing about this one's start.
+        guard readerEpoch == epoch else { return [] }
+        guard let (effects, _, complete) = merge(payloads, from: sender) else { return [] }
+        var result = effects
+        if complete, var read = boundedReads[id] {
+            read.replied.insert(sender)
+            for (peer, time) in vector where peer != node {
+                read.certified[peer] = max(read.certified[peer] ?? .nanoseconds(Int64.min), .nanoseconds(time))
+            }
+            boundedReads[id] = read
+            result += decide(id, now: now, atDeadline: false)
+        }
+        return result
+    }
+
+    private mutating func absorb(_ id: UInt64, _ register: String, _ state: AnyReplicated) -> [Effect] {
+        let slot: RegisterSlot
+        switch lookUp(register, typeName: state.typeName) {
+        case let .success(found): slot = found
+        case let .failure(error): return [.output(.completed(id: id, register: register, .failure(error)))]
+        }
+        let before = slot.state!
+        guard let after = before.join(state) else {
+            return [.output(.completed(id: id, register: register, .failure(.typeMismatch(register: register, declared: slot.typeName, requested: state.typeName))))]
+        }
+        guard after != before else { return [.output(.completed(id: id, register: register, .success(after)))] }
+        let newSlot = RegisterSlot(generation: slot.generation, typeName: slot.typeName, state: after)
+        let delta = RegisterSlot(generation: slot.generation, typeName: slot.typeName, state: state)
+        return applyLocal(newSlot, delta: delta, register: register) + [.output(.completed(id: id, register: register, .success(after)))]
+            + push(register)
+    }
+
+    /// The staleness this node could certify right now for a read of any register (nil: none).
+    public func certifiedStaleness(now: Duration) -> Duration? {
+        quality(of: BoundedRead(register: "", levels: [], startedAt: now)).staleness
     }
 
     private mutating func define(_ id: UInt64, _ definition: DerivedDefinition) -> [Effect] {
@@ -438,7 +617,38 @@ public struct ReplicationInstance: ProtocolInstance {
 
     // MARK: - Anti-entropy
 
-    private mutating func receiveDeltas(_ payloads: [DeltaPayload], senderEpoch: UInt64, from sender: NodeID) -> [Effect] {
+    private mutating func receiveDeltas(_ payloads: [DeltaPayload], senderEpoch: UInt64, certificate vector: FreshnessVector?,
+                                        from sender: NodeID, now: Duration) -> [Effect] {
+        guard let (effects, acks, complete) = merge(payloads, from: sender) else { return [] }
+        var result = effects
+        if complete, let vector {
+            // This node now holds everything the sender held when it sent the batch.
+            result += adopt(vector, from: sender, now: now)
+        }
+        // Acknowledge only after what was joined is durable (the persist comes first).
+        if !acks.isEmpty { result.append(.send(to: sender, .acks(epoch: senderEpoch, acks))) }
+        return result
+    }
+
+    /// Raises this node's certificate with a vector from `sender`, whose state this node now
+    /// holds; every pending bounded read may now be fresh enough.
+    private mutating func adopt(_ vector: FreshnessVector, from sender: NodeID, now: Duration) -> [Effect] {
+        var raised = false
+        for (peer, time) in vector where peer != node {
+            var stamp = Duration.nanoseconds(time)
+            if peer == sender, configuration.freshness.plantedBug == .certifyOnArrival { stamp = now }
+            if stamp > certificate[peer] ?? .nanoseconds(Int64.min) {
+                certificate[peer] = stamp
+                raised = true
+            }
+        }
+        guard raised else { return [] }
+        return boundedReads.keys.sorted().flatMap { decide($0, now: now, atDeadline: false) }
+    }
+
+    /// Validates and joins a batch of payloads from `sender`; nil when the batch is rejected
+    /// (nothing changed). `complete` says every payload was joined (none needs a whole state).
+    private mutating func merge(_ payloads: [DeltaPayload], from sender: NodeID) -> (effects: [Effect], acks: [DeltaAck], complete: Bool)? {
         // Validate the whole batch before changing anything: a bad payload rejects the message.
         var decoded: [(DeltaPayload, RegisterSlot, RegisterSlot)] = []
         var resync: [DeltaAck] = []
@@ -460,7 +670,7 @@ public struct ReplicationInstance: ProtocolInstance {
             } catch {
                 statistics.rejectedMessages += 1
                 statistics.lastRejection = "from \(sender): register '\(payload.register)': \(error)"
-                return []
+                return nil
             }
         }
         var patch: [String: EncodedSlot] = [:]
@@ -479,14 +689,16 @@ public struct ReplicationInstance: ProtocolInstance {
             effects.append(.persist(ReplicaDurableState(incarnation: epoch, slots: patch)))
             effects += reactToChange(of: changed)
         }
-        // Acknowledge only after what was joined is durable (the persist above comes first).
-        effects.append(.send(to: sender, .acks(epoch: senderEpoch, acks)))
-        return effects
+        return (effects, acks, resync.isEmpty)
     }
 
     /// A batch for `peer` of every register in `registers` whose deltas it has not acknowledged.
-    private mutating func ship(to peer: NodeID, registers: [String]) -> [Effect] {
+    /// With `certifyAt` (the local time; `registers` must then be every register), a batch that
+    /// brings the peer up to all this node holds carries the freshness certificate, and is sent
+    /// even when empty if certificate heartbeats are on.
+    private mutating func ship(to peer: NodeID, registers: [String], certifyAt: Duration? = nil) -> [Effect] {
         var payloads: [DeltaPayload] = []
+        var complete = true
         var bytes = 0
         let count = registers.count
         for offset in 0..<count {
@@ -504,11 +716,17 @@ public struct ReplicationInstance: ProtocolInstance {
             case let .deltas(interval):
                 payload = DeltaPayload(register: register, upTo: buffer.lastSequence, slot: interval, isFullState: false)
             case .unavailable:
-                if configuration.plantedBug == .skipFullStateFallback { continue }
+                if configuration.plantedBug == .skipFullStateFallback {
+                    complete = false
+                    continue
+                }
                 payload = DeltaPayload(register: register, upTo: buffer.lastSequence, slot: slot, isFullState: true)
             }
             let size = payload.binaryEncoded().count
-            if bytes + size > configuration.batchBytesMax, !payloads.isEmpty { break }
+            if bytes + size > configuration.batchBytesMax, !payloads.isEmpty {
+                complete = false
+                break
+            }
             bytes += size
             payloads.append(payload)
             if payload.isFullState { statistics.fullStatesSent += 1 } else { statistics.deltaPayloadsSent += 1 }
@@ -516,7 +734,17 @@ public struct ReplicationInstance: ProtocolInstance {
                 acknowledged[peer, default: [:]][register] = buffer.lastSequence
             }
         }
-        return payloads.isEmpty ? [] : [.send(to: peer, .deltas(epoch: epoch, payloads))]
+        let vector = certifyAt.flatMap { complete ? certificateVector(now: $0) : nil }
+        if payloads.isEmpty, vector == nil || !configuration.certificateHeartbeats { return [] }
+        return [.send(to: peer, .deltas(epoch: epoch, payloads, certificate: vector))]
+    }
+
+    /// This node's certificate as sent: its own entry is `now` (its state holds everything it
+    /// acknowledged so far).
+    private func certificateVector(now: Duration) -> FreshnessVector {
+        var vector = certificate.mapValues { $0.nanoseconds }
+        vector[node] = now.nanoseconds
+        return vector
     }
 
     /// Ships `register` at once to every neighbor after a local change.

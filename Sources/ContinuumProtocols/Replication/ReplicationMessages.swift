@@ -83,35 +83,63 @@ public struct DeltaAck: Sendable, Equatable, BinaryCodable {
     }
 }
 
+/// A freshness certificate of replicated state (DESIGN.md section 3, CRDT-backed): for each
+/// node, a time on that node's clock before which the holder has merged everything that node
+/// acknowledged.
+public typealias FreshnessVector = [NodeID: Int64]
+
 /// The messages of `ReplicationInstance`.
 public enum ReplicationMessage: Sendable, Equatable, BinaryCodable {
     case membership(MembershipMessage)
-    /// Delta-intervals from the sender's incarnation `epoch`.
-    case deltas(epoch: UInt64, [DeltaPayload])
+    /// Delta-intervals from the sender's incarnation `epoch`. `certificate` is present when the
+    /// batch brings the receiver up to everything the sender held when it sent it (all its
+    /// registers); it is the sender's certificate with the sender's own entry at the send time.
+    case deltas(epoch: UInt64, [DeltaPayload], certificate: FreshnessVector?)
     /// What the receiver of `deltas` from incarnation `epoch` has joined.
     case acks(epoch: UInt64, [DeltaAck])
+    /// A bounded read at the sender (incarnation `epoch`) asks for these registers' states.
+    case readRequest(epoch: UInt64, read: UInt64, registers: [String])
+    /// The whole states of the requested registers, taken after the request arrived, with the
+    /// replier's certificate (its own entry at the reply time).
+    case readReply(epoch: UInt64, read: UInt64, [DeltaPayload], certificate: FreshnessVector)
 
     public func encode(to writer: inout BinaryWriter) {
         switch self {
         case let .membership(message):
             writer.writeByte(0)
             message.encode(to: &writer)
-        case let .deltas(epoch, payloads):
+        case let .deltas(epoch, payloads, certificate):
             writer.writeByte(1)
             writer.writeVarint(epoch)
             payloads.encode(to: &writer)
+            certificate.encode(to: &writer)
         case let .acks(epoch, acks):
             writer.writeByte(2)
             writer.writeVarint(epoch)
             acks.encode(to: &writer)
+        case let .readRequest(epoch, read, registers):
+            writer.writeByte(3)
+            writer.writeVarint(epoch)
+            writer.writeVarint(read)
+            registers.encode(to: &writer)
+        case let .readReply(epoch, read, payloads, certificate):
+            writer.writeByte(4)
+            writer.writeVarint(epoch)
+            writer.writeVarint(read)
+            payloads.encode(to: &writer)
+            certificate.encode(to: &writer)
         }
     }
 
     public init(from reader: inout BinaryReader) throws(WireDecodingError) {
         switch try reader.readByte() {
         case 0: self = .membership(try MembershipMessage(from: &reader))
-        case 1: self = .deltas(epoch: try reader.readVarint(), try [DeltaPayload](from: &reader))
+        case 1: self = .deltas(epoch: try reader.readVarint(), try [DeltaPayload](from: &reader), certificate: try FreshnessVector?(from: &reader))
         case 2: self = .acks(epoch: try reader.readVarint(), try [DeltaAck](from: &reader))
+        case 3: self = .readRequest(epoch: try reader.readVarint(), read: try reader.readVarint(), registers: try [String](from: &reader))
+        case 4:
+            self = .readReply(epoch: try reader.readVarint(), read: try reader.readVarint(), try [DeltaPayload](from: &reader),
+                              certificate: try FreshnessVector(from: &reader))
         case let tag: throw .invalid("replication message tag \(tag)")
         }
     }
@@ -150,6 +178,9 @@ public enum ReplicationError: Error, Equatable, Sendable, CustomStringConvertibl
     /// The mutator refused (for example a bounded counter without enough rights).
     case mutationRefused(String)
     case readCancelled
+    /// A bounded read found no answer within its staleness bound by its latency bound.
+    case stalenessBoundUnmet(best: Duration?)
+    case invalidRequest(String)
 
     public var description: String {
         switch self {
@@ -161,6 +192,19 @@ public enum ReplicationError: Error, Equatable, Sendable, CustomStringConvertibl
         case let .derivedInputMissing(derived, input): "derived register '\(derived)' reads '\(input)', which is not declared"
         case let .mutationRefused(reason): "update refused: \(reason)"
         case .readCancelled: "threshold read cancelled"
+        case let .stalenessBoundUnmet(best): "staleness bound unmet; best certified: \(best?.shortDescription ?? "none")"
+        case let .invalidRequest(reason): "invalid request: \(reason)"
         }
+    }
+}
+
+/// A bounded read's answer: the state and what it delivered.
+public struct BoundedReadAnswer: Sendable, Equatable {
+    public var state: AnyReplicated
+    public var receipt: ReadReceipt
+
+    public init(state: AnyReplicated, receipt: ReadReceipt) {
+        self.state = state
+        self.receipt = receipt
     }
 }

@@ -1,0 +1,159 @@
+import ContinuumCore
+
+/// A bug that can be planted in freshness decisions so that tests can show the staleness
+/// checker catches its class. Never set outside tests.
+public enum PlantedFreshnessBug: String, Sendable, CaseIterable {
+    /// Compare clocks of different nodes as if they agreed: staleness without `2·maxClockOffset`.
+    case ignoreClockOffset = "ignore-clock-offset"
+    /// Date a neighbour's state by when its message arrived instead of when it was sent, so
+    /// that time in flight (and in a reordering queue) is not counted as staleness.
+    case certifyOnArrival = "certify-on-arrival"
+}
+
+/// The pure decision behind every bounded read (Spry's staleness and latency bounds, Pileus's
+/// ranked choices): given the read's service levels, when it began, the current time and the
+/// quality of the best answer in hand, answer now (and with which level), wait until a
+/// deadline (for an answer from a fresher replica, the leader, or the next certificate), or
+/// fail. It reads no clock: times come in with every call, all on the local node's clock.
+///
+/// Staleness is certified from a *freshness certificate*: a time `T` on some node's clock such
+/// that the answer reflects every write acknowledged before `T`. Clocks differ from true time
+/// by at most `maxClockOffset`, so such an answer reflects every write acknowledged before
+/// true time `T - maxClockOffset`, and a read that began when the local clock said `r` began no
+/// later than true time `r + maxClockOffset`. Its staleness is therefore at most
+/// `r - T + 2·maxClockOffset`: never smaller than the truth, whatever the skew.
+///
+/// Latency bounds are timers on the local clock, which may run slow by up to
+/// `clockDriftMaxPartsPerMillion`; deadlines are shortened by that much, so that a read ends by
+/// its bound in true time.
+public struct FreshnessGate: Sendable {
+    public struct Configuration: Sendable {
+        /// The most any node's clock may differ from true time.
+        public var maxClockOffset: Duration
+        /// The most any node's clock rate may differ from true time's, in parts per million.
+        public var clockDriftMaxPartsPerMillion: Int64
+        public var plantedBug: PlantedFreshnessBug?
+
+        public init(maxClockOffset: Duration = .milliseconds(10), clockDriftMaxPartsPerMillion: Int64 = 1_000,
+                    plantedBug: PlantedFreshnessBug? = nil) {
+            precondition(maxClockOffset >= .zero && clockDriftMaxPartsPerMillion >= 0 && clockDriftMaxPartsPerMillion < 1_000_000)
+            self.maxClockOffset = maxClockOffset
+            self.clockDriftMaxPartsPerMillion = clockDriftMaxPartsPerMillion
+            self.plantedBug = plantedBug
+        }
+    }
+
+    /// How good an answer in hand is.
+    public enum Quality: Sendable, Equatable {
+        /// Linearizable: what a read through consensus returns (staleness zero).
+        case linearizable
+        /// Certified staleness; nil when nothing bounds it.
+        case certified(staleness: Duration?)
+        /// Nothing in hand may be returned (a session's minimum not reached yet).
+        case unusable
+
+        public var staleness: Duration? {
+            switch self {
+            case .linearizable: .zero
+            case let .certified(staleness): staleness
+            case .unusable: nil
+            }
+        }
+
+        public var guarantee: DeliveredGuarantee {
+            switch self {
+            case .linearizable: .linearizable
+            case let .certified(staleness): staleness.map { .bounded(staleness: $0) } ?? .local
+            case .unusable: .local
+            }
+        }
+
+        /// The better of two answers (linearizable beats any certificate; smaller staleness
+        /// beats larger; a bound beats none).
+        public func isBetter(than other: Quality) -> Bool {
+            switch (self, other) {
+            case (.linearizable, .linearizable), (.unusable, _): false
+            case (.linearizable, _), (_, .unusable): true
+            case (_, .linearizable): false
+            case let (.certified(mine), .certified(theirs)):
+                switch (mine, theirs) {
+                case let (.some(mine), .some(theirs)): mine < theirs
+                case (.some, .none): true
+                default: false
+                }
+            }
+        }
+    }
+
+    public enum Decision: Sendable, Equatable {
+        /// Answer now; the answer meets the level at this index.
+        case answer(level: Int)
+        /// Nothing good enough yet: decide again at this local time (or when the answer improves).
+        case wait(until: Duration)
+        /// Every level's deadline passed unmet.
+        case fail
+    }
+
+    public let configuration: Configuration
+
+    public init(configuration: Configuration) { self.configuration = configuration }
+
+    /// Checks a read's levels; nil when they are usable, else why not.
+    public static func validate(_ levels: [ServiceLevel]) -> String? {
+        if levels.isEmpty { return "a read needs at least one service level" }
+        if levels.count > 16 { return "at most 16 service levels" }
+        return nil
+    }
+
+    /// The staleness bound of an answer certified fresh as of `certifiedAt` (on any node's
+    /// clock), for a read that began at local time `readStart`.
+    public func staleness(readStart: Duration, certifiedAt: Duration) -> Duration {
+        let margin = configuration.plantedBug == .ignoreClockOffset ? .zero : configuration.maxClockOffset * 2
+        return max(.zero, readStart - certifiedAt + margin)
+    }
+
+    /// A staleness measured on this node's own clock alone (start and certificate both local),
+    /// widened for drift.
+    public func localStaleness(readStart: Duration, certifiedAt: Duration) -> Duration {
+        let elapsed = max(.zero, readStart - certifiedAt)
+        return elapsed + .nanoseconds(elapsed.nanoseconds / 1_000_000 * configuration.clockDriftMaxPartsPerMillion + 1)
+    }
+
+    /// The local time by which a level must be met: its latency, shortened for a slow clock.
+    public func deadline(of level: ServiceLevel, startedAt: Duration) -> Duration {
+        let latency = level.latency.nanoseconds
+        let shortening = latency / 1_000_000 * configuration.clockDriftMaxPartsPerMillion
+            + (latency % 1_000_000) * configuration.clockDriftMaxPartsPerMillion / 1_000_000 + (latency > 0 ? 1 : 0)
+        return startedAt + .nanoseconds(max(0, latency - shortening))
+    }
+
+    public static func satisfies(_ quality: Quality, _ requirement: ReadRequirement) -> Bool {
+        if quality == .unusable { return false }
+        switch requirement {
+        case .any: return true
+        case .linearizable: return quality == .linearizable
+        case let .staleness(bound): return quality.staleness.map { $0 <= bound } ?? false
+        }
+    }
+
+    /// What to do with a read that began at `startedAt` and holds an answer of `quality`, at
+    /// local time `now`. `atDeadline` says a deadline timer fired now: levels due now count as
+    /// passed. A level is met by the first one (in rank order) whose deadline has not passed;
+    /// while that one is unmet, lower-ranked levels wait for it.
+    public func decide(levels: [ServiceLevel], startedAt: Duration, now: Duration, quality: Quality, atDeadline: Bool) -> Decision {
+        for (index, level) in levels.enumerated() {
+            let due = deadline(of: level, startedAt: startedAt)
+            if now > due || (atDeadline && now >= due) { continue }
+            if Self.satisfies(quality, level.requirement) { return .answer(level: index) }
+            return .wait(until: due)
+        }
+        return .fail
+    }
+}
+
+/// Why a bounded read of consensus state failed; nothing was read.
+public enum BoundedReadFailure: Error, Sendable, Equatable {
+    case stalenessBoundUnmet(best: Duration?)
+    case unavailable(String)
+    case invalidRequest(String)
+}

@@ -32,7 +32,7 @@ struct SimulateCommand: ParsableCommand {
     @Option(help: "The CRDT type to gossip (default: every type in turn, by seed): \(CRDTCatalog.names.joined(separator: ", ")).")
     var crdt: String?
 
-    @Option(help: "Plant a known bug to see the checkers catch it. gossip: \(SimulationCampaign.plantedBugs(for: "gossip").joined(separator: ", ")); available: \(SimulationCampaign.plantedBugs(for: "available").joined(separator: ", ")); linearizable: \(SimulationCampaign.plantedBugs(for: "linearizable").joined(separator: ", ")); serializable: \(SimulationCampaign.plantedBugs(for: "serializable").joined(separator: ", ")).")
+    @Option(help: "Plant a known bug to see the checkers catch it. gossip: \(SimulationCampaign.plantedBugs(for: "gossip").joined(separator: ", ")); available: \(SimulationCampaign.plantedBugs(for: "available").joined(separator: ", ")); linearizable: \(SimulationCampaign.plantedBugs(for: "linearizable").joined(separator: ", ")); serializable: \(SimulationCampaign.plantedBugs(for: "serializable").joined(separator: ", ")); bounded: \(SimulationCampaign.plantedBugs(for: "bounded").joined(separator: ", ")).")
     var plantedBug: String?
 
     @Flag(help: "Skip the second run of each seed that checks determinism.")
@@ -41,11 +41,17 @@ struct SimulateCommand: ParsableCommand {
     @Flag(help: "No faults: a perfect network and no crashes, to measure a protocol's own costs.")
     var faultFree = false
 
+    @Option(help: "bounded: \(BoundedScenario.allCases.map(\.rawValue).joined(separator: ", ")) (swarm faults; none; one node cut off from 5 s to 15 s).")
+    var scenario = "swarm"
+
     @Option(help: "linearizable: write the history of the last seed run to this file (JSON Lines).")
     var history: String?
 
     func validate() throws {
         guard seeds >= 1 else { throw ValidationError("--seeds must be at least 1, got \(seeds)") }
+        guard BoundedScenario(rawValue: scenario) != nil else {
+            throw ValidationError("unknown scenario '\(scenario)'; known: \(BoundedScenario.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
     }
 
     func run() throws {
@@ -55,6 +61,7 @@ struct SimulateCommand: ParsableCommand {
             plantedBug: plantedBug,
             determinismCheck: !noDeterminismCheck)
         settings.faultFree = faultFree
+        settings.scenario = BoundedScenario(rawValue: scenario)!
         let result: SimulationCampaign.Result
         do {
             result = try SimulationCampaign.run(settings) { print($0) }

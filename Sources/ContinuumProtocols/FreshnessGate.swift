@@ -95,6 +95,7 @@ public struct FreshnessGate: Sendable {
     }
 
     public let configuration: Configuration
+    public static let deadlineSlack: Duration = .microseconds(100)
 
     public init(configuration: Configuration) { self.configuration = configuration }
 
@@ -143,7 +144,9 @@ public struct FreshnessGate: Sendable {
     public func decide(levels: [ServiceLevel], startedAt: Duration, now: Duration, quality: Quality, atDeadline: Bool) -> Decision {
         for (index, level) in levels.enumerated() {
             let due = deadline(of: level, startedAt: startedAt)
-            if now > due || (atDeadline && now >= due) { continue }
+            // A timer may fire a hair before its time (a shell's clock conversion rounds):
+            // at a deadline, levels due within `deadlineSlack` count as passed too.
+            if now > due || (atDeadline && now + Self.deadlineSlack >= due) { continue }
             if Self.satisfies(quality, level.requirement) { return .answer(level: index) }
             return .wait(until: due)
         }

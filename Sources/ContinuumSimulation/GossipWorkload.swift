@@ -53,6 +53,8 @@ public struct SeedReport: Sendable {
     public var operationsPerSecond: Double? = nil
     /// Linearizable workload: the recorded history.
     public var history: [HistoryEvent] = []
+    /// Bounded workload: every read's outcome.
+    public var boundedReads: [BoundedReadOutcome] = []
 }
 
 /// The `gossip` simulation workload: random updates of one CRDT register at random nodes

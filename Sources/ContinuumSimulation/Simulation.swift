@@ -201,6 +201,13 @@ public final class Simulation<Instance: ProtocolInstance> {
     /// Cuts the link from `from` to `to` until `healAll` (or a matching heal).
     public func cut(from: NodeID, to: NodeID) { cuts[Link(from: from, to: to), default: 0] += 1 }
 
+    /// Undoes one `cut(from:to:)`.
+    public func heal(from: NodeID, to: NodeID) {
+        let link = Link(from: from, to: to)
+        guard let count = cuts[link] else { return }
+        cuts[link] = count > 1 ? count - 1 : nil
+    }
+
     /// Processes events up to and including true time `time`, then sets the clock to `time`.
     public func run(until time: Int64) {
         while let next = queue.min, next.time <= time {

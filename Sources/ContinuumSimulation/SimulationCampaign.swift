@@ -4,7 +4,7 @@ import ContinuumProtocols
 /// Runs a workload over many seeds, checks that each seed is deterministic, and summarizes.
 /// This is what `continuum simulate` prints.
 public enum SimulationCampaign {
-    public static let workloads = ["gossip", "available", "linearizable", "serializable"]
+    public static let workloads = ["gossip", "available", "linearizable", "serializable", "bounded"]
 
     public struct Settings: Sendable {
         public var workload: String
@@ -18,6 +18,8 @@ public enum SimulationCampaign {
         public var determinismCheck: Bool
         /// No faults at all (a perfect network, no crashes): to measure a protocol's own costs.
         public var faultFree = false
+        /// The bounded workload's scenario (swarm, calm, partition).
+        public var scenario: BoundedScenario = .swarm
 
         public init(workload: String = "gossip", nodes: Int, crdt: String? = nil, seeds: [UInt64],
                     plantedBug: String? = nil, determinismCheck: Bool = true) {
@@ -83,6 +85,7 @@ public enum SimulationCampaign {
         case "available": PlantedReplicationBug.allCases.map(\.rawValue)
         case "linearizable": PlantedRaftBug.allCases.map(\.rawValue)
         case "serializable": PlantedTransactionBug.allCases.map(\.rawValue)
+        case "bounded": PlantedFreshnessBug.allCases.map(\.rawValue)
         default: []
         }
     }
@@ -99,6 +102,7 @@ public enum SimulationCampaign {
         command += " --seed \(seed)"
         if let bug = settings.plantedBug { command += " --planted-bug \(bug)" }
         if settings.faultFree { command += " --fault-free" }
+        if settings.workload == "bounded", settings.scenario != .swarm { command += " --scenario \(settings.scenario.rawValue)" }
         return command
     }
 
@@ -138,6 +142,9 @@ public enum SimulationCampaign {
     static func runSeed(_ seed: UInt64, _ settings: Settings) -> SeedReport {
         let faults: FaultSettings? = settings.faultFree ? FaultSettings.none : nil
         switch settings.workload {
+        case "bounded":
+            return BoundedWorkload.run(nodes: settings.nodes, seed: seed, scenario: settings.faultFree ? .calm : settings.scenario,
+                                       plantedBug: settings.plantedBug.flatMap(PlantedFreshnessBug.init(rawValue:)))
         case "serializable":
             return SerializableWorkload.run(
                 nodes: settings.nodes, seed: seed, plantedBug: settings.plantedBug.flatMap(PlantedTransactionBug.init(rawValue:)), faults: faults)
@@ -160,6 +167,7 @@ public enum SimulationCampaign {
         case "gossip": "crdt " + (settings.crdt ?? "every type in turn (\(CRDTCatalog.names.joined(separator: ", ")))")
         case "linearizable": "\(LinearizableWorkload.clients) clients, reads, writes and compare-and-sets on \(LinearizableWorkload.keys.count) keys, Raft"
         case "serializable": "\(SerializableWorkload.clients) clients, list-append, transfer and audit transactions, 2PL and 2PC at every replica"
+        case "bounded": "writers and bounded readers of one set (even seeds CRDT certificates, odd seeds Raft stamps), scenario \(settings.scenario.rawValue)"
         default: "9 registers of 9 CRDT types, 7 derived registers, threshold reads"
         }
         lines.append("workload \(settings.workload): \(settings.nodes) nodes, \(reports.count) seeds, \(subject)"
@@ -208,6 +216,9 @@ public enum SimulationCampaign {
                 lines.append("transactions committed per simulated second\(settings.faultFree ? " without faults" : " under faults"): median \(fixed(throughput[throughput.count / 2], 1)) "
                              + "(\(SerializableWorkload.clients) clients, one transaction at a time each)")
             }
+        } else if settings.workload == "bounded" {
+            lines.append("writes acknowledged \(acknowledged); events \(total.eventsProcessed)")
+            lines += summarizeBounded(reports)
         } else {
             lines.append("updates acknowledged \(acknowledged), refused at down nodes \(refused); events \(total.eventsProcessed)")
         }
@@ -229,6 +240,55 @@ public enum SimulationCampaign {
             lines.append("  replay: \(failure.replayCommand)")
         }
         lines.append("seeds: \(reports.count), violations: \(failures.count)")
+        return lines
+    }
+
+    /// Reads served and refused, latencies, and per staleness bound of the first level (the
+    /// README's availability/consistency table), per mechanism.
+    static func summarizeBounded(_ reports: [SeedReport]) -> [String] {
+        var lines: [String] = []
+        func ms(_ duration: Duration) -> String { fixed(duration.milliseconds, 1) }
+        func latencies(_ outcomes: [BoundedReadOutcome]) -> String {
+            let sorted = outcomes.map(\.latency).sorted()
+            guard !sorted.isEmpty else { return "-" }
+            return "p50 \(ms(sorted[sorted.count / 2])) ms, p99 \(ms(sorted[min(sorted.count - 1, Int(Double(sorted.count) * 0.99))])) ms"
+        }
+        for mechanism in [BoundedWorkload.Mechanism.crdt, .consensus] {
+            let outcomes = reports.filter { $0.crdt == mechanism.rawValue }.flatMap(\.boundedReads)
+            guard !outcomes.isEmpty else { continue }
+            let served = outcomes.filter(\.served)
+            let fresh = served.filter(\.locallyFresh)
+            let linearizable = served.filter(\.linearizable).count
+            lines.append("\(mechanism.rawValue): reads \(outcomes.count), served \(served.count) (\(fixed(Double(served.count) / Double(outcomes.count) * 100, 1))%), "
+                         + "linearizable answers \(linearizable); served latency \(latencies(served)); "
+                         + "reads whose replica was fresh enough at the start: \(fresh.count), latency \(latencies(fresh))")
+            var groups: [String: [BoundedReadOutcome]] = [:]
+            var order: [String] = []
+            for outcome in outcomes {
+                let key: String
+                switch outcome.levels[0].requirement {
+                case let .staleness(bound): key = "S=\(bound.shortDescription)"
+                case .any: key = "S=unbounded"
+                case .linearizable: key = "linearizable"
+                }
+                if groups[key] == nil { order.append(key) }
+                groups[key, default: []].append(outcome)
+            }
+            let rank: (String) -> Int64 = { key in
+                if key == "linearizable" { return -1 }
+                if key == "S=unbounded" { return Int64.max }
+                return BoundedWorkload.tableBounds.compactMap { $0 }.first { "S=\($0.shortDescription)" == key }?.nanoseconds
+                    ?? [Duration.milliseconds(30), .milliseconds(300)].first { "S=\($0.shortDescription)" == key }?.nanoseconds ?? 0
+            }
+            for key in order.sorted(by: { rank($0) < rank($1) }) {
+                let group = groups[key]!
+                let groupServed = group.filter(\.served)
+                let largest = groupServed.compactMap(\.reportedStaleness).max()
+                lines.append("  \(mechanism.rawValue) first level \(key): \(groupServed.count)/\(group.count) served "
+                             + "(\(fixed(Double(groupServed.count) / Double(group.count) * 100, 1))%), latency \(latencies(groupServed)), "
+                             + "largest reported staleness \(largest.map { ms($0) + " ms" } ?? "-")")
+            }
+        }
         return lines
     }
 

@@ -5,8 +5,8 @@ import ContinuumCore
 public enum PlantedFreshnessBug: String, Sendable, CaseIterable {
     /// Compare clocks of different nodes as if they agreed: staleness without `2·maxClockOffset`.
     case ignoreClockOffset = "ignore-clock-offset"
-    /// Date a neighbour's state by when its message arrived instead of when it was sent, so
-    /// that time in flight (and in a reordering queue) is not counted as staleness.
+    /// Date a neighbour's certificate by when its message arrived instead of by the times it
+    /// carries, so that time in flight, and the neighbour's own staleness, go uncounted.
     case certifyOnArrival = "certify-on-arrival"
 }
 

@@ -78,7 +78,7 @@ public enum BoundedWorkload {
 
         init(nodes: Int, scenario: BoundedScenario, random: inout DeterministicRandom) {
             let end = runLength - 3_000_000_000
-            for _ in 0..<Int.random(in: 100...300, using: &random) {
+            for _ in 0..<Int.random(in: 200...600, using: &random) {
                 writes.append((Int64.random(in: 500_000_000..<end, using: &random), Int.random(in: 0..<nodes, using: &random)))
             }
             let latencies: [Duration] = [.zero, .milliseconds(20), .milliseconds(50), .milliseconds(200), .seconds(1)]

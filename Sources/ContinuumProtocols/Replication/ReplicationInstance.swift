@@ -636,7 +636,7 @@ public struct ReplicationInstance: ProtocolInstance {
         var raised = false
         for (peer, time) in vector where peer != node {
             var stamp = Duration.nanoseconds(time)
-            if peer == sender, configuration.freshness.plantedBug == .certifyOnArrival { stamp = now }
+            if configuration.freshness.plantedBug == .certifyOnArrival { stamp = now }
             if stamp > certificate[peer] ?? .nanoseconds(Int64.min) {
                 certificate[peer] = stamp
                 raised = true

@@ -29,6 +29,22 @@ public actor LinearizableRegister {
         return value
     }
 
+    /// The value under `policy`, with what was delivered: `.linearizable` through a read index
+    /// from the leader; `.bounded(staleness: S, latency: L)` from this replica when the
+    /// leader's last lease-stamped heartbeat certifies it no older than S, else through a read
+    /// index, failing with `stalenessBoundUnmet` at L; `.available` the local value at once.
+    public func read(_ policy: Policy) async throws(ContinuumError) -> ReadResult<Int64?> {
+        try await read(levels: policy.serviceLevels)
+    }
+
+    /// The value with ranked service levels (after Pileus), such as "linearizable within
+    /// 20 ms, else staleness ≤ 1 s within 50 ms, else whatever is local".
+    public func read(levels: [ServiceLevel]) async throws(ContinuumError) -> ReadResult<Int64?> {
+        let answer = try await node.raftBoundedRead(.read(key: name), levels: levels, minimumIndex: 0).get()
+        guard case let .value(value) = answer.result else { throw .unavailable("unexpected result \(answer.result)") }
+        return ReadResult(value: value, receipt: answer.receipt)
+    }
+
     public func write(_ value: Int64?, latency: Duration = .seconds(1)) async throws(ContinuumError) {
         _ = try await run(.write(key: name, value: value), latency: latency)
     }

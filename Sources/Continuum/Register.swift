@@ -28,6 +28,29 @@ public struct Register<Value: Replicable>: Sendable {
     /// The current local state.
     public func read() async throws(ContinuumError) -> Value { try await node.read(name, as: Value.self) }
 
+    /// Reads under `policy` and says what was delivered. `.available` is the local state at
+    /// once; `.bounded(staleness: S, latency: L)` answers as soon as a state certified no
+    /// older than S is in hand (asking every replica when the local certificate is too old)
+    /// and fails with `stalenessBoundUnmet` at L otherwise. An available register cannot give
+    /// a linearizable or serializable read (`wrongPolicy`).
+    public func read(_ policy: Policy) async throws(ContinuumError) -> ReadResult<Value> {
+        switch policy {
+        case .available, .bounded: return try await read(levels: policy.serviceLevels)
+        case .linearizable, .serializable: throw .wrongPolicy(register: name, declared: .available)
+        }
+    }
+
+    /// Reads with ranked service levels (after Pileus), for example "staleness ≤ 100 ms within
+    /// 20 ms, else staleness ≤ 5 s within 50 ms, else whatever is local"; the result names the
+    /// level it met. Derived registers ask for their inputs and carry the weakest certificate.
+    public func read(levels: [ServiceLevel]) async throws(ContinuumError) -> ReadResult<Value> {
+        let answer = try await node.boundedRead(name, levels: levels).get()
+        guard let typed = answer.state.unwrap(as: Value.self) else {
+            throw .typeMismatch(register: name, declared: answer.state.typeName, requested: replicableTypeName(Value.self))
+        }
+        return ReadResult(value: typed, receipt: answer.receipt)
+    }
+
     /// Waits until the local state is at least `threshold` in the lattice order, and returns
     /// it (Lasp's monotone threshold read). Fails with `timedOut` after `timeout`, and with
     /// `cancelled` when the calling task is cancelled.

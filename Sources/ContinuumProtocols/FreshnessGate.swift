@@ -138,19 +138,27 @@ public struct FreshnessGate: Sendable {
     }
 
     /// What to do with a read that began at `startedAt` and holds an answer of `quality`, at
-    /// local time `now`. `atDeadline` says a deadline timer fired now: levels due now count as
-    /// passed. A level is met by the first one (in rank order) whose deadline has not passed;
-    /// while that one is unmet, lower-ranked levels wait for it.
+    /// local time `now`. `atDeadline` says a deadline timer fired now: a level due now is
+    /// *closing* (it may still be answered with, but not waited for). The rule, in rank order:
+    /// answer with the first open level that the answer meets, unless a better level is still
+    /// open and worth waiting for, in which case wait, but no longer than until the met level
+    /// closes (then answer with it). Fail when no level is open.
     public func decide(levels: [ServiceLevel], startedAt: Duration, now: Duration, quality: Quality, atDeadline: Bool) -> Decision {
+        var waitUntil: Duration?
         for (index, level) in levels.enumerated() {
             let due = deadline(of: level, startedAt: startedAt)
-            // A timer may fire a hair before its time (a shell's clock conversion rounds):
-            // at a deadline, levels due within `deadlineSlack` count as passed too.
-            if now > due || (atDeadline && now + Self.deadlineSlack >= due) { continue }
-            if Self.satisfies(quality, level.requirement) { return .answer(level: index) }
-            return .wait(until: due)
+            if now > due { continue }
+            // A timer may fire a hair before its time (a shell's clock conversion rounds).
+            let closing = atDeadline && now + Self.deadlineSlack >= due
+            if Self.satisfies(quality, level.requirement) {
+                guard let until = waitUntil, !closing else { return .answer(level: index) }
+                waitUntil = min(until, due)
+                continue
+            }
+            if closing { continue }
+            waitUntil = min(waitUntil ?? due, due)
         }
-        return .fail
+        return waitUntil.map { .wait(until: $0) } ?? .fail
     }
 }
 

@@ -311,7 +311,7 @@ final class BoundedChecker {
     }
 
     private func record(_ violation: String) {
-        guard violations.count < GossipWorkload.violationsMax else { return }
+        guard violations.count < 20 else { return }
         violations.append("t=\(milliseconds(.nanoseconds(now()))): \(violation)")
     }
 

@@ -89,3 +89,42 @@ extension ClosedRange where Bound == Int {
         return results
     }
 }
+
+/// Spry bounds on reads in the embedded cluster.
+extension LinearizableRegisterTests {
+    @Test func boundedReadsOfBothMechanismsSayWhatTheyDelivered() async throws {
+        let cluster = await EmbeddedCluster(nodes: 3)
+        let pages = try await cluster.declare("pages", as: GSet<String>.self)
+        try await pages[0].update { set, _ in set.insert("index.html") }
+        // Ask-all at S = 0: every replica answered after the read began.
+        let fresh = try await pages[1].read(.bounded(staleness: .zero, latency: .seconds(2)))
+        #expect(fresh.value.elements.contains("index.html"))
+        #expect(fresh.staleness == .zero && fresh.replicas.count == 3)
+        // Unbounded staleness answers at once with the local state and its certificate.
+        let local = try await pages[2].read(.available)
+        #expect(local.receipt.level == 0)
+
+        let balance = try await cluster.node(1).declareLinearizable("balance")
+        try await untilAvailable { try await balance.write(7, latency: .seconds(3)) }
+        let follower = try await cluster.node(2).declareLinearizable("balance")
+        let linearizable = try await untilAvailable { try await follower.read(.linearizable) }
+        #expect(linearizable.value == 7 && linearizable.guarantee == .linearizable)
+        let bounded = try await follower.read(.bounded(staleness: .seconds(5), latency: .seconds(1)))
+        #expect(bounded.value == 7)
+        #expect(bounded.staleness.map { $0 <= .seconds(5) } == true)
+
+        // A node cut off cannot certify S = 0: the read fails by its latency bound, typed.
+        cluster.isolate(3)
+        let cutOff = try await cluster.node(3).declareLinearizable("balance")
+        do {
+            _ = try await cutOff.read(.bounded(staleness: .zero, latency: .milliseconds(100)))
+            Issue.record("an isolated follower cannot be fresh as of now")
+        } catch {
+            guard case .stalenessBoundUnmet = error else {
+                Issue.record("expected stalenessBoundUnmet, got \(error)")
+                return
+            }
+        }
+        await cluster.shutdown()
+    }
+}

@@ -71,7 +71,9 @@ public enum AvailableWorkload {
                            updates: ClosedRange<Int> = 40...200) -> SeedReport {
         var setup = DeterministicRandom(seed: seed ^ 0xA7A1_1AB1_E000)
         let faults = faults ?? FaultSettings.swarm(using: &setup)
-        let configuration = ReplicationInstance.Configuration(seeds: [NodeID(1)], plantedBug: plantedBug)
+        // Freshness certificates (O(N) bytes per message) only where bounded reads would use
+        // them; this workload issues none, and its 256-node runs measure replication alone.
+        let configuration = ReplicationInstance.Configuration(certificateHeartbeats: nodes <= 64, seeds: [NodeID(1)], plantedBug: plantedBug)
         let simulation = Simulation<ReplicationInstance>(nodeCount: nodes, seed: seed, faults: faults, configuration: configuration)
         let checker = AvailableChecker(simulation: simulation)
         simulation.onOutput = { node, output in checker.observe(output, at: node) }

@@ -122,9 +122,10 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         harness.gossip(n1)
         harness.deliverAll()
         #expect(harness.value("count", at: n2, as: GCounter.self)?.value == 3)
-        // Acknowledged now: the next gossip sends nothing.
+        // Acknowledged now: the next gossip sends no delta, only the freshness certificate.
         harness.gossip(n1)
-        #expect(!harness.inFlight.contains { if case .deltas = $0.message { true } else { false } })
+        #expect(!harness.inFlight.contains { if case let .deltas(_, payloads, _) = $0.message { !payloads.isEmpty } else { false } })
+        #expect(harness.inFlight.contains { if case let .deltas(_, [], certificate?) = $0.message { certificate[n1] != nil } else { false } })
     }
 
     @Test func aPeerBeyondTheBufferGetsTheWholeState() {

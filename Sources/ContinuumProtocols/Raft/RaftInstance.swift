@@ -830,15 +830,17 @@ public struct RaftInstance: ProtocolInstance {
     /// The certificate a leader sends with its appends: only while its lease holds (no other
     /// leader can have committed anything) and once it committed an entry of its term (its
     /// commit index covers everything committed before it).
-    private func leaderStamp() -> FreshnessStamp? {
+    private func leaderStamp(at time: Duration? = nil) -> FreshnessStamp? {
+        let time = time ?? now
         guard configuration.freshnessStamps, configuration.checkQuorum, role == .leader, !leaseRevoked,
-              let leaseUntil, now < leaseUntil, transferTarget == nil, entriesOfTermCommitted else { return nil }
-        return FreshnessStamp(index: commitIndex, leaderTime: now.nanoseconds)
+              let leaseUntil, time < leaseUntil, transferTarget == nil, entriesOfTermCommitted else { return nil }
+        return FreshnessStamp(index: commitIndex, leaderTime: time.nanoseconds)
     }
 
-    /// The freshness of this replica's applied state now, on the leader's clock.
-    private var currentCertificate: Duration? {
-        if leaderStamp() != nil { return now }
+    /// The freshness of this replica's applied state at `time` (default: the current event's),
+    /// on the leader's clock.
+    private func currentCertificate(at time: Duration? = nil) -> Duration? {
+        if leaderStamp(at: time) != nil { return time ?? now }
         return certifiedAt
     }
 
@@ -866,7 +868,7 @@ public struct RaftInstance: ProtocolInstance {
 
     /// The staleness this replica could certify for a read beginning now (nil: none).
     public func certifiedStaleness(now: Duration) -> Duration? {
-        currentCertificate.map { gate.staleness(readStart: now, certifiedAt: $0) }
+        currentCertificate(at: now).map { gate.staleness(readStart: now, certifiedAt: $0) }
     }
 
     private mutating func startBoundedRead(_ id: UInt64, _ operation: KeyValueOperation, _ levels: [ServiceLevel], minimumIndex: UInt64) -> [Effect] {
@@ -884,7 +886,7 @@ public struct RaftInstance: ProtocolInstance {
     private func quality(of read: BoundedRead) -> FreshnessGate.Quality {
         if let index = read.linearizableIndex, lastApplied >= index, lastApplied >= read.minimumIndex { return .linearizable }
         guard lastApplied >= read.minimumIndex else { return .unusable }
-        return .certified(staleness: currentCertificate.map { gate.staleness(readStart: read.startedAt, certifiedAt: $0) })
+        return .certified(staleness: currentCertificate().map { gate.staleness(readStart: read.startedAt, certifiedAt: $0) })
     }
 
     private mutating func decide(_ id: UInt64, atDeadline: Bool) -> [Effect] {

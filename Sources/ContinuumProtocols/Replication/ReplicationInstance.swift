@@ -77,9 +77,9 @@ public struct ReplicationInstance: ProtocolInstance {
         public var boundedReadsMax: Int
         /// Clock bounds for freshness certificates.
         public var freshness: FreshnessGate.Configuration
-        /// Send the freshness certificate to every neighbour on every gossip tick, even when no
-        /// delta is pending. Costs one message of about 10 bytes per member, per neighbour and
-        /// tick; without it certificates travel only with deltas and bounded reads must ask.
+        /// Send freshness certificates: with every complete batch on a gossip tick, and alone
+        /// when no delta is pending. Costs about 10 bytes per member, per neighbour and tick, so
+        /// it suits clusters of tens of nodes; without it bounded reads must ask every replica.
         public var certificateHeartbeats: Bool
         public var membership: Membership.Configuration
         public var catalog: ReplicableTypeCatalog
@@ -734,8 +734,8 @@ public struct ReplicationInstance: ProtocolInstance {
                 acknowledged[peer, default: [:]][register] = buffer.lastSequence
             }
         }
-        let vector = certifyAt.flatMap { complete ? certificateVector(now: $0) : nil }
-        if payloads.isEmpty, vector == nil || !configuration.certificateHeartbeats { return [] }
+        let vector = certifyAt.flatMap { complete && configuration.certificateHeartbeats ? certificateVector(now: $0) : nil }
+        if payloads.isEmpty, vector == nil { return [] }
         return [.send(to: peer, .deltas(epoch: epoch, payloads, certificate: vector))]
     }
 

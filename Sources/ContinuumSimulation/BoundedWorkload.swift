@@ -197,11 +197,17 @@ public enum BoundedWorkload {
             if case let .commandRefused(_, .boundedRead(id, _, _, _)) = step { checker.refused(read: id - readBase) }
             if case let .crashed(node) = step { checker.crashed(node) }
         }
-        for (index, write) in plan.writes.enumerated() {
+        // One client per node, numbering its writes in time order. (A client per write would
+        // leave one session per write in the state machine, each holding the set's whole state,
+        // and snapshots quadratic in the number of writes.)
+        var sequences: [Int: UInt64] = [:]
+        for (index, write) in plan.writes.enumerated().sorted(by: { ($0.element.time, $0.offset) < ($1.element.time, $1.offset) }) {
             let id = UInt64(index + 1)
             checker.wrote(id)
-            simulation.scheduleCommand(.request(id: id, client: id, sequence: 1, .crdt(key: register, .setInsert(String(id))),
-                                                latency: .seconds(1)), to: simulation.nodes[write.node], at: write.time)
+            sequences[write.node, default: 0] += 1
+            simulation.scheduleCommand(.request(id: id, client: UInt64(write.node + 1), sequence: sequences[write.node]!,
+                                                .crdt(key: register, .setInsert(String(id))), latency: .seconds(1)),
+                                       to: simulation.nodes[write.node], at: write.time)
         }
         for (index, read) in plan.reads.enumerated() {
             let id = UInt64(index + 1)

@@ -34,7 +34,8 @@ public actor LinearizableRegister {
     /// leader's last lease-stamped heartbeat certifies it no older than S, else through a read
     /// index, failing with `stalenessBoundUnmet` at L; `.available` the local value at once.
     public func read(_ policy: Policy) async throws(ContinuumError) -> ReadResult<Int64?> {
-        try await read(levels: policy.serviceLevels)
+        if policy == .serializable { throw .wrongPolicy(register: name, declared: .linearizable) }
+        return try await read(levels: policy.serviceLevels)
     }
 
     /// The value with ranked service levels (after Pileus), such as "linearizable within

@@ -32,7 +32,8 @@ public enum Policy: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    /// The ranked service levels of a read under this policy.
+    /// The ranked service levels of a read under this policy. `linearizable` and
+    /// `serializable` carry no latency of their own and get 5 s; pass levels to choose one.
     public var serviceLevels: [ServiceLevel] {
         switch self {
         case .available: [.local]

@@ -68,21 +68,6 @@ public struct FreshnessGate: Sendable {
             }
         }
 
-        /// The better of two answers (linearizable beats any certificate; smaller staleness
-        /// beats larger; a bound beats none).
-        public func isBetter(than other: Quality) -> Bool {
-            switch (self, other) {
-            case (.linearizable, .linearizable), (.unusable, _): false
-            case (.linearizable, _), (_, .unusable): true
-            case (_, .linearizable): false
-            case let (.certified(mine), .certified(theirs)):
-                switch (mine, theirs) {
-                case let (.some(mine), .some(theirs)): mine < theirs
-                case (.some, .none): true
-                default: false
-                }
-            }
-        }
     }
 
     public enum Decision: Sendable, Equatable {
@@ -111,13 +96,6 @@ public struct FreshnessGate: Sendable {
     public func staleness(readStart: Duration, certifiedAt: Duration) -> Duration {
         let margin = configuration.plantedBug == .ignoreClockOffset ? .zero : configuration.maxClockOffset * 2
         return max(.zero, readStart - certifiedAt + margin)
-    }
-
-    /// A staleness measured on this node's own clock alone (start and certificate both local),
-    /// widened for drift.
-    public func localStaleness(readStart: Duration, certifiedAt: Duration) -> Duration {
-        let elapsed = max(.zero, readStart - certifiedAt)
-        return elapsed + .nanoseconds(elapsed.nanoseconds / 1_000_000 * configuration.clockDriftMaxPartsPerMillion + 1)
     }
 
     /// The local time by which a level must be met: its latency, shortened for a slow clock.

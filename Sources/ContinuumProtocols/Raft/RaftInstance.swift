@@ -198,14 +198,17 @@ public struct RaftInstance: ProtocolInstance {
     private var pendingStamps: [FreshnessStamp] = []
     /// Set once this leader handed leadership over: no lease until it leads again.
     private var leaseRevoked = false
-    private var gate: FreshnessGate {
-        FreshnessGate(configuration: .init(maxClockOffset: configuration.maxClockOffset,
-                                           clockDriftMaxPartsPerMillion: configuration.clockDriftMaxPartsPerMillion,
-                                           plantedBug: configuration.plantedFreshnessBug))
-    }
+    private let gate: FreshnessGate
+    /// Stamps kept while this replica has not applied their index, at most.
+    static let pendingStampsMax = 8
+    /// The read that a read index request runs at the leader: only its index matters.
+    static let readIndexProbe = KeyValueOperation.read(key: "")
 
     public init(configuration: Configuration, context: InstanceContext, durable: RaftDurableState?) {
         self.configuration = configuration
+        self.gate = FreshnessGate(configuration: .init(maxClockOffset: configuration.maxClockOffset,
+                                                       clockDriftMaxPartsPerMillion: configuration.clockDriftMaxPartsPerMillion,
+                                                       plantedBug: configuration.plantedFreshnessBug))
         self.node = context.node
         self.members = context.members
         self.random = context.random
@@ -323,10 +326,8 @@ public struct RaftInstance: ProtocolInstance {
         case let .forwardedResult(request, result):
             return complete(request, .ok(result))
         case let .readIndexRequest(read):
-            guard role == .leader, transferTarget == nil else { return [] }
-            let waiting = pendingReads.count + readsAwaitingCommit.count
-            guard waiting < configuration.pendingRequestsMax else { return [] }
-            return startRead(.read(key: ""), origin: .readIndex(sender, read))
+            guard role == .leader else { return [] }
+            return serve(Self.readIndexProbe, client: 0, sequence: 0, origin: .readIndex(sender, read))
         case let .readIndexReply(read, index):
             guard boundedReads[read] != nil else { return [] }
             boundedReads[read]?.linearizableIndex = index
@@ -846,7 +847,7 @@ public struct RaftInstance: ProtocolInstance {
 
     private mutating func adopt(_ stamp: FreshnessStamp) -> [Effect] {
         pendingStamps.append(stamp)
-        if pendingStamps.count > 8 { pendingStamps.removeFirst(pendingStamps.count - 8) }
+        if pendingStamps.count > Self.pendingStampsMax { pendingStamps.removeFirst(pendingStamps.count - Self.pendingStampsMax) }
         return promoteStamps()
     }
 
@@ -911,7 +912,7 @@ public struct RaftInstance: ProtocolInstance {
                 read.asked = true
                 boundedReads[id] = read
                 if role == .leader {
-                    effects += startRead(.read(key: ""), origin: .bounded(id))
+                    effects += serve(Self.readIndexProbe, client: 0, sequence: 0, origin: .bounded(id))
                 } else if let leader {
                     effects.append(.send(to: leader, .readIndexRequest(read: id)))
                 }

@@ -62,6 +62,8 @@ public struct ReplicationStatistics: Sendable, Equatable {
 /// Updates apply locally, persist and are acknowledged without waiting for the network.
 public struct ReplicationInstance: ProtocolInstance {
     public static let registerNameBytesMax = 255
+    /// Registers one bounded read may ask a replica for (a derived register's inputs), at most.
+    public static let readRequestRegistersMax = 1_024
 
     public struct Configuration: Sendable {
         public var gossipInterval: Duration
@@ -480,7 +482,7 @@ public struct ReplicationInstance: ProtocolInstance {
     }
 
     private mutating func answerReadRequest(readerEpoch: UInt64, read: UInt64, registers: [String], from sender: NodeID, now: Duration) -> [Effect] {
-        guard registers.count <= 1_024 else { return [] }
+        guard registers.count <= Self.readRequestRegistersMax else { return [] }
         let payloads = registers.compactMap { name in
             slots[name].map { DeltaPayload(register: name, upTo: 0, slot: $0, isFullState: true) }
         }

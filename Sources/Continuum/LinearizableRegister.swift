@@ -79,7 +79,7 @@ public actor LinearizableRegister {
     private func run(_ operation: KeyValueOperation, latency: Duration) async throws(ContinuumError) -> KeyValueResult {
         sequence += 1
         switch await node.linearizable(operation, client: client, sequence: sequence, latency: latency) {
-        case let .ok(result): return result
+        case let .ok(result, _): return result
         case let .unavailable(reason): throw .unavailable(reason)
         case .indeterminate: throw .indeterminate
         }

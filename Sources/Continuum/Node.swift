@@ -123,8 +123,16 @@ public actor Node {
     /// A handle to the linearizable register `name`: an integer (or absent) kept by Raft.
     public func declareLinearizable(_ name: String) throws(ContinuumError) -> LinearizableRegister {
         guard (1...ReplicationInstance.registerNameBytesMax).contains(name.utf8.count) else { throw .invalidName(name) }
+        return LinearizableRegister(name: name, node: self, client: newClient())
+    }
+
+    /// A new client session starting at this node; it may then use any node (see `Session`).
+    public func openSession() -> Session { Session(client: newClient()) }
+
+    /// A client number unique in the cluster: this node's id, then a count.
+    private func newClient() -> UInt64 {
         nextClient += 1
-        return LinearizableRegister(name: name, node: self, client: id.rawValue << 32 | nextClient)
+        return id.rawValue << 32 | nextClient
     }
 
     /// A handle to a register (or derived register) without declaring it.

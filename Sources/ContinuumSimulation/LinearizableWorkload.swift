@@ -166,7 +166,7 @@ final class ClientDriver {
         var event = invocation
         event.time = simulation.now
         switch outcome {
-        case let .ok(result):
+        case let .ok(result, _):
             event.type = .ok
             switch result {
             case let .value(value): event.value = value.map { .int($0) } ?? .null

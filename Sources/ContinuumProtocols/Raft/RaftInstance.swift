@@ -13,7 +13,9 @@ public enum PlantedRaftBug: String, Sendable, CaseIterable {
 
 /// How a client request ended, seen from the node the client asked.
 public enum RequestOutcome: Sendable, Equatable, CustomStringConvertible {
-    case ok(KeyValueResult)
+    /// Applied; `index` is a log index the answering replica had applied (for a write, at
+    /// least the write's own entry): a session that saw it asks later reads to reach it.
+    case ok(KeyValueResult, index: UInt64)
     /// Definitely not applied: no leader here, or a read that could not be confirmed.
     case unavailable(String)
     /// A write that may yet commit: the latency bound passed after it was handed to a leader.
@@ -21,10 +23,15 @@ public enum RequestOutcome: Sendable, Equatable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case let .ok(result): "ok \(result)"
+        case let .ok(result, index): "ok \(result) at \(index)"
         case let .unavailable(reason): "unavailable (\(reason))"
         case .indeterminate: "indeterminate"
         }
+    }
+
+    /// The result, when the request was applied.
+    public var applied: KeyValueResult? {
+        if case let .ok(result, _) = self { result } else { nil }
     }
 }
 
@@ -323,8 +330,8 @@ public struct RaftInstance: ProtocolInstance {
         case let .forward(request, client, sequence, operation):
             guard role == .leader else { return [] }
             return serve(operation, client: client, sequence: sequence, origin: .remote(sender, request))
-        case let .forwardedResult(request, result):
-            return complete(request, .ok(result))
+        case let .forwardedResult(request, result, index):
+            return complete(request, .ok(result, index: index))
         case let .readIndexRequest(read):
             guard role == .leader else { return [] }
             return serve(Self.readIndexProbe, client: 0, sequence: 0, origin: .readIndex(sender, read))
@@ -655,8 +662,8 @@ public struct RaftInstance: ProtocolInstance {
         var effects: [Effect] = []
         for origin in serving[client]?[sequence] ?? [] {
             switch origin {
-            case let .local(id): effects += complete(id, .ok(result))
-            case let .remote(peer, id): effects.append(.send(to: peer, .forwardedResult(request: id, result)))
+            case let .local(id): effects += complete(id, .ok(result, index: lastApplied))
+            case let .remote(peer, id): effects.append(.send(to: peer, .forwardedResult(request: id, result, index: lastApplied)))
             case .readIndex, .bounded: break
             }
         }
@@ -664,7 +671,7 @@ public struct RaftInstance: ProtocolInstance {
         if serving[client]?.isEmpty == true { serving[client] = nil }
         // A forwarded request whose entry this node applies as a follower is answered here too.
         for (id, request) in requests.sorted(by: { $0.key < $1.key }) where request.client == client && request.sequence == sequence {
-            effects += complete(id, .ok(result))
+            effects += complete(id, .ok(result, index: lastApplied))
         }
         return effects
     }
@@ -674,7 +681,7 @@ public struct RaftInstance: ProtocolInstance {
         var effects: [Effect] = []
         for (id, request) in requests.sorted(by: { $0.key < $1.key }) where !request.operation.isRead {
             if let session = stateMachine.sessions[request.client], session.sequence == request.sequence {
-                effects += complete(id, .ok(session.result))
+                effects += complete(id, .ok(session.result, index: lastApplied))
             }
         }
         return effects
@@ -735,8 +742,8 @@ public struct RaftInstance: ProtocolInstance {
 
     private mutating func reply(_ origin: Origin, _ result: KeyValueResult) -> [Effect] {
         switch origin {
-        case let .local(id): complete(id, .ok(result))
-        case let .remote(peer, id): [.send(to: peer, .forwardedResult(request: id, result))]
+        case let .local(id): complete(id, .ok(result, index: lastApplied))
+        case let .remote(peer, id): [.send(to: peer, .forwardedResult(request: id, result, index: lastApplied))]
         // A read index is answered with the applied index: its state is at least as new.
         case let .readIndex(peer, id): [.send(to: peer, .readIndexReply(read: id, index: lastApplied))]
         case let .bounded(id): readIndexConfirmed(id)

@@ -458,7 +458,8 @@ public enum RaftMessage: Sendable, Equatable, BinaryCodable {
     case installSnapshot(term: UInt64, snapshot: RaftSnapshot, round: UInt64)
     case timeoutNow(term: UInt64)
     case forward(request: UInt64, client: UInt64, sequence: UInt64, KeyValueOperation)
-    case forwardedResult(request: UInt64, KeyValueResult)
+    /// `index`: the leader's applied index when it answered.
+    case forwardedResult(request: UInt64, KeyValueResult, index: UInt64)
     /// A follower's bounded read asks the leader for a read index (thesis 6.4).
     case readIndexRequest(read: UInt64)
     /// The leader's applied index once it confirmed leadership after the request arrived: a
@@ -508,10 +509,11 @@ public enum RaftMessage: Sendable, Equatable, BinaryCodable {
             writer.writeVarint(client)
             writer.writeVarint(sequence)
             operation.encode(to: &writer)
-        case let .forwardedResult(request, result):
+        case let .forwardedResult(request, result, index):
             writer.writeByte(7)
             writer.writeVarint(request)
             result.encode(to: &writer)
+            writer.writeVarint(index)
         case let .readIndexRequest(read):
             writer.writeByte(8)
             writer.writeVarint(read)
@@ -539,7 +541,7 @@ public enum RaftMessage: Sendable, Equatable, BinaryCodable {
         case 6:
             self = .forward(request: try reader.readVarint(), client: try reader.readVarint(), sequence: try reader.readVarint(),
                             try KeyValueOperation(from: &reader))
-        case 7: self = .forwardedResult(request: try reader.readVarint(), try KeyValueResult(from: &reader))
+        case 7: self = .forwardedResult(request: try reader.readVarint(), try KeyValueResult(from: &reader), index: try reader.readVarint())
         case 8: self = .readIndexRequest(read: try reader.readVarint())
         case 9: self = .readIndexReply(read: try reader.readVarint(), index: try reader.readVarint())
         case let tag: throw .invalid("raft message tag \(tag)")

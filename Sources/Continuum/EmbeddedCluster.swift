@@ -52,7 +52,10 @@ public final class EmbeddedCluster: Sendable {
     /// Cuts node `index` off from every other node, both ways.
     public func isolate(_ index: Int) { network.isolate(node(index).id) }
 
-    /// Restores every link.
+    /// Delays every message to and from node `index` by `delay` each way (a slow node).
+    public func slowDown(_ index: Int, by delay: Duration) { network.slowDown(node(index).id, by: delay) }
+
+    /// Restores every link and removes every delay.
     public func healAll() { network.healAll() }
 
     /// Stops node `index` as a crash would: what it persisted survives, nothing else.

@@ -14,6 +14,7 @@ public final class InMemoryNetwork: Sendable {
     private struct State {
         var nodes: [NodeID: Node] = [:]
         var cut: Set<Link> = []
+        var delays: [Link: Duration] = [:]
         var bytesSent = 0
     }
 
@@ -36,20 +37,46 @@ public final class InMemoryNetwork: Sendable {
         }
     }
 
-    public func healAll() { state.withLock { $0.cut.removeAll() } }
+    /// Restores every link and removes every delay.
+    public func healAll() {
+        state.withLock { state in
+            state.cut.removeAll()
+            state.delays.removeAll()
+        }
+    }
+
+    /// Delays every message from `from` to `to` by `delay` (one way; zero removes the delay):
+    /// a slow link, or with every link of a node, a slow node.
+    public func delay(from: NodeID, to: NodeID, by delay: Duration) {
+        precondition(delay >= .zero, "a delay cannot be negative: \(delay)")
+        state.withLock { $0.delays[Link(from: from, to: to)] = delay == .zero ? nil : delay }
+    }
+
+    /// Delays every message to and from `node` by `delay` each way.
+    public func slowDown(_ node: NodeID, by delay: Duration) {
+        let others = state.withLock { Array($0.nodes.keys) }.filter { $0 != node }
+        for other in others {
+            self.delay(from: node, to: other, by: delay)
+            self.delay(from: other, to: node, by: delay)
+        }
+    }
 
     /// Encoded bytes handed to the network so far.
     public var bytesSent: Int { state.withLock { $0.bytesSent } }
 
     func send(_ message: NodeMessage, from: NodeID, to: NodeID) {
         let bytes = message.binaryEncoded()
-        let target: Node? = state.withLock { state in
+        let (target, delay): (Node?, Duration?) = state.withLock { state in
             state.bytesSent += bytes.count
-            guard !state.cut.contains(Link(from: from, to: to)) else { return nil }
-            return state.nodes[to]
+            let link = Link(from: from, to: to)
+            guard !state.cut.contains(link) else { return (nil, nil) }
+            return (state.nodes[to], state.delays[link])
         }
         guard let target else { return }
-        Task { await target.deliver(bytes, from: from) }
+        Task {
+            if let delay { try? await Task.sleep(for: delay) }
+            await target.deliver(bytes, from: from)
+        }
     }
 }
 

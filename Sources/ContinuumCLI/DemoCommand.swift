@@ -7,21 +7,30 @@ import ContinuumCore
 struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
-        abstract: "Available (CRDT) registers on an embedded 5-node cluster: partitions, offline updates, dataflow.")
+        abstract: "The tour on an embedded 5-node cluster: available, linearizable, serializable and bounded registers under partitions.")
+
+    enum Part: String, CaseIterable, ExpressibleByArgument {
+        case cart, tickets, ads, account, austere, cdn
+    }
+
+    @Option(help: "Run only these parts (\(Part.allCases.map(\.rawValue).joined(separator: ", "))); all by default.")
+    var only: [Part] = []
 
     func run() async throws {
-        print("Continuum demo: an embedded cluster of 5 nodes in this process, real time, in-memory network.\n")
+        print("Continuum demo: an embedded cluster of 5 nodes in this process, real time, in-memory network.")
         let clock = ContinuousClock()
         let started = clock.now
-        try await shoppingCart()
-        print("")
-        try await ticketInventory()
-        print("")
-        try await advertisementCounter()
-        print("")
-        try await linearizableAccount()
-        print("")
-        try await austereContrast()
+        for part in Part.allCases where only.isEmpty || only.contains(part) {
+            print("")
+            switch part {
+            case .cart: try await shoppingCart()
+            case .tickets: try await ticketInventory()
+            case .ads: try await advertisementCounter()
+            case .account: try await linearizableAccount()
+            case .austere: try await austereContrast()
+            case .cdn: try await CDNExample().run()
+            }
+        }
         print("\nDemo finished in \(milliseconds(clock.now - started)) ms.")
     }
 

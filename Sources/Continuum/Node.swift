@@ -36,6 +36,7 @@ public actor Node {
     private var austereTimers = ShellTimers<TransactionInstance.Timer>()
     /// Waiting transaction steps; resumed with nil when the node stops (outcome unknown).
     private var austereWaiting: [UInt64: CheckedContinuation<TransactionInstance.Output?, Never>] = [:]
+    private var serializableBoundedWaiting: [UInt64: CheckedContinuation<Result<TransactionReadAnswer, ContinuumError>, Never>] = [:]
     /// Attempts that died under wait-die, with the age to retry them with.
     private var deaths: [UInt64: UInt64] = [:]
 
@@ -75,7 +76,7 @@ public actor Node {
         raft = consensus
         carryOutRaft(raftEffects)
         var transactions = TransactionInstance(
-            configuration: .init(), context: InstanceContext(node: id, members: members, random: random.split()),
+            configuration: .init(freshness: configuration.freshness), context: InstanceContext(node: id, members: members, random: random.split()),
             durable: store.loadTransactions())
         let transactionEffects = transactions.start(now: now)
         austere = transactions
@@ -106,6 +107,8 @@ public actor Node {
         austereTimers.cancelAll()
         for continuation in austereWaiting.values { continuation.resume(returning: nil) }
         austereWaiting.removeAll()
+        for continuation in serializableBoundedWaiting.values { continuation.resume(returning: .failure(.nodeStopped)) }
+        serializableBoundedWaiting.removeAll()
     }
 
     private var now: Duration { clock.now - startInstant }
@@ -323,7 +326,7 @@ public actor Node {
         switch await austereStep(handle, .commit(handle: handle, writes)) {
         case .committed?: return result
         case let .aborted(_, reason, _)?: throw ContinuumError.unavailable(reason)
-        case .locked?: throw ContinuumError.unavailable("unexpected answer to commit")
+        case .locked?, .boundedReadCompleted?: throw ContinuumError.unavailable("unexpected answer to commit")
         // The coordinator stopped during two-phase commit: the decision is not known here.
         case nil: throw ContinuumError.indeterminate
         }
@@ -332,6 +335,36 @@ public actor Node {
     /// A serializable register's value, read in a one-operation transaction.
     public func read(serializable key: String, latency: Duration = .seconds(1)) async throws -> TransactionValue? {
         try await transaction(latency: latency) { try await $0.read(key) }
+    }
+
+    /// A serializable register's value under `policy`, with what was delivered.
+    /// `.serializable` (or `.linearizable`) reads in a one-operation transaction, locking at
+    /// every replica; `.bounded(staleness: S, latency: L)` reads this replica's committed state
+    /// without locks when it can certify it no older than S (it waits, up to L, for prepared
+    /// transactions here to be decided), and otherwise fails with `stalenessBoundUnmet`;
+    /// `.available` reads the committed state at once.
+    public func read(serializable key: String, _ policy: Policy) async throws -> ReadResult<TransactionValue?> {
+        switch policy {
+        case .serializable, .linearizable:
+            let value = try await read(serializable: key, latency: policy.serviceLevels[0].latency)
+            let receipt = ReadReceipt(guarantee: .linearizable, staleness: .zero, version: .digest(of: value),
+                                      replicas: members.map(\.replica), level: 0)
+            return ReadResult(value: value, receipt: receipt)
+        case .available, .bounded:
+            let answer = try await boundedRead(serializable: key, levels: policy.serviceLevels).get()
+            return ReadResult(value: answer.value, receipt: answer.receipt)
+        }
+    }
+
+    /// A staleness-bounded read of a serializable register's committed state at this replica.
+    func boundedRead(serializable key: String, levels: [ServiceLevel]) async -> Result<TransactionReadAnswer, ContinuumError> {
+        guard austere != nil else { return .failure(.nodeStopped) }
+        nextCommandID += 1
+        let id = nextCommandID
+        return await withCheckedContinuation { continuation in
+            serializableBoundedWaiting[id] = continuation
+            handleAustere(.boundedRead(id: id, key: key, levels: levels))
+        }
     }
 
     /// Writes a serializable register in a one-operation transaction.
@@ -346,7 +379,7 @@ public actor Node {
         case let .aborted(_, reason, retryAge)?:
             if let retryAge { deaths[handle] = retryAge }
             throw .unavailable(reason)
-        case .committed?: throw .unavailable("unexpected answer to a lock")
+        case .committed?, .boundedReadCompleted?: throw .unavailable("unexpected answer to a lock")
         case nil: throw .nodeStopped
         }
     }
@@ -388,9 +421,11 @@ public actor Node {
                 austereTimers.set(timer, after: after) { [weak self] timer, generation in await self?.fireAustere(timer, generation: generation) }
             case let .cancelTimer(timer):
                 austereTimers.cancel(timer)
+            case let .output(.boundedReadCompleted(id, result)):
+                serializableBoundedWaiting.removeValue(forKey: id)?.resume(returning: result.mapError(Self.translate))
             case let .output(output):
                 let handle: UInt64 = switch output {
-                case let .locked(handle, _, _), let .committed(handle), let .aborted(handle, _, _): handle
+                case let .locked(handle, _, _), let .committed(handle), let .aborted(handle, _, _), let .boundedReadCompleted(handle, _): handle
                 }
                 austereWaiting.removeValue(forKey: handle)?.resume(returning: output)
             }
@@ -439,13 +474,7 @@ public actor Node {
             case .output(.becameLeader):
                 break
             case let .output(.boundedReadCompleted(requestID, result)):
-                raftBoundedWaiting.removeValue(forKey: requestID)?.resume(returning: result.mapError { failure in
-                    switch failure {
-                    case let .stalenessBoundUnmet(best): ContinuumError.stalenessBoundUnmet(best: best)
-                    case let .unavailable(reason): ContinuumError.unavailable(reason)
-                    case let .invalidRequest(reason): ContinuumError.invalidRequest(reason)
-                    }
-                })
+                raftBoundedWaiting.removeValue(forKey: requestID)?.resume(returning: result.mapError(Self.translate))
             }
         }
     }
@@ -514,6 +543,14 @@ public actor Node {
             boundedWaiting.removeValue(forKey: id)?.resume(returning: result.mapError(Self.translate))
         case .reachabilityChanged:
             break
+        }
+    }
+
+    static func translate(_ failure: BoundedReadFailure) -> ContinuumError {
+        switch failure {
+        case let .stalenessBoundUnmet(best): .stalenessBoundUnmet(best: best)
+        case let .unavailable(reason): .unavailable(reason)
+        case let .invalidRequest(reason): .invalidRequest(reason)
         }
     }
 

@@ -71,9 +71,14 @@ public enum ReadVersion: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// FNV-1a over a state's canonical encoding.
-    public static func digest(of state: AnyReplicated?) -> ReadVersion {
+    public static func digest(of state: AnyReplicated?) -> ReadVersion { digest(of: state?.encoded() ?? []) }
+
+    /// FNV-1a over a value's binary encoding (none: the empty encoding).
+    public static func digest<Value: BinaryCodable>(of value: Value?) -> ReadVersion { digest(of: value?.binaryEncoded() ?? []) }
+
+    private static func digest(of bytes: [UInt8]) -> ReadVersion {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in state?.encoded() ?? [] {
+        for byte in bytes {
             hash ^= UInt64(byte)
             hash &*= 0x0000_0100_0000_01b3
         }

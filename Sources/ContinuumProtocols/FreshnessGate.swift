@@ -98,6 +98,14 @@ public struct FreshnessGate: Sendable {
         return max(.zero, readStart - certifiedAt + margin)
     }
 
+    /// The staleness bound of an answer certified as of `certifiedAt` on this node's own clock
+    /// (no offset between clocks to allow for, only the drift of one clock over the interval).
+    public func localStaleness(readStart: Duration, certifiedAt: Duration) -> Duration {
+        let interval = max(.zero, readStart - certifiedAt)
+        let drift = interval.nanoseconds / 1_000_000 * configuration.clockDriftMaxPartsPerMillion + (interval > .zero ? 1 : 0)
+        return interval + .nanoseconds(drift)
+    }
+
     /// The local time by which a level must be met: its latency, shortened for a slow clock.
     public func deadline(of level: ServiceLevel, startedAt: Duration) -> Duration {
         let latency = level.latency.nanoseconds

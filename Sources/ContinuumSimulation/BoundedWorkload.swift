@@ -280,6 +280,8 @@ final class BoundedChecker {
         var levels: [ServiceLevel]
         var start: Int64
         var locallyFresh: Bool
+        /// The key it read: only writes to it count (empty: the whole workload's one register).
+        var scope: String = ""
         var done = false
         /// Its node crashed before it answered.
         var lost = false
@@ -287,6 +289,8 @@ final class BoundedChecker {
 
     private let now: () -> Int64
     private var written: Set<UInt64> = []
+    /// The key each write went to, when writes go to several.
+    private var scopes: [UInt64: String] = [:]
     /// Acknowledged writes and when their acknowledgement reached the client (true time).
     private var acknowledgements: [UInt64: Int64] = [:]
     private var reads: [UInt64: Read] = [:]
@@ -296,18 +300,21 @@ final class BoundedChecker {
 
     init(now: @escaping () -> Int64) { self.now = now }
 
-    func wrote(_ id: UInt64) { written.insert(id) }
+    func wrote(_ id: UInt64, scope: String = "") {
+        written.insert(id)
+        if !scope.isEmpty { scopes[id] = scope }
+    }
 
     func acknowledged(write id: UInt64) {
         guard written.contains(id), acknowledgements[id] == nil else { return }
         acknowledgements[id] = now()
     }
 
-    func started(read id: UInt64, at node: NodeID, levels: [ServiceLevel], localStaleness: Duration?) {
+    func started(read id: UInt64, at node: NodeID, levels: [ServiceLevel], localStaleness: Duration?, scope: String = "") {
         var fresh = false
         if case let .staleness(bound) = levels[0].requirement, let localStaleness, localStaleness <= bound { fresh = true }
         if case .any = levels[0].requirement { fresh = true }
-        reads[id] = Read(node: node, levels: levels, start: now(), locallyFresh: fresh)
+        reads[id] = Read(node: node, levels: levels, start: now(), locallyFresh: fresh, scope: scope)
     }
 
     func refused(read id: UInt64) { reads[id] = nil }
@@ -362,7 +369,7 @@ final class BoundedChecker {
         }
         // The oldest acknowledged write the answer misses fixes its true staleness.
         var oldestMissing: (id: UInt64, time: Int64)?
-        for (id, time) in acknowledgements where time <= read.start && !ids.contains(id) {
+        for (id, time) in acknowledgements where time <= read.start && !ids.contains(id) && scopes[id, default: ""] == read.scope {
             if oldestMissing.map({ time < $0.time }) ?? true { oldestMissing = (id, time) }
         }
         guard let missing = oldestMissing else { return }

@@ -13,26 +13,40 @@ import ContinuumProtocols
 /// the list-append history is strictly serializable (`ListAppendChecker`); every committed
 /// audit sums to the initial total; every replica holds the same committed state; no
 /// transaction is left prepared anywhere.
+///
+/// Beside them, readers read one list at a random replica's committed state under a staleness
+/// bound (no locks), checked in true time by the `bounded` workload's checker: no served read
+/// misses an append acknowledged at or more than S before it began, the staleness it reports is
+/// never below the true one, and it completes within its latency bound.
 public enum SerializableWorkload {
     public static let clients = 4
     public static let lists = ["l0", "l1", "l2", "l3", "l4"]
     public static let accounts = ["a0", "a1", "a2", "a3"]
     public static let initialBalance: Int64 = 100
     public static let latencyBound: Duration = .milliseconds(500)
+    /// Staleness-bounded readers, their bounds and latency.
+    public static let readers = 2
+    public static let readBounds: [Duration] = [.zero, .milliseconds(10), .milliseconds(100), .seconds(1)]
+    public static let readLatency: Duration = .milliseconds(100)
 
     public static func run(nodes: Int, seed: UInt64, plantedBug: PlantedTransactionBug? = nil, faults: FaultSettings? = nil,
                            faultPhase: Duration = .seconds(20)) -> SeedReport {
         var setup = DeterministicRandom(seed: seed ^ 0x5E71_A112_AB1E)
         let faults = faults ?? FaultSettings.swarm(using: &setup)
+        // A replica certifies its committed state on its own clock: skew between clocks does not
+        // matter, drift does (the default bound, 1000 ppm, is above the swarm's 500 ppm).
+        let freshness = FreshnessGate.Configuration()
         let simulation = Simulation<TransactionInstance>(nodeCount: nodes, seed: seed, faults: faults,
-                                                         configuration: .init(plantedBug: plantedBug))
+                                                         configuration: .init(plantedBug: plantedBug, freshness: freshness))
         let checker = TransactionChecker(simulation: simulation)
-        let driver = TransactionDriver(simulation: simulation, checker: checker, random: setup.split())
+        let boundedChecker = BoundedChecker(now: { simulation.now })
+        let driver = TransactionDriver(simulation: simulation, checker: checker, boundedChecker: boundedChecker, random: setup.split())
         var coordinatorCrashes = setup.split()
         simulation.onOutput = { _, output in driver.output(output) }
         simulation.afterStep = { step in
             checker.check(step)
             if case let .commandRefused(_, command) = step { driver.refused(command) }
+            if case let .crashed(node) = step { boundedChecker.crashed(node) }
             // Crash a coordinator right after it sent its prepares, now and then, before it decides.
             if case let .commandHandled(node, .commit(_, writes)) = step, !writes.isEmpty,
                simulation.now < faultPhase.nanoseconds, coordinatorCrashes.chance(0.03) {
@@ -50,15 +64,18 @@ public enum SerializableWorkload {
         simulation.run(until: end + 10_000_000_000)
 
         checker.checkFinalState()
+        boundedChecker.finish()
         if driver.committedAfterHeal == 0 { checker.record("liveness: no transaction committed in the 5 s after the heal") }
         var violations = checker.violations
         violations += ListAppendChecker.violations(driver.transactions).prefix(3)
         violations += driver.auditViolations.prefix(3)
+        violations += boundedChecker.violations.prefix(3)
         var report = SeedReport(
             seed: seed, crdt: "austere", faults: faults, traceHash: simulation.trace.value,
             violations: Array(violations.prefix(GossipWorkload.violationsMax)), roundsToConverge: nil,
             updatesAcknowledged: driver.committedCount, updatesRefused: driver.abortedCount, statistics: simulation.statistics)
         report.operationsPerSecond = Double(driver.committedDuringFaults) / faultPhase.milliseconds * 1_000
+        report.boundedReads = boundedChecker.outcomes
         return report
     }
 }
@@ -77,7 +94,9 @@ final class TransactionDriver {
 
     private unowned let simulation: Simulation<TransactionInstance>
     private unowned let checker: TransactionChecker
+    private unowned let boundedChecker: BoundedChecker
     private var random: DeterministicRandom
+    private var nextRead: UInt64 = 0
     private var stopAt: Int64 = 0
     private var nextHandle: UInt64 = 0
     private var nextValue: Int64 = 0
@@ -88,9 +107,10 @@ final class TransactionDriver {
     private(set) var abortedCount = 0
     private(set) var committedDuringFaults = 0
 
-    init(simulation: Simulation<TransactionInstance>, checker: TransactionChecker, random: DeterministicRandom) {
+    init(simulation: Simulation<TransactionInstance>, checker: TransactionChecker, boundedChecker: BoundedChecker, random: DeterministicRandom) {
         self.simulation = simulation
         self.checker = checker
+        self.boundedChecker = boundedChecker
         self.random = random
     }
 
@@ -103,6 +123,25 @@ final class TransactionDriver {
         for slot in 0..<SerializableWorkload.clients {
             simulation.scheduleCallback(at: Int64.random(in: 0..<20_000_000, using: &random)) { [unowned self] in begin(slot) }
         }
+        for _ in 0..<SerializableWorkload.readers {
+            simulation.scheduleCallback(at: Int64.random(in: 0..<20_000_000, using: &random)) { [unowned self] in boundedRead() }
+        }
+    }
+
+    /// A staleness-bounded read of one list at a random replica, then the next one.
+    private func boundedRead() {
+        guard simulation.now < stopAt else { return }
+        nextRead += 1
+        let id = nextRead
+        let node = simulation.nodes.randomElement(using: &random)!
+        let key = SerializableWorkload.lists.randomElement(using: &random)!
+        let levels = [ServiceLevel.staleness(SerializableWorkload.readBounds.randomElement(using: &random)!, within: SerializableWorkload.readLatency)]
+        if simulation.isUp(node), let instance = simulation.instance(node) {
+            boundedChecker.started(read: id, at: node, levels: levels,
+                                   localStaleness: instance.certifiedStaleness(now: simulation.localTime(node)), scope: key)
+        }
+        simulation.scheduleCommand(.boundedRead(id: id, key: key, levels: levels), to: node, at: simulation.now)
+        simulation.scheduleCallback(at: simulation.now + Int64.random(in: 5_000_000...30_000_000, using: &random)) { [unowned self] in boundedRead() }
     }
 
     private func begin(_ slot: Int) {
@@ -124,6 +163,7 @@ final class TransactionDriver {
                 if Bool.random(using: &random) {
                     nextValue += 1
                     operations.append(.append(key: key, value: nextValue))
+                    boundedChecker.wrote(UInt64(nextValue), scope: key)
                 } else {
                     operations.append(.read(key: key, observed: nil))
                 }
@@ -151,7 +191,11 @@ final class TransactionDriver {
     }
 
     func refused(_ command: TransactionInstance.Command) {
-        if case let .begin(handle, _, _) = command { conclude(handle, committed: false) }
+        switch command {
+        case let .begin(handle, _, _): conclude(handle, committed: false)
+        case let .boundedRead(id, _, _): boundedChecker.refused(read: id)
+        default: break
+        }
     }
 
     func output(_ output: TransactionInstance.Output) {
@@ -166,6 +210,14 @@ final class TransactionDriver {
             abortReasons[String(reason.prefix(40)), default: 0] += 1
             if let slot = running[handle]?.slot, let retryAge { retryAges[slot] = retryAge }
             conclude(handle, committed: false)
+        case let .boundedReadCompleted(id, .success(answer)):
+            var values: Set<UInt64> = []
+            if case let .list(items)? = answer.value { values = Set(items.map { UInt64($0) }) }
+            boundedChecker.completed(read: id, .success((values, answer.receipt)))
+        case let .boundedReadCompleted(id, .failure(.stalenessBoundUnmet(best))):
+            boundedChecker.completed(read: id, .unmet(best))
+        case let .boundedReadCompleted(id, .failure(error)):
+            boundedChecker.completed(read: id, .error("\(error)"))
         }
     }
 
@@ -218,6 +270,7 @@ final class TransactionDriver {
         if let problem = pendingAudit.removeValue(forKey: transaction.record), committed == true { auditViolations.append(problem) }
         switch committed {
         case true?:
+            for case let .append(_, value) in transactions[transaction.record].operations { boundedChecker.acknowledged(write: UInt64(value)) }
             committedCount += 1
             if simulation.now < faultsEnd { committedDuringFaults += 1 } else { committedAfterHeal += 1 }
         case false?: abortedCount += 1

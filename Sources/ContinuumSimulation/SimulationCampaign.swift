@@ -216,6 +216,7 @@ public enum SimulationCampaign {
                 lines.append("transactions committed per simulated second\(settings.faultFree ? " without faults" : " under faults"): median \(fixed(throughput[throughput.count / 2], 1)) "
                              + "(\(SerializableWorkload.clients) clients, one transaction at a time each)")
             }
+            lines += summarizeBounded(reports)
         } else if settings.workload == "bounded" {
             lines.append("writes acknowledged \(acknowledged); events \(total.eventsProcessed)")
             lines += summarizeBounded(reports)
@@ -253,13 +254,13 @@ public enum SimulationCampaign {
             guard !sorted.isEmpty else { return "-" }
             return "p50 \(ms(sorted[sorted.count / 2])) ms, p99 \(ms(sorted[min(sorted.count - 1, Int(Double(sorted.count) * 0.99))])) ms"
         }
-        for mechanism in [BoundedWorkload.Mechanism.crdt, .consensus] {
-            let outcomes = reports.filter { $0.crdt == mechanism.rawValue }.flatMap(\.boundedReads)
+        for mechanism in ["crdt", "consensus", "austere"] {
+            let outcomes = reports.filter { $0.crdt == mechanism }.flatMap(\.boundedReads)
             guard !outcomes.isEmpty else { continue }
             let served = outcomes.filter(\.served)
             let fresh = served.filter(\.locallyFresh)
             let linearizable = served.filter(\.linearizable).count
-            lines.append("\(mechanism.rawValue): reads \(outcomes.count), served \(served.count) (\(fixed(Double(served.count) / Double(outcomes.count) * 100, 1))%), "
+            lines.append("\(mechanism): reads \(outcomes.count), served \(served.count) (\(fixed(Double(served.count) / Double(outcomes.count) * 100, 1))%), "
                          + "linearizable answers \(linearizable); served latency \(latencies(served)); "
                          + "reads whose replica was fresh enough at the start: \(fresh.count), latency \(latencies(fresh))")
             var groups: [String: [BoundedReadOutcome]] = [:]
@@ -277,14 +278,14 @@ public enum SimulationCampaign {
             let rank: (String) -> Int64 = { key in
                 if key == "linearizable" { return -1 }
                 if key == "S=unbounded" { return Int64.max }
-                return BoundedWorkload.tableBounds.compactMap { $0 }.first { "S=\($0.shortDescription)" == key }?.nanoseconds
-                    ?? [Duration.milliseconds(30), .milliseconds(300)].first { "S=\($0.shortDescription)" == key }?.nanoseconds ?? 0
+                let known = BoundedWorkload.tableBounds.compactMap { $0 } + [.milliseconds(30), .milliseconds(300)] + SerializableWorkload.readBounds
+                return known.first { "S=\($0.shortDescription)" == key }?.nanoseconds ?? 0
             }
             for key in order.sorted(by: { rank($0) < rank($1) }) {
                 let group = groups[key]!
                 let groupServed = group.filter(\.served)
                 let largest = groupServed.compactMap(\.reportedStaleness).max()
-                lines.append("  \(mechanism.rawValue) first level \(key): \(groupServed.count)/\(group.count) served "
+                lines.append("  \(mechanism) first level \(key): \(groupServed.count)/\(group.count) served "
                              + "(\(fixed(Double(groupServed.count) / Double(group.count) * 100, 1))%), latency \(latencies(groupServed)), "
                              + "largest reported staleness \(largest.map { ms($0) + " ms" } ?? "-")")
             }

@@ -85,6 +85,7 @@ import Testing
                 simulation.scheduleCommand(.commit(handle: handle, [TransactionWrite(key: "k", value: .int(Int64(handle)))]), to: node, at: simulation.now)
             case let .committed(handle): outcomes.results[handle] = (true, simulation.now)
             case let .aborted(handle, _, _): outcomes.results[handle] = (false, simulation.now)
+            case .boundedReadCompleted: break
             }
         }
         for handle in 1...20 as ClosedRange<UInt64> {
@@ -113,6 +114,7 @@ import Testing
             case let .locked(handle, _, _): outcomes.locked.insert(handle)
             case let .committed(handle): outcomes.results[handle] = (true, simulation.now)
             case let .aborted(handle, reason, _): outcomes.results[handle] = (false, simulation.now); outcomes.reasons[handle] = reason
+            case .boundedReadCompleted: break
             }
         }
         func transfer(_ handle: UInt64, at node: NodeID, time: Int64) {

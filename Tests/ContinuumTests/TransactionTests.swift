@@ -55,4 +55,26 @@ import Testing
         let (alice, bob) = try await balances(cluster.node(3))
         #expect(alice == 85 && bob == 115, "the failed transfer left no effect")
     }
+
+    @Test func stalenessBoundedReadsServeAReplicasCommittedStateEvenCutOff() async throws {
+        let cluster = await EmbeddedCluster(nodes: 3)
+        defer { Task { await cluster.shutdown() } }
+        try await transfer(cluster.node(1), amount: 30)
+        // Every replica prepared the transfer before it was acknowledged: once decided at n2,
+        // n2's committed state misses nothing acknowledged, without locks.
+        var read = try await cluster.node(2).read(serializable: "alice", .bounded(staleness: .zero, latency: .seconds(1)))
+        #expect(read.value == .int(70) && read.staleness == .zero && read.replicas.count == 1)
+        // Cut off, n3 still certifies staleness 0: nothing can commit without its vote.
+        cluster.isolate(3)
+        read = try await cluster.node(3).read(serializable: "alice", .bounded(staleness: .zero, latency: .milliseconds(200)))
+        #expect(read.value == .int(70) && read.guarantee == .bounded(staleness: .zero))
+        // The transactional read locks at every replica: linearizable, here with all replicas named.
+        cluster.healAll()
+        var locked: ReadResult<TransactionValue?>?
+        for _ in 0..<100 where locked == nil {
+            locked = try? await cluster.node(1).read(serializable: "alice", .serializable)
+            if locked == nil { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        #expect(locked?.value == .int(70) && locked?.guarantee == .linearizable && locked?.replicas.count == 3)
+    }
 }

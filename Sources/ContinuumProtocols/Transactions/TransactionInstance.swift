@@ -7,6 +7,9 @@ public enum PlantedTransactionBug: String, Sendable, CaseIterable {
     case releaseLocksBeforeDecision = "release-locks-before-decision"
     /// The coordinator sends commit before its decision is durable (it persists a moment later).
     case commitBeforeDecisionDurable = "commit-before-decision-durable"
+    /// A staleness-bounded read certifies the committed state as of now, ignoring transactions
+    /// prepared here and not yet decided (which may be acknowledged already).
+    case certifyPastPrepared = "certify-past-prepared"
 }
 
 /// Serializable registers after Meiklejohn's Austere model: every transaction takes strict
@@ -34,10 +37,17 @@ public struct TransactionInstance: ProtocolInstance {
         /// participant may still ask about (sent and not acknowledged everywhere, or prepared here).
         public var decisionsRememberedMax: Int
         public var plantedBug: PlantedTransactionBug?
+        /// Clock bounds for staleness-bounded reads of the committed state.
+        public var freshness: FreshnessGate.Configuration
+        /// Staleness-bounded reads waiting here, at most.
+        public var boundedReadsMax: Int
 
         public init(idleAbortTimeout: Duration = .seconds(2), checkInterval: Duration = .milliseconds(250),
                     decisionRetryInterval: Duration = .milliseconds(200), decisionRetriesMax: Int = 100,
-                    transactionsMax: Int = 1_024, decisionsRememberedMax: Int = 4_096, plantedBug: PlantedTransactionBug? = nil) {
+                    transactionsMax: Int = 1_024, decisionsRememberedMax: Int = 4_096, plantedBug: PlantedTransactionBug? = nil,
+                    freshness: FreshnessGate.Configuration = .init(), boundedReadsMax: Int = 10_000) {
+            self.freshness = freshness
+            self.boundedReadsMax = boundedReadsMax
             self.idleAbortTimeout = idleAbortTimeout
             self.checkInterval = checkInterval
             self.decisionRetryInterval = decisionRetryInterval
@@ -59,6 +69,9 @@ public struct TransactionInstance: ProtocolInstance {
         /// Commits these writes atomically at every replica (no writes: just releases).
         case commit(handle: UInt64, [TransactionWrite])
         case abort(handle: UInt64)
+        /// Reads `key` from this replica's committed state, without locks, under staleness
+        /// bounds (a linearizable read is a transaction's).
+        case boundedRead(id: UInt64, key: String, levels: [ServiceLevel])
     }
 
     public enum Output: Sendable, Equatable {
@@ -67,6 +80,7 @@ public struct TransactionInstance: ProtocolInstance {
         /// Definitely not applied anywhere. `retryAge` is set when it died under wait-die: retry
         /// it with `begin(age:)` set to this.
         case aborted(handle: UInt64, reason: String, retryAge: UInt64? = nil)
+        case boundedReadCompleted(id: UInt64, Result<TransactionReadAnswer, BoundedReadFailure>)
     }
 
     public enum Timer: Hashable, Sendable {
@@ -75,6 +89,7 @@ public struct TransactionInstance: ProtocolInstance {
         case participantCheck
         /// Planted bug only: the late persist of a decision.
         case persistDecision(TransactionID)
+        case boundedDeadline(UInt64)
     }
 
     public typealias Message = TransactionMessage
@@ -120,9 +135,14 @@ public struct TransactionInstance: ProtocolInstance {
     private var unacknowledged: [TransactionID: (commit: Bool, waiting: Set<NodeID>, retries: Int)] = [:]
     /// Transactions refused or aborted here recently, so a late lock request is refused too.
     private var abortedHere: [TransactionID] = []
+    /// When each transaction prepared here was prepared (volatile: unknown after a restart).
+    private var preparedAt: [TransactionID: Duration] = [:]
+    private var boundedReads: [UInt64: (key: String, levels: [ServiceLevel], startedAt: Duration)] = [:]
+    private let gate: FreshnessGate
 
     public init(configuration: Configuration, context: InstanceContext, durable: TransactionDurableState?) {
         self.configuration = configuration
+        self.gate = FreshnessGate(configuration: configuration.freshness)
         self.node = context.node
         self.members = context.members
         self.committed = durable?.committed ?? [:]
@@ -197,6 +217,8 @@ public struct TransactionInstance: ProtocolInstance {
         case let .abort(handle):
             guard coordinated[handle] != nil else { return [] }
             return abortCoordinated(handle, reason: "aborted by the client")
+        case let .boundedRead(id, key, levels):
+            return startBoundedRead(id, key, levels)
         }
     }
 
@@ -220,6 +242,8 @@ public struct TransactionInstance: ProtocolInstance {
         case let .persistDecision(id):
             learn(id, commit: true)
             return [.persist(TransactionDurableState(decisions: [id: true]))] + participantDecision(id, commit: true, from: node)
+        case let .boundedDeadline(id):
+            return decideRead(id, atDeadline: true)
         }
     }
 
@@ -371,6 +395,7 @@ public struct TransactionInstance: ProtocolInstance {
         participation.lastActivity = now
         participations[id] = participation
         preparedHere[id] = writes
+        preparedAt[id] = now
         // The vote and its writes are durable before the vote is sent.
         var effects: [Effect] = [.persist(TransactionDurableState(prepared: [id: writes]))]
         if configuration.plantedBug == .releaseLocksBeforeDecision { effects += grantReleased(locks.release(id)) }
@@ -381,6 +406,8 @@ public struct TransactionInstance: ProtocolInstance {
     private mutating func participantDecision(_ id: TransactionID, commit: Bool, from coordinator: NodeID) -> [Effect] {
         var effects: [Effect] = []
         if let writes = preparedHere.removeValue(forKey: id) {
+            preparedAt[id] = nil
+            defer { effects += decideReads() }
             var patch = TransactionDurableState(decisions: [id: commit], resolved: [id])
             if commit {
                 for write in writes {
@@ -464,6 +491,67 @@ public struct TransactionInstance: ProtocolInstance {
             }
         }
         return effects
+    }
+
+    // MARK: Staleness-bounded reads
+
+    /// The time up to which this replica's committed state holds every acknowledged commit.
+    /// A commit is acknowledged only after every replica prepared it, so a commit missing here
+    /// is still prepared here, and was acknowledged after it prepared: the certificate is the
+    /// earliest undecided prepare (or `time` when there is none). None while a prepare restored
+    /// after a restart is undecided: when it was prepared was not kept.
+    public func certificate(at time: Duration) -> Duration? {
+        var earliest = time
+        if configuration.plantedBug == .certifyPastPrepared { return earliest }
+        for id in preparedHere.keys {
+            guard let at = preparedAt[id] else { return nil }
+            earliest = min(earliest, at)
+        }
+        return earliest
+    }
+
+    /// The staleness a read of the committed state could certify now (nil: none).
+    public func certifiedStaleness(now: Duration) -> Duration? {
+        certificate(at: now).map { gate.localStaleness(readStart: now, certifiedAt: $0) }
+    }
+
+    private mutating func startBoundedRead(_ id: UInt64, _ key: String, _ levels: [ServiceLevel]) -> [Effect] {
+        func failure(_ reason: BoundedReadFailure) -> [Effect] { [.output(.boundedReadCompleted(id: id, .failure(reason)))] }
+        if let problem = FreshnessGate.validate(levels) { return failure(.invalidRequest(problem)) }
+        if levels.contains(where: { $0.requirement == .linearizable }) {
+            return failure(.invalidRequest("a replica's committed state gives staleness bounds; read in a transaction to read linearizably"))
+        }
+        guard boundedReads[id] == nil else { return failure(.invalidRequest("read id \(id) in use")) }
+        guard boundedReads.count < configuration.boundedReadsMax else {
+            return failure(.unavailable("more than \(configuration.boundedReadsMax) bounded reads pending"))
+        }
+        boundedReads[id] = (key, levels, now)
+        return decideRead(id, atDeadline: false)
+    }
+
+    private mutating func decideRead(_ id: UInt64, atDeadline: Bool) -> [Effect] {
+        guard let read = boundedReads[id] else { return [] }
+        let staleness = certificate(at: now).map { gate.localStaleness(readStart: read.startedAt, certifiedAt: $0) }
+        let quality = FreshnessGate.Quality.certified(staleness: staleness)
+        switch gate.decide(levels: read.levels, startedAt: read.startedAt, now: now, quality: quality, atDeadline: atDeadline) {
+        case let .answer(level):
+            boundedReads[id] = nil
+            let value = committed[read.key]
+            let receipt = ReadReceipt(guarantee: quality.guarantee, staleness: staleness, version: .digest(of: value),
+                                      replicas: [node.replica], level: level)
+            let answer = TransactionReadAnswer(value: value, receipt: receipt)
+            return [.cancelTimer(.boundedDeadline(id)), .output(.boundedReadCompleted(id: id, .success(answer)))]
+        case .fail:
+            boundedReads[id] = nil
+            return [.cancelTimer(.boundedDeadline(id)), .output(.boundedReadCompleted(id: id, .failure(.stalenessBoundUnmet(best: staleness))))]
+        case let .wait(until):
+            return [.setTimer(.boundedDeadline(id), after: max(.zero, until - now))]
+        }
+    }
+
+    /// A decision moved the certificate: the waiting reads may be answerable now.
+    private mutating func decideReads() -> [Effect] {
+        boundedReads.keys.sorted().flatMap { decideRead($0, atDeadline: false) }
     }
 
     /// A participant's answer to its coordinator: a message, or a direct call when it is this node.

@@ -213,3 +213,15 @@ public struct TransactionDurableState: Sendable, Equatable, BinaryCodable {
         forgotten = try [TransactionID](from: &reader)
     }
 }
+
+/// A staleness-bounded read of a serializable register at one replica: the committed value
+/// (nil: never written) and what was delivered.
+public struct TransactionReadAnswer: Sendable, Equatable {
+    public var value: TransactionValue?
+    public var receipt: ReadReceipt
+
+    public init(value: TransactionValue?, receipt: ReadReceipt) {
+        self.value = value
+        self.receipt = receipt
+    }
+}

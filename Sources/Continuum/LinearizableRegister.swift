@@ -12,21 +12,34 @@ import ContinuumProtocols
 public actor LinearizableRegister {
     public nonisolated let name: String
     public nonisolated let node: Node
+    /// What `read(latency:)` gives: `linearizable`, `bounded(staleness:latency:)` or `available`.
+    public nonisolated let policy: Policy
     private let client: UInt64
     private var sequence: UInt64 = 0
 
-    init(name: String, node: Node, client: UInt64) {
+    init(name: String, node: Node, client: UInt64, policy: Policy = .linearizable) {
         self.name = name
         self.node = node
         self.client = client
+        self.policy = policy
     }
 
-    /// The value, linearizably (a ReadIndex round, or a leader lease when enabled).
-    public func read(latency: Duration = .seconds(1)) async throws(ContinuumError) -> Int64? {
-        guard case let .value(value) = try await run(.read(key: name), latency: latency) else {
-            throw .unavailable("unexpected result")
+    /// The value under the handle's policy: linearizably by default (a ReadIndex round, or a
+    /// leader lease when enabled), within `latency` (1 s unless given); under
+    /// `bounded(staleness: S, latency: L)`, no older than S within `latency` (L unless given);
+    /// under `available`, this replica's value at once.
+    public func read(latency: Duration? = nil) async throws(ContinuumError) -> Int64? {
+        switch policy {
+        case let .bounded(staleness, bound):
+            return try await read(.bounded(staleness: staleness, latency: latency ?? bound)).value
+        case .available:
+            return try await read(.available).value
+        case .linearizable, .serializable:
+            guard case let .value(value) = try await run(.read(key: name), latency: latency ?? .seconds(1)) else {
+                throw .unavailable("unexpected result")
+            }
+            return value
         }
-        return value
     }
 
     /// The value under `policy`, with what was delivered: `.linearizable` through a read index

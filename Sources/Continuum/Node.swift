@@ -116,17 +116,26 @@ public actor Node {
     // MARK: - Registers
 
     /// Declares the register `name` holding `type` under `policy`, creating it cluster-wide if
-    /// it does not exist, and returns a handle to it on this node.
+    /// it does not exist, and returns a handle to it on this node. A CRDT register is
+    /// `available` or `bounded(staleness:latency:)`; under `bounded`, the handle's `read()`
+    /// answers under that bound (the CRDT underneath is the same, and `read(_:)` overrides).
     public func declare<Value: Replicable>(_ name: String, as type: Value.Type, policy: Policy = .available) async throws(ContinuumError) -> Register<Value> {
-        guard policy == .available else { throw .wrongPolicy(register: name, declared: policy) }
+        switch policy {
+        case .available, .bounded: break
+        case .linearizable, .serializable: throw .wrongPolicy(register: name, declared: policy)
+        }
+        if let problem = FreshnessGate.validate(policy.serviceLevels) { throw .invalidRequest(problem) }
         _ = try await perform { .declare(id: $0, register: name, bottom: AnyReplicated(Value.bottom)) }.get()
-        return Register(name: name, node: self)
+        return Register(name: name, node: self, policy: policy)
     }
 
     /// A handle to the linearizable register `name`: an integer (or absent) kept by Raft.
-    public func declareLinearizable(_ name: String) throws(ContinuumError) -> LinearizableRegister {
+    /// `policy` is what its `read(latency:)` gives: `linearizable` (the default),
+    /// `bounded(staleness:latency:)` or `available`.
+    public func declareLinearizable(_ name: String, policy: Policy = .linearizable) throws(ContinuumError) -> LinearizableRegister {
         guard (1...ReplicationInstance.registerNameBytesMax).contains(name.utf8.count) else { throw .invalidName(name) }
-        return LinearizableRegister(name: name, node: self, client: newClient())
+        if policy == .serializable { throw .wrongPolicy(register: name, declared: policy) }
+        return LinearizableRegister(name: name, node: self, client: newClient(), policy: policy)
     }
 
     /// A new client session starting at this node; it may then use any node (see `Session`).
@@ -138,9 +147,10 @@ public actor Node {
         return id.rawValue << 32 | nextClient
     }
 
-    /// A handle to a register (or derived register) without declaring it.
-    public nonisolated func register<Value: Replicable>(_ name: String, as type: Value.Type) -> Register<Value> {
-        Register(name: name, node: self)
+    /// A handle to a register (or derived register) without declaring it; `policy` is what
+    /// its `read()` gives (`available` or `bounded`).
+    public nonisolated func register<Value: Replicable>(_ name: String, as type: Value.Type, policy: Policy = .available) -> Register<Value> {
+        Register(name: name, node: self, policy: policy)
     }
 
     /// Defines a derived register on this node (see `Register.map` and the other combinators).

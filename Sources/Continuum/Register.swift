@@ -11,10 +11,13 @@ import ContinuumProtocols
 public struct Register<Value: Replicable>: Sendable {
     public let name: String
     public let node: Node
+    /// What `read()` gives: `available` (the local state) or `bounded(staleness:latency:)`.
+    public let policy: Policy
 
-    init(name: String, node: Node) {
+    init(name: String, node: Node, policy: Policy = .available) {
         self.name = name
         self.node = node
+        self.policy = policy
     }
 
     /// Applies a delta mutator locally and returns the new state once it is applied and
@@ -25,8 +28,13 @@ public struct Register<Value: Replicable>: Sendable {
         try await node.update(name, mutate)
     }
 
-    /// The current local state.
-    public func read() async throws(ContinuumError) -> Value { try await node.read(name, as: Value.self) }
+    /// The state under the handle's policy: the local state at once when `available`; under
+    /// `bounded(staleness: S, latency: L)`, a state no older than S within L, or
+    /// `stalenessBoundUnmet`. `read(_:)` says what was delivered.
+    public func read() async throws(ContinuumError) -> Value {
+        if case .bounded = policy { return try await read(policy).value }
+        return try await node.read(name, as: Value.self)
+    }
 
     /// Reads under `policy` and says what was delivered. `.available` is the local state at
     /// once; `.bounded(staleness: S, latency: L)` answers as soon as a state certified no
@@ -113,7 +121,7 @@ public struct Register<Value: Replicable>: Sendable {
         try await node.define(DerivedDefinition(name: name, inputs: [self.name]) { inputs in
             inputs[0].unwrap(as: Value.self).map { AnyReplicated(transform($0)) }
         })
-        return Register<Output>(name: name, node: node)
+        return Register<Output>(name: name, node: node, policy: policy)
     }
 
     /// A derived register over this one and `other`.
@@ -124,7 +132,7 @@ public struct Register<Value: Replicable>: Sendable {
             guard let first = inputs[0].unwrap(as: Value.self), let second = inputs[1].unwrap(as: Other.self) else { return nil }
             return AnyReplicated(combine(first, second))
         })
-        return Register<Output>(name: name, node: node)
+        return Register<Output>(name: name, node: node, policy: policy)
     }
 }
 

@@ -88,6 +88,10 @@ public struct FreshnessGate: Sendable {
     public static func validate(_ levels: [ServiceLevel]) -> String? {
         if levels.isEmpty { return "a read needs at least one service level" }
         if levels.count > 16 { return "at most 16 service levels" }
+        for level in levels {
+            if level.latency < .zero { return "a negative latency bound (\(level))" }
+            if case let .staleness(bound) = level.requirement, bound < .zero { return "a negative staleness bound (\(level))" }
+        }
         return nil
     }
 

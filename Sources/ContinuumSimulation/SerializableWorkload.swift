@@ -138,7 +138,7 @@ final class TransactionDriver {
         let levels = [ServiceLevel.staleness(SerializableWorkload.readBounds.randomElement(using: &random)!, within: SerializableWorkload.readLatency)]
         if simulation.isUp(node), let instance = simulation.instance(node) {
             boundedChecker.started(read: id, at: node, levels: levels,
-                                   localStaleness: instance.certifiedStaleness(now: simulation.localTime(node)), scope: key)
+                                   localStaleness: instance.certifiedStaleness(now: simulation.localTime(node), key: key), scope: key)
         }
         simulation.scheduleCommand(.boundedRead(id: id, key: key, levels: levels), to: node, at: simulation.now)
         simulation.scheduleCallback(at: simulation.now + Int64.random(in: 5_000_000...30_000_000, using: &random)) { [unowned self] in boundedRead() }

@@ -30,7 +30,8 @@ import Testing
         _ = instance.start(now: .zero)
         persist(instance.receive(.lock(id, step: 1, [LockRequest(key: "x", mode: .exclusive)]), from: coordinator, now: .milliseconds(5)))
         persist(instance.receive(.prepare(id, [TransactionWrite(key: "x", value: .int(5))]), from: coordinator, now: .milliseconds(10)))
-        #expect(instance.certificate(at: .milliseconds(20)) == .milliseconds(10))
+        #expect(instance.certificate(at: .milliseconds(20), key: "x") == .milliseconds(10))
+        #expect(instance.certificate(at: .milliseconds(20), key: "y") == .milliseconds(20))
 
         // S = 0 cannot be certified while x = 5 is prepared (its commit may be acknowledged): wait.
         let waiting = instance.handle(.boundedRead(id: 1, key: "x", levels: [.staleness(.zero, within: .milliseconds(50))]), now: .milliseconds(20))
@@ -59,7 +60,8 @@ import Testing
         TransactionInstance.accumulate(TransactionDurableState(prepared: [id: [TransactionWrite(key: "x", value: .int(5))]]), into: &durable)
         var restarted = participant(durable: durable)
         _ = restarted.start(now: .seconds(100))
-        #expect(restarted.certificate(at: .seconds(100)) == nil)
+        #expect(restarted.certificate(at: .seconds(100), key: "x") == nil)
+        #expect(restarted.certificate(at: .seconds(100), key: "y") == .seconds(100), "the prepare holds back only what it writes")
         let started = restarted.handle(.boundedRead(id: 1, key: "x", levels: [.staleness(.seconds(10), within: .milliseconds(10))]), now: .seconds(100))
         #expect(answers(started).isEmpty)
         let failed = answers(restarted.timerFired(.boundedDeadline(1), now: .seconds(100) + .milliseconds(10)))

@@ -495,24 +495,26 @@ public struct TransactionInstance: ProtocolInstance {
 
     // MARK: Staleness-bounded reads
 
-    /// The time up to which this replica's committed state holds every acknowledged commit.
-    /// A commit is acknowledged only after every replica prepared it, so a commit missing here
-    /// is still prepared here, and was acknowledged after it prepared: the certificate is the
-    /// earliest undecided prepare (or `time` when there is none). None while a prepare restored
-    /// after a restart is undecided: when it was prepared was not kept.
-    public func certificate(at time: Duration) -> Duration? {
+    /// The time up to which this replica's committed value of `key` (of every key, when nil)
+    /// reflects every acknowledged commit. A commit is acknowledged only after every replica
+    /// prepared it, so a commit missing here is still prepared here, and was acknowledged after
+    /// it prepared: the certificate is the earliest undecided prepare here that writes the key
+    /// (or `time` when there is none). None while such a prepare was restored after a restart:
+    /// when it was prepared was not kept. (Per key, a coordinator that crashed between prepare
+    /// and decision holds back only the keys its transaction writes.)
+    public func certificate(at time: Duration, key: String? = nil) -> Duration? {
         var earliest = time
         if configuration.plantedBug == .certifyPastPrepared { return earliest }
-        for id in preparedHere.keys {
+        for (id, writes) in preparedHere where key.map({ key in writes.contains { $0.key == key } }) ?? true {
             guard let at = preparedAt[id] else { return nil }
             earliest = min(earliest, at)
         }
         return earliest
     }
 
-    /// The staleness a read of the committed state could certify now (nil: none).
-    public func certifiedStaleness(now: Duration) -> Duration? {
-        certificate(at: now).map { gate.localStaleness(readStart: now, certifiedAt: $0) }
+    /// The staleness a read of `key` (of every key, when nil) could certify now (nil: none).
+    public func certifiedStaleness(now: Duration, key: String? = nil) -> Duration? {
+        certificate(at: now, key: key).map { gate.localStaleness(readStart: now, certifiedAt: $0) }
     }
 
     private mutating func startBoundedRead(_ id: UInt64, _ key: String, _ levels: [ServiceLevel]) -> [Effect] {
@@ -531,7 +533,7 @@ public struct TransactionInstance: ProtocolInstance {
 
     private mutating func decideRead(_ id: UInt64, atDeadline: Bool) -> [Effect] {
         guard let read = boundedReads[id] else { return [] }
-        let staleness = certificate(at: now).map { gate.localStaleness(readStart: read.startedAt, certifiedAt: $0) }
+        let staleness = certificate(at: now, key: read.key).map { gate.localStaleness(readStart: read.startedAt, certifiedAt: $0) }
         let quality = FreshnessGate.Quality.certified(staleness: staleness)
         switch gate.decide(levels: read.levels, startedAt: read.startedAt, now: now, quality: quality, atDeadline: atDeadline) {
         case let .answer(level):

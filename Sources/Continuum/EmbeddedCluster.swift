@@ -32,15 +32,17 @@ public final class EmbeddedCluster: Sendable {
         precondition((1...256).contains(count), "an embedded cluster has 1 to 256 nodes, not \(count)")
         let members = (1...count).map { NodeID(UInt64($0)) }
         let network = InMemoryNetwork()
-        let epoch = ContinuousClock().now
+        // One epoch for the whole cluster: freshness certificates compare times across nodes.
+        let clock = NodeClock(epoch: ContinuousClock().now)
         let nodes = members.map {
             Node(id: $0, members: members, configuration: configuration, raftConfiguration: raftConfiguration,
-                 store: MemoryStore(), network: network, seed: seed &* 1_000_003 &+ $0.rawValue, epoch: epoch)
+                 storage: MemoryStore(), transport: network, seed: seed &* 1_000_003 &+ $0.rawValue, clock: clock)
         }
         self.network = network
         self.nodes = nodes
         for node in nodes { network.attach(node) }
-        for node in nodes { await node.start() }
+        // A memory store cannot fail to load.
+        for node in nodes { try! await node.start() }
     }
 
     /// Node `index`, counting from 1 (node `n1`).
@@ -62,7 +64,7 @@ public final class EmbeddedCluster: Sendable {
     public func crash(_ index: Int) async { await node(index).stop() }
 
     /// Restarts node `index` from what it persisted.
-    public func restart(_ index: Int) async { await node(index).start() }
+    public func restart(_ index: Int) async { try! await node(index).start() }
 
     /// Declares a register on every node (so that each has a handle and the declaration need
     /// not wait for gossip); returns the handles, node 1's first.

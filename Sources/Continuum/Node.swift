@@ -12,10 +12,18 @@ public actor Node {
     private let members: [NodeID]
     private let configuration: ReplicationInstance.Configuration
     private let raftConfiguration: RaftInstance.Configuration
-    private let store: MemoryStore
-    private let network: InMemoryNetwork
+    private let storage: any NodeStorage
+    private let transport: any NodeTransport
     private let clock = ContinuousClock()
-    private let startInstant: ContinuousClock.Instant
+    private let nodeClock: NodeClock
+    private let transactionConfiguration: TransactionInstance.Configuration
+    // Group commit: patches not yet handed to storage, the sends and outputs that wait for
+    // them (in order), and whether a flush is running. `incarnation` tells a flush that
+    // finishes after a stop to drop what it held.
+    private var unflushed: [DurablePatch] = []
+    private var held: [HeldEffect] = []
+    private var flushing = false
+    private var incarnation: UInt64 = 0
     private var random: DeterministicRandom
     private var instance: ReplicationInstance?
     private var timers = ShellTimers<ReplicationInstance.Timer>()
@@ -40,30 +48,37 @@ public actor Node {
     /// Attempts that died under wait-die, with the age to retry them with.
     private var deaths: [UInt64: UInt64] = [:]
 
-    init(id: NodeID, members: [NodeID], configuration: ReplicationInstance.Configuration,
-         raftConfiguration: RaftInstance.Configuration, store: MemoryStore, network: InMemoryNetwork, seed: UInt64,
-         epoch: ContinuousClock.Instant) {
+    /// A node of the cluster `members`, keeping its state in `storage` and talking through
+    /// `transport` (which hands inbound messages to `deliver(_:from:)`). `clock` must share its
+    /// epoch with the other nodes' clocks: freshness certificates compare their times. Call
+    /// `start()` to run it.
+    public init(id: NodeID, members: [NodeID], configuration: ReplicationInstance.Configuration,
+                raftConfiguration: RaftInstance.Configuration, transactionConfiguration: TransactionInstance.Configuration? = nil,
+                storage: any NodeStorage, transport: any NodeTransport, seed: UInt64, clock: NodeClock) {
         self.id = id
         self.members = members
         self.configuration = configuration
         self.raftConfiguration = raftConfiguration
-        self.store = store
-        self.network = network
+        self.transactionConfiguration = transactionConfiguration ?? .init(freshness: configuration.freshness)
+        self.storage = storage
+        self.transport = transport
         self.random = DeterministicRandom(seed: seed)
-        // One epoch for the whole cluster: freshness certificates compare times across nodes.
-        self.startInstant = epoch
+        self.nodeClock = clock
     }
 
     /// Whether the node is running.
     public var isRunning: Bool { instance != nil }
 
-    /// Starts (or restarts) the node from what it persisted.
-    func start() {
+    /// Starts (or restarts) the node from what it persisted. Fails when the storage cannot be
+    /// read (the node stays stopped).
+    public func start() throws {
         guard instance == nil else { return }
+        let durable = try storage.load()
+        incarnation += 1
         var fresh = ReplicationInstance(
             configuration: configuration,
             context: InstanceContext(node: id, members: members, random: random.split()),
-            durable: store.load())
+            durable: durable.replication)
         let effects = fresh.start(now: now)
         instance = fresh
         carryOut(effects)
@@ -71,23 +86,28 @@ public actor Node {
         var consensus = RaftInstance(
             configuration: raftConfiguration,
             context: InstanceContext(node: id, members: members, random: random.split()),
-            durable: store.loadRaft())
+            durable: durable.raft)
         let raftEffects = consensus.start(now: now)
         raft = consensus
         carryOutRaft(raftEffects)
         var transactions = TransactionInstance(
-            configuration: .init(freshness: configuration.freshness), context: InstanceContext(node: id, members: members, random: random.split()),
-            durable: store.loadTransactions())
+            configuration: transactionConfiguration, context: InstanceContext(node: id, members: members, random: random.split()),
+            durable: durable.transactions)
         let transactionEffects = transactions.start(now: now)
         austere = transactions
         carryOutAustere(transactionEffects)
     }
 
     /// Stops the node as a crash would: volatile state is lost, pending operations fail with
-    /// `nodeStopped`, change streams end. What was persisted stays.
-    func stop() {
+    /// `nodeStopped`, change streams end. What was persisted stays; patches not yet flushed
+    /// are lost with whatever waited for them (none of it was sent or acknowledged).
+    public func stop() {
         guard instance != nil else { return }
         instance = nil
+        unflushed.removeAll()
+        held.removeAll()
+        flushing = false
+        incarnation += 1
         timers.cancelAll()
         for continuation in waiting.values { continuation.resume(returning: .failure(.nodeStopped)) }
         waiting.removeAll()
@@ -111,7 +131,7 @@ public actor Node {
         serializableBoundedWaiting.removeAll()
     }
 
-    private var now: Duration { clock.now - startInstant }
+    private var now: Duration { nodeClock.now }
 
     // MARK: - Registers
 
@@ -269,8 +289,9 @@ public actor Node {
 
     // MARK: - The shell
 
-    /// A message from the network.
-    func deliver(_ bytes: [UInt8], from sender: NodeID) {
+    /// A message from the network, as `NodeMessage` bytes. One that does not decode changes
+    /// nothing.
+    public func deliver(_ bytes: [UInt8], from sender: NodeID) {
         // A frame that does not decode changes nothing.
         guard let message = try? NodeMessage(binary: bytes) else { return }
         switch message {
@@ -423,23 +444,104 @@ public actor Node {
     private func carryOutAustere(_ effects: [TransactionInstance.Effect]) {
         for effect in effects {
             switch effect {
-            case let .send(to, message):
-                network.send(.transaction(message), from: id, to: to)
             case let .persist(patch):
-                store.persist(patch)
-            case let .setTimer(timer, after):
-                austereTimers.set(timer, after: after) { [weak self] timer, generation in await self?.fireAustere(timer, generation: generation) }
-            case let .cancelTimer(timer):
-                austereTimers.cancel(timer)
-            case let .output(.boundedReadCompleted(id, result)):
-                serializableBoundedWaiting.removeValue(forKey: id)?.resume(returning: result.mapError(Self.translate))
-            case let .output(output):
-                let handle: UInt64 = switch output {
-                case let .locked(handle, _, _), let .committed(handle), let .aborted(handle, _, _), let .boundedReadCompleted(handle, _): handle
-                }
-                austereWaiting.removeValue(forKey: handle)?.resume(returning: output)
+                persist(.transactions(patch))
+            case .send, .output:
+                if mustHold { held.append(.austere(effect)) } else { performAustere(effect) }
+            case .setTimer, .cancelTimer:
+                performAustere(effect)
             }
         }
+        flushIfNeeded()
+    }
+
+    private func performAustere(_ effect: TransactionInstance.Effect) {
+        switch effect {
+        case let .send(to, message):
+            transport.send(NodeMessage.transaction(message).binaryEncoded(), from: id, to: to)
+        case .persist:
+            preconditionFailure("patches are flushed, not performed")
+        case let .setTimer(timer, after):
+            austereTimers.set(timer, after: after) { [weak self] timer, generation in await self?.fireAustere(timer, generation: generation) }
+        case let .cancelTimer(timer):
+            austereTimers.cancel(timer)
+        case let .output(.boundedReadCompleted(id, result)):
+            serializableBoundedWaiting.removeValue(forKey: id)?.resume(returning: result.mapError(Self.translate))
+        case let .output(output):
+            let handle: UInt64 = switch output {
+            case let .locked(handle, _, _), let .committed(handle), let .aborted(handle, _, _), let .boundedReadCompleted(handle, _): handle
+            }
+            austereWaiting.removeValue(forKey: handle)?.resume(returning: output)
+        }
+    }
+
+    // MARK: - Group commit
+
+    /// A send or output waiting for the flush of the patches produced before it.
+    private enum HeldEffect {
+        case replication(ReplicationInstance.Effect)
+        case raft(RaftInstance.Effect)
+        case austere(TransactionInstance.Effect)
+    }
+
+    /// Whether a send or output must wait: patches before it are not durable yet.
+    private var mustHold: Bool { flushing || !unflushed.isEmpty || !held.isEmpty }
+
+    private func persist(_ patch: DurablePatch) {
+        // A store that persists at once (memory) needs no batching, as long as nothing waits.
+        if !mustHold, storage.persistImmediately([patch]) { return }
+        unflushed.append(patch)
+    }
+
+    /// Hands every waiting patch to storage in one batch, then releases what waited for them.
+    private func flushIfNeeded() {
+        guard !flushing, !unflushed.isEmpty || !held.isEmpty else { return }
+        let patches = unflushed
+        let effects = held
+        unflushed = []
+        held = []
+        if patches.isEmpty || storage.persistImmediately(patches) {
+            release(effects)
+            return
+        }
+        flushing = true
+        let storage = self.storage
+        let incarnation = self.incarnation
+        Task { [weak self] in
+            do {
+                try await storage.persist(patches)
+                await self?.flushed(effects, incarnation: incarnation)
+            } catch {
+                // Nothing that depends on these patches may go out: stop as a crash would.
+                await self?.storageFailed(error, incarnation: incarnation)
+            }
+        }
+    }
+
+    private func flushed(_ effects: [HeldEffect], incarnation: UInt64) {
+        guard incarnation == self.incarnation else { return }
+        flushing = false
+        release(effects)
+        flushIfNeeded()
+    }
+
+    private func release(_ effects: [HeldEffect]) {
+        for effect in effects {
+            switch effect {
+            case let .replication(effect): perform(effect)
+            case let .raft(effect): performRaft(effect)
+            case let .austere(effect): performAustere(effect)
+            }
+        }
+    }
+
+    /// The error that stopped the node, when its storage failed.
+    public private(set) var storageError: String?
+
+    private func storageFailed(_ error: any Error, incarnation: UInt64) {
+        guard incarnation == self.incarnation else { return }
+        storageError = "\(error)"
+        stop()
     }
 
     /// Runs one operation on a linearizable register through Raft.
@@ -471,21 +573,33 @@ public actor Node {
     private func carryOutRaft(_ effects: [RaftInstance.Effect]) {
         for effect in effects {
             switch effect {
-            case let .send(to, message):
-                network.send(.raft(message), from: id, to: to)
             case let .persist(patch):
-                store.persist(patch)
-            case let .setTimer(timer, after):
-                raftTimers.set(timer, after: after) { [weak self] timer, generation in await self?.fireRaft(timer, generation: generation) }
-            case let .cancelTimer(timer):
-                raftTimers.cancel(timer)
-            case let .output(.reply(requestID, outcome)):
-                raftWaiting.removeValue(forKey: requestID)?.resume(returning: outcome)
-            case .output(.becameLeader):
-                break
-            case let .output(.boundedReadCompleted(requestID, result)):
-                raftBoundedWaiting.removeValue(forKey: requestID)?.resume(returning: result.mapError(Self.translate))
+                persist(.raft(patch))
+            case .send, .output:
+                if mustHold { held.append(.raft(effect)) } else { performRaft(effect) }
+            case .setTimer, .cancelTimer:
+                performRaft(effect)
             }
+        }
+        flushIfNeeded()
+    }
+
+    private func performRaft(_ effect: RaftInstance.Effect) {
+        switch effect {
+        case let .send(to, message):
+            transport.send(NodeMessage.raft(message).binaryEncoded(), from: id, to: to)
+        case .persist:
+            preconditionFailure("patches are flushed, not performed")
+        case let .setTimer(timer, after):
+            raftTimers.set(timer, after: after) { [weak self] timer, generation in await self?.fireRaft(timer, generation: generation) }
+        case let .cancelTimer(timer):
+            raftTimers.cancel(timer)
+        case let .output(.reply(requestID, outcome)):
+            raftWaiting.removeValue(forKey: requestID)?.resume(returning: outcome)
+        case .output(.becameLeader):
+            break
+        case let .output(.boundedReadCompleted(requestID, result)):
+            raftBoundedWaiting.removeValue(forKey: requestID)?.resume(returning: result.mapError(Self.translate))
         }
     }
 
@@ -524,17 +638,29 @@ public actor Node {
     private func carryOut(_ effects: [ReplicationInstance.Effect]) {
         for effect in effects {
             switch effect {
-            case let .send(to, message):
-                network.send(.replication(message), from: id, to: to)
             case let .persist(patch):
-                store.persist(patch)
-            case let .setTimer(timer, after):
-                timers.set(timer, after: after) { [weak self] timer, generation in await self?.fire(timer, generation: generation) }
-            case let .cancelTimer(timer):
-                timers.cancel(timer)
-            case let .output(output):
-                deliver(output)
+                persist(.replication(patch))
+            case .send, .output:
+                if mustHold { held.append(.replication(effect)) } else { perform(effect) }
+            case .setTimer, .cancelTimer:
+                perform(effect)
             }
+        }
+        flushIfNeeded()
+    }
+
+    private func perform(_ effect: ReplicationInstance.Effect) {
+        switch effect {
+        case let .send(to, message):
+            transport.send(NodeMessage.replication(message).binaryEncoded(), from: id, to: to)
+        case .persist:
+            preconditionFailure("patches are flushed, not performed")
+        case let .setTimer(timer, after):
+            timers.set(timer, after: after) { [weak self] timer, generation in await self?.fire(timer, generation: generation) }
+        case let .cancelTimer(timer):
+            timers.cancel(timer)
+        case let .output(output):
+            deliver(output)
         }
     }
 

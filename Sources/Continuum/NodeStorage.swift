@@ -1,0 +1,113 @@
+import ContinuumCore
+import ContinuumProtocols
+import Synchronization
+
+/// What one protocol instance asks to make durable (DESIGN.md: durable before acknowledged).
+public enum DurablePatch: Sendable, Equatable {
+    case replication(ReplicaDurableState)
+    case raft(RaftDurableState)
+    case transactions(TransactionDurableState)
+}
+
+/// Everything a node persisted: what its protocol instances restart from.
+public struct NodeDurableState: Sendable, Equatable {
+    public var replication: ReplicaDurableState?
+    public var raft: RaftDurableState?
+    public var transactions: TransactionDurableState?
+
+    public init(replication: ReplicaDurableState? = nil, raft: RaftDurableState? = nil, transactions: TransactionDurableState? = nil) {
+        self.replication = replication
+        self.raft = raft
+        self.transactions = transactions
+    }
+
+    /// Applies a patch as its instance defines it.
+    public mutating func apply(_ patch: DurablePatch) {
+        switch patch {
+        case let .replication(patch): ReplicationInstance.accumulate(patch, into: &replication)
+        case let .raft(patch): RaftInstance.accumulate(patch, into: &raft)
+        case let .transactions(patch): TransactionInstance.accumulate(patch, into: &transactions)
+        }
+    }
+}
+
+/// Where a node keeps what it must not lose. The node sends nothing and acknowledges nothing
+/// that depends on a patch before `persist` returned for it. A node hands over its patches in
+/// batches (group commit: one flush covers every patch produced while the previous flush ran).
+public protocol NodeStorage: Sendable {
+    /// What was persisted (on a new store: nothing).
+    func load() throws -> NodeDurableState
+    /// Makes `patches` durable, in order and all together, before returning.
+    func persist(_ patches: [DurablePatch]) async throws
+    /// For stores that persist at once without blocking (memory): persists and returns true.
+    /// Others return false and get `persist`.
+    func persistImmediately(_ patches: [DurablePatch]) -> Bool
+}
+
+extension NodeStorage {
+    public func persistImmediately(_ patches: [DurablePatch]) -> Bool { false }
+}
+
+/// How a node's messages reach the other nodes. Inbound messages are handed to
+/// `Node.deliver(_:from:)`. Sending never blocks and may drop (the protocols retry).
+public protocol NodeTransport: Sendable {
+    func send(_ bytes: [UInt8], from: NodeID, to: NodeID)
+}
+
+/// A node's clock: a monotonic time since an epoch that the cluster's nodes share (for
+/// freshness certificates, which compare times of different nodes).
+public struct NodeClock: Sendable {
+    private let clock = ContinuousClock()
+    private let start: ContinuousClock.Instant
+    private let offset: Duration
+
+    /// Time since `epoch`, an instant of this process's continuous clock (one process).
+    public init(epoch: ContinuousClock.Instant) {
+        start = epoch
+        offset = .zero
+    }
+
+    /// Time since the Unix epoch as the wall clock said when the process started, advanced by
+    /// the monotonic clock (so that it never jumps): comparable across machines within their
+    /// clock offset bound.
+    public static func wall() -> NodeClock {
+        NodeClock(start: ContinuousClock().now, offset: .nanoseconds(wallClockNanoseconds()))
+    }
+
+    private init(start: ContinuousClock.Instant, offset: Duration) {
+        self.start = start
+        self.offset = offset
+    }
+
+    public var now: Duration { clock.now - start + offset }
+}
+
+/// What a node has persisted, kept outside the node so that it survives the node's crash and
+/// restart within the process (memory-only durability).
+public final class MemoryStore: NodeStorage {
+    private let state = Mutex(NodeDurableState())
+
+    public init() {}
+
+    public func load() -> NodeDurableState { state.withLock { $0 } }
+
+    public func persist(_ patches: [DurablePatch]) async throws { _ = persistImmediately(patches) }
+
+    public func persistImmediately(_ patches: [DurablePatch]) -> Bool {
+        state.withLock { state in for patch in patches { state.apply(patch) } }
+        return true
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The wall clock, in nanoseconds since the Unix epoch (read once, at a node's start).
+func wallClockNanoseconds() -> Int64 {
+    var spec = timespec()
+    clock_gettime(CLOCK_REALTIME, &spec)
+    return Int64(spec.tv_sec) * 1_000_000_000 + Int64(spec.tv_nsec)
+}

@@ -3,6 +3,7 @@ import PackageDescription
 
 // Layers (DESIGN.md section 4); imports point down only:
 //   continuum (CLI) -> ContinuumSimulation, Continuum -> ContinuumProtocols -> ContinuumCore
+//   ContinuumStorage (SQLite through GRDB) -> Continuum (the runtime's NodeStorage)
 let package = Package(
     name: "Continuum",
     platforms: [.macOS(.v15)],
@@ -11,17 +12,23 @@ let package = Package(
         .library(name: "ContinuumCore", targets: ["ContinuumCore"]),
         .library(name: "ContinuumProtocols", targets: ["ContinuumProtocols"]),
         .library(name: "ContinuumSimulation", targets: ["ContinuumSimulation"]),
+        .library(name: "ContinuumStorage", targets: ["ContinuumStorage"]),
         .executable(name: "continuum", targets: ["ContinuumCLI"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
     ],
     targets: [
         .target(name: "ContinuumCore"),
         .target(name: "ContinuumProtocols", dependencies: ["ContinuumCore"]),
         .target(name: "Continuum", dependencies: ["ContinuumCore", "ContinuumProtocols"]),
+        .target(
+            name: "ContinuumStorage",
+            dependencies: ["Continuum", "ContinuumCore", "ContinuumProtocols", .product(name: "GRDB", package: "GRDB.swift")]
+        ),
         .target(
             name: "ContinuumSimulation",
             dependencies: [
@@ -51,6 +58,10 @@ let package = Package(
         .testTarget(
             name: "ContinuumTests",
             dependencies: ["Continuum", "ContinuumCore", "ContinuumProtocols"]
+        ),
+        .testTarget(
+            name: "ContinuumStorageTests",
+            dependencies: ["Continuum", "ContinuumCore", "ContinuumProtocols", "ContinuumStorage"]
         ),
         .testTarget(
             name: "ContinuumProtocolsTests",

@@ -1,0 +1,245 @@
+import Continuum
+import ContinuumCore
+import ContinuumProtocols
+import Foundation
+import GRDB
+
+/// Why a store could not be opened or used. Nothing was changed on disk.
+public enum StorageError: Error, Equatable, CustomStringConvertible {
+    /// The file is not a SQLite database, or SQLite found it damaged.
+    case corrupt(path: String, reason: String)
+    /// A SQLite database, but not a Continuum node store (or another node's, or a newer format).
+    case foreign(path: String, reason: String)
+    /// A stored record does not decode.
+    case undecodable(table: String, reason: String)
+    case io(String)
+
+    public var description: String {
+        switch self {
+        case let .corrupt(path, reason): "\(path) is not a usable database (\(reason)); it was left untouched"
+        case let .foreign(path, reason): "\(path) is not this node's store (\(reason)); it was left untouched"
+        case let .undecodable(table, reason): "a record in \(table) does not decode: \(reason)"
+        case let .io(reason): "storage failed: \(reason)"
+        }
+    }
+}
+
+/// A node's durable state in one SQLite database (through GRDB), in WAL mode with
+/// `synchronous = FULL`: a transaction is on disk when its commit returns. The Raft log is one
+/// row per entry (appends and truncations touch only the rows they change); hard state and
+/// snapshot one row; CRDT registers one row each; committed values, prepare records and
+/// decisions of two-phase commit one row each. A node's batch of patches is one transaction,
+/// so one fsync covers it (group commit, with the node's batching).
+///
+/// A file that is not a SQLite database, a database without Continuum's marker, another node's
+/// store or a newer format is refused with `StorageError` and never written to.
+public final class SQLiteStore: NodeStorage {
+    /// Written in the `meta` table; a database without it is not opened.
+    public static let format = "continuum-node-store"
+    public static let formatVersion = 1
+
+    public let path: String
+    private let queue: DatabaseQueue
+
+    /// Opens (or creates) the store of node `node` at `path`.
+    public init(path: String, node: NodeID) throws(StorageError) {
+        self.path = path
+        var configuration = Configuration()
+        configuration.journalMode = .wal
+        configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
+        configuration.label = "continuum-store-n\(node.rawValue)"
+        let exists = FileManager.default.fileExists(atPath: path)
+        // Look before writing: a journal-mode change would already write to a foreign file.
+        if exists { try Self.inspect(path: path, node: node) }
+        do {
+            queue = try DatabaseQueue(path: path, configuration: configuration)
+            try queue.write { db in try Self.createSchema(db, node: node) }
+        } catch let error as StorageError {
+            throw error
+        } catch {
+            throw .io("\(error)")
+        }
+    }
+
+    /// Refuses a file that is not an empty database or this node's store, opening it read-only.
+    private static func inspect(path: String, node: NodeID) throws(StorageError) {
+        var configuration = Configuration()
+        configuration.readonly = true
+        do {
+            let queue = try DatabaseQueue(path: path, configuration: configuration)
+            try queue.read { db in
+                let check = try String.fetchOne(db, sql: "PRAGMA quick_check") ?? "no answer"
+                guard check == "ok" else { throw StorageError.corrupt(path: path, reason: "quick_check: \(check)") }
+                let tables = try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'table'")
+                if tables.isEmpty { return }  // an empty database: ours to initialize
+                guard tables.contains("meta") else {
+                    throw StorageError.foreign(path: path, reason: "no Continuum marker; tables \(tables.sorted())")
+                }
+                let meta = try Dictionary(uniqueKeysWithValues: Row.fetchAll(db, sql: "SELECT key, value FROM meta").map {
+                    (String($0["key"]), String($0["value"]))
+                })
+                guard meta["format"] == format else { throw StorageError.foreign(path: path, reason: "format \(meta["format"] ?? "none")") }
+                guard meta["version"] == "\(formatVersion)" else {
+                    throw StorageError.foreign(path: path, reason: "format version \(meta["version"] ?? "none"), this build reads \(formatVersion)")
+                }
+                guard meta["node"] == "\(node.rawValue)" else {
+                    throw StorageError.foreign(path: path, reason: "it belongs to node n\(meta["node"] ?? "?"), not n\(node.rawValue)")
+                }
+            }
+        } catch let error as StorageError {
+            throw error
+        } catch let error as DatabaseError where error.resultCode == .SQLITE_NOTADB || error.resultCode == .SQLITE_CORRUPT {
+            throw .corrupt(path: path, reason: "\(error.message ?? "\(error.resultCode)")")
+        } catch {
+            throw .io("\(error)")
+        }
+    }
+
+    private static func createSchema(_ db: Database, node: NodeID) throws {
+        try db.execute(sql: """
+            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS raft_state (id INTEGER PRIMARY KEY CHECK (id = 1), term INTEGER NOT NULL,
+                voted_for INTEGER, snapshot BLOB);
+            CREATE TABLE IF NOT EXISTS raft_log (idx INTEGER PRIMARY KEY NOT NULL, entry BLOB NOT NULL);
+            CREATE TABLE IF NOT EXISTS replica_state (id INTEGER PRIMARY KEY CHECK (id = 1), incarnation INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS replica_slots (name TEXT PRIMARY KEY NOT NULL, slot BLOB NOT NULL);
+            CREATE TABLE IF NOT EXISTS tx_committed (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL);
+            CREATE TABLE IF NOT EXISTS tx_prepared (id BLOB PRIMARY KEY NOT NULL, writes BLOB NOT NULL);
+            CREATE TABLE IF NOT EXISTS tx_decisions (id BLOB PRIMARY KEY NOT NULL, is_commit INTEGER NOT NULL);
+            """)
+        for (key, value) in [("format", format), ("version", "\(formatVersion)"), ("node", "\(node.rawValue)")] {
+            try db.execute(sql: "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", arguments: [key, value])
+        }
+    }
+
+    // MARK: NodeStorage
+
+    public func load() throws -> NodeDurableState {
+        do {
+            return try queue.read { db in
+                NodeDurableState(replication: try Self.loadReplication(db), raft: try Self.loadRaft(db),
+                                 transactions: try Self.loadTransactions(db))
+            }
+        } catch let error as StorageError {
+            throw error
+        } catch {
+            throw StorageError.io("\(error)")
+        }
+    }
+
+    public func persist(_ patches: [DurablePatch]) async throws {
+        do {
+            try await queue.write { db in
+                for patch in patches {
+                    switch patch {
+                    case let .replication(patch): try Self.apply(patch, db)
+                    case let .raft(patch): try Self.apply(patch, db)
+                    case let .transactions(patch): try Self.apply(patch, db)
+                    }
+                }
+            }
+        } catch {
+            throw StorageError.io("\(error)")
+        }
+    }
+
+    // MARK: Raft
+
+    private static func apply(_ patch: RaftDurableState, _ db: Database) throws {
+        try db.execute(sql: """
+            INSERT INTO raft_state (id, term, voted_for) VALUES (1, ?, ?)
+            ON CONFLICT (id) DO UPDATE SET term = excluded.term, voted_for = excluded.voted_for
+            """, arguments: [Int64(bitPattern: patch.term), patch.votedFor.map { Int64(bitPattern: $0.rawValue) }])
+        if let snapshot = patch.snapshot {
+            try db.execute(sql: "UPDATE raft_state SET snapshot = ? WHERE id = 1", arguments: [Data(snapshot.binaryEncoded())])
+            try db.execute(sql: "DELETE FROM raft_log WHERE idx <= ?", arguments: [Int64(bitPattern: snapshot.lastIndex)])
+        }
+        if let from = patch.replaceFrom {
+            try db.execute(sql: "DELETE FROM raft_log WHERE idx >= ?", arguments: [Int64(bitPattern: from)])
+        }
+        for entry in patch.entries {
+            try db.execute(sql: "INSERT OR REPLACE INTO raft_log (idx, entry) VALUES (?, ?)",
+                           arguments: [Int64(bitPattern: entry.index), Data(entry.binaryEncoded())])
+        }
+    }
+
+    private static func loadRaft(_ db: Database) throws -> RaftDurableState? {
+        guard let row = try Row.fetchOne(db, sql: "SELECT term, voted_for, snapshot FROM raft_state WHERE id = 1") else { return nil }
+        let term: Int64 = row["term"]
+        let votedFor: Int64? = row["voted_for"]
+        let snapshotBytes: Data? = row["snapshot"]
+        var state = RaftDurableState(term: UInt64(bitPattern: term), votedFor: votedFor.map { NodeID(UInt64(bitPattern: $0)) },
+                                     snapshot: try snapshotBytes.map { try decode(RaftSnapshot.self, $0, table: "raft_state") })
+        for entry in try Data.fetchAll(db, sql: "SELECT entry FROM raft_log ORDER BY idx") {
+            state.entries.append(try decode(LogEntry.self, entry, table: "raft_log"))
+        }
+        return state
+    }
+
+    // MARK: Available registers
+
+    private static func apply(_ patch: ReplicaDurableState, _ db: Database) throws {
+        try db.execute(sql: """
+            INSERT INTO replica_state (id, incarnation) VALUES (1, ?)
+            ON CONFLICT (id) DO UPDATE SET incarnation = max(incarnation, excluded.incarnation)
+            """, arguments: [Int64(bitPattern: patch.incarnation)])
+        for (name, slot) in patch.slots.sorted(by: { $0.key < $1.key }) {
+            try db.execute(sql: "INSERT OR REPLACE INTO replica_slots (name, slot) VALUES (?, ?)",
+                           arguments: [name, Data(slot.binaryEncoded())])
+        }
+    }
+
+    private static func loadReplication(_ db: Database) throws -> ReplicaDurableState? {
+        guard let incarnation = try Int64.fetchOne(db, sql: "SELECT incarnation FROM replica_state WHERE id = 1") else { return nil }
+        var slots: [String: EncodedSlot] = [:]
+        for row in try Row.fetchAll(db, sql: "SELECT name, slot FROM replica_slots") {
+            slots[row["name"]] = try decode(EncodedSlot.self, row["slot"], table: "replica_slots")
+        }
+        return ReplicaDurableState(incarnation: UInt64(bitPattern: incarnation), slots: slots)
+    }
+
+    // MARK: Serializable registers
+
+    private static func apply(_ patch: TransactionDurableState, _ db: Database) throws {
+        for (key, value) in patch.committed.sorted(by: { $0.key < $1.key }) {
+            try db.execute(sql: "INSERT OR REPLACE INTO tx_committed (key, value) VALUES (?, ?)", arguments: [key, Data(value.binaryEncoded())])
+        }
+        for (id, writes) in patch.prepared.sorted(by: { $0.key < $1.key }) {
+            try db.execute(sql: "INSERT OR REPLACE INTO tx_prepared (id, writes) VALUES (?, ?)",
+                           arguments: [Data(id.binaryEncoded()), Data(writes.binaryEncoded())])
+        }
+        for (id, commit) in patch.decisions.sorted(by: { $0.key < $1.key }) {
+            try db.execute(sql: "INSERT OR REPLACE INTO tx_decisions (id, is_commit) VALUES (?, ?)",
+                           arguments: [Data(id.binaryEncoded()), commit])
+        }
+        for id in patch.resolved {
+            try db.execute(sql: "DELETE FROM tx_prepared WHERE id = ?", arguments: [Data(id.binaryEncoded())])
+        }
+        for id in patch.forgotten {
+            try db.execute(sql: "DELETE FROM tx_decisions WHERE id = ?", arguments: [Data(id.binaryEncoded())])
+        }
+    }
+
+    private static func loadTransactions(_ db: Database) throws -> TransactionDurableState? {
+        var state = TransactionDurableState()
+        for row in try Row.fetchAll(db, sql: "SELECT key, value FROM tx_committed") {
+            state.committed[row["key"]] = try decode(TransactionValue.self, row["value"], table: "tx_committed")
+        }
+        for row in try Row.fetchAll(db, sql: "SELECT id, writes FROM tx_prepared") {
+            state.prepared[try decode(TransactionID.self, row["id"], table: "tx_prepared")] =
+                try decode([TransactionWrite].self, row["writes"], table: "tx_prepared")
+        }
+        for row in try Row.fetchAll(db, sql: "SELECT id, is_commit FROM tx_decisions") {
+            state.decisions[try decode(TransactionID.self, row["id"], table: "tx_decisions")] = row["is_commit"]
+        }
+        return state == TransactionDurableState() ? nil : state
+    }
+
+    private static func decode<T: BinaryCodable>(_ type: T.Type, _ data: Data, table: String) throws -> T {
+        do {
+            return try T(binary: [UInt8](data))
+        } catch {
+            throw StorageError.undecodable(table: table, reason: "\(error)")
+        }
+    }
+}

@@ -1,0 +1,149 @@
+import Continuum
+import ContinuumCore
+import ContinuumProtocols
+import ContinuumStorage
+import Foundation
+import Testing
+
+/// A fresh directory per test, removed at the end.
+final class TemporaryDirectory {
+    let path: String
+
+    init() throws {
+        path = NSTemporaryDirectory() + "continuum-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+
+    func file(_ name: String) -> String { path + "/" + name }
+
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+}
+
+@Suite struct SQLiteStoreTests {
+    let node = NodeID(1)
+
+    func entry(_ index: UInt64, term: UInt64) -> LogEntry {
+        LogEntry(term: term, index: index, command: LogCommand(client: 7, sequence: index, operation: .write(key: "k", value: Int64(index))))
+    }
+
+    /// Patches of every kind, Raft truncations and a snapshot included.
+    var patches: [DurablePatch] {
+        let id = TransactionID(timestamp: 5, coordinator: NodeID(2), sequence: 1)
+        let other = TransactionID(timestamp: 6, coordinator: NodeID(3), sequence: 1)
+        let counter = RegisterSlot(generation: 1, typeName: replicableTypeName(GCounter.self), state: AnyReplicated(GCounter()))
+        return [
+            .raft(RaftDurableState(term: 1, votedFor: NodeID(2))),
+            .raft(RaftDurableState(term: 1, votedFor: NodeID(2), entries: (1...5).map { entry($0, term: 1) })),
+            .replication(ReplicaDurableState(incarnation: 3, slots: ["hits": EncodedSlot(counter)])),
+            .raft(RaftDurableState(term: 2, votedFor: nil, entries: [entry(4, term: 2)], replaceFrom: 4)),
+            .transactions(TransactionDurableState(prepared: [id: [TransactionWrite(key: "a", value: .int(1))]])),
+            .transactions(TransactionDurableState(committed: ["a": .int(1)], decisions: [id: true, other: false], resolved: [id])),
+            .raft(RaftDurableState(term: 2, votedFor: nil, snapshot: RaftSnapshot(lastIndex: 2, lastTerm: 1, state: KeyValueStateMachine()))),
+            .transactions(TransactionDurableState(forgotten: [other])),
+            .replication(ReplicaDurableState(incarnation: 2, slots: [:])),
+        ]
+    }
+
+    @Test func whatItPersistsIsWhatTheInstancesAccumulateAndSurvivesReopening() async throws {
+        let directory = try TemporaryDirectory()
+        var expected = NodeDurableState()
+        do {
+            let store = try SQLiteStore(path: directory.file("n1.db"), node: node)
+            #expect(try store.load() == NodeDurableState(), "a new store holds nothing")
+            for (index, patch) in patches.enumerated() {
+                try await store.persist([patch])
+                expected.apply(patch)
+                #expect(try store.load() == expected, "after patch \(index)")
+            }
+        }
+        let reopened = try SQLiteStore(path: directory.file("n1.db"), node: node)
+        #expect(try reopened.load() == expected)
+        #expect(expected.raft?.entries.map(\.index) == [3, 4], "truncated at 4, compacted through 2")
+        #expect(expected.replication?.incarnation == 3)
+    }
+
+    @Test func aForeignDatabaseIsRefusedAndLeftUntouched() throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("other.db")
+        let sqlite = Process()
+        sqlite.executableURL = URL(fileURLWithPath: "/usr/bin/sqlite3")
+        sqlite.arguments = [path, "CREATE TABLE invoices (id INTEGER PRIMARY KEY); INSERT INTO invoices VALUES (1);"]
+        try sqlite.run()
+        sqlite.waitUntilExit()
+        let before = try Data(contentsOf: URL(fileURLWithPath: path))
+        #expect(throws: StorageError.self) { try SQLiteStore(path: path, node: node) }
+        do {
+            _ = try SQLiteStore(path: path, node: node)
+        } catch {
+            #expect("\(error)".contains("no Continuum marker"), "\(error)")
+        }
+        #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == before)
+    }
+
+    @Test func garbageIsRefusedAsCorruptAndLeftUntouched() throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("garbage.db")
+        let garbage = Data((0..<8192).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) })
+        try garbage.write(to: URL(fileURLWithPath: path))
+        do {
+            _ = try SQLiteStore(path: path, node: node)
+            Issue.record("garbage opened as a store")
+        } catch {
+            guard case .corrupt = error else {
+                Issue.record("expected corrupt, got \(error)")
+                return
+            }
+        }
+        #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == garbage)
+    }
+
+    @Test func anotherNodesStoreIsRefused() throws {
+        let directory = try TemporaryDirectory()
+        _ = try SQLiteStore(path: directory.file("n1.db"), node: node)
+        #expect(throws: StorageError.foreign(path: directory.file("n1.db"), reason: "it belongs to node n1, not n2")) {
+            try SQLiteStore(path: directory.file("n1.db"), node: NodeID(2))
+        }
+    }
+
+    @Test func aNodeRestartedOnItsStoreKeepsEverythingItAcknowledged() async throws {
+        let directory = try TemporaryDirectory()
+        let members = [NodeID(1), NodeID(2), NodeID(3)]
+        let clock = NodeClock(epoch: ContinuousClock().now)
+        let network = InMemoryNetwork()
+        func makeNode(_ id: NodeID) throws -> Node {
+            Node(id: id, members: members, configuration: EmbeddedCluster.embeddedConfiguration,
+                 raftConfiguration: EmbeddedCluster.embeddedRaftConfiguration,
+                 storage: try SQLiteStore(path: directory.file("n\(id.rawValue).db"), node: id), transport: network,
+                 seed: id.rawValue, clock: clock)
+        }
+        var nodes = try members.map(makeNode)
+        for node in nodes { network.attach(node) }
+        for node in nodes { try await node.start() }
+        let cart = try await nodes[0].declare("cart", as: GSet<String>.self)
+        for item in ["tea", "jam", "bread"] { try await cart.update { set, _ in set.insert(item) } }
+        // Linearizable writes through Raft, once a leader is elected.
+        let stock = try await nodes[0].declareLinearizable("stock")
+        var written = false
+        for _ in 0..<250 where !written {
+            written = (try? await stock.write(42, latency: .milliseconds(300))) != nil
+            if !written { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        #expect(written)
+        try await nodes[0].write(serializable: "balance", .int(100))
+        // A new process: new node objects on the same files.
+        for node in nodes { await node.stop() }
+        nodes = try members.map(makeNode)
+        for node in nodes { network.attach(node) }
+        for node in nodes { try await node.start() }
+        #expect(try await nodes[0].register("cart", as: GSet<String>.self).read().elements == ["tea", "jam", "bread"])
+        let restarted = try await nodes[1].declareLinearizable("stock")
+        var value: Int64?
+        for _ in 0..<250 where value == nil {
+            value = try? await restarted.read(latency: .milliseconds(300))
+            if value == nil { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        #expect(value == 42)
+        #expect(try await nodes[2].read(serializable: "balance", .bounded(staleness: .zero, latency: .seconds(1))).value == .int(100))
+        for node in nodes { await node.stop() }
+    }
+}

@@ -4,6 +4,7 @@ import PackageDescription
 // Layers (DESIGN.md section 4); imports point down only:
 //   continuum (CLI) -> ContinuumSimulation, Continuum -> ContinuumProtocols -> ContinuumCore
 //   ContinuumStorage (SQLite through GRDB) -> Continuum (the runtime's NodeStorage)
+//   ContinuumNIO (TCP between nodes, the RESP server) -> Continuum (NodeTransport)
 let package = Package(
     name: "Continuum",
     platforms: [.macOS(.v15)],
@@ -13,6 +14,7 @@ let package = Package(
         .library(name: "ContinuumProtocols", targets: ["ContinuumProtocols"]),
         .library(name: "ContinuumSimulation", targets: ["ContinuumSimulation"]),
         .library(name: "ContinuumStorage", targets: ["ContinuumStorage"]),
+        .library(name: "ContinuumNIO", targets: ["ContinuumNIO"]),
         .executable(name: "continuum", targets: ["ContinuumCLI"]),
     ],
     dependencies: [
@@ -20,11 +22,23 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
     ],
     targets: [
         .target(name: "ContinuumCore"),
         .target(name: "ContinuumProtocols", dependencies: ["ContinuumCore"]),
         .target(name: "Continuum", dependencies: ["ContinuumCore", "ContinuumProtocols"]),
+        .target(
+            name: "ContinuumNIO",
+            dependencies: [
+                "Continuum", "ContinuumCore", "ContinuumProtocols",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
         .target(
             name: "ContinuumStorage",
             dependencies: ["Continuum", "ContinuumCore", "ContinuumProtocols", .product(name: "GRDB", package: "GRDB.swift")]
@@ -58,6 +72,14 @@ let package = Package(
         .testTarget(
             name: "ContinuumTests",
             dependencies: ["Continuum", "ContinuumCore", "ContinuumProtocols"]
+        ),
+        .testTarget(
+            name: "ContinuumNIOTests",
+            dependencies: [
+                "Continuum", "ContinuumCore", "ContinuumProtocols", "ContinuumNIO",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
         ),
         .testTarget(
             name: "ContinuumStorageTests",

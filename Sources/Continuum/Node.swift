@@ -292,8 +292,12 @@ public actor Node {
     /// A message from the network, as `NodeMessage` bytes. One that does not decode changes
     /// nothing.
     public func deliver(_ bytes: [UInt8], from sender: NodeID) {
-        // A frame that does not decode changes nothing.
         guard let message = try? NodeMessage(binary: bytes) else { return }
+        deliver(message, from: sender)
+    }
+
+    /// A decoded message from the network.
+    public func deliver(_ message: NodeMessage, from sender: NodeID) {
         switch message {
         case let .replication(inner):
             guard var current = instance else { return }

@@ -172,7 +172,8 @@ final class ClientDriver {
             case let .value(value): event.value = value.map { .int($0) } ?? .null
             case .written: break
             case let .compareAndSet(swapped): event.value = .bool(swapped)
-            case .crdt, .crdtKindMismatch: preconditionFailure("the workload issues no CRDT operations")
+            case .crdt, .crdtKindMismatch, .string, .integer, .notAnInteger, .count:
+                preconditionFailure("the workload issues only integer reads, writes and compare-and-sets")
             }
             if simulation.now < stopAt - 5_000_000_000 { okDuringFaults += 1 }
             if let progressFrom, simulation.now >= progressFrom { progressed.insert(slot) }

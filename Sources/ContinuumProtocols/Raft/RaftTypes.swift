@@ -135,16 +135,28 @@ public enum KeyValueOperation: Sendable, Equatable, BinaryCodable, CustomStringC
     /// A CRDT operation on a CRDT-valued key (a separate namespace from integer keys).
     case crdt(key: String, CRDTOperation)
     case crdtRead(key: String)
+    /// A byte string under `key` (the Redis string namespace; nil deletes it).
+    case stringSet(key: String, value: [UInt8]?)
+    case stringGet(key: String)
+    /// Adds to the decimal integer a string holds (absent: 0), as Redis INCRBY does.
+    case stringAdd(key: String, amount: Int64)
+    /// Removes the keys from every namespace (strings, integers, CRDTs); counts those that existed.
+    case delete(keys: [String])
+    /// Sets the policy a key is served under (nil: the cluster's default), for nodes that route
+    /// commands by key (the RESP server).
+    case setPolicy(key: String, policy: String?)
 
     public var key: String {
         switch self {
-        case let .read(key), let .write(key, _), let .compareAndSet(key, _, _), let .crdt(key, _), let .crdtRead(key): key
+        case let .read(key), let .write(key, _), let .compareAndSet(key, _, _), let .crdt(key, _), let .crdtRead(key),
+             let .stringSet(key, _), let .stringGet(key), let .stringAdd(key, _), let .setPolicy(key, _): key
+        case let .delete(keys): keys.first ?? ""
         }
     }
 
     public var isRead: Bool {
         switch self {
-        case .read, .crdtRead: true
+        case .read, .crdtRead, .stringGet: true
         default: false
         }
     }
@@ -156,6 +168,11 @@ public enum KeyValueOperation: Sendable, Equatable, BinaryCodable, CustomStringC
         case let .compareAndSet(key, expected, new): "cas \(key) \(expected.map(String.init) ?? "nil")→\(new.map(String.init) ?? "nil")"
         case let .crdt(key, operation): "\(operation) \(key)"
         case let .crdtRead(key): "read CRDT \(key)"
+        case let .stringSet(key, value): "set \(key)=\(value.map { "\($0.count) bytes" } ?? "nil")"
+        case let .stringGet(key): "get \(key)"
+        case let .stringAdd(key, amount): "incrby \(key) \(amount)"
+        case let .delete(keys): "delete \(keys)"
+        case let .setPolicy(key, policy): "policy \(key) \(policy ?? "default")"
         }
     }
 
@@ -180,6 +197,24 @@ public enum KeyValueOperation: Sendable, Equatable, BinaryCodable, CustomStringC
         case let .crdtRead(key):
             writer.writeByte(4)
             key.encode(to: &writer)
+        case let .stringSet(key, value):
+            writer.writeByte(5)
+            key.encode(to: &writer)
+            value.encode(to: &writer)
+        case let .stringGet(key):
+            writer.writeByte(6)
+            key.encode(to: &writer)
+        case let .stringAdd(key, amount):
+            writer.writeByte(7)
+            key.encode(to: &writer)
+            amount.encode(to: &writer)
+        case let .delete(keys):
+            writer.writeByte(8)
+            keys.encode(to: &writer)
+        case let .setPolicy(key, policy):
+            writer.writeByte(9)
+            key.encode(to: &writer)
+            policy.encode(to: &writer)
         }
     }
 
@@ -190,6 +225,11 @@ public enum KeyValueOperation: Sendable, Equatable, BinaryCodable, CustomStringC
         case 2: self = .compareAndSet(key: try String(from: &reader), expected: try Int64?(from: &reader), new: try Int64?(from: &reader))
         case 3: self = .crdt(key: try String(from: &reader), try CRDTOperation(from: &reader))
         case 4: self = .crdtRead(key: try String(from: &reader))
+        case 5: self = .stringSet(key: try String(from: &reader), value: try [UInt8]?(from: &reader))
+        case 6: self = .stringGet(key: try String(from: &reader))
+        case 7: self = .stringAdd(key: try String(from: &reader), amount: try Int64(from: &reader))
+        case 8: self = .delete(keys: try [String](from: &reader))
+        case 9: self = .setPolicy(key: try String(from: &reader), policy: try String?(from: &reader))
         case let tag: throw .invalid("key-value operation tag \(tag)")
         }
     }
@@ -204,6 +244,11 @@ public enum KeyValueResult: Sendable, Equatable, BinaryCodable, CustomStringConv
     case crdt(LogCRDT?)
     /// The operation does not fit the kind of CRDT the key holds; nothing changed.
     case crdtKindMismatch
+    case string([UInt8]?)
+    case integer(Int64)
+    /// The string is not a decimal integer, or the sum overflows; nothing changed.
+    case notAnInteger
+    case count(Int64)
 
     public var description: String {
         switch self {
@@ -212,6 +257,10 @@ public enum KeyValueResult: Sendable, Equatable, BinaryCodable, CustomStringConv
         case let .compareAndSet(swapped): swapped ? "swapped" : "not swapped"
         case let .crdt(state): state.map { "\($0)" } ?? "absent"
         case .crdtKindMismatch: "CRDT kind mismatch"
+        case let .string(bytes): bytes.map { "\($0.count) bytes" } ?? "absent"
+        case let .integer(value): "integer \(value)"
+        case .notAnInteger: "not an integer"
+        case let .count(count): "count \(count)"
         }
     }
 
@@ -230,6 +279,17 @@ public enum KeyValueResult: Sendable, Equatable, BinaryCodable, CustomStringConv
             state.encode(to: &writer)
         case .crdtKindMismatch:
             writer.writeByte(4)
+        case let .string(bytes):
+            writer.writeByte(5)
+            bytes.encode(to: &writer)
+        case let .integer(value):
+            writer.writeByte(6)
+            value.encode(to: &writer)
+        case .notAnInteger:
+            writer.writeByte(7)
+        case let .count(count):
+            writer.writeByte(8)
+            count.encode(to: &writer)
         }
     }
 
@@ -240,6 +300,10 @@ public enum KeyValueResult: Sendable, Equatable, BinaryCodable, CustomStringConv
         case 2: self = .compareAndSet(swapped: try Bool(from: &reader))
         case 3: self = .crdt(try LogCRDT?(from: &reader))
         case 4: self = .crdtKindMismatch
+        case 5: self = .string(try [UInt8]?(from: &reader))
+        case 6: self = .integer(try Int64(from: &reader))
+        case 7: self = .notAnInteger
+        case 8: self = .count(try Int64(from: &reader))
         case let tag: throw .invalid("key-value result tag \(tag)")
         }
     }
@@ -305,6 +369,9 @@ public struct LogEntry: Sendable, Equatable, BinaryCodable, CustomStringConverti
 public struct KeyValueStateMachine: Sendable, Equatable, BinaryCodable {
     public private(set) var values: [String: Int64] = [:]
     public private(set) var crdts: [String: LogCRDT] = [:]
+    public private(set) var strings: [String: [UInt8]] = [:]
+    /// Keys' declared policies, by name (see `KeyValueOperation.setPolicy`).
+    public private(set) var policies: [String: String] = [:]
     public private(set) var sessions: [UInt64: Session] = [:]
 
     public struct Session: Sendable, Equatable, BinaryCodable {
@@ -335,6 +402,7 @@ public struct KeyValueStateMachine: Sendable, Equatable, BinaryCodable {
     public func query(_ operation: KeyValueOperation) -> KeyValueResult {
         switch operation {
         case let .crdtRead(key): .crdt(crdts[key])
+        case let .stringGet(key): .string(strings[key])
         default: .value(values[operation.key])
         }
     }
@@ -365,20 +433,61 @@ public struct KeyValueStateMachine: Sendable, Equatable, BinaryCodable {
             }
         case let .crdtRead(key):
             result = .crdt(crdts[key])
+        case let .stringSet(key, value):
+            strings[key] = value
+            result = .written
+        case let .stringGet(key):
+            result = .string(strings[key])
+        case let .stringAdd(key, amount):
+            let current = strings[key].map { String(decoding: $0, as: UTF8.self) }
+            if let current, Self.decimal(current) == nil {
+                result = .notAnInteger
+            } else {
+                let (sum, overflow) = (current.flatMap(Self.decimal) ?? 0).addingReportingOverflow(amount)
+                if overflow {
+                    result = .notAnInteger
+                } else {
+                    strings[key] = Array(String(sum).utf8)
+                    result = .integer(sum)
+                }
+            }
+        case let .delete(keys):
+            var removed: Int64 = 0
+            for key in Set(keys) {
+                let string = strings.removeValue(forKey: key)
+                let integer = values.removeValue(forKey: key)
+                let crdt = crdts.removeValue(forKey: key)
+                if string != nil || integer != nil || crdt != nil { removed += 1 }
+            }
+            result = .count(removed)
+        case let .setPolicy(key, policy):
+            policies[key] = policy
+            result = .written
         }
         sessions[command.client] = Session(sequence: command.sequence, result: result)
         return result
     }
 
+    /// A Redis decimal integer: optional minus, digits, no spaces or leading plus, fits 64 bits.
+    static func decimal(_ text: String) -> Int64? {
+        guard !text.isEmpty, text.utf8.count <= 20, !text.hasPrefix("+"), text != "-" else { return nil }
+        guard text.utf8.dropFirst(text.hasPrefix("-") ? 1 : 0).allSatisfy({ $0 >= 48 && $0 <= 57 }) else { return nil }
+        return Int64(text)
+    }
+
     public func encode(to writer: inout BinaryWriter) {
         values.encode(to: &writer)
         crdts.encode(to: &writer)
+        strings.encode(to: &writer)
+        policies.encode(to: &writer)
         sessions.encode(to: &writer)
     }
 
     public init(from reader: inout BinaryReader) throws(WireDecodingError) {
         values = try [String: Int64](from: &reader)
         crdts = try [String: LogCRDT](from: &reader)
+        strings = try [String: [UInt8]](from: &reader)
+        policies = try [String: String](from: &reader)
         sessions = try [UInt64: Session](from: &reader)
     }
 }

@@ -161,8 +161,9 @@ public actor Node {
     /// A new client session starting at this node; it may then use any node (see `Session`).
     public func openSession() -> Session { Session(client: newClient()) }
 
-    /// A client number unique in the cluster: this node's id, then a count.
-    private func newClient() -> UInt64 {
+    /// A client number unique in the cluster: this node's id, then a count. Each client
+    /// numbers its linearizable requests from 1 (see `linearizable(_:client:sequence:latency:)`).
+    public func newClient() -> UInt64 {
         nextClient += 1
         return id.rawValue << 32 | nextClient
     }
@@ -257,7 +258,7 @@ public actor Node {
     }
 
     /// A bounded read of consensus state at this node.
-    func raftBoundedRead(_ operation: KeyValueOperation, levels: [ServiceLevel], minimumIndex: UInt64) async -> Result<RaftReadAnswer, ContinuumError> {
+    public func raftBoundedRead(_ operation: KeyValueOperation, levels: [ServiceLevel], minimumIndex: UInt64) async -> Result<RaftReadAnswer, ContinuumError> {
         guard raft != nil else { return .failure(.nodeStopped) }
         nextCommandID += 1
         let id = nextCommandID
@@ -548,8 +549,9 @@ public actor Node {
         stop()
     }
 
-    /// Runs one operation on a linearizable register through Raft.
-    func linearizable(_ operation: KeyValueOperation, client: UInt64, sequence: UInt64, latency: Duration) async -> RequestOutcome {
+    /// Runs one operation on the consensus state through Raft, as `client`'s request number
+    /// `sequence` (a retry with the same number applies once).
+    public func linearizable(_ operation: KeyValueOperation, client: UInt64, sequence: UInt64, latency: Duration) async -> RequestOutcome {
         guard raft != nil else { return .unavailable("the node is stopped") }
         nextCommandID += 1
         let id = nextCommandID
@@ -565,6 +567,15 @@ public actor Node {
 
     /// Whether this node leads the Raft group now.
     public var isLeader: Bool { raft?.role == .leader }
+
+    /// The policy declared for `key` in the consensus catalogue, as this replica has applied it
+    /// (nil: none declared, or the node is stopped).
+    public func declaredPolicy(of key: String) -> String? { raft?.stateMachine.policies[key] }
+
+    /// The Raft term and commit index this replica knows, and its role (for status commands).
+    public var consensusStatus: (role: String, term: UInt64, commitIndex: UInt64)? {
+        raft.map { ("\($0.role)", $0.term, $0.commitIndex) }
+    }
 
     private func fireRaft(_ timer: RaftInstance.Timer, generation: UInt64) {
         guard raftTimers.consume(timer, generation: generation), var current = raft else { return }

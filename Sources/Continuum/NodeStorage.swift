@@ -106,7 +106,7 @@ import Darwin
 #endif
 
 /// The wall clock, in nanoseconds since the Unix epoch (read once, at a node's start).
-func wallClockNanoseconds() -> Int64 {
+public func wallClockNanoseconds() -> Int64 {
     var spec = timespec()
     clock_gettime(CLOCK_REALTIME, &spec)
     return Int64(spec.tv_sec) * 1_000_000_000 + Int64(spec.tv_nsec)

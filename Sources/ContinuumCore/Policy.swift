@@ -93,3 +93,40 @@ public enum ContinuumError: Error, Equatable, Sendable, CustomStringConvertible 
         }
     }
 }
+
+extension Policy {
+    /// Parses a policy from words: `available`, `linearizable`, `serializable`, or
+    /// `bounded <staleness ms | none> <latency ms>` (the form the command line and the RESP
+    /// server take).
+    public init(words: [String]) throws(ContinuumError) {
+        switch words.first?.lowercased() {
+        case "available" where words.count == 1: self = .available
+        case "linearizable" where words.count == 1: self = .linearizable
+        case "serializable" where words.count == 1: self = .serializable
+        case "bounded" where words.count == 3:
+            let staleness: Duration?
+            if words[1].lowercased() == "none" {
+                staleness = nil
+            } else if let milliseconds = Int64(words[1]), milliseconds >= 0 {
+                staleness = .milliseconds(milliseconds)
+            } else {
+                throw .invalidRequest("staleness '\(words[1])' is neither milliseconds nor 'none'")
+            }
+            guard let latency = Int64(words[2]), latency >= 0 else { throw .invalidRequest("latency '\(words[2])' is not milliseconds") }
+            self = .bounded(staleness: staleness, latency: .milliseconds(latency))
+        default:
+            throw .invalidRequest("a policy is 'available', 'linearizable', 'serializable' or 'bounded <staleness ms|none> <latency ms>', not '\(words.joined(separator: " "))'")
+        }
+    }
+
+    /// The words `init(words:)` reads back.
+    public var words: [String] {
+        switch self {
+        case .available: ["available"]
+        case .linearizable: ["linearizable"]
+        case .serializable: ["serializable"]
+        case let .bounded(staleness, latency):
+            ["bounded", staleness.map { "\($0.nanoseconds / 1_000_000)" } ?? "none", "\(latency.nanoseconds / 1_000_000)"]
+        }
+    }
+}

@@ -64,6 +64,8 @@ public final class NIOTransport: NodeTransport {
     private let logger: Logger
     private let links: Mutex<[NodeID: PeerLink]>
     private let listener = Mutex<(any Channel)?>(nil)
+    /// Peers cut off by fault injection: nothing is sent to them or taken from them.
+    private let blocked = Mutex<Set<NodeID>>([])
     /// Accepted connections, closed on shutdown.
     private let inbound = Mutex<[ObjectIdentifier: any Channel]>([:])
     let statistics = Counters()
@@ -104,6 +106,7 @@ public final class NIOTransport: NodeTransport {
     public func listen(host: String, port: Int, deliver: @escaping @Sendable (NodeMessage, NodeID) -> Void) async throws -> Int {
         let cluster = configuration.cluster
         let isPeer: @Sendable (NodeID) -> Bool = { [self] peer in links.withLock { $0[peer] != nil } }
+        let isBlocked: @Sendable (NodeID) -> Bool = { [self] peer in blocked.withLock { $0.contains(peer) } }
         let me = node
         let logger = self.logger
         let statistics = self.statistics
@@ -116,7 +119,7 @@ public final class NIOTransport: NodeTransport {
                 inbound.withLock { $0[key] = channel }
                 channel.closeFuture.whenComplete { [self] _ in _ = inbound.withLock { $0.removeValue(forKey: key) } }
                 return channel.eventLoop.makeCompletedFuture {
-                    let handler = InboundHandler(cluster: cluster, isPeer: isPeer, me: me, logger: logger,
+                    let handler = InboundHandler(cluster: cluster, isPeer: isPeer, isBlocked: isBlocked, me: me, logger: logger,
                                                  statistics: statistics, deliver: deliver)
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
                     try channel.pipeline.syncOperations.addHandler(handler)
@@ -128,7 +131,21 @@ public final class NIOTransport: NodeTransport {
         return channel.localAddress?.port ?? port
     }
 
+    /// Cuts this node off from `peers` both ways (fault injection for tests and the demo): their
+    /// messages are dropped on arrival and nothing is sent to them, until `heal`.
+    public func block(_ peers: Set<NodeID>) { blocked.withLock { $0.formUnion(peers) } }
+
+    /// Restores every link `block` cut.
+    public func heal() { blocked.withLock { $0.removeAll() } }
+
+    /// The peers cut off now.
+    public var blockedPeers: Set<NodeID> { blocked.withLock { $0 } }
+
     public func send(_ bytes: [UInt8], from: NodeID, to: NodeID) {
+        if blocked.withLock({ $0.contains(to) }) {
+            statistics.withLock { $0.framesDropped += 1 }
+            return
+        }
         guard let link = links.withLock({ $0[to] }) else { return }
         var frame = ByteBuffer()
         frame.reserveCapacity(Framing.headerBytes + bytes.count)
@@ -300,16 +317,18 @@ final class InboundHandler: ChannelInboundHandler {
 
     private let cluster: String
     private let isPeer: @Sendable (NodeID) -> Bool
+    private let isBlocked: @Sendable (NodeID) -> Bool
     private let me: NodeID
     private let logger: Logger
     private let statistics: NIOTransport.Counters
     private let deliver: @Sendable (NodeMessage, NodeID) -> Void
     private var peer: NodeID?
 
-    init(cluster: String, isPeer: @escaping @Sendable (NodeID) -> Bool, me: NodeID, logger: Logger, statistics: NIOTransport.Counters,
+    init(cluster: String, isPeer: @escaping @Sendable (NodeID) -> Bool, isBlocked: @escaping @Sendable (NodeID) -> Bool, me: NodeID, logger: Logger, statistics: NIOTransport.Counters,
          deliver: @escaping @Sendable (NodeMessage, NodeID) -> Void) {
         self.cluster = cluster
         self.isPeer = isPeer
+        self.isBlocked = isBlocked
         self.me = me
         self.logger = logger
         self.statistics = statistics
@@ -334,7 +353,7 @@ final class InboundHandler: ChannelInboundHandler {
         do {
             let message = try NodeMessage(binary: payload)
             statistics.withLock { $0.framesReceived += 1 }
-            deliver(message, peer)
+            if !isBlocked(peer) { deliver(message, peer) }
         } catch {
             refuse(context, FramingError.undecodableMessage("\(error)"))
         }

@@ -469,7 +469,7 @@ public struct KeyValueStateMachine: Sendable, Equatable, BinaryCodable {
     }
 
     /// A Redis decimal integer: optional minus, digits, no spaces or leading plus, fits 64 bits.
-    static func decimal(_ text: String) -> Int64? {
+    public static func decimal(_ text: String) -> Int64? {
         guard !text.isEmpty, text.utf8.count <= 20, !text.hasPrefix("+"), text != "-" else { return nil }
         guard text.utf8.dropFirst(text.hasPrefix("-") ? 1 : 0).allSatisfy({ $0 >= 48 && $0 <= 57 }) else { return nil }
         return Int64(text)

@@ -1,0 +1,116 @@
+import Continuum
+import ContinuumCore
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// A Redis-protocol (RESP2 and RESP3) server for one node, so that `redis-cli`,
+/// `redis-benchmark` and every language's Redis client can use the cluster (see
+/// `RedisServerConfiguration` for the commands). Each connection's commands run one at a time
+/// in arrival order (pipelining keeps its order); connections run concurrently.
+public final class RESPServer: Sendable {
+    public let node: Node
+    public let configuration: RedisServerConfiguration
+    private let transport: NIOTransport?
+    private let group: any EventLoopGroup
+    private let logger: Logger
+    private let channel = Mutex<(any Channel)?>(nil)
+    private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
+
+    public init(node: Node, configuration: RedisServerConfiguration, transport: NIOTransport?, group: any EventLoopGroup,
+                logger: Logger = Logger(label: "continuum.resp")) {
+        self.node = node
+        self.configuration = configuration
+        self.transport = transport
+        self.group = group
+        self.logger = logger
+    }
+
+    /// Listens on `host:port` (0: any free port); returns the bound port.
+    @discardableResult
+    public func listen(host: String, port: Int) async throws -> Int {
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 512)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { [self] channel in
+                let key = ObjectIdentifier(channel)
+                connections.withLock { $0[key] = channel }
+                channel.closeFuture.whenComplete { [self] _ in _ = connections.withLock { $0.removeValue(forKey: key) } }
+                let (stream, continuation) = AsyncStream<[[UInt8]]>.makeStream(bufferingPolicy: .unbounded)
+                Task { await serve(channel, stream) }
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RESPRequestDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(RESPRequestHandler(continuation: continuation, logger: logger))
+                }
+            }
+            .bind(host: host, port: port).get()
+        self.channel.withLock { $0 = channel }
+        let bound = channel.localAddress?.port ?? port
+        logger.info("serving the Redis protocol", metadata: ["address": "\(host):\(bound)"])
+        return bound
+    }
+
+    /// Runs one connection's commands in order and writes their replies.
+    private func serve(_ channel: any Channel, _ requests: AsyncStream<[[UInt8]]>) async {
+        let connection = RedisConnection(node: node, configuration: configuration, transport: transport)
+        for await request in requests {
+            let outcome = await connection.execute(request)
+            var buffer = channel.allocator.buffer(capacity: 64)
+            switch outcome {
+            case let .reply(reply):
+                reply.encode(into: &buffer, resp3: connection.resp3)
+                channel.writeAndFlush(buffer, promise: nil)
+            case let .replyAndClose(reply):
+                reply.encode(into: &buffer, resp3: connection.resp3)
+                try? await channel.writeAndFlush(buffer)
+                try? await channel.close()
+                return
+            }
+        }
+    }
+
+    public func shutdown() async {
+        let listener = channel.withLock { channel in
+            defer { channel = nil }
+            return channel
+        }
+        try? await listener?.close()
+        for connection in connections.withLock({ Array($0.values) }) { try? await connection.close() }
+    }
+}
+
+/// Hands decoded requests to the connection's command loop; a protocol error is answered and
+/// closes the connection.
+final class RESPRequestHandler: ChannelInboundHandler {
+    typealias InboundIn = [[UInt8]]
+    typealias OutboundOut = ByteBuffer
+
+    private let continuation: AsyncStream<[[UInt8]]>.Continuation
+    private let logger: Logger
+
+    init(continuation: AsyncStream<[[UInt8]]>.Continuation, logger: Logger) {
+        self.continuation = continuation
+        self.logger = logger
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        continuation.yield(unwrapInboundIn(data))
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        continuation.finish()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        continuation.finish()
+        logger.info("closing a client connection", metadata: ["reason": "\(error)"])
+        var buffer = context.channel.allocator.buffer(capacity: 64)
+        let reason = (error as? RESPProtocolError).map { "ERR \($0)" } ?? "ERR \(error)"
+        RESPReply.error(reason).encode(into: &buffer, resp3: false)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
+    }
+}

@@ -1,0 +1,407 @@
+import Continuum
+import ContinuumCore
+import ContinuumProtocols
+
+/// The Redis commands a node serves, routed by each key's policy: the policy declared for it
+/// with `CONTINUUM.POLICY` (kept in the consensus catalogue), else the server's default.
+///
+/// - `linearizable`: strings (GET, SET, INCR...), deletes and sets (SADD...) go through Raft.
+/// - `available` and `bounded`: CRDT registers, updated locally and merged by anti-entropy:
+///   SET writes a last-writer-wins register, INCR a PN-counter, SADD an add-wins set; GET under
+///   `bounded` answers within the bound or fails with `STALE`.
+/// - `serializable`: integer values through one-operation transactions (2PL and 2PC at every
+///   replica).
+///
+/// Errors use Redis's form: `-ERR`, `-WRONGTYPE`, and Continuum's own prefixes
+/// `-UNAVAILABLE` (nothing was done), `-INDETERMINATE` (a write may or may not take effect) and
+/// `-STALE` (no answer within the staleness bound in time).
+public struct RedisServerConfiguration: Sendable {
+    /// The policy of keys nobody declared.
+    public var defaultPolicy: Policy
+    /// The latency bound of each linearizable or serializable command.
+    public var requestLatency: Duration
+
+    public init(defaultPolicy: Policy = .linearizable, requestLatency: Duration = .seconds(2)) {
+        self.defaultPolicy = defaultPolicy
+        self.requestLatency = requestLatency
+    }
+}
+
+/// One client connection's state and its commands.
+final class RedisConnection {
+    let node: Node
+    let configuration: RedisServerConfiguration
+    let transport: NIOTransport?
+    var resp3 = false
+    private var client: UInt64?
+    private var sequence: UInt64 = 0
+
+    init(node: Node, configuration: RedisServerConfiguration, transport: NIOTransport?) {
+        self.node = node
+        self.configuration = configuration
+        self.transport = transport
+    }
+
+    enum Outcome {
+        case reply(RESPReply)
+        case replyAndClose(RESPReply)
+    }
+
+    func execute(_ arguments: [[UInt8]]) async -> Outcome {
+        let name = String(decoding: arguments[0], as: UTF8.self).uppercased()
+        let rest = Array(arguments.dropFirst())
+        do {
+            if name == "QUIT" { return .replyAndClose(.ok) }
+            return .reply(try await run(name, rest))
+        } catch let error as CommandError {
+            return .reply(.error(error.message))
+        } catch let error as ContinuumError {
+            return .reply(.error(Self.message(for: error)))
+        } catch {
+            return .reply(.error("ERR \(error)"))
+        }
+    }
+
+    struct CommandError: Error {
+        var message: String
+        static func arity(_ name: String) -> CommandError { CommandError(message: "ERR wrong number of arguments for '\(name.lowercased())' command") }
+        static let syntax = CommandError(message: "ERR syntax error")
+        static let notInteger = CommandError(message: "ERR value is not an integer or out of range")
+        static let wrongType = CommandError(message: "WRONGTYPE Operation against a key holding the wrong kind of value")
+    }
+
+    static func message(for error: ContinuumError) -> String {
+        switch error {
+        case .unavailable: "UNAVAILABLE \(error)"
+        case .indeterminate: "INDETERMINATE \(error)"
+        case .stalenessBoundUnmet: "STALE \(error)"
+        case .typeMismatch, .wrongPolicy: "WRONGTYPE \(error)"
+        default: "ERR \(error)"
+        }
+    }
+
+    private func text(_ bytes: [UInt8]) -> String { String(decoding: bytes, as: UTF8.self) }
+
+    private func integer(_ bytes: [UInt8]) throws -> Int64 {
+        guard let value = KeyValueStateMachine.decimal(text(bytes)) else { throw CommandError.notInteger }
+        return value
+    }
+
+    private func policy(of key: String) async -> Policy {
+        guard let declared = await node.declaredPolicy(of: key), let policy = try? Policy(words: declared.split(separator: " ").map(String.init)) else {
+            return configuration.defaultPolicy
+        }
+        return policy
+    }
+
+    // MARK: Dispatch
+
+    private func run(_ name: String, _ arguments: [[UInt8]]) async throws -> RESPReply {
+        func need(_ range: ClosedRange<Int>) throws { guard range.contains(arguments.count) else { throw CommandError.arity(name) } }
+        switch name {
+        case "PING":
+            try need(0...1)
+            return arguments.first.map { .bulk($0) } ?? .simple("PONG")
+        case "ECHO":
+            try need(1...1)
+            return .bulk(arguments[0])
+        case "HELLO":
+            return try hello(arguments)
+        case "SELECT":
+            try need(1...1)
+            guard text(arguments[0]) == "0" else { throw CommandError(message: "ERR DB index is out of range") }
+            return .ok
+        case "CLIENT":
+            try need(1...Int.max)
+            switch text(arguments[0]).uppercased() {
+            case "GETNAME": return .null
+            case "ID": return .integer(Int64(bitPattern: try await clientID()))
+            default: return .ok
+            }
+        case "COMMAND":
+            return .array([])
+        case "CONFIG":
+            try need(1...Int.max)
+            guard text(arguments[0]).uppercased() == "GET" else { throw CommandError(message: "ERR CONFIG \(text(arguments[0])) is not supported") }
+            return resp3 ? .map([]) : .array([])
+        case "INFO":
+            return .bulk(try await info())
+        case "GET":
+            try need(1...1)
+            return try await get(text(arguments[0]), policy: nil).reply
+        case "SET":
+            try need(2...2)
+            try await set(text(arguments[0]), arguments[1])
+            return .ok
+        case "INCR", "DECR":
+            try need(1...1)
+            return .integer(try await add(text(arguments[0]), name == "INCR" ? 1 : -1))
+        case "INCRBY", "DECRBY":
+            try need(2...2)
+            let amount = try integer(arguments[1])
+            guard name == "INCRBY" || amount != .min else { throw CommandError.notInteger }
+            return .integer(try await add(text(arguments[0]), name == "INCRBY" ? amount : -amount))
+        case "DEL":
+            try need(1...Int.max)
+            return .integer(try await delete(arguments.map(text)))
+        case "SADD", "SREM":
+            try need(2...Int.max)
+            return .integer(try await setChange(text(arguments[0]), arguments.dropFirst().map(text), insert: name == "SADD"))
+        case "SMEMBERS":
+            try need(1...1)
+            return .set(try await members(text(arguments[0])).sorted().map { .bulk($0) })
+        case "SCARD":
+            try need(1...1)
+            return .integer(Int64(try await members(text(arguments[0])).count))
+        case "SISMEMBER":
+            try need(2...2)
+            return .integer(try await members(text(arguments[0])).contains(text(arguments[1])) ? 1 : 0)
+        case "CONTINUUM.POLICY":
+            try need(1...4)
+            return try await declarePolicy(text(arguments[0]), arguments.dropFirst().map(text))
+        case "CONTINUUM.GET":
+            try need(1...4)
+            let override = arguments.count > 1 ? try Policy(words: arguments.dropFirst().map(text)) : nil
+            let answer = try await get(text(arguments[0]), policy: override)
+            return .array([answer.reply, .bulk(answer.receipt?.guarantee.description ?? "linearizable"),
+                           answer.receipt?.staleness.map { .integer($0.nanoseconds / 1_000_000) } ?? .null,
+                           .bulk(answer.receipt?.version.description ?? "-"),
+                           .array((answer.receipt?.replicas ?? []).map { .bulk("n\($0.rawValue)") })])
+        case "CONTINUUM.PARTITION":
+            try need(1...Int.max)
+            guard let transport else { throw CommandError(message: "ERR this node has no network transport") }
+            var peers: Set<NodeID> = []
+            for word in arguments.map(text) {
+                guard let raw = UInt64(word.hasPrefix("n") ? String(word.dropFirst()) : word) else {
+                    throw CommandError(message: "ERR '\(word)' is not a node id")
+                }
+                peers.insert(NodeID(raw))
+            }
+            transport.block(peers)
+            return .ok
+        case "CONTINUUM.HEAL":
+            transport?.heal()
+            return .ok
+        default:
+            throw CommandError(message: "ERR unknown command '\(name.lowercased())'")
+        }
+    }
+
+    private func hello(_ arguments: [[UInt8]]) throws -> RESPReply {
+        if let version = arguments.first {
+            switch text(version) {
+            case "2": resp3 = false
+            case "3": resp3 = true
+            default: throw CommandError(message: "NOPROTO unsupported protocol version")
+            }
+        }
+        return .map([(.bulk("server"), .bulk("continuum")), (.bulk("version"), .bulk("0.1.0")),
+                     (.bulk("proto"), .integer(resp3 ? 3 : 2)), (.bulk("id"), .integer(Int64(node.id.rawValue))),
+                     (.bulk("mode"), .bulk("cluster")), (.bulk("role"), .bulk("master")), (.bulk("modules"), .array([]))])
+    }
+
+    private func info() async throws -> String {
+        let status = await node.consensusStatus
+        let staleness = await node.certifiedStaleness
+        var lines = ["# Server", "redis_version:7.0.0", "continuum_version:0.1.0", "continuum_node:n\(node.id.rawValue)",
+                     "# Continuum", "default_policy:\(configuration.defaultPolicy.words.joined(separator: " "))"]
+        if let status { lines += ["raft_role:\(status.role)", "raft_term:\(status.term)", "raft_commit_index:\(status.commitIndex)"] }
+        lines.append("certified_staleness_available_ms:\(staleness.available.map { "\($0.nanoseconds / 1_000_000)" } ?? "none")")
+        lines.append("certified_staleness_consensus_ms:\(staleness.consensus.map { "\($0.nanoseconds / 1_000_000)" } ?? "none")")
+        return lines.joined(separator: "\r\n") + "\r\n"
+    }
+
+    // MARK: Consensus
+
+    private func clientID() async throws -> UInt64 {
+        if let client { return client }
+        let fresh = await node.newClient()
+        client = fresh
+        return fresh
+    }
+
+    private func consensus(_ operation: KeyValueOperation) async throws -> KeyValueResult {
+        let client = try await clientID()
+        sequence += 1
+        switch await node.linearizable(operation, client: client, sequence: sequence, latency: configuration.requestLatency) {
+        case let .ok(result, _): return result
+        case let .unavailable(reason): throw ContinuumError.unavailable(reason)
+        case .indeterminate: throw ContinuumError.indeterminate
+        }
+    }
+
+    // MARK: Commands by policy
+
+    typealias Bytes = LWWRegister<[UInt8]>
+
+    private func get(_ key: String, policy override: Policy?) async throws -> (reply: RESPReply, receipt: ReadReceipt?) {
+        let declared = await policy(of: key)
+        let policy = override ?? declared
+        switch (declared, policy) {
+        case (.linearizable, .linearizable):
+            guard case let .string(bytes) = try await consensus(.stringGet(key: key)) else { throw CommandError.wrongType }
+            return (bytes.map { RESPReply.bulk($0) } ?? .null, nil)
+        case (.linearizable, _):
+            let answer = try await node.raftBoundedRead(.stringGet(key: key), levels: policy.serviceLevels, minimumIndex: 0).get()
+            guard case let .string(bytes) = answer.result else { throw CommandError.wrongType }
+            return (bytes.map { RESPReply.bulk($0) } ?? .null, answer.receipt)
+        case (.serializable, _):
+            let result = try await node.read(serializable: key, policy == .linearizable ? .serializable : policy)
+            switch result.value {
+            case nil: return (.null, result.receipt)
+            case let .int(value)?: return (.bulk("\(value)"), result.receipt)
+            case .list?: throw CommandError.wrongType
+            }
+        case (let declared, .linearizable), (let declared, .serializable):
+            throw ContinuumError.wrongPolicy(register: key, declared: declared)
+        case (.available, _), (.bounded, _):
+            let readPolicy = policy
+            let bytes: ReadResult<Bytes>
+            do {
+                bytes = try await node.register(key, as: Bytes.self).read(readPolicy)
+            } catch {
+                switch error {
+                case .notDeclared, .deleted: return (.null, nil)
+                case let .typeMismatch(_, declared, _) where declared == replicableTypeName(PNCounter.self):
+                    let result = try await node.register(key, as: PNCounter.self).read(readPolicy)
+                    return (.bulk("\(result.value.value)"), result.receipt)
+                default: throw error
+                }
+            }
+            return (bytes.value.value.map { RESPReply.bulk($0) } ?? .null, bytes.receipt)
+        }
+    }
+
+    private func set(_ key: String, _ value: [UInt8]) async throws {
+        switch await policy(of: key) {
+        case .linearizable:
+            _ = try await consensus(.stringSet(key: key, value: value))
+        case .serializable:
+            try await node.write(serializable: key, .int(try integer(value)), latency: configuration.requestLatency)
+        case .available, .bounded:
+            let register = try await node.declare(key, as: Bytes.self)
+            let physical = UInt64(clamping: wallClockNanoseconds())
+            try await register.update { register, replica in
+                var clock = HybridLogicalClock()
+                return try register.write(value, replica: replica, clock: &clock, physical: physical)
+            }
+        }
+    }
+
+    private func add(_ key: String, _ amount: Int64) async throws -> Int64 {
+        switch await policy(of: key) {
+        case .linearizable:
+            switch try await consensus(.stringAdd(key: key, amount: amount)) {
+            case let .integer(value): return value
+            case .notAnInteger: throw CommandError.notInteger
+            default: throw CommandError.wrongType
+            }
+        case .serializable:
+            let latency = configuration.requestLatency
+            return try await node.transaction(latency: latency) { transaction in
+                let current: Int64
+                switch try await transaction.read(key) {
+                case nil: current = 0
+                case let .int(value)?: current = value
+                case .list?: throw CommandError.wrongType
+                }
+                let (sum, overflow) = current.addingReportingOverflow(amount)
+                guard !overflow else { throw CommandError.notInteger }
+                try await transaction.write(key, .int(sum))
+                return sum
+            }
+        case .available, .bounded:
+            let counter = try await node.declare(key, as: PNCounter.self)
+            return try await counter.update { counter, replica in counter.add(amount, replica: replica) }.value
+        }
+    }
+
+    private func delete(_ keys: [String]) async throws -> Int64 {
+        var removed: Int64 = 0
+        var consensusKeys: [String] = []
+        for key in keys {
+            switch await policy(of: key) {
+            case .linearizable: consensusKeys.append(key)
+            case .serializable: throw CommandError(message: "ERR DEL is not supported on serializable keys; SET them instead")
+            case .available, .bounded:
+                do {
+                    try await node.register(key, as: Bytes.self).delete()
+                    removed += 1
+                } catch {
+                    switch error {
+                    case .notDeclared, .deleted: break
+                    default: throw error
+                    }
+                }
+            }
+        }
+        if !consensusKeys.isEmpty {
+            guard case let .count(count) = try await consensus(.delete(keys: consensusKeys)) else { throw CommandError.wrongType }
+            removed += count
+        }
+        return removed
+    }
+
+    private func setChange(_ key: String, _ members: [String], insert: Bool) async throws -> Int64 {
+        switch await policy(of: key) {
+        case .linearizable:
+            var changed: Int64 = 0
+            for member in members {
+                let before = try await self.members(key)
+                let operation: CRDTOperation = insert ? .setInsert(member) : .setRemove(member)
+                guard case .crdt = try await consensus(.crdt(key: key, operation)) else { throw CommandError.wrongType }
+                if before.contains(member) != insert { changed += 1 }
+            }
+            return changed
+        case .serializable:
+            throw CommandError(message: "ERR serializable keys hold integers")
+        case .available, .bounded:
+            let set = try await node.declare(key, as: ORSet<String>.self)
+            let before = try await set.read(.available).value.elements
+            try await set.update { set, replica in
+                var delta = ORSet<String>()
+                for member in members { delta.formJoin(insert ? set.insert(member, replica: replica) : set.remove(member)) }
+                return delta
+            }
+            return Int64(members.filter { before.contains($0) != insert }.count)
+        }
+    }
+
+    private func members(_ key: String) async throws -> Set<String> {
+        switch await policy(of: key) {
+        case .linearizable:
+            switch try await consensus(.crdtRead(key: key)) {
+            case .crdt(nil): return []
+            case let .crdt(.set(set)?): return set.elements
+            default: throw CommandError.wrongType
+            }
+        case .serializable:
+            throw CommandError(message: "ERR serializable keys hold integers")
+        case let policy:
+            do {
+                return try await node.register(key, as: ORSet<String>.self).read(policy).value.elements
+            } catch {
+                switch error {
+                case .notDeclared, .deleted: return []
+                default: break
+                }
+                throw error
+            }
+        }
+    }
+
+    private func declarePolicy(_ key: String, _ words: [String]) async throws -> RESPReply {
+        guard !words.isEmpty else {
+            let declared = await node.declaredPolicy(of: key)
+            return .bulk(declared ?? "\(configuration.defaultPolicy.words.joined(separator: " ")) (default)")
+        }
+        let text: String?
+        if words.count == 1, words[0].lowercased() == "default" {
+            text = nil
+        } else {
+            text = try Policy(words: words).words.joined(separator: " ")
+        }
+        _ = try await consensus(.setPolicy(key: key, policy: text))
+        return .ok
+    }
+}

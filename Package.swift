@@ -4,7 +4,7 @@ import PackageDescription
 // Layers (DESIGN.md section 4); imports point down only:
 //   continuum (CLI) -> ContinuumSimulation, Continuum -> ContinuumProtocols -> ContinuumCore
 //   ContinuumStorage (SQLite through GRDB) -> Continuum (the runtime's NodeStorage)
-//   ContinuumNIO (TCP between nodes, the RESP server) -> Continuum (NodeTransport)
+//   ContinuumNIO (TCP between nodes, the RESP server, the node server) -> ContinuumStorage, Continuum
 let package = Package(
     name: "Continuum",
     platforms: [.macOS(.v15)],
@@ -24,6 +24,7 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
         .target(name: "ContinuumCore"),
@@ -37,6 +38,8 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                "ContinuumStorage",
             ]
         ),
         .target(
@@ -58,7 +61,11 @@ let package = Package(
                 "ContinuumCore",
                 "ContinuumProtocols",
                 "ContinuumSimulation",
+                "ContinuumNIO",
+                "ContinuumStorage",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .testTarget(
@@ -79,6 +86,7 @@ let package = Package(
                 "Continuum", "ContinuumCore", "ContinuumProtocols", "ContinuumNIO",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(

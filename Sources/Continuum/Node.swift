@@ -161,11 +161,15 @@ public actor Node {
     /// A new client session starting at this node; it may then use any node (see `Session`).
     public func openSession() -> Session { Session(client: newClient()) }
 
-    /// A client number unique in the cluster: this node's id, then a count. Each client
-    /// numbers its linearizable requests from 1 (see `linearizable(_:client:sequence:latency:)`).
+    /// A client number unique in the cluster and across restarts: this node's id (20 bits), its
+    /// incarnation (20 bits, durable before any message of it leaves), then a count (24 bits).
+    /// Each client numbers its linearizable requests from 1 (see
+    /// `linearizable(_:client:sequence:latency:)`); reusing a number after a restart would make
+    /// the state machine take new requests for retries of old ones.
     public func newClient() -> UInt64 {
         nextClient += 1
-        return id.rawValue << 32 | nextClient
+        let incarnation = instance?.epoch ?? 0
+        return (id.rawValue & 0xF_FFFF) << 44 | (incarnation & 0xF_FFFF) << 24 | (nextClient & 0xFF_FFFF)
     }
 
     /// A handle to a register (or derived register) without declaring it; `policy` is what
@@ -537,6 +541,15 @@ public actor Node {
             case let .raft(effect): performRaft(effect)
             case let .austere(effect): performAustere(effect)
             }
+        }
+    }
+
+    /// Waits (up to `timeout`) until every patch produced so far is durable and what waited
+    /// for it went out: a graceful shutdown calls this before `stop()`.
+    public func drain(timeout: Duration = .seconds(5)) async {
+        let deadline = clock.now + timeout
+        while (flushing || !unflushed.isEmpty || !held.isEmpty) && clock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(1))
         }
     }
 

@@ -35,6 +35,8 @@ final class RedisConnection {
     var resp3 = false
     private var client: UInt64?
     private var sequence: UInt64 = 0
+    /// The log index of this connection's last consensus command.
+    private var lastIndex: UInt64 = 0
 
     init(node: Node, configuration: RedisServerConfiguration, transport: NIOTransport?) {
         self.node = node
@@ -224,7 +226,9 @@ final class RedisConnection {
         let client = try await clientID()
         sequence += 1
         switch await node.linearizable(operation, client: client, sequence: sequence, latency: configuration.requestLatency) {
-        case let .ok(result, _): return result
+        case let .ok(result, index):
+            lastIndex = max(lastIndex, index)
+            return result
         case let .unavailable(reason): throw ContinuumError.unavailable(reason)
         case .indeterminate: throw ContinuumError.indeterminate
         }
@@ -402,6 +406,9 @@ final class RedisConnection {
             text = try Policy(words: words).words.joined(separator: " ")
         }
         _ = try await consensus(.setPolicy(key: key, policy: text))
+        // This connection's next commands see the declaration: wait until this replica applied it.
+        _ = try await node.raftBoundedRead(.stringGet(key: key), levels: [ServiceLevel(.any, within: configuration.requestLatency)],
+                                           minimumIndex: lastIndex).get()
         return .ok
     }
 }

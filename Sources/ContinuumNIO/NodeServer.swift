@@ -1,0 +1,173 @@
+import Continuum
+import ContinuumCore
+import ContinuumProtocols
+import ContinuumStorage
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import Synchronization
+
+/// Where a node server listens and who its peers are.
+public struct NodeServerConfiguration: Sendable, Codable, Equatable {
+    public struct Address: Sendable, Codable, Hashable, CustomStringConvertible {
+        public var host: String
+        public var port: Int
+
+        public init(host: String, port: Int) {
+            self.host = host
+            self.port = port
+        }
+
+        /// Parses `host:port`.
+        public init(parsing text: String) throws(ContinuumError) {
+            guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65_535).contains(port),
+                  colon != text.startIndex else {
+                throw .invalidRequest("'\(text)' is not host:port")
+            }
+            self.init(host: String(text[..<colon]), port: port)
+        }
+
+        public var description: String { "\(host):\(port)" }
+
+        public init(from decoder: any Decoder) throws {
+            let text = try decoder.singleValueContainer().decode(String.self)
+            do {
+                try self.init(parsing: text)
+            } catch {
+                throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "\(error)"))
+            }
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.singleValueContainer()
+            try container.encode(description)
+        }
+    }
+
+    /// This node, `n1` style.
+    public var id: String
+    /// Where peers reach this node.
+    public var listen: Address
+    /// The other nodes by id.
+    public var peers: [String: Address]
+    /// Where the Redis-protocol server listens (none: no client port).
+    public var resp: Address?
+    public var dataDirectory: String
+    /// `available`, `linearizable`, `serializable` or `bounded <staleness ms|none> <latency ms>`.
+    public var defaultPolicy: String
+    public var cluster: String
+    /// The bound on clock offsets between nodes that freshness certificates assume.
+    public var maxClockOffsetMilliseconds: Int
+
+    public init(id: String, listen: Address, peers: [String: Address], resp: Address?, dataDirectory: String,
+                defaultPolicy: String = "linearizable", cluster: String = "continuum", maxClockOffsetMilliseconds: Int = 10) {
+        self.id = id
+        self.listen = listen
+        self.peers = peers
+        self.resp = resp
+        self.dataDirectory = dataDirectory
+        self.defaultPolicy = defaultPolicy
+        self.cluster = cluster
+        self.maxClockOffsetMilliseconds = maxClockOffsetMilliseconds
+    }
+
+    /// Parses a node id: `n3` or `3`.
+    public static func nodeID(_ text: String) throws(ContinuumError) -> NodeID {
+        guard let raw = UInt64(text.hasPrefix("n") ? String(text.dropFirst()) : text), raw > 0, raw < 1 << 20 else {
+            throw .invalidRequest("'\(text)' is not a node id (n1, n2, ...)")
+        }
+        return NodeID(raw)
+    }
+
+    /// Checks everything that can be checked before opening anything.
+    public func validated() throws(ContinuumError) -> (me: NodeID, peers: [NodeID: Address], policy: Policy) {
+        let me = try Self.nodeID(id)
+        var parsed: [NodeID: Address] = [:]
+        for (name, address) in peers {
+            let peer = try Self.nodeID(name)
+            guard peer != me else { throw .invalidRequest("node \(id) is listed as its own peer") }
+            guard parsed.updateValue(address, forKey: peer) == nil else { throw .invalidRequest("peer \(name) is listed twice") }
+        }
+        let policy = try Policy(words: defaultPolicy.split(separator: " ").map(String.init))
+        guard maxClockOffsetMilliseconds >= 0 else { throw .invalidRequest("a negative clock offset bound") }
+        return (me, parsed, policy)
+    }
+}
+
+/// A Continuum node as a server process: the node, its SQLite store, TCP to its peers and the
+/// Redis-protocol port, run as a service that shuts down gracefully (pending writes made
+/// durable, connections closed) on SIGTERM or SIGINT through swift-service-lifecycle.
+public final class NodeServer: Service {
+    public let configuration: NodeServerConfiguration
+    public let node: Node
+    public let transport: NIOTransport
+    public let resp: RESPServer?
+    private let logger: Logger
+    private let group: any EventLoopGroup
+
+    /// Opens the store (refusing a foreign or corrupt one) and builds the node; nothing listens yet.
+    public init(configuration: NodeServerConfiguration, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) throws {
+        let (me, peers, policy) = try configuration.validated()
+        self.configuration = configuration
+        self.logger = logger
+        self.group = group
+        try FileManager.default.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true)
+        let store = try SQLiteStore(path: configuration.dataDirectory + "/node.sqlite", node: me)
+        let transport = NIOTransport(
+            node: me, configuration: .init(cluster: configuration.cluster, peers: peers.mapValues { .init(host: $0.host, port: $0.port) }),
+            group: group, logger: logger)
+        let members = ([me] + peers.keys).sorted()
+        let offset = Duration.milliseconds(configuration.maxClockOffsetMilliseconds)
+        let node = Node(
+            id: me, members: members,
+            configuration: .init(gossipInterval: .milliseconds(100), freshness: .init(maxClockOffset: offset)),
+            raftConfiguration: .init(electionTimeoutMin: .milliseconds(300), heartbeatInterval: .milliseconds(50), maxClockOffset: offset),
+            storage: store, transport: transport, seed: UInt64.random(in: 1...UInt64.max), clock: .wall())
+        self.node = node
+        self.transport = transport
+        self.resp = configuration.resp.map { _ in
+            RESPServer(node: node, configuration: .init(defaultPolicy: policy), transport: transport, group: group, logger: logger)
+        }
+    }
+
+    private let ports = Mutex<(peer: Int?, resp: Int?)>((nil, nil))
+
+    /// The bound ports, once `start` returned.
+    public var boundPeerPort: Int? { ports.withLock { $0.peer } }
+    public var boundRESPPort: Int? { ports.withLock { $0.resp } }
+
+    /// Starts the node and its listeners.
+    public func start() async throws {
+        let node = self.node
+        try await node.start()
+        let peerPort = try await transport.listen(host: configuration.listen.host, port: configuration.listen.port) { message, from in
+            Task { await node.deliver(message, from: from) }
+        }
+        ports.withLock { $0.peer = peerPort }
+        if let resp, let address = configuration.resp {
+            let respPort = try await resp.listen(host: address.host, port: address.port)
+            ports.withLock { $0.resp = respPort }
+        }
+        logger.info("node started", metadata: [
+            "node": "\(configuration.id)", "peers": "\(configuration.peers.keys.sorted())", "data": "\(configuration.dataDirectory)",
+        ])
+    }
+
+    /// Stops listening, makes pending writes durable, stops the node.
+    public func stop() async {
+        await resp?.shutdown()
+        await node.drain()
+        await node.stop()
+        await transport.shutdown()
+        logger.info("node stopped", metadata: ["node": "\(configuration.id)"])
+    }
+
+    /// Service: starts, runs until graceful shutdown (SIGTERM) or cancellation, then stops.
+    public func run() async throws {
+        try await start()
+        try? await gracefulShutdown()
+        await stop()
+    }
+}

@@ -1,0 +1,138 @@
+import Continuum
+import ContinuumCore
+import ContinuumNIO
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import Testing
+
+/// Three node servers in this process, on loopback, with SQLite stores in a temporary directory.
+final class LocalCluster {
+    let directory: String
+    var servers: [NodeServer] = []
+    var clients: [RESPClient] = []
+
+    init(nodes: Int = 3, defaultPolicy: String = "linearizable") async throws {
+        directory = NSTemporaryDirectory() + "continuum-resp-\(UUID().uuidString)"
+        var logger = Logger(label: "test")
+        logger.logLevel = .error
+        let names = (1...nodes).map { "n\($0)" }
+        for name in names {
+            let configuration = NodeServerConfiguration(
+                id: name, listen: .init(host: "127.0.0.1", port: 0),
+                peers: Dictionary(uniqueKeysWithValues: names.filter { $0 != name }.map { ($0, .init(host: "127.0.0.1", port: 1)) }),
+                resp: .init(host: "127.0.0.1", port: 0), dataDirectory: directory + "/" + name, defaultPolicy: defaultPolicy)
+            servers.append(try NodeServer(configuration: configuration, logger: logger))
+        }
+        for server in servers { try await server.start() }
+        for server in servers {
+            for (index, other) in servers.enumerated() where other !== server {
+                await server.transport.setAddress(of: NodeID(UInt64(index + 1)), .init(host: "127.0.0.1", port: other.boundPeerPort!))
+            }
+        }
+        for server in servers { clients.append(try await RESPClient.connect(host: "127.0.0.1", port: server.boundRESPPort!)) }
+    }
+
+    /// Retries while the cluster has no leader yet.
+    func untilServed(_ node: Int, _ command: [String]) async throws -> RESPReply {
+        for _ in 0..<250 {
+            let reply = try await clients[node].send(command)
+            if case let .error(text) = reply, text.hasPrefix("UNAVAILABLE") || text.hasPrefix("INDETERMINATE") {
+                try await Task.sleep(for: .milliseconds(20))
+                continue
+            }
+            return reply
+        }
+        throw RESPClientError(description: "no leader")
+    }
+
+    func shutdown() async {
+        for client in clients { await client.close() }
+        for server in servers { await server.stop() }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}
+
+@Suite(.timeLimit(.minutes(1))) struct RESPServerTests {
+    @Test func redisCommandsWorkAcrossNodesUnderTheirPolicies() async throws {
+        let cluster = try await LocalCluster()
+        let c = cluster.clients
+        #expect(try await cluster.untilServed(0, ["SET", "greeting", "hello"]) == .ok)
+        #expect(try await c[1].send(["GET", "greeting"]) == .bulk("hello"), "linearizable: another node reads the write")
+        #expect(try await c[2].send(["INCR", "hits"]) == .integer(1))
+        #expect(try await c[0].send(["INCRBY", "hits", "41"]) == .integer(42))
+        #expect(try await c[1].send(["DECRBY", "hits", "2"]) == .integer(40))
+        #expect(try await c[1].send(["INCR", "greeting"]) == .error("ERR value is not an integer or out of range"))
+        #expect(try await c[0].send(["SADD", "tags", "a", "b", "a"]) == .integer(2))
+        #expect(try await c[2].send(["SMEMBERS", "tags"]) == .array([.bulk("a"), .bulk("b")]), "RESP2 sends sets as arrays")
+        #expect(try await c[2].send(["SREM", "tags", "a", "zzz"]) == .integer(1))
+        #expect(try await c[1].send(["DEL", "greeting", "tags", "nothing"]) == .integer(2))
+        #expect(try await c[0].send(["GET", "greeting"]) == .null)
+
+        // A key declared available: CRDT updates, merged everywhere by anti-entropy.
+        #expect(try await c[0].send(["CONTINUUM.POLICY", "cart", "available"]) == .ok)
+        #expect(try await c[0].send(["CONTINUUM.POLICY", "cart"]) == .bulk("available"))
+        #expect(try await c[0].send(["SADD", "cart", "tea"]) == .integer(1))
+        var seen: RESPReply = .null
+        for _ in 0..<250 {
+            seen = try await c[2].send(["SMEMBERS", "cart"])
+            if seen == .array([.bulk("tea")]) { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(seen == .array([.bulk("tea")]))
+        // A per-command policy, with what was delivered.
+        guard case let .array(fields) = try await c[1].send(["CONTINUUM.GET", "hits", "bounded", "10000", "500"]) else {
+            Issue.record("CONTINUUM.GET did not answer an array")
+            return
+        }
+        #expect(fields.first == .bulk("40"))
+        #expect(fields.count == 5)
+        #expect(try await c[0].send(["CONTINUUM.POLICY", "cart", "sometimes"]).description.contains("a policy is"))
+
+        // Errors in Redis's form; the connection goes on.
+        #expect(try await c[0].send(["NOSUCH"]) == .error("ERR unknown command 'nosuch'"))
+        #expect(try await c[0].send(["GET"]) == .error("ERR wrong number of arguments for 'get' command"))
+        #expect(try await c[0].send(["PING"]) == .simple("PONG"))
+        guard case .map = try await c[0].send(["HELLO", "3"]) else {
+            Issue.record("HELLO 3 did not answer a map")
+            return
+        }
+        #expect(try await c[0].send(["GET", "nothing"]) == .null, "RESP3 null")
+        await cluster.shutdown()
+    }
+
+    @Test func inlineCommandsPipeliningAndProtocolErrors() async throws {
+        let cluster = try await LocalCluster(nodes: 1)
+        let port = cluster.servers[0].boundRESPPort!
+        // Raw bytes: an inline command and two pipelined array commands, answered in order.
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port).get()
+        let collected = Collected()
+        try await channel.pipeline.addHandler(collected)
+        try await channel.writeAndFlush(ByteBuffer(string: "PING\r\n*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n"))
+        for _ in 0..<200 where collected.text.utf8.count < 22 { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(collected.text == "+PONG\r\n+PONG\r\n$2\r\nhi\r\n")
+        // A protocol error is answered and closes the connection; the server goes on.
+        try await channel.writeAndFlush(ByteBuffer(string: "*1\r\n%4\r\nPING\r\n"))
+        for _ in 0..<200 where channel.isActive { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(!channel.isActive)
+        #expect(collected.text.contains("-ERR Protocol error"))
+        let client = try await RESPClient.connect(host: "127.0.0.1", port: port)
+        #expect(try await client.send(["PING"]) == .simple("PONG"))
+        await client.close()
+        await cluster.shutdown()
+    }
+}
+
+final class Collected: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    private let lock = NSLock()
+    private var bytes: [UInt8] = []
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = unwrapInboundIn(data)
+        lock.withLock { bytes += buffer.readBytes(length: buffer.readableBytes) ?? [] }
+    }
+
+    var text: String { lock.withLock { String(decoding: bytes, as: UTF8.self) } }
+}

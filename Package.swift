@@ -90,6 +90,10 @@ let package = Package(
             ]
         ),
         .testTarget(
+            name: "ContinuumClusterTests",
+            dependencies: ["ContinuumNIO", "ContinuumSimulation"]
+        ),
+        .testTarget(
             name: "ContinuumStorageTests",
             dependencies: ["Continuum", "ContinuumCore", "ContinuumProtocols", "ContinuumStorage"]
         ),

@@ -581,10 +581,6 @@ public actor Node {
     /// Whether this node leads the Raft group now.
     public var isLeader: Bool { raft?.role == .leader }
 
-    /// The policy declared for `key` in the consensus catalogue, as this replica has applied it
-    /// (nil: none declared, or the node is stopped).
-    public func declaredPolicy(of key: String) -> String? { raft?.stateMachine.policies[key] }
-
     /// The Raft term and commit index this replica knows, and its role (for status commands).
     public var consensusStatus: (role: String, term: UInt64, commitIndex: UInt64)? {
         raft.map { ("\($0.role)", $0.term, $0.commitIndex) }

@@ -9,13 +9,16 @@ import Synchronization
 public final class RESPClient: Sendable {
     private let channel: any Channel
     private let handler: ReplyHandler
+    /// How long a command may wait for its reply.
+    public let replyTimeout: Duration
 
-    private init(channel: any Channel, handler: ReplyHandler) {
+    private init(channel: any Channel, handler: ReplyHandler, replyTimeout: Duration) {
         self.channel = channel
         self.handler = handler
+        self.replyTimeout = replyTimeout
     }
 
-    public static func connect(host: String, port: Int, timeout: Duration = .seconds(2),
+    public static func connect(host: String, port: Int, timeout: Duration = .seconds(2), replyTimeout: Duration = .seconds(10),
                                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> RESPClient {
         let handler = ReplyHandler()
         let channel = try await ClientBootstrap(group: group)
@@ -28,7 +31,7 @@ public final class RESPClient: Sendable {
                 }
             }
             .connect(host: host, port: port).get()
-        return RESPClient(channel: channel, handler: handler)
+        return RESPClient(channel: channel, handler: handler, replyTimeout: replyTimeout)
     }
 
     /// Sends one command (as a RESP array of bulk strings) and returns its reply.
@@ -46,7 +49,19 @@ public final class RESPClient: Sendable {
         }
         let promise = channel.eventLoop.makePromise(of: RESPReply.self)
         handler.expect(promise)
-        channel.writeAndFlush(buffer, promise: nil)
+        // A write that fails (the connection is closed) fails the command; a reply that does not
+        // come within the timeout closes the connection (later replies could not be matched).
+        let written = channel.eventLoop.makePromise(of: Void.self)
+        channel.writeAndFlush(buffer, promise: written)
+        let handler = self.handler
+        written.futureResult.whenFailure { error in handler.fail(promise, error) }
+        let channel = self.channel
+        let replyTimeout = self.replyTimeout
+        let timeout = channel.eventLoop.scheduleTask(in: .nanoseconds(replyTimeout.nanoseconds)) {
+            handler.fail(promise, RESPClientError(description: "no reply within \(replyTimeout)"))
+            channel.close(promise: nil)
+        }
+        defer { timeout.cancel() }
         return try await promise.futureResult.get()
     }
 
@@ -64,19 +79,43 @@ public struct RESPClientError: Error, CustomStringConvertible {
 final class ReplyHandler: ChannelInboundHandler, Sendable {
     typealias InboundIn = RESPReply
 
-    private let waiting = Mutex(Deque<EventLoopPromise<RESPReply>>())
+    private struct State {
+        var waiting = Deque<EventLoopPromise<RESPReply>>()
+        var closed = false
+    }
 
-    func expect(_ promise: EventLoopPromise<RESPReply>) { waiting.withLock { $0.append(promise) } }
+    private let state = Mutex(State())
+
+    /// Waits for the next reply; fails at once when the connection is already gone.
+    func expect(_ promise: EventLoopPromise<RESPReply>) {
+        let closed = state.withLock { state in
+            if state.closed { return true }
+            state.waiting.append(promise)
+            return false
+        }
+        if closed { promise.fail(RESPClientError(description: "the connection is closed")) }
+    }
+
+    /// Fails one waiting command (its write failed, or its reply timed out).
+    func fail(_ promise: EventLoopPromise<RESPReply>, _ error: any Error) {
+        let found = state.withLock { state in
+            guard let index = state.waiting.firstIndex(where: { $0.futureResult === promise.futureResult }) else { return false }
+            state.waiting.remove(at: index)
+            return true
+        }
+        if found { promise.fail(error) }
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let reply = unwrapInboundIn(data)
-        waiting.withLock { $0.popFirst() }?.succeed(reply)
+        state.withLock { $0.waiting.popFirst() }?.succeed(reply)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        let failed = waiting.withLock { waiting in
-            defer { waiting.removeAll() }
-            return Array(waiting)
+        let failed = state.withLock { state in
+            state.closed = true
+            defer { state.waiting.removeAll() }
+            return Array(state.waiting)
         }
         for promise in failed { promise.fail(RESPClientError(description: "the server closed the connection")) }
         context.fireChannelInactive()

@@ -3,7 +3,12 @@ import ContinuumCore
 import ContinuumProtocols
 
 /// The Redis commands a node serves, routed by each key's policy: the policy declared for it
-/// with `CONTINUUM.POLICY` (kept in the consensus catalogue), else the server's default.
+/// with `CONTINUUM.POLICY`, else the server's default. Declarations live in an available
+/// register (`continuum.policies`, a map of last-writer-wins entries): every node keeps and
+/// persists the catalogue it has seen, so a restarted node routes as before its crash, at once
+/// and without a majority. A declaration reaches the other nodes by anti-entropy (a gossip
+/// round, unless partitioned); until then they route the key under the default policy:
+/// declare keys before using them.
 ///
 /// - `linearizable`: strings (GET, SET, INCR...), deletes and sets (SADD...) go through Raft.
 /// - `available` and `bounded`: CRDT registers, updated locally and merged by anti-entropy:
@@ -35,8 +40,6 @@ final class RedisConnection {
     var resp3 = false
     private var client: UInt64?
     private var sequence: UInt64 = 0
-    /// The log index of this connection's last consensus command.
-    private var lastIndex: UInt64 = 0
 
     init(node: Node, configuration: RedisServerConfiguration, transport: NIOTransport?) {
         self.node = node
@@ -89,8 +92,17 @@ final class RedisConnection {
         return value
     }
 
+    typealias Catalogue = GMap<String, LWWRegister<String>>
+    static let catalogue = "continuum.policies"
+
+    /// The catalogue here (empty when nobody declared anything this node heard of).
+    private func declarations() async -> Catalogue {
+        (try? await node.register(Self.catalogue, as: Catalogue.self).read()) ?? Catalogue()
+    }
+
     private func policy(of key: String) async -> Policy {
-        guard let declared = await node.declaredPolicy(of: key), let policy = try? Policy(words: declared.split(separator: " ").map(String.init)) else {
+        guard let declared = await declarations()[key].value, declared != "default",
+              let policy = try? Policy(words: declared.split(separator: " ").map(String.init)) else {
             return configuration.defaultPolicy
         }
         return policy
@@ -226,9 +238,7 @@ final class RedisConnection {
         let client = try await clientID()
         sequence += 1
         switch await node.linearizable(operation, client: client, sequence: sequence, latency: configuration.requestLatency) {
-        case let .ok(result, index):
-            lastIndex = max(lastIndex, index)
-            return result
+        case let .ok(result, _): return result
         case let .unavailable(reason): throw ContinuumError.unavailable(reason)
         case .indeterminate: throw ContinuumError.indeterminate
         }
@@ -396,19 +406,26 @@ final class RedisConnection {
 
     private func declarePolicy(_ key: String, _ words: [String]) async throws -> RESPReply {
         guard !words.isEmpty else {
-            let declared = await node.declaredPolicy(of: key)
-            return .bulk(declared ?? "\(configuration.defaultPolicy.words.joined(separator: " ")) (default)")
+            if let declared = await declarations()[key].value, declared != "default" { return .bulk(declared) }
+            return .bulk("\(configuration.defaultPolicy.words.joined(separator: " ")) (default)")
         }
-        let text: String?
-        if words.count == 1, words[0].lowercased() == "default" {
-            text = nil
-        } else {
-            text = try Policy(words: words).words.joined(separator: " ")
+        let text = words.count == 1 && words[0].lowercased() == "default" ? "default" : try Policy(words: words).words.joined(separator: " ")
+        let catalogue = try await node.declare(Self.catalogue, as: Catalogue.self)
+        let physical = UInt64(clamping: wallClockNanoseconds())
+        try await catalogue.update { map, replica in
+            var failure: (any Error)?
+            let delta = map.update(key) { entry in
+                var clock = HybridLogicalClock()
+                do {
+                    return try entry.write(text, replica: replica, clock: &clock, physical: physical)
+                } catch {
+                    failure = error
+                    return LWWRegister()
+                }
+            }
+            if let failure { throw failure }
+            return delta
         }
-        _ = try await consensus(.setPolicy(key: key, policy: text))
-        // This connection's next commands see the declaration: wait until this replica applied it.
-        _ = try await node.raftBoundedRead(.stringGet(key: key), levels: [ServiceLevel(.any, within: configuration.requestLatency)],
-                                           minimumIndex: lastIndex).get()
         return .ok
     }
 }

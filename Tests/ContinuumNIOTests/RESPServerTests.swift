@@ -81,6 +81,21 @@ final class LocalCluster {
             try await Task.sleep(for: .milliseconds(20))
         }
         #expect(seen == .array([.bulk("tea")]))
+        // Available strings (last writer wins) and counters replicate the same way.
+        #expect(try await c[0].send(["CONTINUUM.POLICY", "title", "available"]) == .ok)
+        #expect(try await c[0].send(["CONTINUUM.POLICY", "views", "bounded", "none", "100"]) == .ok)
+        #expect(try await c[0].send(["SET", "title", "Hello"]) == .ok)
+        #expect(try await c[0].send(["INCRBY", "views", "3"]) == .integer(3))
+        var title: RESPReply = .null
+        var views: RESPReply = .null
+        for _ in 0..<250 {
+            title = try await c[2].send(["GET", "title"])
+            views = try await c[1].send(["GET", "views"])
+            if title == .bulk("Hello") && views == .bulk("3") { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(title == .bulk("Hello") && views == .bulk("3"))
+        #expect(try await c[1].send(["SET", "views", "x"]).description.hasPrefix("(error) WRONGTYPE"))
         // A per-command policy, with what was delivered.
         guard case let .array(fields) = try await c[1].send(["CONTINUUM.GET", "hits", "bounded", "10000", "500"]) else {
             Issue.record("CONTINUUM.GET did not answer an array")

@@ -3,7 +3,7 @@ import Testing
 
 @testable import ContinuumProtocols
 
-/// The Redis string namespace, deletes and the policy catalogue of the Raft state machine.
+/// The Redis string namespace and deletes of the Raft state machine.
 @Suite struct KeyValueStateMachineTests {
     var machine = KeyValueStateMachine()
     var sequence: UInt64 = 0
@@ -29,12 +29,10 @@ import Testing
         _ = apply(.crdt(key: "tags", .setInsert("a")))
         #expect(apply(.delete(keys: ["name", "tags", "missing", "name"])) == .count(2))
         #expect(machine.strings["name"] == nil && machine.crdts["tags"] == nil)
-        #expect(apply(.setPolicy(key: "cart", policy: "available")) == .written)
-        #expect(machine.policies == ["cart": "available"])
         // All of it survives a snapshot.
         #expect(try KeyValueStateMachine(binary: machine.binaryEncoded()) == machine)
         for operation: KeyValueOperation in [.stringSet(key: "k", value: [0, 255]), .stringSet(key: "k", value: nil), .stringGet(key: "k"),
-                                              .stringAdd(key: "k", amount: -3), .delete(keys: ["a", "b"]), .setPolicy(key: "k", policy: nil)] {
+                                              .stringAdd(key: "k", amount: -3), .delete(keys: ["a", "b"])] {
             #expect(try KeyValueOperation(binary: operation.binaryEncoded()) == operation)
         }
         for result: KeyValueResult in [.string([1, 2]), .string(nil), .integer(-7), .notAnInteger, .count(3)] {

@@ -98,6 +98,8 @@ public struct ReplicableTypeCatalog: Sendable {
         catalog.register(MVRegister<UInt64>.self)
         catalog.register(LWWRegister<String>.self)
         catalog.register(LWWRegister<UInt64>.self)
+        catalog.register(LWWRegister<[UInt8]>.self)
+        catalog.register(GMap<String, LWWRegister<String>>.self)
         catalog.register(MaxRegister<UInt64>.self)
         catalog.register(MaxRegister<Int64>.self)
         catalog.register(ORMap<String, ORSet<String>>.self)

@@ -142,14 +142,11 @@ public enum KeyValueOperation: Sendable, Equatable, BinaryCodable, CustomStringC
     case stringAdd(key: String, amount: Int64)
     /// Removes the keys from every namespace (strings, integers, CRDTs); counts those that existed.
     case delete(keys: [String])
-    /// Sets the policy a key is served under (nil: the cluster's default), for nodes that route
-    /// commands by key (the RESP server).
-    case setPolicy(key: String, policy: String?)
 
     public var key: String {
         switch self {
         case let .read(key), let .write(key, _), let .compareAndSet(key, _, _), let .crdt(key, _), let .crdtRead(key),
-             let .stringSet(key, _), let .stringGet(key), let .stringAdd(key, _), let .setPolicy(key, _): key
+             let .stringSet(key, _), let .stringGet(key), let .stringAdd(key, _): key
         case let .delete(keys): keys.first ?? ""
         }
     }
@@ -172,7 +169,6 @@ public enum KeyValueOperation: Sendable, Equatable, BinaryCodable, CustomStringC
         case let .stringGet(key): "get \(key)"
         case let .stringAdd(key, amount): "incrby \(key) \(amount)"
         case let .delete(keys): "delete \(keys)"
-        case let .setPolicy(key, policy): "policy \(key) \(policy ?? "default")"
         }
     }
 
@@ -211,10 +207,6 @@ public enum KeyValueOperation: Sendable, Equatable, BinaryCodable, CustomStringC
         case let .delete(keys):
             writer.writeByte(8)
             keys.encode(to: &writer)
-        case let .setPolicy(key, policy):
-            writer.writeByte(9)
-            key.encode(to: &writer)
-            policy.encode(to: &writer)
         }
     }
 
@@ -229,7 +221,6 @@ public enum KeyValueOperation: Sendable, Equatable, BinaryCodable, CustomStringC
         case 6: self = .stringGet(key: try String(from: &reader))
         case 7: self = .stringAdd(key: try String(from: &reader), amount: try Int64(from: &reader))
         case 8: self = .delete(keys: try [String](from: &reader))
-        case 9: self = .setPolicy(key: try String(from: &reader), policy: try String?(from: &reader))
         case let tag: throw .invalid("key-value operation tag \(tag)")
         }
     }
@@ -370,8 +361,6 @@ public struct KeyValueStateMachine: Sendable, Equatable, BinaryCodable {
     public private(set) var values: [String: Int64] = [:]
     public private(set) var crdts: [String: LogCRDT] = [:]
     public private(set) var strings: [String: [UInt8]] = [:]
-    /// Keys' declared policies, by name (see `KeyValueOperation.setPolicy`).
-    public private(set) var policies: [String: String] = [:]
     public private(set) var sessions: [UInt64: Session] = [:]
 
     public struct Session: Sendable, Equatable, BinaryCodable {
@@ -460,9 +449,6 @@ public struct KeyValueStateMachine: Sendable, Equatable, BinaryCodable {
                 if string != nil || integer != nil || crdt != nil { removed += 1 }
             }
             result = .count(removed)
-        case let .setPolicy(key, policy):
-            policies[key] = policy
-            result = .written
         }
         sessions[command.client] = Session(sequence: command.sequence, result: result)
         return result
@@ -479,7 +465,6 @@ public struct KeyValueStateMachine: Sendable, Equatable, BinaryCodable {
         values.encode(to: &writer)
         crdts.encode(to: &writer)
         strings.encode(to: &writer)
-        policies.encode(to: &writer)
         sessions.encode(to: &writer)
     }
 
@@ -487,7 +472,6 @@ public struct KeyValueStateMachine: Sendable, Equatable, BinaryCodable {
         values = try [String: Int64](from: &reader)
         crdts = try [String: LogCRDT](from: &reader)
         strings = try [String: [UInt8]](from: &reader)
-        policies = try [String: String](from: &reader)
         sessions = try [UInt64: Session](from: &reader)
     }
 }

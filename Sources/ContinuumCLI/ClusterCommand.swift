@@ -1,0 +1,242 @@
+import ArgumentParser
+import ContinuumNIO
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `continuum cluster up|down|kill|restart`: a local cluster of node processes on loopback.
+struct ClusterCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cluster",
+        abstract: "Start and stop a local cluster of node processes on loopback.",
+        subcommands: [Up.self, Down.self, Kill.self, Restart.self])
+
+    /// What `up` started, kept in DIR/cluster.json for the other subcommands.
+    struct Record: Codable {
+        struct Member: Codable {
+            var id: String
+            var pid: Int32
+            var peer: String
+            var resp: String
+            var arguments: [String]
+        }
+
+        var executable: String
+        var members: [Member]
+
+        static func path(_ directory: String) -> String { directory + "/cluster.json" }
+
+        static func load(_ directory: String) throws -> Record {
+            guard let data = FileManager.default.contents(atPath: path(directory)) else {
+                throw ValidationError("no cluster in \(directory) (no cluster.json)")
+            }
+            return try JSONDecoder().decode(Record.self, from: data)
+        }
+
+        func save(_ directory: String) throws {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try encoder.encode(self).write(to: URL(fileURLWithPath: Record.path(directory)))
+        }
+    }
+
+    static func isAlive(_ pid: Int32) -> Bool { kill(pid, 0) == 0 }
+
+    /// This program's own executable, to start nodes with.
+    static func executable() -> String {
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    }
+
+    /// Starts one node process, its output appended to its log.
+    static func launch(_ executable: String, _ arguments: [String], log: String) throws -> Int32 {
+        if !FileManager.default.fileExists(atPath: log) { FileManager.default.createFile(atPath: log, contents: nil) }
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        handle.seekToEndOfFile()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.standardOutput = handle
+        process.standardError = handle
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        return process.processIdentifier
+    }
+
+    /// Waits until the node answers PING on its Redis port.
+    static func waitServing(_ resp: String, pid: Int32, until deadline: ContinuousClock.Instant) async throws -> RESPClient {
+        let address = try NodeServerConfiguration.Address(parsing: resp)
+        while ContinuousClock.now < deadline {
+            guard isAlive(pid) else { throw ValidationError("the node process \(pid) exited") }
+            if let client = try? await RESPClient.connect(host: address.host, port: address.port, timeout: .milliseconds(200)),
+               (try? await client.send(["PING"])) == .simple("PONG") {
+                return client
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw ValidationError("no answer on \(resp)")
+    }
+
+    /// Waits until one of the nodes says it leads the consensus group.
+    static func waitLeader(_ clients: [RESPClient], until deadline: ContinuousClock.Instant) async throws {
+        while ContinuousClock.now < deadline {
+            for client in clients {
+                if case let .bulk(bytes)? = try? await client.send(["INFO"]), String(decoding: bytes, as: UTF8.self).contains("raft_role:leader") {
+                    return
+                }
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw ValidationError("no leader elected")
+    }
+
+    static func tail(_ path: String, lines: Int = 15) -> String {
+        guard let data = FileManager.default.contents(atPath: path) else { return "(no log)" }
+        return String(decoding: data, as: UTF8.self).split(separator: "\n").suffix(lines).joined(separator: "\n")
+    }
+
+    struct Up: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Start N node processes, wait until they serve and a leader is elected, print one line per node.")
+
+        @Option(help: "How many nodes (1...64).")
+        var nodes = 3
+
+        @Option(help: "The cluster's directory: one data directory and log per node, and cluster.json.")
+        var dataDir: String
+
+        @Option(help: "Node i listens for peers on base-port + i.")
+        var basePort = 7000
+
+        @Option(help: "Node i serves the Redis protocol on resp-base-port + i.")
+        var respBasePort = 6400
+
+        @Option(help: "The loopback (or other) address the nodes listen on.")
+        var host = "127.0.0.1"
+
+        @Option(help: "The policy of keys nobody declared.")
+        var defaultPolicy = "linearizable"
+
+        @Option(help: "Seconds to wait for the cluster to serve.")
+        var timeout = 20
+
+        func validate() throws {
+            guard (1...64).contains(nodes) else { throw ValidationError("--nodes must be 1...64") }
+            guard basePort + nodes <= 65_535, respBasePort + nodes <= 65_535, basePort >= 0, respBasePort >= 0 else {
+                throw ValidationError("ports out of range")
+            }
+        }
+
+        func run() async throws {
+            let directory = URL(fileURLWithPath: dataDir).standardizedFileURL.path
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            if let existing = try? Record.load(directory), existing.members.contains(where: { isAlive($0.pid) }) {
+                throw ValidationError("a cluster is already up in \(directory); run 'continuum cluster down --data-dir \(dataDir)' first")
+            }
+            let executable = ClusterCommand.executable()
+            let ids = (1...nodes).map { "n\($0)" }
+            var record = Record(executable: executable, members: [])
+            for (offset, id) in ids.enumerated() {
+                let index = offset + 1
+                var arguments = ["node", "--id", id, "--listen", "\(host):\(basePort + index)", "--resp", "\(host):\(respBasePort + index)",
+                                 "--data-dir", "\(directory)/\(id)", "--default-policy", defaultPolicy]
+                for (otherOffset, other) in ids.enumerated() where other != id {
+                    arguments += ["--peer", "\(other)=\(host):\(basePort + otherOffset + 1)"]
+                }
+                try FileManager.default.createDirectory(atPath: "\(directory)/\(id)", withIntermediateDirectories: true)
+                let pid = try launch(executable, arguments, log: "\(directory)/\(id)/node.log")
+                record.members.append(.init(id: id, pid: pid, peer: "\(host):\(basePort + index)", resp: "\(host):\(respBasePort + index)",
+                                            arguments: arguments))
+            }
+            try record.save(directory)
+            let deadline = ContinuousClock.now + .seconds(timeout)
+            var clients: [RESPClient] = []
+            do {
+                for member in record.members {
+                    clients.append(try await ClusterCommand.waitServing(member.resp, pid: member.pid, until: deadline))
+                }
+                try await ClusterCommand.waitLeader(clients, until: deadline)
+            } catch {
+                for member in record.members {
+                    print("\(member.id) log (\(directory)/\(member.id)/node.log):\n\(ClusterCommand.tail("\(directory)/\(member.id)/node.log"))")
+                }
+                for member in record.members where isAlive(member.pid) { kill(member.pid, SIGKILL) }
+                throw ValidationError("the cluster did not come up: \(error)")
+            }
+            for client in clients { await client.close() }
+            for member in record.members { print("\(member.id) peer=\(member.peer) resp=\(member.resp) pid=\(member.pid)") }
+        }
+    }
+
+    struct Down: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Stop the cluster's node processes (SIGTERM, then SIGKILL after 10 s).")
+
+        @Option(help: "The cluster's directory.")
+        var dataDir: String
+
+        func run() async throws {
+            let directory = URL(fileURLWithPath: dataDir).standardizedFileURL.path
+            let record = try Record.load(directory)
+            for member in record.members where isAlive(member.pid) { kill(member.pid, SIGTERM) }
+            for member in record.members {
+                let deadline = ContinuousClock.now + .seconds(10)
+                while isAlive(member.pid) && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+                if isAlive(member.pid) {
+                    kill(member.pid, SIGKILL)
+                    print("\(member.id) killed after 10 s (pid \(member.pid))")
+                } else {
+                    print("\(member.id) stopped (pid \(member.pid))")
+                }
+            }
+            try FileManager.default.removeItem(atPath: Record.path(directory))
+        }
+    }
+
+    struct Kill: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "kill -9 one node of the cluster (fault injection).")
+
+        @Option(help: "The cluster's directory.")
+        var dataDir: String
+
+        @Option(help: "The node: n1, n2, ...")
+        var node: String
+
+        func run() async throws {
+            let directory = URL(fileURLWithPath: dataDir).standardizedFileURL.path
+            let record = try Record.load(directory)
+            guard let member = record.members.first(where: { $0.id == node }) else { throw ValidationError("no node \(node)") }
+            guard isAlive(member.pid) else { throw ValidationError("\(node) is not running") }
+            kill(member.pid, SIGKILL)
+            while isAlive(member.pid) { try await Task.sleep(for: .milliseconds(5)) }
+            print("\(node) killed (pid \(member.pid))")
+        }
+    }
+
+    struct Restart: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Start a stopped or killed node again, from its store.")
+
+        @Option(help: "The cluster's directory.")
+        var dataDir: String
+
+        @Option(help: "The node: n1, n2, ...")
+        var node: String
+
+        @Option(help: "Seconds to wait for it to serve.")
+        var timeout = 20
+
+        func run() async throws {
+            let directory = URL(fileURLWithPath: dataDir).standardizedFileURL.path
+            var record = try Record.load(directory)
+            guard let index = record.members.firstIndex(where: { $0.id == node }) else { throw ValidationError("no node \(node)") }
+            guard !isAlive(record.members[index].pid) else { throw ValidationError("\(node) is running") }
+            let member = record.members[index]
+            let pid = try ClusterCommand.launch(record.executable, member.arguments, log: "\(directory)/\(node)/node.log")
+            record.members[index].pid = pid
+            try record.save(directory)
+            let client = try await ClusterCommand.waitServing(member.resp, pid: pid, until: .now + .seconds(timeout))
+            await client.close()
+            print("\(node) peer=\(member.peer) resp=\(member.resp) pid=\(pid)")
+        }
+    }
+}

@@ -1,0 +1,118 @@
+import ArgumentParser
+import Continuum
+import ContinuumCore
+import ContinuumNIO
+import Foundation
+import Logging
+import ServiceLifecycle
+
+/// `continuum node`: one node of a real cluster, until SIGTERM or SIGINT.
+struct NodeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "node",
+        abstract: "Run one node: TCP to its peers, a SQLite store in --data-dir, and a Redis-protocol port.",
+        discussion: """
+            Options may come from a JSON file (--config) with the keys id, listen, peers (an object \
+            of id to host:port), resp, dataDirectory, defaultPolicy, cluster and \
+            maxClockOffsetMilliseconds; options on the command line override it. SIGTERM or SIGINT \
+            shuts the node down gracefully: pending writes are made durable, connections closed.
+            """)
+
+    @Option(help: "A JSON configuration file.")
+    var config: String?
+
+    @Option(help: "This node's id: n1, n2, ...")
+    var id: String?
+
+    @Option(help: "Where peers reach this node, host:port.")
+    var listen: String?
+
+    @Option(name: .customLong("peer"), help: "A peer, id=host:port (repeat for each).")
+    var peers: [String] = []
+
+    @Option(help: "Where the Redis-protocol server listens, host:port.")
+    var resp: String?
+
+    @Option(help: "The directory of this node's store.")
+    var dataDir: String?
+
+    @Option(help: "The policy of keys nobody declared: available, linearizable, serializable, or 'bounded <staleness ms|none> <latency ms>'.")
+    var defaultPolicy: String?
+
+    @Option(help: "The cluster's name; nodes of another cluster are refused.")
+    var cluster: String?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func configurationFromOptions() throws -> NodeServerConfiguration {
+        var base: NodeServerConfiguration?
+        if let config {
+            let data = try Data(contentsOf: URL(fileURLWithPath: config))
+            base = try JSONDecoder().decode(NodeServerConfiguration.self, from: data)
+        }
+        guard let id = id ?? base?.id else { throw ValidationError("--id is missing (or 'id' in --config)") }
+        guard let listen = try listen.map(NodeServerConfiguration.Address.init(parsing:)) ?? base?.listen else {
+            throw ValidationError("--listen is missing")
+        }
+        guard let dataDirectory = dataDir ?? base?.dataDirectory else { throw ValidationError("--data-dir is missing") }
+        var peerAddresses = base?.peers ?? [:]
+        for peer in peers {
+            let parts = peer.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2 else { throw ValidationError("--peer '\(peer)' is not id=host:port") }
+            peerAddresses[parts[0]] = try NodeServerConfiguration.Address(parsing: parts[1])
+        }
+        var configuration = NodeServerConfiguration(
+            id: id, listen: listen, peers: peerAddresses, resp: try resp.map(NodeServerConfiguration.Address.init(parsing:)) ?? base?.resp,
+            dataDirectory: dataDirectory, defaultPolicy: defaultPolicy ?? base?.defaultPolicy ?? "linearizable",
+            cluster: cluster ?? base?.cluster ?? "continuum")
+        configuration.maxClockOffsetMilliseconds = base?.maxClockOffsetMilliseconds ?? configuration.maxClockOffsetMilliseconds
+        _ = try configuration.validated()
+        return configuration
+    }
+
+    func run() async throws {
+        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown log level '\(logLevel)'") }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "continuum.node")
+        let configuration = try configurationFromOptions()
+        let server = try NodeServer(configuration: configuration, logger: logger)
+        let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        try await group.run()
+    }
+}
+
+/// `continuum client`: one Redis-protocol command, its reply printed as redis-cli prints it.
+struct ClientCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "client",
+        abstract: "Send one command to a node's Redis-protocol port and print the reply.",
+        discussion: "Exit status 1 when the reply is an error. Example: continuum client --port 6401 SET greeting hello")
+
+    @Option(help: "The node's host.")
+    var host = "127.0.0.1"
+
+    @Option(help: "The node's Redis-protocol port.")
+    var port = 6401
+
+    @Argument(help: "The command and its arguments.")
+    var command: [String]
+
+    func run() async throws {
+        guard !command.isEmpty else { throw ValidationError("no command") }
+        let client: RESPClient
+        do {
+            client = try await RESPClient.connect(host: host, port: port)
+        } catch {
+            throw ValidationError("cannot connect to \(host):\(port): \(error)")
+        }
+        let reply = try await client.send(command)
+        await client.close()
+        print(reply)
+        if case .error = reply { throw ExitCode(1) }
+    }
+}

@@ -1,0 +1,320 @@
+import ContinuumNIO
+import ContinuumSimulation
+import Foundation
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A cluster of real `continuum node` processes on loopback, driven through the CLI.
+final class ProcessCluster: Sendable {
+    let directory: String
+    let nodes: Int
+    let basePort: Int
+    let respBasePort: Int
+    let executable: String
+
+    init(nodes: Int = 3) throws {
+        self.nodes = nodes
+        directory = NSTemporaryDirectory() + "continuum-cluster-\(UUID().uuidString)"
+        // Ports from the process id, so that concurrent test runs on one machine do not collide.
+        let slot = Int(getpid()) % 400
+        basePort = 21_000 + slot * 10
+        respBasePort = 26_000 + slot * 10
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        executable = root.appendingPathComponent(".build/debug/continuum").path
+        guard FileManager.default.isExecutableFile(atPath: executable) else {
+            throw RESPClientError(description: "\(executable) is missing: run 'swift build' first")
+        }
+    }
+
+    /// Runs `continuum <arguments>` and returns its output; throws when it fails.
+    @discardableResult
+    func cli(_ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw RESPClientError(description: "continuum \(arguments.joined(separator: " ")) failed (\(process.terminationStatus)):\n\(output)")
+        }
+        return output
+    }
+
+    func up() throws -> String {
+        try cli(["cluster", "up", "--nodes", "\(nodes)", "--data-dir", directory, "--base-port", "\(basePort)",
+                 "--resp-base-port", "\(respBasePort)"])
+    }
+
+    func down() {
+        _ = try? cli(["cluster", "down", "--data-dir", directory])
+    }
+
+    func respPort(_ node: Int) -> Int { respBasePort + node }
+    func peerPort(_ node: Int) -> Int { basePort + node }
+
+    func client(_ node: Int) async throws -> RESPClient {
+        try await RESPClient.connect(host: "127.0.0.1", port: respPort(node), timeout: .milliseconds(500))
+    }
+
+    /// The node that says it leads, if any.
+    func leader() async -> Int? {
+        for node in 1...nodes {
+            guard let client = try? await client(node) else { continue }
+            defer { Task { await client.close() } }
+            if case let .bulk(bytes)? = try? await client.send(["INFO"]), String(decoding: bytes, as: UTF8.self).contains("raft_role:leader") {
+                return node
+            }
+        }
+        return nil
+    }
+
+    func log(_ node: Int) -> String {
+        String(decoding: FileManager.default.contents(atPath: "\(directory)/n\(node)/node.log") ?? Data(), as: UTF8.self)
+    }
+
+    func remove() { try? FileManager.default.removeItem(atPath: directory) }
+}
+
+/// A history recorder for clients of a real cluster (times from one monotonic clock).
+final class Recorder: Sendable {
+    private let events = Mutex<[HistoryEvent]>([])
+    private let start = ContinuousClock.now
+    private let processes = Mutex(100)
+    private let items = Mutex<[String]>([])
+
+    /// A fresh process number, for a client that goes on after an indeterminate operation.
+    func newProcess() -> Int {
+        processes.withLock { counter in
+            counter += 1
+            return counter
+        }
+    }
+
+    func acknowledged(_ item: String) { items.withLock { $0.append(item) } }
+    var acknowledgedItems: [String] { items.withLock { $0 } }
+
+    func record(_ process: Int, _ type: HistoryEvent.Kind, _ f: String, _ key: String, _ value: HistoryValue) {
+        let time = (ContinuousClock.now - start).nanosecondsValue
+        events.withLock { $0.append(HistoryEvent(process: process, type: type, f: f, key: key, value: value, time: time)) }
+    }
+
+    var history: [HistoryEvent] { events.withLock { $0 } }
+}
+
+extension Duration {
+    var nanosecondsValue: Int64 { components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000 }
+}
+
+@Suite(.serialized, .timeLimit(.minutes(3))) struct RealClusterTests {
+    /// One client's loop: linearizable writes of unique values and reads on a few keys, through
+    /// one node, recorded; after an indeterminate outcome it goes on as a new process (Jepsen's
+    /// rule) and through the next node.
+    static func linearizableClient(_ cluster: ProcessCluster, id: Int, until end: ContinuousClock.Instant, recorder: Recorder) async {
+        var process = id
+        var node = id % cluster.nodes + 1
+        var client: RESPClient?
+        var next: Int64 = Int64(id) * 1_000_000
+        while ContinuousClock.now < end {
+            if client == nil {
+                client = try? await cluster.client(node)
+                if client == nil {
+                    node = node % cluster.nodes + 1
+                    try? await Task.sleep(for: .milliseconds(50))
+                    continue
+                }
+            }
+            let key = "k\(Int.random(in: 0..<3))"
+            let isWrite = Bool.random()
+            next += 1
+            let value: HistoryValue = isWrite ? .int(next) : .null
+            recorder.record(process, .invoke, isWrite ? "write" : "read", key, value)
+            let reply = try? await client!.send(isWrite ? ["SET", key, "\(next)"] : ["GET", key])
+            switch reply {
+            case .simple("OK")? where isWrite:
+                recorder.record(process, .ok, "write", key, value)
+            case let .bulk(bytes)? where !isWrite:
+                recorder.record(process, .ok, "read", key, Int64(String(decoding: bytes, as: UTF8.self)).map { .int($0) } ?? .null)
+            case .null? where !isWrite:
+                recorder.record(process, .ok, "read", key, .null)
+            case let .error(text)? where text.hasPrefix("UNAVAILABLE"):
+                recorder.record(process, .fail, isWrite ? "write" : "read", key, value)
+                try? await Task.sleep(for: .milliseconds(20))
+            default:
+                // Indeterminate (INDETERMINATE, or the node died under us): a new process.
+                recorder.record(process, .info, isWrite ? "write" : "read", key, value)
+                process = recorder.newProcess()
+                await client?.close()
+                client = nil
+                node = node % cluster.nodes + 1
+            }
+        }
+        await client?.close()
+    }
+
+    @Test func killingTheLeaderLosesNothingAcknowledgedAndTheHistoryIsLinearizable() async throws {
+        let cluster = try ProcessCluster()
+        defer {
+            cluster.down()
+            if ProcessInfo.processInfo.environment["KEEP_CLUSTER"] == nil { cluster.remove() } else { print("kept \(cluster.directory)") }
+        }
+        let up = try cluster.up()
+        #expect(up.split(separator: "\n").count == 3, "\(up)")
+        // Available and serializable keys too: their acknowledged writes must survive as well.
+        let admin = try await cluster.client(1)
+        #expect(try await admin.send(["CONTINUUM.POLICY", "cart", "available"]) == .ok)
+        #expect(try await admin.send(["CONTINUUM.POLICY", "balance", "serializable"]) == .ok)
+
+        let recorder = Recorder()
+        let end = ContinuousClock.now + .seconds(6)
+        async let clients: Void = withTaskGroup(of: Void.self) { group in
+            for id in 1...4 {
+                group.addTask { await Self.linearizableClient(cluster, id: id, until: end, recorder: recorder) }
+            }
+            // An available writer on every node: SADD acknowledged once durable on its node.
+            for node in 1...3 {
+                group.addTask {
+                    var item = 0
+                    var client = try? await cluster.client(node)
+                    while ContinuousClock.now < end {
+                        item += 1
+                        let name = "n\(node)-\(item)"
+                        if client == nil { client = try? await cluster.client(node) }
+                        if case .integer? = try? await client?.send(["SADD", "cart", name]) {
+                            recorder.acknowledged(name)
+                        } else {
+                            await client?.close()
+                            client = nil
+                            try? await Task.sleep(for: .milliseconds(50))
+                        }
+                    }
+                    await client?.close()
+                }
+            }
+        }
+        // Mid-load: kill -9 the leader, and restart it from its store a second later.
+        try await Task.sleep(for: .seconds(2))
+        let leader = try #require(await cluster.leader(), "no leader during the load")
+        try cluster.cli(["cluster", "kill", "--data-dir", cluster.directory, "--node", "n\(leader)"])
+        try await Task.sleep(for: .seconds(1))
+        try cluster.cli(["cluster", "restart", "--data-dir", cluster.directory, "--node", "n\(leader)"])
+        await clients
+
+        // The serializable key still takes a transaction after the restart (through any node).
+        await admin.close()
+        var committed = false
+        for attempt in 0..<100 where !committed {
+            if let client = try? await cluster.client(attempt % 3 + 1) {
+                committed = (try? await client.send(["SET", "balance", "100"])) == .ok
+                if committed { #expect(try await client.send(["GET", "balance"]) == .bulk("100")) }
+                await client.close()
+            }
+            if !committed { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        #expect(committed)
+
+        let history = recorder.history
+        let oks = history.filter { $0.type == .ok }.count
+        let infos = history.filter { $0.type == .info }.count
+        let fails = history.filter { $0.type == .fail }.count
+        print("real cluster: killed n\(leader); linearizable operations ok \(oks), fail \(fails), info \(infos); "
+              + "available items acknowledged \(recorder.acknowledgedItems.count)")
+        #expect(oks > 100, "only \(oks) operations succeeded")
+        switch LinearizabilityChecker.check(history) {
+        case .linearizable: break
+        case let .notLinearizable(key, explanation):
+            Issue.record("not linearizable on \(key):\n\(explanation.joined(separator: "\n"))")
+        case let .unknown(reason):
+            Issue.record("the checker could not decide: \(reason)")
+        }
+        // Every acknowledged available update reaches every node, the restarted one included.
+        let expected = Set(recorder.acknowledgedItems)
+        #expect(!expected.isEmpty)
+        for node in 1...3 {
+            let client = try await cluster.client(node)
+            var members: Set<String> = []
+            for _ in 0..<200 {
+                if case let .array(items)? = try? await client.send(["SMEMBERS", "cart"]) {
+                    members = Set(items.compactMap { if case let .bulk(bytes) = $0 { String(decoding: bytes, as: UTF8.self) } else { nil } })
+                }
+                if members.isSuperset(of: expected) { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            let missing = expected.subtracting(members)
+            #expect(missing.isEmpty, "n\(node) misses \(missing.count) acknowledged items, e.g. \(missing.sorted().prefix(5))")
+            await client.close()
+        }
+    }
+
+    @Test func randomBytesAndTruncatedFramesLeaveNodesServing() async throws {
+        let cluster = try ProcessCluster()
+        defer {
+            cluster.down()
+            cluster.remove()
+        }
+        try cluster.up()
+        var generator = SystemRandomNumberGenerator()
+        for round in 0..<40 {
+            for port in [cluster.peerPort(1), cluster.respPort(1)] {
+                let socket = try await RawSocket.connect(port: port)
+                let count = Int.random(in: 1...4_096, using: &generator)
+                var bytes = (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) }
+                if round % 4 == 0 { bytes = [1, 0, 0, 0x10, 0] + bytes.prefix(8) }  // a frame header promising more than comes
+                if round % 4 == 1 { bytes = Array("*3\r\n$3\r\nSET\r\n$1\r\nk".utf8) }  // a truncated command
+                socket.send(bytes)
+                socket.close()
+            }
+        }
+        for node in 1...3 {
+            let client = try await cluster.client(node)
+            #expect(try await client.send(["PING"]) == .simple("PONG"), "n\(node) stopped serving")
+            await client.close()
+        }
+        let client = try await cluster.client(2)
+        var written = false
+        for _ in 0..<100 where !written {
+            written = (try? await client.send(["SET", "after", "fuzz"])) == .ok
+            if !written { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        #expect(written, "the cluster stopped taking writes")
+        await client.close()
+        #expect(!cluster.log(1).contains("Fatal error"), "n1 crashed:\n\(cluster.log(1).suffix(2_000))")
+    }
+}
+
+/// A plain blocking TCP socket, for bytes no well-behaved client would send.
+final class RawSocket {
+    private let descriptor: Int32
+
+    private init(descriptor: Int32) { self.descriptor = descriptor }
+
+    static func connect(port: Int) async throws -> RawSocket {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard descriptor >= 0 else { throw RESPClientError(description: "socket() failed") }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard result == 0 else {
+            Glibc.close(descriptor)
+            throw RESPClientError(description: "connect to \(port) failed")
+        }
+        return RawSocket(descriptor: descriptor)
+    }
+
+    func send(_ bytes: [UInt8]) {
+        _ = bytes.withUnsafeBytes { Glibc.send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    func close() { Glibc.close(descriptor) }
+}

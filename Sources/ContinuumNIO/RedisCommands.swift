@@ -137,7 +137,10 @@ final class RedisConnection {
         case "CONFIG":
             try need(1...Int.max)
             guard text(arguments[0]).uppercased() == "GET" else { throw CommandError(message: "ERR CONFIG \(text(arguments[0])) is not supported") }
-            return resp3 ? .map([]) : .array([])
+            // What redis-benchmark asks for; durability is Continuum's own (see INFO).
+            let known = ["save": "", "appendonly": "no"]
+            let pairs = arguments.dropFirst().map(text).compactMap { name in known[name.lowercased()].map { (name.lowercased(), $0) } }
+            return resp3 ? .map(pairs.map { (.bulk($0.0), .bulk($0.1)) }) : .array(pairs.flatMap { [.bulk($0.0), .bulk($0.1)] })
         case "INFO":
             return .bulk(try await info())
         case "GET":

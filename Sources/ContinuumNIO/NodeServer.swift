@@ -164,10 +164,26 @@ public final class NodeServer: Service {
         logger.info("node stopped", metadata: ["node": "\(configuration.id)"])
     }
 
-    /// Service: starts, runs until graceful shutdown (SIGTERM) or cancellation, then stops.
+    /// Service: starts, runs until graceful shutdown (SIGTERM) or cancellation, then stops. A
+    /// node whose storage fails has stopped (nothing that depended on the failed write went
+    /// out): the service logs it and ends with `StorageError`, so that the process exits
+    /// non-zero for its supervisor to restart it.
     public func run() async throws {
         try await start()
-        try? await gracefulShutdown()
+        let node = self.node
+        let failure: String?
+        do {
+            failure = try await cancelWhenGracefulShutdown {
+                while true {
+                    try await Task.sleep(for: .milliseconds(200))
+                    if let error = await node.storageError { return error }
+                }
+            }
+        } catch {
+            failure = nil
+        }
+        if let failure { logger.critical("the store failed; the node stopped", metadata: ["error": "\(failure)"]) }
         await stop()
+        if let failure { throw StorageError.io(failure) }
     }
 }

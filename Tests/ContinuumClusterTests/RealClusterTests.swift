@@ -101,6 +101,13 @@ final class Recorder: Sendable {
     func acknowledged(_ item: String) { items.withLock { $0.append(item) } }
     var acknowledgedItems: [String] { items.withLock { $0 } }
 
+    /// Serializable increments: acknowledged, and of unknown outcome.
+    private let increments = Mutex((acknowledged: 0, unknown: 0))
+    func increment(acknowledged: Bool) {
+        increments.withLock { if acknowledged { $0.acknowledged += 1 } else { $0.unknown += 1 } }
+    }
+    var incrementCounts: (acknowledged: Int, unknown: Int) { increments.withLock { $0 } }
+
     func record(_ process: Int, _ type: HistoryEvent.Kind, _ f: String, _ key: String, _ value: HistoryValue) {
         let time = (ContinuousClock.now - start).nanosecondsValue
         events.withLock { $0.append(HistoryEvent(process: process, type: type, f: f, key: key, value: value, time: time)) }
@@ -171,12 +178,30 @@ extension Duration {
         let admin = try await cluster.client(1)
         #expect(try await admin.send(["CONTINUUM.POLICY", "cart", "available"]) == .ok)
         #expect(try await admin.send(["CONTINUUM.POLICY", "balance", "serializable"]) == .ok)
+        #expect(try await admin.send(["CONTINUUM.POLICY", "counter", "serializable"]) == .ok)
 
         let recorder = Recorder()
         let end = ContinuousClock.now + .seconds(6)
         async let clients: Void = withTaskGroup(of: Void.self) { group in
             for id in 1...4 {
                 group.addTask { await Self.linearizableClient(cluster, id: id, until: end, recorder: recorder) }
+            }
+            // A serializable writer through every node in turn: INCR in a transaction at all replicas.
+            group.addTask {
+                var node = 1
+                while ContinuousClock.now < end {
+                    node = node % 3 + 1
+                    guard let client = try? await cluster.client(node) else {
+                        try? await Task.sleep(for: .milliseconds(50))
+                        continue
+                    }
+                    switch try? await client.send(["INCR", "counter"]) {
+                    case .integer?: recorder.increment(acknowledged: true)
+                    case let .error(text)? where text.hasPrefix("UNAVAILABLE"): try? await Task.sleep(for: .milliseconds(20))
+                    default: recorder.increment(acknowledged: false)  // INDETERMINATE, or the node died under us
+                    }
+                    await client.close()
+                }
             }
             // An available writer on every node: SADD acknowledged once durable on its node.
             for node in 1...3 {
@@ -213,7 +238,18 @@ extension Duration {
         for attempt in 0..<100 where !committed {
             if let client = try? await cluster.client(attempt % 3 + 1) {
                 committed = (try? await client.send(["SET", "balance", "100"])) == .ok
-                if committed { #expect(try await client.send(["GET", "balance"]) == .bulk("100")) }
+                if committed {
+                    #expect(try await client.send(["GET", "balance"]) == .bulk("100"))
+                    // Every acknowledged increment is there; of those of unknown outcome, some may be.
+                    let counts = recorder.incrementCounts
+                    guard case let .bulk(bytes) = try await client.send(["GET", "counter"]), let value = Int(String(decoding: bytes, as: UTF8.self)) else {
+                        Issue.record("the serializable counter is gone")
+                        break
+                    }
+                    #expect((counts.acknowledged...(counts.acknowledged + counts.unknown)).contains(value),
+                            "counter \(value) with \(counts.acknowledged) increments acknowledged and \(counts.unknown) unknown")
+                    print("serializable: counter \(value), increments acknowledged \(counts.acknowledged), unknown \(counts.unknown)")
+                }
                 await client.close()
             }
             if !committed { try await Task.sleep(for: .milliseconds(50)) }

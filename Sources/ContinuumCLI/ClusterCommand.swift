@@ -193,50 +193,57 @@ struct ClusterCommand: AsyncParsableCommand {
         }
     }
 
-    struct Kill: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "kill -9 one node of the cluster (fault injection).")
-
+    /// The cluster and one of its nodes, for `kill` and `restart`.
+    struct NodeSelection: ParsableArguments {
         @Option(help: "The cluster's directory.")
         var dataDir: String
 
         @Option(help: "The node: n1, n2, ...")
         var node: String
 
-        func run() async throws {
-            let directory = URL(fileURLWithPath: dataDir).standardizedFileURL.path
+        var directory: String { URL(fileURLWithPath: dataDir).standardizedFileURL.path }
+
+        /// The cluster's record and the index of the selected node in it.
+        func load() throws -> (Record, Int) {
             let record = try Record.load(directory)
-            guard let member = record.members.first(where: { $0.id == node }) else { throw ValidationError("no node \(node)") }
-            guard isAlive(member.pid) else { throw ValidationError("\(node) is not running") }
+            guard let index = record.members.firstIndex(where: { $0.id == node }) else { throw ValidationError("no node \(node)") }
+            return (record, index)
+        }
+    }
+
+    struct Kill: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "kill -9 one node of the cluster (fault injection).")
+
+        @OptionGroup var selection: NodeSelection
+
+        func run() async throws {
+            let (record, index) = try selection.load()
+            let member = record.members[index]
+            guard isAlive(member.pid) else { throw ValidationError("\(member.id) is not running") }
             kill(member.pid, SIGKILL)
             while isAlive(member.pid) { try await Task.sleep(for: .milliseconds(5)) }
-            print("\(node) killed (pid \(member.pid))")
+            print("\(member.id) killed (pid \(member.pid))")
         }
     }
 
     struct Restart: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Start a stopped or killed node again, from its store.")
 
-        @Option(help: "The cluster's directory.")
-        var dataDir: String
-
-        @Option(help: "The node: n1, n2, ...")
-        var node: String
+        @OptionGroup var selection: NodeSelection
 
         @Option(help: "Seconds to wait for it to serve.")
         var timeout = 20
 
         func run() async throws {
-            let directory = URL(fileURLWithPath: dataDir).standardizedFileURL.path
-            var record = try Record.load(directory)
-            guard let index = record.members.firstIndex(where: { $0.id == node }) else { throw ValidationError("no node \(node)") }
-            guard !isAlive(record.members[index].pid) else { throw ValidationError("\(node) is running") }
+            var (record, index) = try selection.load()
             let member = record.members[index]
-            let pid = try ClusterCommand.launch(record.executable, member.arguments, log: "\(directory)/\(node)/node.log")
+            guard !isAlive(member.pid) else { throw ValidationError("\(member.id) is running") }
+            let pid = try ClusterCommand.launch(record.executable, member.arguments, log: "\(selection.directory)/\(member.id)/node.log")
             record.members[index].pid = pid
-            try record.save(directory)
+            try record.save(selection.directory)
             let client = try await ClusterCommand.waitServing(member.resp, pid: pid, until: .now + .seconds(timeout))
             await client.close()
-            print("\(node) peer=\(member.peer) resp=\(member.resp) pid=\(pid)")
+            print("\(member.id) peer=\(member.peer) resp=\(member.resp) pid=\(pid)")
         }
     }
 }

@@ -17,6 +17,9 @@ public final class RESPServer: Sendable {
     private let logger: Logger
     private let channel = Mutex<(any Channel)?>(nil)
     private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
+    /// Commands a connection may have waiting (pipelined); a client that sends more without
+    /// reading its replies is answered with an error and disconnected.
+    public static let pipelinedCommandsMax = 10_000
 
     public init(node: Node, configuration: RedisServerConfiguration, transport: NIOTransport?, group: any EventLoopGroup,
                 logger: Logger = Logger(label: "continuum.resp")) {
@@ -38,7 +41,7 @@ public final class RESPServer: Sendable {
                 let key = ObjectIdentifier(channel)
                 connections.withLock { $0[key] = channel }
                 channel.closeFuture.whenComplete { [self] _ in _ = connections.withLock { $0.removeValue(forKey: key) } }
-                let (stream, continuation) = AsyncStream<[[UInt8]]>.makeStream(bufferingPolicy: .unbounded)
+                let (stream, continuation) = AsyncStream<[[UInt8]]>.makeStream(bufferingPolicy: .bufferingOldest(Self.pipelinedCommandsMax))
                 Task { await serve(channel, stream) }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RESPRequestDecoder()))
@@ -96,7 +99,9 @@ final class RESPRequestHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        continuation.yield(unwrapInboundIn(data))
+        if case .dropped = continuation.yield(unwrapInboundIn(data)) {
+            errorCaught(context: context, error: RESPProtocolError(reason: "more than \(RESPServer.pipelinedCommandsMax) commands waiting"))
+        }
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -362,12 +362,15 @@ final class RedisConnection {
     private func setChange(_ key: String, _ members: [String], insert: Bool) async throws -> Int64 {
         switch await policy(of: key) {
         case .linearizable:
+            // Each operation returns the set right after it: the next one's "before". (Under
+            // concurrent writers the count, as in Redis across commands, is of this client's view.)
+            var before = try await self.members(key)
             var changed: Int64 = 0
             for member in members {
-                let before = try await self.members(key)
                 let operation: CRDTOperation = insert ? .setInsert(member) : .setRemove(member)
-                guard case .crdt = try await consensus(.crdt(key: key, operation)) else { throw CommandError.wrongType }
+                guard case let .crdt(.set(after)?) = try await consensus(.crdt(key: key, operation)) else { throw CommandError.wrongType }
                 if before.contains(member) != insert { changed += 1 }
+                before = after.elements
             }
             return changed
         case .serializable:

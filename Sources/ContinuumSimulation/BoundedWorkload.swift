@@ -157,15 +157,8 @@ public enum BoundedWorkload {
                 return AnyReplicated(delta)
             }, to: simulation.nodes[write.node], at: write.time)
         }
-        for (index, read) in plan.reads.enumerated() {
-            let id = UInt64(index + 1)
-            let node = simulation.nodes[read.node]
-            simulation.scheduleCallback(at: read.time) {
-                guard simulation.isUp(node), let instance = simulation.instance(node) else { return checker.refused(read: id) }
-                let staleness = instance.certifiedStaleness(now: simulation.localTime(node))
-                checker.started(read: id, at: node, levels: read.levels, localStaleness: staleness)
-            }
-            simulation.scheduleCommand(.boundedRead(id: id, register: register, levels: read.levels), to: node, at: read.time)
+        scheduleReads(plan, simulation, checker, staleness: { $0.certifiedStaleness(now: $1) }) { id, read in
+            .boundedRead(id: id, register: register, levels: read.levels)
         }
         return drive(simulation, checker: checker, seed: seed, scenario: scenario)
     }
@@ -209,18 +202,26 @@ public enum BoundedWorkload {
                                                 .crdt(key: register, .setInsert(String(id))), latency: .seconds(1)),
                                        to: simulation.nodes[write.node], at: write.time)
         }
+        scheduleReads(plan, simulation, checker, staleness: { $0.certifiedStaleness(now: $1) }) { id, read in
+            .boundedRead(id: readBase + id, .crdtRead(key: register), levels: read.levels, minimumIndex: 0)
+        }
+        return drive(simulation, checker: checker, seed: seed, scenario: scenario)
+    }
+
+    /// Schedules the plan's reads (ids from 1): the checker learns of each as it starts, with
+    /// the staleness its replica could certify then (for "fresh reads answer at once").
+    static func scheduleReads<Instance>(_ plan: Plan, _ simulation: Simulation<Instance>, _ checker: BoundedChecker,
+                                        staleness: @escaping (Instance, Duration) -> Duration?,
+                                        command: (UInt64, Plan.Read) -> Instance.Command) {
         for (index, read) in plan.reads.enumerated() {
             let id = UInt64(index + 1)
             let node = simulation.nodes[read.node]
             simulation.scheduleCallback(at: read.time) {
                 guard simulation.isUp(node), let instance = simulation.instance(node) else { return checker.refused(read: id) }
-                let staleness = instance.certifiedStaleness(now: simulation.localTime(node))
-                checker.started(read: id, at: node, levels: read.levels, localStaleness: staleness)
+                checker.started(read: id, at: node, levels: read.levels, localStaleness: staleness(instance, simulation.localTime(node)))
             }
-            simulation.scheduleCommand(.boundedRead(id: readBase + id, .crdtRead(key: register), levels: read.levels, minimumIndex: 0),
-                                       to: node, at: read.time)
+            simulation.scheduleCommand(command(id, read), to: node, at: read.time)
         }
-        return drive(simulation, checker: checker, seed: seed, scenario: scenario)
     }
 
     static func drive<Instance>(_ simulation: Simulation<Instance>, checker: BoundedChecker, seed: UInt64, scenario: BoundedScenario) -> SeedReport {

@@ -282,6 +282,22 @@ public actor Node {
         (instance?.certifiedStaleness(now: now), raft?.certifiedStaleness(now: now))
     }
 
+    /// The staleness this replica can certify now for a serializable register's committed value
+    /// (for every key when nil; nil: none, or no transactions configured).
+    public func certifiedStaleness(serializable key: String?) -> Duration? {
+        austere?.certifiedStaleness(now: now, key: key)
+    }
+
+    /// How storage batched this node's writes: `patches` durable in `flushes` calls to the store.
+    public struct DurabilityStatistics: Sendable, Equatable {
+        public var flushes = 0
+        public var patches = 0
+        /// Patches the store took at once (a memory store).
+        public var immediate = 0
+    }
+
+    public private(set) var durability = DurabilityStatistics()
+
     func subscribe(_ name: String, _ yield: @escaping @Sendable (AnyReplicated?) -> Void) -> UInt64? {
         guard let instance else { return nil }
         nextCommandID += 1
@@ -498,7 +514,10 @@ public actor Node {
 
     private func persist(_ patch: DurablePatch) {
         // A store that persists at once (memory) needs no batching, as long as nothing waits.
-        if !mustHold, storage.persistImmediately([patch]) { return }
+        if !mustHold, storage.persistImmediately([patch]) {
+            durability.immediate += 1
+            return
+        }
         unflushed.append(patch)
     }
 
@@ -510,9 +529,12 @@ public actor Node {
         unflushed = []
         held = []
         if patches.isEmpty || storage.persistImmediately(patches) {
+            durability.immediate += patches.count
             release(effects)
             return
         }
+        durability.flushes += 1
+        durability.patches += patches.count
         flushing = true
         let storage = self.storage
         let incarnation = self.incarnation

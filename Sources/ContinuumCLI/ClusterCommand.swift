@@ -20,7 +20,12 @@ struct ClusterCommand: AsyncParsableCommand {
             var pid: Int32
             var peer: String
             var resp: String
+            var metrics: String?
             var arguments: [String]
+
+            func line(pid: Int32) -> String {
+                "\(id) peer=\(peer) resp=\(resp)" + (metrics.map { " metrics=\($0)" } ?? "") + " pid=\(pid)"
+            }
         }
 
         var executable: String
@@ -112,6 +117,9 @@ struct ClusterCommand: AsyncParsableCommand {
         @Option(help: "Node i serves the Redis protocol on resp-base-port + i.")
         var respBasePort = 6400
 
+        @Option(help: "Node i serves metrics over HTTP (GET /metrics) on metrics-base-port + i.")
+        var metricsBasePort = 9400
+
         @Option(help: "The loopback (or other) address the nodes listen on.")
         var host = "127.0.0.1"
 
@@ -123,7 +131,8 @@ struct ClusterCommand: AsyncParsableCommand {
 
         func validate() throws {
             guard (1...64).contains(nodes) else { throw ValidationError("--nodes must be 1...64") }
-            guard basePort + nodes <= 65_535, respBasePort + nodes <= 65_535, basePort >= 0, respBasePort >= 0 else {
+            guard basePort + nodes <= 65_535, respBasePort + nodes <= 65_535, metricsBasePort + nodes <= 65_535,
+                  basePort >= 0, respBasePort >= 0, metricsBasePort >= 0 else {
                 throw ValidationError("ports out of range")
             }
         }
@@ -140,6 +149,7 @@ struct ClusterCommand: AsyncParsableCommand {
             for (offset, id) in ids.enumerated() {
                 let index = offset + 1
                 var arguments = ["node", "--id", id, "--listen", "\(host):\(basePort + index)", "--resp", "\(host):\(respBasePort + index)",
+                                 "--metrics", "\(host):\(metricsBasePort + index)",
                                  "--data-dir", "\(directory)/\(id)", "--default-policy", defaultPolicy]
                 for (otherOffset, other) in ids.enumerated() where other != id {
                     arguments += ["--peer", "\(other)=\(host):\(basePort + otherOffset + 1)"]
@@ -147,7 +157,7 @@ struct ClusterCommand: AsyncParsableCommand {
                 try FileManager.default.createDirectory(atPath: "\(directory)/\(id)", withIntermediateDirectories: true)
                 let pid = try launch(executable, arguments, log: "\(directory)/\(id)/node.log")
                 record.members.append(.init(id: id, pid: pid, peer: "\(host):\(basePort + index)", resp: "\(host):\(respBasePort + index)",
-                                            arguments: arguments))
+                                            metrics: "\(host):\(metricsBasePort + index)", arguments: arguments))
             }
             try record.save(directory)
             let deadline = ContinuousClock.now + .seconds(timeout)
@@ -165,7 +175,7 @@ struct ClusterCommand: AsyncParsableCommand {
                 throw ValidationError("the cluster did not come up: \(error)")
             }
             for client in clients { await client.close() }
-            for member in record.members { print("\(member.id) peer=\(member.peer) resp=\(member.resp) pid=\(member.pid)") }
+            for member in record.members { print(member.line(pid: member.pid)) }
         }
     }
 
@@ -243,7 +253,7 @@ struct ClusterCommand: AsyncParsableCommand {
             try record.save(selection.directory)
             let client = try await ClusterCommand.waitServing(member.resp, pid: pid, until: .now + .seconds(timeout))
             await client.close()
-            print("\(member.id) peer=\(member.peer) resp=\(member.resp) pid=\(pid)")
+            print(member.line(pid: pid))
         }
     }
 }

@@ -13,7 +13,7 @@ struct NodeCommand: AsyncParsableCommand {
         abstract: "Run one node: TCP to its peers, a SQLite store in --data-dir, and a Redis-protocol port.",
         discussion: """
             Options may come from a JSON file (--config) with the keys id, listen, peers (an object \
-            of id to host:port), resp, dataDirectory, defaultPolicy, cluster and \
+            of id to host:port), resp, metrics, dataDirectory, defaultPolicy, cluster and \
             maxClockOffsetMilliseconds; options on the command line override it. SIGTERM or SIGINT \
             shuts the node down gracefully: pending writes are made durable, connections closed.
             """)
@@ -32,6 +32,9 @@ struct NodeCommand: AsyncParsableCommand {
 
     @Option(help: "Where the Redis-protocol server listens, host:port.")
     var resp: String?
+
+    @Option(help: "Where metrics are served over HTTP (GET /metrics, Prometheus text format), host:port.")
+    var metrics: String?
 
     @Option(help: "The directory of this node's store.")
     var dataDir: String?
@@ -64,6 +67,7 @@ struct NodeCommand: AsyncParsableCommand {
         }
         var configuration = NodeServerConfiguration(
             id: id, listen: listen, peers: peerAddresses, resp: try resp.map(NodeServerConfiguration.Address.init(parsing:)) ?? base?.resp,
+            metrics: try metrics.map(NodeServerConfiguration.Address.init(parsing:)) ?? base?.metrics,
             dataDirectory: dataDirectory, defaultPolicy: defaultPolicy ?? base?.defaultPolicy ?? "linearizable",
             cluster: cluster ?? base?.cluster ?? "continuum")
         configuration.maxClockOffsetMilliseconds = base?.maxClockOffsetMilliseconds ?? configuration.maxClockOffsetMilliseconds

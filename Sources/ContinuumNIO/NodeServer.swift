@@ -54,6 +54,9 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
     public var peers: [String: Address]
     /// Where the Redis-protocol server listens (none: no client port).
     public var resp: Address?
+    /// Where metrics are served over HTTP, at `/metrics` in the Prometheus text format (none:
+    /// not served).
+    public var metrics: Address?
     public var dataDirectory: String
     /// `available`, `linearizable`, `serializable` or `bounded <staleness ms|none> <latency ms>`.
     public var defaultPolicy: String
@@ -61,12 +64,13 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
     /// The bound on clock offsets between nodes that freshness certificates assume.
     public var maxClockOffsetMilliseconds: Int
 
-    public init(id: String, listen: Address, peers: [String: Address], resp: Address?, dataDirectory: String,
+    public init(id: String, listen: Address, peers: [String: Address], resp: Address?, metrics: Address? = nil, dataDirectory: String,
                 defaultPolicy: String = "linearizable", cluster: String = "continuum", maxClockOffsetMilliseconds: Int = 10) {
         self.id = id
         self.listen = listen
         self.peers = peers
         self.resp = resp
+        self.metrics = metrics
         self.dataDirectory = dataDirectory
         self.defaultPolicy = defaultPolicy
         self.cluster = cluster
@@ -104,6 +108,8 @@ public final class NodeServer: Service {
     public let node: Node
     public let transport: NIOTransport
     public let resp: RESPServer?
+    public let metrics: NodeMetrics
+    private let metricsServer: MetricsHTTPServer?
     private let logger: Logger
     private let group: any EventLoopGroup
 
@@ -127,16 +133,24 @@ public final class NodeServer: Service {
             storage: store, transport: transport, seed: UInt64.random(in: 1...UInt64.max), clock: .wall())
         self.node = node
         self.transport = transport
+        let metrics = NodeMetrics()
+        self.metrics = metrics
         self.resp = configuration.resp.map { _ in
-            RESPServer(node: node, configuration: .init(defaultPolicy: policy), transport: transport, group: group, logger: logger)
+            RESPServer(node: node, configuration: .init(defaultPolicy: policy), transport: transport, metrics: metrics, group: group, logger: logger)
+        }
+        self.metricsServer = configuration.metrics.map { _ in
+            MetricsHTTPServer(group: group, logger: logger) {
+                await metrics.render(node: node, transport: transport, declared: await RedisConnection.declaredPolicies(at: node))
+            }
         }
     }
 
-    private let ports = Mutex<(peer: Int?, resp: Int?)>((nil, nil))
+    private let ports = Mutex<(peer: Int?, resp: Int?, metrics: Int?)>((nil, nil, nil))
 
     /// The bound ports, once `start` returned.
     public var boundPeerPort: Int? { ports.withLock { $0.peer } }
     public var boundRESPPort: Int? { ports.withLock { $0.resp } }
+    public var boundMetricsPort: Int? { ports.withLock { $0.metrics } }
 
     /// Starts the node and its listeners.
     public func start() async throws {
@@ -150,6 +164,10 @@ public final class NodeServer: Service {
             let respPort = try await resp.listen(host: address.host, port: address.port)
             ports.withLock { $0.resp = respPort }
         }
+        if let metricsServer, let address = configuration.metrics {
+            let metricsPort = try await metricsServer.listen(host: address.host, port: address.port)
+            ports.withLock { $0.metrics = metricsPort }
+        }
         logger.info("node started", metadata: [
             "node": "\(configuration.id)", "peers": "\(configuration.peers.keys.sorted())", "data": "\(configuration.dataDirectory)",
         ])
@@ -158,6 +176,7 @@ public final class NodeServer: Service {
     /// Stops listening, makes pending writes durable, stops the node.
     public func stop() async {
         await resp?.shutdown()
+        await metricsServer?.shutdown()
         await node.drain()
         await node.stop()
         await transport.shutdown()

@@ -13,6 +13,8 @@ public final class RESPServer: Sendable {
     public let node: Node
     public let configuration: RedisServerConfiguration
     private let transport: NIOTransport?
+    /// Where command latencies and errors go (none: not measured).
+    public let metrics: NodeMetrics?
     private let group: any EventLoopGroup
     private let logger: Logger
     private let channel = Mutex<(any Channel)?>(nil)
@@ -21,9 +23,10 @@ public final class RESPServer: Sendable {
     /// reading its replies is answered with an error and disconnected.
     public static let pipelinedCommandsMax = 10_000
 
-    public init(node: Node, configuration: RedisServerConfiguration, transport: NIOTransport?, group: any EventLoopGroup,
-                logger: Logger = Logger(label: "continuum.resp")) {
+    public init(node: Node, configuration: RedisServerConfiguration, transport: NIOTransport?, metrics: NodeMetrics? = nil,
+                group: any EventLoopGroup, logger: Logger = Logger(label: "continuum.resp")) {
         self.node = node
+        self.metrics = metrics
         self.configuration = configuration
         self.transport = transport
         self.group = group
@@ -57,7 +60,7 @@ public final class RESPServer: Sendable {
 
     /// Runs one connection's commands in order and writes their replies.
     private func serve(_ channel: any Channel, _ requests: AsyncStream<[[UInt8]]>) async {
-        let connection = RedisConnection(node: node, configuration: configuration, transport: transport)
+        let connection = RedisConnection(node: node, configuration: configuration, transport: transport, metrics: metrics)
         for await request in requests {
             let outcome = await connection.execute(request)
             var buffer = channel.allocator.buffer(capacity: 64)

@@ -37,15 +37,26 @@ final class RedisConnection {
     let node: Node
     let configuration: RedisServerConfiguration
     let transport: NIOTransport?
+    let metrics: NodeMetrics?
     var resp3 = false
     private var client: UInt64?
     private var sequence: UInt64 = 0
+    /// The policy the running command routed by (a metric label).
+    private var routedPolicy: Policy?
 
-    init(node: Node, configuration: RedisServerConfiguration, transport: NIOTransport?) {
+    init(node: Node, configuration: RedisServerConfiguration, transport: NIOTransport?, metrics: NodeMetrics? = nil) {
         self.node = node
         self.configuration = configuration
         self.transport = transport
+        self.metrics = metrics
     }
+
+    /// The commands served (metric labels name these; anything else is `unknown`).
+    static let commands: Set<String> = [
+        "PING", "ECHO", "HELLO", "SELECT", "CLIENT", "COMMAND", "CONFIG", "INFO", "QUIT", "GET", "SET", "INCR", "DECR",
+        "INCRBY", "DECRBY", "DEL", "SADD", "SREM", "SMEMBERS", "SCARD", "SISMEMBER", "CONTINUUM.POLICY", "CONTINUUM.GET",
+        "CONTINUUM.PARTITION", "CONTINUUM.HEAL",
+    ]
 
     enum Outcome {
         case reply(RESPReply)
@@ -54,16 +65,31 @@ final class RedisConnection {
 
     func execute(_ arguments: [[UInt8]]) async -> Outcome {
         let name = String(decoding: arguments[0], as: UTF8.self).uppercased()
-        let rest = Array(arguments.dropFirst())
+        if name == "QUIT" { return .replyAndClose(.ok) }
+        guard let metrics else { return .reply(await reply(name, Array(arguments.dropFirst()))) }
+        routedPolicy = nil
+        let clock = ContinuousClock()
+        let start = clock.now
+        let reply = await reply(name, Array(arguments.dropFirst()))
+        let failure: String? = if case let .error(message) = reply {
+            message.prefix { $0 != " " }.lowercased()
+        } else {
+            nil
+        }
+        metrics.recordCommand(Self.commands.contains(name) ? name.lowercased() : "unknown", policy: routedPolicy?.kind ?? "none",
+                              duration: clock.now - start, error: failure)
+        return .reply(reply)
+    }
+
+    private func reply(_ name: String, _ arguments: [[UInt8]]) async -> RESPReply {
         do {
-            if name == "QUIT" { return .replyAndClose(.ok) }
-            return .reply(try await run(name, rest))
+            return try await run(name, arguments)
         } catch let error as CommandError {
-            return .reply(.error(error.message))
+            return .error(error.message)
         } catch let error as ContinuumError {
-            return .reply(.error(Self.message(for: error)))
+            return .error(Self.message(for: error))
         } catch {
-            return .reply(.error("ERR \(error)"))
+            return .error("ERR \(error)")
         }
     }
 
@@ -101,11 +127,20 @@ final class RedisConnection {
     }
 
     private func policy(of key: String) async -> Policy {
-        guard let declared = await declarations()[key].value, declared != "default",
-              let policy = try? Policy(words: declared.split(separator: " ").map(String.init)) else {
-            return configuration.defaultPolicy
-        }
+        let policy = Self.policy(declared: await declarations()[key].value) ?? configuration.defaultPolicy
+        routedPolicy = policy
         return policy
+    }
+
+    private static func policy(declared: String?) -> Policy? {
+        guard let declared, declared != "default" else { return nil }
+        return try? Policy(words: declared.split(separator: " ").map(String.init))
+    }
+
+    /// The keys with a declared policy in `node`'s catalogue.
+    static func declaredPolicies(at node: Node) async -> [(key: String, policy: Policy)] {
+        guard let catalogue = try? await node.register(Self.catalogue, as: Catalogue.self).read() else { return [] }
+        return catalogue.keys.sorted().compactMap { key in policy(declared: catalogue[key].value).map { (key, $0) } }
     }
 
     // MARK: Dispatch
@@ -254,6 +289,7 @@ final class RedisConnection {
     private func get(_ key: String, policy override: Policy?) async throws -> (reply: RESPReply, receipt: ReadReceipt?) {
         let declared = await policy(of: key)
         let policy = override ?? declared
+        routedPolicy = policy
         switch (declared, policy) {
         case (.linearizable, .linearizable):
             guard case let .string(bytes) = try await consensus(.stringGet(key: key)) else { throw CommandError.wrongType }

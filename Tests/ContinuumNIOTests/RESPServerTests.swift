@@ -22,7 +22,8 @@ final class LocalCluster {
             let configuration = NodeServerConfiguration(
                 id: name, listen: .init(host: "127.0.0.1", port: 0),
                 peers: Dictionary(uniqueKeysWithValues: names.filter { $0 != name }.map { ($0, .init(host: "127.0.0.1", port: 1)) }),
-                resp: .init(host: "127.0.0.1", port: 0), dataDirectory: directory + "/" + name, defaultPolicy: defaultPolicy)
+                resp: .init(host: "127.0.0.1", port: 0), metrics: .init(host: "127.0.0.1", port: 0),
+                dataDirectory: directory + "/" + name, defaultPolicy: defaultPolicy)
             servers.append(try NodeServer(configuration: configuration, logger: logger))
         }
         for server in servers { try await server.start() }
@@ -135,6 +136,70 @@ final class LocalCluster {
         let client = try await RESPClient.connect(host: "127.0.0.1", port: port)
         #expect(try await client.send(["PING"]) == .simple("PONG"))
         await client.close()
+        await cluster.shutdown()
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection; the whole response as text.
+func httpGet(port: Int, _ path: String) async throws -> String {
+    let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port).get()
+    let collected = Collected()
+    try await channel.pipeline.addHandler(collected)
+    try await channel.writeAndFlush(ByteBuffer(string: "GET \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"))
+    for _ in 0..<500 where channel.isActive { try await Task.sleep(for: .milliseconds(10)) }
+    return collected.text
+}
+
+/// The value of the sample whose name and labels are `series` in a Prometheus text page.
+func sample(_ page: String, _ series: String) -> Double? {
+    for line in page.split(separator: "\n") where line.hasPrefix(series + " ") {
+        let value = line.dropFirst(series.count + 1)
+        return value == "+Inf" ? .infinity : Double(value)
+    }
+    return nil
+}
+
+@Suite(.serialized) struct MetricsTests {
+    @Test func metricsReportLatencyByPolicyStalenessAndErrors() async throws {
+        let cluster = try await LocalCluster()
+        let c = cluster.clients
+        #expect(try await cluster.untilServed(0, ["SET", "k", "v"]) == .ok)
+        #expect(try await c[0].send(["CONTINUUM.POLICY", "views", "available"]) == .ok)
+        #expect(try await c[0].send(["CONTINUUM.POLICY", "acct", "serializable"]) == .ok)
+        for _ in 0..<3 { _ = try await c[0].send(["INCR", "views"]) }
+        #expect(try await c[0].send(["INCR", "acct"]) == .integer(1))
+        #expect(try await c[0].send(["GET", "k"]) == .bulk("v"))
+        let port = try #require(cluster.servers[0].boundMetricsPort)
+
+        let page = try await httpGet(port: port, "/metrics")
+        #expect(page.hasPrefix("HTTP/1.1 200 OK"))
+        #expect(page.contains("text/plain; version=0.0.4"))
+        #expect(sample(page, #"continuum_command_duration_seconds_count{policy="available",command="incr"}"#) == 3)
+        #expect(sample(page, #"continuum_command_duration_seconds_count{policy="serializable",command="incr"}"#) == 1)
+        #expect(sample(page, #"continuum_command_duration_seconds_count{policy="linearizable",command="get"}"#) == 1)
+        let bucketed = sample(page, #"continuum_command_duration_seconds_bucket{policy="available",command="incr",le="+Inf"}"#)
+        #expect(bucketed == 3)
+        #expect((sample(page, "continuum_raft_commit_index") ?? 0) >= 1)
+        #expect((sample(page, "continuum_storage_flushes_total") ?? 0) >= 1)
+        #expect((sample(page, "continuum_transport_frames_sent_total") ?? 0) >= 1)
+        let healthy = try #require(sample(page, #"continuum_register_staleness_seconds{register="views",policy="available"}"#))
+        #expect(healthy < 1, "a connected node certifies its CRDT state within a few gossip rounds")
+        #expect(sample(page, #"continuum_register_staleness_seconds{register="acct",policy="serializable"}"#) == 0,
+                "nothing is prepared: the committed state is certified now")
+
+        // Cut n1 off: its certificate ages, the gauge follows, and a bounded read that needs
+        // 100 ms fails and is counted.
+        #expect(try await c[0].send(["CONTINUUM.PARTITION", "n2", "n3"]) == .ok)
+        try await Task.sleep(for: .milliseconds(800))
+        #expect(try await c[0].send(["CONTINUUM.GET", "views", "bounded", "100", "50"]).description.hasPrefix("(error) STALE"))
+        let cut = try await httpGet(port: port, "/metrics")
+        let aged = try #require(sample(cut, #"continuum_register_staleness_seconds{register="views",policy="available"}"#))
+        #expect(aged > 0.5, "n1 heard from nobody for 800 ms")
+        #expect(sample(cut, #"continuum_certified_staleness_seconds{mechanism="crdt"}"#) == aged)
+        #expect(sample(cut, #"continuum_command_errors_total{policy="bounded",command="continuum.get",error="stale"}"#) == 1)
+        #expect(try await c[0].send(["CONTINUUM.HEAL"]) == .ok)
+
+        #expect(try await httpGet(port: port, "/other").hasPrefix("HTTP/1.1 404"))
         await cluster.shutdown()
     }
 }

@@ -4,7 +4,8 @@ import PackageDescription
 // Layers (DESIGN.md section 4); imports point down only:
 //   continuum (CLI) -> ContinuumSimulation, Continuum -> ContinuumProtocols -> ContinuumCore
 //   ContinuumStorage (SQLite through GRDB) -> Continuum (the runtime's NodeStorage)
-//   ContinuumNIO (TCP between nodes, the RESP server, the node server) -> ContinuumStorage, Continuum
+//   ContinuumClient (the network client library, RESP) -> ContinuumProtocols, ContinuumCore (no runtime, no SQLite)
+//   ContinuumNIO (TCP between nodes, the RESP server, the node server) -> ContinuumClient, ContinuumStorage, Continuum
 let package = Package(
     name: "Continuum",
     platforms: [.macOS(.v15)],
@@ -15,6 +16,7 @@ let package = Package(
         .library(name: "ContinuumSimulation", targets: ["ContinuumSimulation"]),
         .library(name: "ContinuumStorage", targets: ["ContinuumStorage"]),
         .library(name: "ContinuumNIO", targets: ["ContinuumNIO"]),
+        .library(name: "ContinuumClient", targets: ["ContinuumClient"]),
         .executable(name: "continuum", targets: ["ContinuumCLI"]),
     ],
     dependencies: [
@@ -33,9 +35,18 @@ let package = Package(
         .target(name: "ContinuumProtocols", dependencies: ["ContinuumCore"]),
         .target(name: "Continuum", dependencies: ["ContinuumCore", "ContinuumProtocols"]),
         .target(
+            name: "ContinuumClient",
+            dependencies: [
+                "ContinuumCore", "ContinuumProtocols",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
+        .target(
             name: "ContinuumNIO",
             dependencies: [
-                "Continuum", "ContinuumCore", "ContinuumProtocols",
+                "Continuum", "ContinuumClient", "ContinuumCore", "ContinuumProtocols",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

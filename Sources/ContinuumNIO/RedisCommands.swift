@@ -55,7 +55,7 @@ final class RedisConnection {
     static let commands: Set<String> = [
         "PING", "ECHO", "HELLO", "SELECT", "CLIENT", "COMMAND", "CONFIG", "INFO", "QUIT", "GET", "SET", "INCR", "DECR",
         "INCRBY", "DECRBY", "DEL", "SADD", "SREM", "SMEMBERS", "SCARD", "SISMEMBER", "CONTINUUM.POLICY", "CONTINUUM.GET",
-        "CONTINUUM.PARTITION", "CONTINUUM.HEAL",
+        "CONTINUUM.PARTITION", "CONTINUUM.HEAL", "CONTINUUM.DECLARE", "CONTINUUM.APPLY", "CONTINUUM.READ",
     ]
 
     enum Outcome {
@@ -105,7 +105,7 @@ final class RedisConnection {
         switch error {
         case .unavailable: "UNAVAILABLE \(error)"
         case .indeterminate: "INDETERMINATE \(error)"
-        case .stalenessBoundUnmet: "STALE \(error)"
+        case let .stalenessBoundUnmet(best): "STALE \(error) [best_ns=\(best.map { "\($0.nanoseconds)" } ?? "none")]"
         case .typeMismatch, .wrongPolicy: "WRONGTYPE \(error)"
         default: "ERR \(error)"
         }
@@ -219,6 +219,24 @@ final class RedisConnection {
                            answer.receipt?.staleness.map { .integer($0.nanoseconds / 1_000_000) } ?? .null,
                            .bulk(answer.receipt?.version.description ?? "-"),
                            .array((answer.receipt?.replicas ?? []).map { .bulk("n\($0.rawValue)") })])
+        case "CONTINUUM.DECLARE":
+            try need(2...5)
+            let key = text(arguments[0])
+            guard let kind = RegisterKind(rawValue: text(arguments[1]).lowercased()) else {
+                throw CommandError(message: "ERR unknown register type '\(text(arguments[1]))': counter, set, flag or max")
+            }
+            if arguments.count > 2 { _ = try await declarePolicy(key, arguments.dropFirst(2).map(text)) }
+            try await declareRegister(key, kind)
+            return .ok
+        case "CONTINUUM.APPLY":
+            try need(2...3)
+            let operation = try Self.operation(arguments.dropFirst().map(text))
+            return Self.reply(state: try await apply(text(arguments[0]), operation))
+        case "CONTINUUM.READ":
+            try need(1...4)
+            let override = arguments.count > 1 ? try Policy(words: arguments.dropFirst().map(text)) : nil
+            let (state, receipt) = try await readRegister(text(arguments[0]), policy: override)
+            return Self.reply(state: state, receipt: receipt)
         case "CONTINUUM.PARTITION":
             try need(1...Int.max)
             guard let transport else { throw CommandError(message: "ERR this node has no network transport") }
@@ -273,10 +291,15 @@ final class RedisConnection {
     }
 
     private func consensus(_ operation: KeyValueOperation) async throws -> KeyValueResult {
+        try await consensusWithIndex(operation).result
+    }
+
+    /// A command through the Raft log, with the log index it was applied at.
+    private func consensusWithIndex(_ operation: KeyValueOperation) async throws -> (result: KeyValueResult, index: UInt64) {
         let client = try await clientID()
         sequence += 1
         switch await node.linearizable(operation, client: client, sequence: sequence, latency: configuration.requestLatency) {
-        case let .ok(result, _): return result
+        case let .ok(result, index): return (result, index)
         case let .unavailable(reason): throw ContinuumError.unavailable(reason)
         case .indeterminate: throw ContinuumError.indeterminate
         }
@@ -469,5 +492,168 @@ final class RedisConnection {
             return delta
         }
         return .ok
+    }
+
+    // MARK: Typed registers (the Swift client library's commands)
+
+    /// The CRDTs a client declares by name; under `linearizable` they live in the Raft log's
+    /// CRDT namespace, under `available` and `bounded` they are the node's own CRDT registers.
+    enum RegisterKind: String {
+        case counter, set, flag, max
+
+        init(_ operation: CRDTOperation) {
+            switch operation {
+            case .counterAdd: self = .counter
+            case .setInsert, .setRemove: self = .set
+            case .flagEnable, .flagDisable: self = .flag
+            case .maxWrite: self = .max
+            }
+        }
+
+        init(_ state: LogCRDT) {
+            switch state {
+            case .counter: self = .counter
+            case .set: self = .set
+            case .flag: self = .flag
+            case .max: self = .max
+            }
+        }
+    }
+
+    /// `add N`, `insert E`, `remove E`, `enable`, `disable`, `write N`.
+    static func operation(_ words: [String]) throws -> CRDTOperation {
+        switch (words[0].lowercased(), words.count) {
+        case ("add", 2):
+            guard let amount = KeyValueStateMachine.decimal(words[1]) else { throw CommandError.notInteger }
+            return .counterAdd(amount)
+        case ("insert", 2): return .setInsert(words[1])
+        case ("remove", 2): return .setRemove(words[1])
+        case ("enable", 1): return .flagEnable
+        case ("disable", 1): return .flagDisable
+        case ("write", 2):
+            guard let value = UInt64(words[1]) else { throw CommandError(message: "ERR value is not an unsigned integer") }
+            return .maxWrite(value)
+        default:
+            throw CommandError(message: "ERR unknown operation '\(words.joined(separator: " "))': add N, insert E, remove E, enable, disable or write N")
+        }
+    }
+
+    private func declareRegister(_ key: String, _ kind: RegisterKind) async throws {
+        switch await policy(of: key) {
+        case .linearizable:
+            switch try await consensus(.crdtRead(key: key)) {
+            case .crdt(nil): return
+            case let .crdt(state?) where RegisterKind(state) == kind: return
+            default: throw CommandError.wrongType
+            }
+        case .serializable:
+            throw CommandError(message: "ERR serializable keys hold integers (SET, GET, INCRBY)")
+        case .available, .bounded:
+            switch kind {
+            case .counter: _ = try await node.declare(key, as: PNCounter.self)
+            case .set: _ = try await node.declare(key, as: ORSet<String>.self)
+            case .flag: _ = try await node.declare(key, as: EWFlag.self)
+            case .max: _ = try await node.declare(key, as: MaxRegister<UInt64>.self)
+            }
+        }
+    }
+
+    /// Applies `operation` under the key's policy; the register's state right after.
+    private func apply(_ key: String, _ operation: CRDTOperation) async throws -> LogCRDT {
+        switch await policy(of: key) {
+        case .linearizable:
+            guard case let .crdt(state?) = try await consensus(.crdt(key: key, operation)) else { throw CommandError.wrongType }
+            return state
+        case .serializable:
+            throw CommandError(message: "ERR serializable keys hold integers (SET, GET, INCRBY)")
+        case .available, .bounded:
+            switch operation {
+            case let .counterAdd(amount):
+                return .counter(try await node.declare(key, as: PNCounter.self).update { $0.add(amount, replica: $1) })
+            case let .setInsert(element):
+                return .set(try await node.declare(key, as: ORSet<String>.self).update { $0.insert(element, replica: $1) })
+            case let .setRemove(element):
+                return .set(try await node.declare(key, as: ORSet<String>.self).update { set, _ in set.remove(element) })
+            case .flagEnable:
+                return .flag(try await node.declare(key, as: EWFlag.self).update { $0.enable(replica: $1) })
+            case .flagDisable:
+                return .flag(try await node.declare(key, as: EWFlag.self).update { flag, _ in flag.disable() })
+            case let .maxWrite(value):
+                return .max(try await node.declare(key, as: MaxRegister<UInt64>.self).update { register, _ in register.write(value) })
+            }
+        }
+    }
+
+    /// Reads a typed register under its policy or `override`, with what was delivered.
+    private func readRegister(_ key: String, policy override: Policy?) async throws -> (LogCRDT?, ReadReceipt) {
+        let declared = await policy(of: key)
+        let policy = override ?? declared
+        routedPolicy = policy
+        switch (declared, policy) {
+        case (.linearizable, .linearizable):
+            let (result, index) = try await consensusWithIndex(.crdtRead(key: key))
+            guard case let .crdt(state) = result else { throw CommandError.wrongType }
+            let receipt = ReadReceipt(guarantee: .linearizable, staleness: .zero, version: .logIndex(index),
+                                      replicas: [node.id.replica], level: 0)
+            return (state, receipt)
+        case (.linearizable, _):
+            let answer = try await node.raftBoundedRead(.crdtRead(key: key), levels: policy.serviceLevels, minimumIndex: 0).get()
+            guard case let .crdt(state) = answer.result else { throw CommandError.wrongType }
+            return (state, answer.receipt)
+        case (.serializable, _):
+            throw CommandError(message: "ERR serializable keys hold integers (SET, GET, INCRBY)")
+        case (let declared, .linearizable), (let declared, .serializable):
+            throw ContinuumError.wrongPolicy(register: key, declared: declared)
+        case (.available, _), (.bounded, _):
+            do {
+                let result = try await node.register(key, as: PNCounter.self).read(policy)
+                return (.counter(result.value), result.receipt)
+            } catch {
+                guard case let .typeMismatch(_, declared, _) = error else { throw error }
+                switch declared {
+                case replicableTypeName(ORSet<String>.self):
+                    let result = try await node.register(key, as: ORSet<String>.self).read(policy)
+                    return (.set(result.value), result.receipt)
+                case replicableTypeName(EWFlag.self):
+                    let result = try await node.register(key, as: EWFlag.self).read(policy)
+                    return (.flag(result.value), result.receipt)
+                case replicableTypeName(MaxRegister<UInt64>.self):
+                    let result = try await node.register(key, as: MaxRegister<UInt64>.self).read(policy)
+                    return (.max(result.value), result.receipt)
+                default:
+                    throw CommandError.wrongType
+                }
+            }
+        }
+    }
+
+    /// `[state, description]`: the state's binary encoding (null when absent) and its text.
+    static func reply(state: LogCRDT?) -> RESPReply {
+        .array([state.map { .bulk($0.binaryEncoded()) } ?? .null, .bulk(state?.description ?? "none")])
+    }
+
+    /// `[state, description, guarantee, guarantee staleness ns, staleness ns, version, replicas, level]`.
+    static func reply(state: LogCRDT?, receipt: ReadReceipt) -> RESPReply {
+        let (guarantee, bound): (String, RESPReply) = switch receipt.guarantee {
+        case .linearizable: ("linearizable", .null)
+        case let .bounded(staleness): ("bounded", .integer(staleness.nanoseconds))
+        case .local: ("local", .null)
+        }
+        let version = switch receipt.version {
+        case let .logIndex(index): "log \(index)"
+        case let .stateDigest(digest): "state \(digest)"
+        }
+        return .array(reply(state: state).elements + [
+            .bulk(guarantee), bound, receipt.staleness.map { .integer($0.nanoseconds) } ?? .null, .bulk(version),
+            .array(receipt.replicas.map { .integer(Int64(bitPattern: $0.rawValue)) }), .integer(Int64(receipt.level)),
+        ])
+    }
+}
+
+extension RESPReply {
+    /// An array's elements (none otherwise).
+    var elements: [RESPReply] {
+        if case let .array(elements) = self { return elements }
+        return []
     }
 }

@@ -65,6 +65,9 @@ public final class RESPClient: Sendable {
         return try await promise.futureResult.get()
     }
 
+    /// Whether the connection is still open (as far as this side knows).
+    public var isActive: Bool { channel.isActive }
+
     public func close() async {
         try? await channel.close()
     }

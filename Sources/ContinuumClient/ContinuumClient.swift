@@ -1,0 +1,412 @@
+import ContinuumCore
+import ContinuumProtocols
+import NIOCore
+import NIOPosix
+
+/// A Swift application's connection to a Continuum cluster over the network: declare registers
+/// with their policies and use them as in the embedded cluster (`Node.declare`,
+/// `Register.read(_:)`, `LinearizableRegister.apply(_:)`), with the same `Policy`,
+/// `ReadResult`, `ReadReceipt` and `ContinuumError`.
+///
+/// ```swift
+/// let cluster = try await ContinuumClient.connect(to: ["127.0.0.1:6401", "127.0.0.1:6402", "127.0.0.1:6403"])
+/// let views = try await cluster.declare("views", as: PNCounter.self, policy: .available)
+/// try await views.increment(by: 1)
+/// let seen = try await views.read(.bounded(staleness: .seconds(1), latency: .milliseconds(50)))
+/// print(seen.value.value, seen.receipt)
+/// ```
+///
+/// It speaks the Redis protocol to one node at a time (`CONTINUUM.DECLARE`, `CONTINUUM.APPLY`,
+/// `CONTINUUM.READ` and the string commands), and moves to the next address when that node
+/// cannot be reached or answers `UNAVAILABLE` (it is on the minority side of a partition, say).
+/// A read is retried at the next node; a write is retried only when it certainly took no effect
+/// (the connection could not be made, or the node answered `UNAVAILABLE`). A write whose
+/// connection broke after it was sent fails with `ContinuumError.indeterminate`: it may or may
+/// not take effect, and retrying it could apply it twice.
+///
+/// What differs from the embedded API: updates are operations (`CRDTOperation`), not closures,
+/// because closures cannot cross the network (the Lasp client's way); the register types are
+/// the ones the server stores under every policy (`PNCounter`, `ORSet<String>`, `EWFlag`,
+/// `MaxRegister<UInt64>`, and byte strings); and a client that moves to another node carries no
+/// session, so an `available` read there may not show its own latest writes yet (a `bounded`
+/// or `linearizable` read does, within its bound).
+public actor ContinuumClient {
+    public struct Configuration: Sendable {
+        /// How long to wait for a connection to one node.
+        public var connectTimeout: Duration = .seconds(2)
+        /// How long one command may wait for its reply (then the connection is closed).
+        public var replyTimeout: Duration = .seconds(10)
+
+        public init(connectTimeout: Duration = .seconds(2), replyTimeout: Duration = .seconds(10)) {
+            self.connectTimeout = connectTimeout
+            self.replyTimeout = replyTimeout
+        }
+    }
+
+    /// The nodes' Redis-protocol addresses, tried in order (from the one in use).
+    public nonisolated let addresses: [(host: String, port: Int)]
+    public nonisolated let configuration: Configuration
+    private var connection: RESPClient?
+    private var current = 0
+
+    private init(addresses: [(host: String, port: Int)], configuration: Configuration) {
+        self.addresses = addresses
+        self.configuration = configuration
+    }
+
+    /// Connects to the first node of `addresses` (`host:port`, each a node's Redis-protocol
+    /// port) that answers; fails with `unavailable` when none does.
+    public static func connect(to addresses: [String], configuration: Configuration = Configuration()) async throws(ContinuumError)
+        -> ContinuumClient
+    {
+        guard !addresses.isEmpty else { throw .invalidRequest("no node addresses") }
+        var parsed: [(host: String, port: Int)] = []
+        for text in addresses {
+            guard let colon = text.lastIndex(of: ":"), colon != text.startIndex, let port = Int(text[text.index(after: colon)...]),
+                  (1...65_535).contains(port) else {
+                throw .invalidRequest("'\(text)' is not host:port")
+            }
+            parsed.append((String(text[..<colon]), port))
+        }
+        let client = ContinuumClient(addresses: parsed, configuration: configuration)
+        _ = try await client.send(["PING"], retry: .always)
+        return client
+    }
+
+    /// The address of the node in use (`host:port`), if connected.
+    public var connectedNode: String? {
+        connection == nil ? nil : "\(addresses[current].host):\(addresses[current].port)"
+    }
+
+    public func close() async {
+        await connection?.close()
+        connection = nil
+    }
+
+    // MARK: Registers
+
+    /// Declares a register of `type` under `policy` (nil: whatever the key has, or the cluster's
+    /// default) and returns its handle. The declaration is stored at the node in use and reaches
+    /// the others by anti-entropy: declare before use. Fails with `typeMismatch` when the
+    /// register exists with another type.
+    public func declare<Value: RemoteRegisterValue>(_ name: String, as type: Value.Type, policy: Policy? = nil) async throws(ContinuumError)
+        -> RemoteRegister<Value>
+    {
+        try Self.checkName(name)
+        let reply = try await send(["CONTINUUM.DECLARE", name, Value.kind] + (policy?.words ?? []), retry: .always, register: name,
+                                   type: Value.kind)
+        guard reply == .simple("OK") else { throw .invalidRequest("unexpected reply \(reply)") }
+        return RemoteRegister(name: name, policy: policy, client: self)
+    }
+
+    /// A byte-string register (Redis strings): `SET`/`GET` under the key's policy.
+    public nonisolated func string(_ name: String) throws(ContinuumError) -> RemoteString {
+        try Self.checkName(name)
+        return RemoteString(name: name, client: self)
+    }
+
+    /// Declares `name`'s policy without declaring a type (a string or serializable integer key).
+    public func declarePolicy(_ name: String, _ policy: Policy) async throws(ContinuumError) {
+        try Self.checkName(name)
+        _ = try await send(["CONTINUUM.POLICY", name] + policy.words, retry: .always)
+    }
+
+    /// The policy the node in use routes `name` by (`"... (default)"` when nobody declared one).
+    public func policy(of name: String) async throws(ContinuumError) -> String {
+        guard case let .bulk(bytes) = try await send(["CONTINUUM.POLICY", name], retry: .always) else {
+            throw .invalidRequest("unexpected reply")
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    private nonisolated static func checkName(_ name: String) throws(ContinuumError) {
+        guard !name.isEmpty, !name.hasPrefix("continuum.") else { throw .invalidName(name) }
+    }
+
+    // MARK: Sending
+
+    enum Retry {
+        /// Reads and declarations: any failure moves to the next node and tries again.
+        case always
+        /// Writes: only when the command certainly took no effect.
+        case ifNotApplied
+    }
+
+    /// Sends one command, moving between nodes as `retry` allows; maps error replies to
+    /// `ContinuumError`.
+    func send(_ arguments: [String], retry: Retry, register: String? = nil, type: String? = nil) async throws(ContinuumError) -> RESPReply {
+        try await send(arguments.map { Array($0.utf8) }, retry: retry, register: register, type: type)
+    }
+
+    func send(_ arguments: [[UInt8]], retry: Retry, register: String? = nil, type: String? = nil) async throws(ContinuumError) -> RESPReply {
+        var lastProblem = "no node answered"
+        for attempt in 0..<addresses.count {
+            if attempt > 0 { await moveOn() }
+            guard let connection = await connected() else {
+                lastProblem = "\(addresses[current].host):\(addresses[current].port) did not accept a connection"
+                continue
+            }
+            let reply: RESPReply
+            do {
+                reply = try await connection.send(arguments)
+            } catch {
+                lastProblem = "\(error)"
+                await connection.close()
+                self.connection = nil
+                if retry == .ifNotApplied { throw .indeterminate }
+                continue
+            }
+            guard case let .error(message) = reply else { return reply }
+            let mapped = Self.error(message, register: register ?? "", type: type ?? "")
+            if case let .unavailable(reason) = mapped {
+                lastProblem = reason
+                continue
+            }
+            throw mapped
+        }
+        throw .unavailable(lastProblem)
+    }
+
+    private func connected() async -> RESPClient? {
+        // A connection the node closed while idle: nothing was sent on it, start afresh.
+        if let connection, connection.isActive { return connection }
+        connection = nil
+        let address = addresses[current]
+        connection = try? await RESPClient.connect(host: address.host, port: address.port, timeout: configuration.connectTimeout,
+                                                  replyTimeout: configuration.replyTimeout)
+        return connection
+    }
+
+    private func moveOn() async {
+        await connection?.close()
+        connection = nil
+        current = (current + 1) % addresses.count
+    }
+
+    /// The error a node's reply names.
+    static func error(_ message: String, register: String, type: String) -> ContinuumError {
+        let (kind, rest) = message.firstIndex(of: " ").map { (String(message[..<$0]), String(message[message.index(after: $0)...])) }
+            ?? (message, "")
+        switch kind {
+        case "UNAVAILABLE": return .unavailable(rest.hasPrefix("unavailable: ") ? String(rest.dropFirst(13)) : rest)
+        case "INDETERMINATE": return .indeterminate
+        case "STALE":
+            guard let open = rest.firstRange(of: "[best_ns="), let close = rest[open.upperBound...].firstIndex(of: "]") else {
+                return .stalenessBoundUnmet(best: nil)
+            }
+            return .stalenessBoundUnmet(best: Int64(rest[open.upperBound..<close]).map { .nanoseconds($0) })
+        case "WRONGTYPE": return .typeMismatch(register: register, declared: rest, requested: type.isEmpty ? "this operation" : type)
+        default: return .invalidRequest(message)
+        }
+    }
+
+    /// A `CONTINUUM.READ` reply's state and receipt.
+    static func decodeRead(_ reply: RESPReply) throws(ContinuumError) -> (LogCRDT?, ReadReceipt) {
+        guard case let .array(fields) = reply, fields.count == 8, case let .bulk(guaranteeName) = fields[2],
+              case let .bulk(versionText) = fields[5], case let .array(replicaFields) = fields[6], case let .integer(level) = fields[7] else {
+            throw .invalidRequest("unexpected CONTINUUM.READ reply \(reply)")
+        }
+        let state = try decodeState(fields[0])
+        func duration(_ field: RESPReply) -> Duration? {
+            if case let .integer(nanoseconds) = field { return .nanoseconds(nanoseconds) }
+            return nil
+        }
+        let guarantee: DeliveredGuarantee
+        switch String(decoding: guaranteeName, as: UTF8.self) {
+        case "linearizable": guarantee = .linearizable
+        case "bounded":
+            guard let bound = duration(fields[3]) else { throw .invalidRequest("a bounded read without its bound") }
+            guarantee = .bounded(staleness: bound)
+        default: guarantee = .local
+        }
+        let words = String(decoding: versionText, as: UTF8.self).split(separator: " ")
+        let version: ReadVersion
+        switch (words.first, words.count == 2 ? UInt64(words[1]) : nil) {
+        case ("log"?, let index?): version = .logIndex(index)
+        case ("state"?, let digest?): version = .stateDigest(digest)
+        default: throw .invalidRequest("unexpected version '\(String(decoding: versionText, as: UTF8.self))'")
+        }
+        var replicas: [ReplicaID] = []
+        for field in replicaFields {
+            guard case let .integer(raw) = field else { throw .invalidRequest("unexpected replica \(field)") }
+            replicas.append(ReplicaID(UInt64(bitPattern: raw)))
+        }
+        return (state, ReadReceipt(guarantee: guarantee, staleness: duration(fields[4]), version: version, replicas: replicas,
+                                   level: Int(level)))
+    }
+
+    static func decodeState(_ field: RESPReply) throws(ContinuumError) -> LogCRDT? {
+        switch field {
+        case .null: return nil
+        case let .bulk(bytes):
+            do {
+                return try LogCRDT(binary: bytes)
+            } catch {
+                throw .invalidRequest("the node sent a state that does not decode: \(error)")
+            }
+        default: throw .invalidRequest("unexpected state \(field)")
+        }
+    }
+}
+
+/// The register types a `ContinuumClient` declares: the CRDTs every policy stores.
+public protocol RemoteRegisterValue: Lattice, Sendable {
+    /// The type's name in `CONTINUUM.DECLARE`.
+    static var kind: String { get }
+    /// The value in `state`, nil when it holds another type.
+    init?(_ state: LogCRDT)
+}
+
+extension PNCounter: RemoteRegisterValue {
+    public static var kind: String { "counter" }
+    public init?(_ state: LogCRDT) {
+        guard case let .counter(counter) = state else { return nil }
+        self = counter
+    }
+}
+
+extension ORSet<String>: RemoteRegisterValue {
+    public static var kind: String { "set" }
+    public init?(_ state: LogCRDT) {
+        guard case let .set(set) = state else { return nil }
+        self = set
+    }
+}
+
+extension EWFlag: RemoteRegisterValue {
+    public static var kind: String { "flag" }
+    public init?(_ state: LogCRDT) {
+        guard case let .flag(flag) = state else { return nil }
+        self = flag
+    }
+}
+
+extension MaxRegister<UInt64>: RemoteRegisterValue {
+    public static var kind: String { "max" }
+    public init?(_ state: LogCRDT) {
+        guard case let .max(register) = state else { return nil }
+        self = register
+    }
+}
+
+/// A register in a remote cluster, used under its declared policy (as `Register` and
+/// `LinearizableRegister` are in the embedded cluster).
+public struct RemoteRegister<Value: RemoteRegisterValue>: Sendable {
+    public let name: String
+    /// The policy it was declared with (nil: the key's existing or default policy).
+    public let policy: Policy?
+    let client: ContinuumClient
+
+    /// Applies `operation` under the register's policy (locally at the node and merged by
+    /// anti-entropy when `available`; through the Raft log when `linearizable`) and returns the
+    /// state right after it.
+    @discardableResult
+    public func apply(_ operation: CRDTOperation) async throws(ContinuumError) -> Value {
+        let words: [String] = switch operation {
+        case let .counterAdd(amount): ["add", "\(amount)"]
+        case let .setInsert(element): ["insert", element]
+        case let .setRemove(element): ["remove", element]
+        case .flagEnable: ["enable"]
+        case .flagDisable: ["disable"]
+        case let .maxWrite(value): ["write", "\(value)"]
+        }
+        let reply = try await client.send(["CONTINUUM.APPLY", name] + words, retry: .ifNotApplied, register: name, type: Value.kind)
+        guard case let .array(fields) = reply, let first = fields.first, let state = try ContinuumClient.decodeState(first) else {
+            throw .invalidRequest("unexpected CONTINUUM.APPLY reply \(reply)")
+        }
+        guard let value = Value(state) else {
+            throw .typeMismatch(register: name, declared: "\(state)", requested: Value.kind)
+        }
+        return value
+    }
+
+    /// The value under the register's policy.
+    public func read() async throws(ContinuumError) -> Value {
+        try await read(nil).value
+    }
+
+    /// The value under `policy` (nil: the register's own), with what was delivered.
+    public func read(_ policy: Policy?) async throws(ContinuumError) -> ReadResult<Value> {
+        let reply = try await client.send(["CONTINUUM.READ", name] + (policy?.words ?? []), retry: .always, register: name,
+                                          type: Value.kind)
+        let (state, receipt) = try ContinuumClient.decodeRead(reply)
+        guard let state else { return ReadResult(value: Value.bottom, receipt: receipt) }
+        guard let value = Value(state) else { throw .typeMismatch(register: name, declared: "\(state)", requested: Value.kind) }
+        return ReadResult(value: value, receipt: receipt)
+    }
+}
+
+extension RemoteRegister where Value == PNCounter {
+    /// Adds `amount` (negative to subtract); the counter's value right after.
+    @discardableResult
+    public func increment(by amount: Int64 = 1) async throws(ContinuumError) -> Int64 { try await apply(.counterAdd(amount)).value }
+}
+
+extension RemoteRegister where Value == ORSet<String> {
+    @discardableResult
+    public func insert(_ element: String) async throws(ContinuumError) -> Set<String> { try await apply(.setInsert(element)).elements }
+    @discardableResult
+    public func remove(_ element: String) async throws(ContinuumError) -> Set<String> { try await apply(.setRemove(element)).elements }
+}
+
+extension RemoteRegister where Value == EWFlag {
+    public func enable() async throws(ContinuumError) { try await apply(.flagEnable) }
+    public func disable() async throws(ContinuumError) { try await apply(.flagDisable) }
+}
+
+extension RemoteRegister where Value == MaxRegister<UInt64> {
+    @discardableResult
+    public func write(_ value: UInt64) async throws(ContinuumError) -> UInt64? { try await apply(.maxWrite(value)).value }
+}
+
+/// A byte-string key (a Redis string) under its policy: linearizable (Raft), available (a
+/// last-writer-wins register) or serializable (integers, in one-operation transactions).
+public struct RemoteString: Sendable {
+    public let name: String
+    let client: ContinuumClient
+
+    public func set(_ value: [UInt8]) async throws(ContinuumError) {
+        _ = try await client.send([Array("SET".utf8), Array(name.utf8), value], retry: .ifNotApplied, register: name, type: "string")
+    }
+
+    public func set(_ value: String) async throws(ContinuumError) { try await set(Array(value.utf8)) }
+
+    /// The value under the key's policy (nil: none).
+    public func get() async throws(ContinuumError) -> [UInt8]? {
+        switch try await client.send(["GET", name], retry: .always, register: name, type: "string") {
+        case .null: return nil
+        case let .bulk(bytes): return bytes
+        case let reply: throw .invalidRequest("unexpected GET reply \(reply)")
+        }
+    }
+
+    /// The value under `policy` for this read (`CONTINUUM.GET`), for example a bounded read of
+    /// a linearizable key that a follower may answer.
+    public func get(_ policy: Policy) async throws(ContinuumError) -> [UInt8]? {
+        let reply = try await client.send(["CONTINUUM.GET", name] + policy.words, retry: .always, register: name, type: "string")
+        switch reply {
+        case let .array(fields) where fields.first == .null: return nil
+        case let .array(fields):
+            guard case let .bulk(bytes)? = fields.first else { throw .invalidRequest("unexpected CONTINUUM.GET reply \(reply)") }
+            return bytes
+        default: throw .invalidRequest("unexpected CONTINUUM.GET reply \(reply)")
+        }
+    }
+
+    /// Adds `amount` to an integer value; the value right after.
+    @discardableResult
+    public func increment(by amount: Int64 = 1) async throws(ContinuumError) -> Int64 {
+        guard case let .integer(value) = try await client.send(["INCRBY", name, "\(amount)"], retry: .ifNotApplied) else {
+            throw .invalidRequest("unexpected INCRBY reply")
+        }
+        return value
+    }
+
+    @discardableResult
+    public func delete() async throws(ContinuumError) -> Bool {
+        guard case let .integer(count) = try await client.send(["DEL", name], retry: .ifNotApplied) else {
+            throw .invalidRequest("unexpected DEL reply")
+        }
+        return count > 0
+    }
+}

@@ -1,0 +1,160 @@
+import Continuum
+import ContinuumCore
+import ContinuumNIO
+import Foundation
+import Testing
+
+/// The Swift client library against three in-process node servers.
+@Suite(.serialized) struct ClientLibraryTests {
+    func addresses(_ cluster: LocalCluster) -> [String] { cluster.servers.map { "127.0.0.1:\($0.boundRESPPort!)" } }
+
+    /// Retries while the cluster elects its first leader.
+    func served<T>(_ body: () async throws(ContinuumError) -> T) async throws -> T {
+        for _ in 0..<250 {
+            do {
+                return try await body()
+            } catch {
+                guard case .unavailable = error else { throw error }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        throw ContinuumError.unavailable("no leader")
+    }
+
+    @Test func registersOfEveryPolicyThroughTheClient() async throws {
+        let cluster = try await LocalCluster()
+        let nodes = addresses(cluster)
+        // The first address refuses connections: the client moves on to the next.
+        let client = try await ContinuumClient.connect(to: ["127.0.0.1:1"] + nodes)
+        #expect(await client.connectedNode == nodes[0])
+        let other = try await ContinuumClient.connect(to: [nodes[2]])
+
+        // Available: a PN-counter updated at n1, merged into n3 by anti-entropy.
+        let views = try await client.declare("views", as: PNCounter.self, policy: .available)
+        #expect(try await views.increment(by: 5) == 5)
+        #expect(try await views.increment(by: -2) == 3)
+        let remoteViews = try await other.declare("views", as: PNCounter.self)
+        var seen: Int64 = 0
+        for _ in 0..<250 where seen != 3 {
+            seen = try await remoteViews.read().value
+            if seen != 3 { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        #expect(seen == 3)
+        let bounded = try await views.read(.bounded(staleness: .seconds(2), latency: .milliseconds(500)))
+        #expect(bounded.value.value == 3)
+        guard case let .bounded(staleness) = bounded.guarantee else {
+            Issue.record("a bounded read delivered \(bounded.guarantee)")
+            return
+        }
+        #expect(staleness <= .seconds(2))
+        #expect(bounded.replicas.contains(ReplicaID(1)))
+
+        // Linearizable: a set in the Raft log; another node reads the write at once.
+        let tags = try await served { () async throws(ContinuumError) in
+            try await client.declare("tags", as: ORSet<String>.self, policy: .linearizable)
+        }
+        #expect(try await tags.insert("a") == ["a"])
+        #expect(try await tags.insert("b") == ["a", "b"])
+        #expect(try await tags.remove("a") == ["b"])
+        let remoteTags = try await other.declare("tags", as: ORSet<String>.self)
+        let linearizable = try await remoteTags.read(.linearizable)
+        #expect(linearizable.value.elements == ["b"])
+        #expect(linearizable.guarantee == .linearizable)
+        guard case let .logIndex(index) = linearizable.version else {
+            Issue.record("a linearizable read reported \(linearizable.version)")
+            return
+        }
+        #expect(index >= 3)
+
+        // Flags and max registers; a type mismatch is refused as in the embedded cluster.
+        let flag = try await client.declare("maintenance", as: EWFlag.self, policy: .available)
+        try await flag.enable()
+        #expect(try await flag.read().isEnabled)
+        let high = try await client.declare("high", as: MaxRegister<UInt64>.self, policy: .available)
+        #expect(try await high.write(7) == 7)
+        #expect(try await high.write(3) == 7)
+        await #expect(throws: ContinuumError.self) { try await client.declare("views", as: ORSet<String>.self) }
+        do {
+            _ = try await client.declare("views", as: ORSet<String>.self)
+        } catch {
+            guard case .typeMismatch(register: "views", _, requested: "set") = error else {
+                Issue.record("expected a type mismatch, got \(error)")
+                return
+            }
+        }
+        // An available register refuses a linearizable read.
+        do {
+            _ = try await views.read(.linearizable)
+            Issue.record("an available register answered a linearizable read")
+        } catch {
+            guard case .typeMismatch = error else {
+                Issue.record("expected WRONGTYPE, got \(error)")
+                return
+            }
+        }
+
+        // Strings under the default (linearizable) policy and a serializable integer.
+        let greeting = try client.string("greeting")
+        try await greeting.set("hello")
+        #expect(try await other.string("greeting").get() == Array("hello".utf8))
+        try await client.declarePolicy("balance", .serializable)
+        #expect(try await client.string("balance").increment(by: 10) == 10)
+        #expect(await (try? client.policy(of: "balance")) == "serializable")
+
+        // Cut n3 off: a read needing 100 ms freshness fails with the best it could certify.
+        #expect(try await cluster.clients[2].send(["CONTINUUM.PARTITION", "n1", "n2"]) == .ok)
+        try await Task.sleep(for: .milliseconds(600))
+        do {
+            _ = try await remoteViews.read(.bounded(staleness: .milliseconds(100), latency: .milliseconds(50)))
+            Issue.record("a cut-off node served a 100 ms bound")
+        } catch {
+            guard case let .stalenessBoundUnmet(best) = error else {
+                Issue.record("expected stalenessBoundUnmet, got \(error)")
+                return
+            }
+            #expect(best.map { $0 > .milliseconds(100) } ?? true, "the best it could certify (\(String(describing: best))) is too old")
+        }
+        #expect(try await cluster.clients[2].send(["CONTINUUM.HEAL"]) == .ok)
+
+        await client.close()
+        await other.close()
+        await cluster.shutdown()
+    }
+
+    @Test func theClientMovesToAnotherNodeWhenItsNodeStops() async throws {
+        let cluster = try await LocalCluster()
+        let nodes = addresses(cluster)
+        let client = try await ContinuumClient.connect(to: nodes)
+        let counter = try await client.declare("hits", as: PNCounter.self, policy: .available)
+        #expect(try await counter.increment() == 1)
+        let tags = try await served { () async throws(ContinuumError) in
+            try await client.declare("tags", as: ORSet<String>.self, policy: .linearizable)
+        }
+        try await tags.insert("x")
+        await cluster.servers[0].stop()
+        // The next commands go to n2: the linearizable set is there at once (n2 and n3 are a
+        // majority), the counter once gossip brought it (it was merged before the stop, or not).
+        let after = try await served { () async throws(ContinuumError) in try await tags.read(.linearizable) }
+        #expect(after.value.elements == ["x"])
+        #expect(await client.connectedNode != nodes[0], "n1 is stopped")
+        #expect(try await tags.insert("y") == ["x", "y"])
+        await client.close()
+        await cluster.shutdown()
+    }
+
+    @Test func badInputIsRefusedBeforeAnythingIsSent() async throws {
+        await #expect(throws: ContinuumError.invalidRequest("no node addresses")) { try await ContinuumClient.connect(to: []) }
+        await #expect(throws: ContinuumError.invalidRequest("'nonsense' is not host:port")) {
+            try await ContinuumClient.connect(to: ["nonsense"])
+        }
+        do {
+            _ = try await ContinuumClient.connect(to: ["127.0.0.1:1"], configuration: .init(connectTimeout: .milliseconds(200)))
+            Issue.record("connected to a closed port")
+        } catch {
+            guard case .unavailable = error else {
+                Issue.record("expected unavailable, got \(error)")
+                return
+            }
+        }
+    }
+}

@@ -467,6 +467,10 @@ public actor Node {
     }
 
     private func carryOutAustere(_ effects: [TransactionInstance.Effect]) {
+        if case (.beforeDecision, let crash)? = armedCrash, effects.contains(where: Self.isCommitDecision) {
+            armedCrash = nil
+            crash()
+        }
         for effect in effects {
             switch effect {
             case let .persist(patch):
@@ -481,6 +485,10 @@ public actor Node {
     }
 
     private func performAustere(_ effect: TransactionInstance.Effect) {
+        if case (.afterDecision, let crash)? = armedCrash, Self.isCommitDecision(effect) {
+            armedCrash = nil
+            crash()
+        }
         switch effect {
         case let .send(to, message):
             transport.send(NodeMessage.transaction(message).binaryEncoded(), from: id, to: to)
@@ -498,6 +506,33 @@ public actor Node {
             }
             austereWaiting.removeValue(forKey: handle)?.resume(returning: output)
         }
+    }
+
+    // MARK: - Fault injection
+
+    /// Where a node dies in tests of real processes (as kill -9 would), aimed at the moments
+    /// two-phase commit must survive.
+    public enum CrashPoint: String, Sendable, CaseIterable {
+        /// A coordinator holding every participant's yes vote dies before its commit decision
+        /// is durable or sent: the participants keep their prepared transaction until the
+        /// restarted coordinator answers their query (presumed abort: it aborts).
+        case beforeDecision = "before-decision"
+        /// A coordinator dies once its commit decision is durable, before any participant
+        /// hears it: after the restart the commit reaches every participant.
+        case afterDecision = "after-decision"
+    }
+
+    private var armedCrash: (CrashPoint, @Sendable () -> Void)?
+
+    /// Arms (or, with nil, disarms) one crash: `crash` runs when this node reaches `point` as
+    /// a transaction's coordinator, and must end the process.
+    public func armCrash(_ point: CrashPoint?, crash: @escaping @Sendable () -> Void) {
+        armedCrash = point.map { ($0, crash) }
+    }
+
+    private static func isCommitDecision(_ effect: TransactionInstance.Effect) -> Bool {
+        if case .send(_, .decision(_, commit: true)) = effect { return true }
+        return false
     }
 
     // MARK: - Group commit

@@ -47,7 +47,14 @@ struct ClusterCommand: AsyncParsableCommand {
         }
     }
 
-    static func isAlive(_ pid: Int32) -> Bool { kill(pid, 0) == 0 }
+    /// Whether the process runs: it exists and is not a zombie (a node that died after its
+    /// launcher exited stays one until its new parent reaps it).
+    static func isAlive(_ pid: Int32) -> Bool {
+        guard kill(pid, 0) == 0 else { return false }
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return true }
+        return stat[stat.index(after: close)...].split(separator: " ").first != "Z"
+    }
 
     /// This program's own executable, to start nodes with.
     static func executable() -> String {
@@ -129,6 +136,9 @@ struct ClusterCommand: AsyncParsableCommand {
         @Option(help: "Seconds to wait for the cluster to serve.")
         var timeout = 20
 
+        @Flag(help: "Start the nodes with --fault-injection (crash points, for tests).")
+        var faultInjection = false
+
         func validate() throws {
             guard (1...64).contains(nodes) else { throw ValidationError("--nodes must be 1...64") }
             guard basePort + nodes <= 65_535, respBasePort + nodes <= 65_535, metricsBasePort + nodes <= 65_535,
@@ -151,6 +161,7 @@ struct ClusterCommand: AsyncParsableCommand {
                 var arguments = ["node", "--id", id, "--listen", "\(host):\(basePort + index)", "--resp", "\(host):\(respBasePort + index)",
                                  "--metrics", "\(host):\(metricsBasePort + index)",
                                  "--data-dir", "\(directory)/\(id)", "--default-policy", defaultPolicy]
+                if faultInjection { arguments.append("--fault-injection") }
                 for (otherOffset, other) in ids.enumerated() where other != id {
                     arguments += ["--peer", "\(other)=\(host):\(basePort + otherOffset + 1)"]
                 }

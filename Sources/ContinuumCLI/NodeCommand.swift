@@ -45,6 +45,9 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "The cluster's name; nodes of another cluster are refused.")
     var cluster: String?
 
+    @Flag(help: "Let clients arm crash points (CONTINUUM.CRASHPOINT), which end this process: for tests only.")
+    var faultInjection = false
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -71,6 +74,7 @@ struct NodeCommand: AsyncParsableCommand {
             dataDirectory: dataDirectory, defaultPolicy: defaultPolicy ?? base?.defaultPolicy ?? "linearizable",
             cluster: cluster ?? base?.cluster ?? "continuum")
         configuration.maxClockOffsetMilliseconds = base?.maxClockOffsetMilliseconds ?? configuration.maxClockOffsetMilliseconds
+        configuration.faultInjection = faultInjection || (base?.faultInjection ?? false)
         _ = try configuration.validated()
         return configuration
     }

@@ -63,6 +63,9 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
     public var cluster: String
     /// The bound on clock offsets between nodes that freshness certificates assume.
     public var maxClockOffsetMilliseconds: Int
+    /// Whether clients may arm crash points (`CONTINUUM.CRASHPOINT`, for tests of real
+    /// processes); off unless set.
+    public var faultInjection: Bool?
 
     public init(id: String, listen: Address, peers: [String: Address], resp: Address?, metrics: Address? = nil, dataDirectory: String,
                 defaultPolicy: String = "linearizable", cluster: String = "continuum", maxClockOffsetMilliseconds: Int = 10) {
@@ -136,7 +139,7 @@ public final class NodeServer: Service {
         let metrics = NodeMetrics()
         self.metrics = metrics
         self.resp = configuration.resp.map { _ in
-            RESPServer(node: node, configuration: .init(defaultPolicy: policy), transport: transport, metrics: metrics, group: group, logger: logger)
+            RESPServer(node: node, configuration: .init(defaultPolicy: policy, faultInjection: configuration.faultInjection ?? false), transport: transport, metrics: metrics, group: group, logger: logger)
         }
         self.metricsServer = configuration.metrics.map { _ in
             MetricsHTTPServer(group: group, logger: logger) {

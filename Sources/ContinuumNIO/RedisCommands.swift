@@ -1,6 +1,11 @@
 import Continuum
 import ContinuumCore
 import ContinuumProtocols
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// The Redis commands a node serves, routed by each key's policy: the policy declared for it
 /// with `CONTINUUM.POLICY`, else the server's default. Declarations live in an available
@@ -25,10 +30,13 @@ public struct RedisServerConfiguration: Sendable {
     public var defaultPolicy: Policy
     /// The latency bound of each linearizable or serializable command.
     public var requestLatency: Duration
+    /// Whether `CONTINUUM.CRASHPOINT` may arm a crash that ends this process (tests only).
+    public var faultInjection: Bool
 
-    public init(defaultPolicy: Policy = .linearizable, requestLatency: Duration = .seconds(2)) {
+    public init(defaultPolicy: Policy = .linearizable, requestLatency: Duration = .seconds(2), faultInjection: Bool = false) {
         self.defaultPolicy = defaultPolicy
         self.requestLatency = requestLatency
+        self.faultInjection = faultInjection
     }
 }
 
@@ -55,7 +63,7 @@ final class RedisConnection {
     static let commands: Set<String> = [
         "PING", "ECHO", "HELLO", "SELECT", "CLIENT", "COMMAND", "CONFIG", "INFO", "QUIT", "GET", "SET", "INCR", "DECR",
         "INCRBY", "DECRBY", "DEL", "SADD", "SREM", "SMEMBERS", "SCARD", "SISMEMBER", "CONTINUUM.POLICY", "CONTINUUM.GET",
-        "CONTINUUM.PARTITION", "CONTINUUM.HEAL", "CONTINUUM.DECLARE", "CONTINUUM.APPLY", "CONTINUUM.READ",
+        "CONTINUUM.PARTITION", "CONTINUUM.HEAL", "CONTINUUM.CRASHPOINT", "CONTINUUM.DECLARE", "CONTINUUM.APPLY", "CONTINUUM.READ",
     ]
 
     enum Outcome {
@@ -251,6 +259,27 @@ final class RedisConnection {
             return .ok
         case "CONTINUUM.HEAL":
             transport?.heal()
+            return .ok
+        case "CONTINUUM.CRASHPOINT":
+            try need(1...1)
+            guard configuration.faultInjection else {
+                throw CommandError(message: "ERR fault injection is off on this node (start it with --fault-injection)")
+            }
+            let word = text(arguments[0]).lowercased()
+            if word == "none" {
+                await node.armCrash(nil) {}
+                return .ok
+            }
+            guard let point = Node.CrashPoint(rawValue: word) else {
+                throw CommandError(message: "ERR unknown crash point '\(word)': \(Node.CrashPoint.allCases.map(\.rawValue).joined(separator: ", ")) or none")
+            }
+            let id = node.id
+            await node.armCrash(point) {
+                // As kill -9: no flush, no goodbye to peers or clients.
+                let line = Array("continuum node n\(id.rawValue): crash point \(point.rawValue) reached, exiting\n".utf8)
+                _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+                _exit(137)
+            }
             return .ok
         default:
             throw CommandError(message: "ERR unknown command '\(name.lowercased())'")

@@ -14,6 +14,7 @@ final class ProcessCluster: Sendable {
     let nodes: Int
     let basePort: Int
     let respBasePort: Int
+    let metricsBasePort: Int
     let executable: String
 
     init(nodes: Int = 3) throws {
@@ -23,6 +24,7 @@ final class ProcessCluster: Sendable {
         let slot = Int(getpid()) % 400
         basePort = 21_000 + slot * 10
         respBasePort = 26_000 + slot * 10
+        metricsBasePort = 31_000 + slot * 10
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         executable = root.appendingPathComponent(".build/debug/continuum").path
         guard FileManager.default.isExecutableFile(atPath: executable) else {
@@ -48,9 +50,9 @@ final class ProcessCluster: Sendable {
         return output
     }
 
-    func up() throws -> String {
+    func up(_ extra: [String] = []) throws -> String {
         try cli(["cluster", "up", "--nodes", "\(nodes)", "--data-dir", directory, "--base-port", "\(basePort)",
-                 "--resp-base-port", "\(respBasePort)"])
+                 "--resp-base-port", "\(respBasePort)", "--metrics-base-port", "\(metricsBasePort)"] + extra)
     }
 
     func down() {
@@ -287,6 +289,96 @@ extension Duration {
             #expect(missing.isEmpty, "n\(node) misses \(missing.count) acknowledged items, e.g. \(missing.sorted().prefix(5))")
             await client.close()
         }
+    }
+
+    /// kill -9 of a two-phase-commit coordinator at the moments 2PC must survive, on real
+    /// processes: the node dies (`_exit`, as kill -9) at a crash point armed through
+    /// `CONTINUUM.CRASHPOINT`, is restarted, and every replica must end with the same committed
+    /// value: without the increment when the coordinator died before its decision was durable
+    /// (presumed abort), with it when it died after (the participants learn the commit).
+    @Test(arguments: ["before-decision", "after-decision"])
+    func killingACoordinatorBetweenPrepareAndDecisionLeavesReplicasAgreeing(_ point: String) async throws {
+        let cluster = try ProcessCluster()
+        defer {
+            cluster.down()
+            cluster.remove()
+        }
+        try cluster.up(["--fault-injection"])
+        let n1 = try await cluster.client(1)
+        #expect(try await n1.send(["CONTINUUM.POLICY", "acct", "serializable"]) == .ok)
+        // The declaration reaches n2 and n3 by gossip; wait until both route acct as serializable.
+        for node in 2...3 {
+            let client = try await cluster.client(node)
+            var routed = false
+            for _ in 0..<100 where !routed {
+                routed = try await client.send(["CONTINUUM.POLICY", "acct"]) == .bulk("serializable")
+                if !routed { try await Task.sleep(for: .milliseconds(50)) }
+            }
+            #expect(routed, "n\(node) never learned the declaration")
+            await client.close()
+        }
+        var acknowledged: Int64 = 0
+        for _ in 0..<3 {
+            for _ in 0..<100 {
+                if case .integer? = try? await n1.send(["INCR", "acct"]) { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            acknowledged += 1
+        }
+        #expect(try await n1.send(["GET", "acct"]) == .bulk("\(acknowledged)"))
+        #expect(try await n1.send(["CONTINUUM.CRASHPOINT", point]) == .ok)
+        // n1 coordinates this increment and dies at the crash point: no reply comes.
+        let lost = try? await n1.send(["INCR", "acct"])
+        #expect(lost == nil, "n1 answered \(String(describing: lost)) instead of dying at \(point)")
+        await n1.close()
+        #expect(cluster.log(1).contains("crash point \(point) reached"))
+        try await Task.sleep(for: .milliseconds(300))
+        try cluster.cli(["cluster", "restart", "--data-dir", cluster.directory, "--node", "n1"])
+
+        // A serializable read (locks at every replica) answers once the prepared transaction is
+        // decided everywhere.
+        let expected = point == "before-decision" ? acknowledged : acknowledged + 1
+        let n2 = try await cluster.client(2)
+        var answer: RESPReply?
+        for _ in 0..<200 {
+            answer = try? await n2.send(["GET", "acct"])
+            if case .bulk? = answer { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(answer == .bulk("\(expected)"), "after the coordinator died \(point)")
+        // Every replica's committed state holds the same value.
+        for node in 1...3 {
+            let client = try await cluster.client(node)
+            var local: RESPReply?
+            for _ in 0..<100 {
+                if case let .array(fields)? = try? await client.send(["CONTINUUM.GET", "acct", "available"]) { local = fields.first }
+                if local == .bulk("\(expected)") { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(local == .bulk("\(expected)"), "n\(node)'s committed value")
+            await client.close()
+        }
+        // And the cluster goes on taking transactions.
+        var next: RESPReply?
+        for _ in 0..<100 {
+            next = try? await n2.send(["INCR", "acct"])
+            if case .integer? = next { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(next == .integer(expected + 1))
+        await n2.close()
+    }
+
+    @Test func crashPointsNeedFaultInjection() async throws {
+        let cluster = try ProcessCluster()
+        defer {
+            cluster.down()
+            cluster.remove()
+        }
+        try cluster.up()
+        let client = try await cluster.client(1)
+        #expect(try await client.send(["CONTINUUM.CRASHPOINT", "before-decision"]).description.contains("fault injection is off"))
+        await client.close()
     }
 
     @Test func randomBytesAndTruncatedFramesLeaveNodesServing() async throws {

@@ -124,7 +124,7 @@ struct ClusterCommand: AsyncParsableCommand {
         @Option(help: "Node i serves the Redis protocol on resp-base-port + i.")
         var respBasePort = 6400
 
-        @Option(help: "Node i serves metrics over HTTP (GET /metrics) on metrics-base-port + i.")
+        @Option(help: "Node i serves metrics over HTTP (GET /metrics) on metrics-base-port + i (0: no metrics).")
         var metricsBasePort = 9400
 
         @Option(help: "The loopback (or other) address the nodes listen on.")
@@ -159,16 +159,16 @@ struct ClusterCommand: AsyncParsableCommand {
             for (offset, id) in ids.enumerated() {
                 let index = offset + 1
                 var arguments = ["node", "--id", id, "--listen", "\(host):\(basePort + index)", "--resp", "\(host):\(respBasePort + index)",
-                                 "--metrics", "\(host):\(metricsBasePort + index)",
                                  "--data-dir", "\(directory)/\(id)", "--default-policy", defaultPolicy]
                 if faultInjection { arguments.append("--fault-injection") }
+                if metricsBasePort > 0 { arguments += ["--metrics", "\(host):\(metricsBasePort + index)"] }
                 for (otherOffset, other) in ids.enumerated() where other != id {
                     arguments += ["--peer", "\(other)=\(host):\(basePort + otherOffset + 1)"]
                 }
                 try FileManager.default.createDirectory(atPath: "\(directory)/\(id)", withIntermediateDirectories: true)
                 let pid = try launch(executable, arguments, log: "\(directory)/\(id)/node.log")
                 record.members.append(.init(id: id, pid: pid, peer: "\(host):\(basePort + index)", resp: "\(host):\(respBasePort + index)",
-                                            metrics: "\(host):\(metricsBasePort + index)", arguments: arguments))
+                                            metrics: metricsBasePort > 0 ? "\(host):\(metricsBasePort + index)" : nil, arguments: arguments))
             }
             try record.save(directory)
             let deadline = ContinuousClock.now + .seconds(timeout)

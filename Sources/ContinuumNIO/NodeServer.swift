@@ -111,6 +111,7 @@ public final class NodeServer: Service {
     public let node: Node
     public let transport: NIOTransport
     public let resp: RESPServer?
+    /// The server's metrics (commands are measured only when `configuration.metrics` serves them).
     public let metrics: NodeMetrics
     private let metricsServer: MetricsHTTPServer?
     private let logger: Logger
@@ -139,7 +140,8 @@ public final class NodeServer: Service {
         let metrics = NodeMetrics()
         self.metrics = metrics
         self.resp = configuration.resp.map { _ in
-            RESPServer(node: node, configuration: .init(defaultPolicy: policy, faultInjection: configuration.faultInjection ?? false), transport: transport, metrics: metrics, group: group, logger: logger)
+            RESPServer(node: node, configuration: .init(defaultPolicy: policy, faultInjection: configuration.faultInjection ?? false), transport: transport,
+                       metrics: configuration.metrics == nil ? nil : metrics, group: group, logger: logger)
         }
         self.metricsServer = configuration.metrics.map { _ in
             MetricsHTTPServer(group: group, logger: logger) {

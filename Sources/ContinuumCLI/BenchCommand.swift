@@ -65,6 +65,7 @@ struct BenchCommand: AsyncParsableCommand {
             case .etcd: connections.append(try await EtcdBenchConnection(address))
             }
         }
+        var failed = false
         print("\(system.rawValue): \(clients) clients over \(addresses.count) endpoints, \(keys) keys, \(valueSize)-byte values")
         for operation in operations.split(separator: ",").map(String.init) {
             let tally = Tally()
@@ -111,8 +112,10 @@ struct BenchCommand: AsyncParsableCommand {
             print(String(format: "%@ %@: %.0f requests/s, p50 %@, p99 %@, %d errors", system.rawValue, operation,
                          Double(sorted.count) / seconds, percentile(0.5), percentile(0.99), errors.count))
             if let first = errors.first { print("  first error: \(first)") }
+            failed = failed || !errors.isEmpty
         }
         for connection in connections { await connection.close() }
+        if failed { throw ExitCode(1) }
     }
 }
 

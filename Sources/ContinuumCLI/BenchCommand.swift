@@ -1,5 +1,6 @@
 import ArgumentParser
 import ContinuumClient
+import ContinuumNIO
 import Foundation
 import NIOCore
 import NIOHTTP1
@@ -54,7 +55,7 @@ struct BenchCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let addresses = try endpoints.split(separator: ",").map { try NodeServerAddress(parsing: String($0)) }
+        let addresses = try endpoints.split(separator: ",").map { try NodeServerConfiguration.Address(parsing: String($0)) }
         guard !addresses.isEmpty else { throw ValidationError("no endpoints") }
         let value = String(repeating: "x", count: valueSize)
         var connections: [any BenchConnection] = []
@@ -126,19 +127,6 @@ final class Tally: Sendable {
     let latencies = Mutex<[Duration]>([])
 }
 
-struct NodeServerAddress {
-    var host: String
-    var port: Int
-
-    init(parsing text: String) throws {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65_535).contains(port) else {
-            throw ValidationError("'\(text)' is not host:port")
-        }
-        host = String(text[..<colon])
-        self.port = port
-    }
-}
-
 protocol BenchConnection: Sendable {
     func put(_ key: String, _ value: String) async throws
     func get(_ key: String, local: Bool) async throws
@@ -153,7 +141,7 @@ struct BenchError: Error, CustomStringConvertible {
 struct RESPBenchConnection: BenchConnection {
     let client: RESPClient
 
-    init(_ address: NodeServerAddress) async throws {
+    init(_ address: NodeServerConfiguration.Address) async throws {
         client = try await RESPClient.connect(host: address.host, port: address.port)
     }
 
@@ -177,7 +165,7 @@ final class EtcdBenchConnection: BenchConnection {
     private let handler: HTTPResponses
     private let host: String
 
-    init(_ address: NodeServerAddress) async throws {
+    init(_ address: NodeServerConfiguration.Address) async throws {
         let handler = HTTPResponses()
         channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)

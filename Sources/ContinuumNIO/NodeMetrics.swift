@@ -71,22 +71,22 @@ public final class NodeMetrics: Sendable {
     }
 
     private func counter(_ label: String, _ dimensions: [(String, String)]) -> CoreMetrics.Counter {
-        let key = [label] + dimensions.flatMap { [$0.0, $0.1] }
-        return counters.withLock { counters in
-            if let counter = counters[key] { return counter }
-            let counter = CoreMetrics.Counter(label: label, dimensions: dimensions, factory: factory)
-            counters[key] = counter
-            return counter
-        }
+        Self.cached(counters, label, dimensions) { CoreMetrics.Counter(label: label, dimensions: dimensions, factory: factory) }
     }
 
     private func gauge(_ label: String, _ dimensions: [(String, String)] = []) -> CoreMetrics.Gauge {
+        Self.cached(gauges, label, dimensions) { CoreMetrics.Gauge(label: label, dimensions: dimensions, factory: factory) }
+    }
+
+    /// The instrument of `label` and `dimensions` in `cache`, made on first use.
+    private static func cached<Instrument>(_ cache: borrowing Mutex<[[String]: Instrument]>, _ label: String,
+                                           _ dimensions: [(String, String)], make: () -> Instrument) -> Instrument {
         let key = [label] + dimensions.flatMap { [$0.0, $0.1] }
-        return gauges.withLock { gauges in
-            if let gauge = gauges[key] { return gauge }
-            let gauge = CoreMetrics.Gauge(label: label, dimensions: dimensions, factory: factory)
-            gauges[key] = gauge
-            return gauge
+        return cache.withLock { cache in
+            if let instrument = cache[key] { return instrument }
+            let instrument = make()
+            cache[key] = instrument
+            return instrument
         }
     }
 

@@ -47,6 +47,7 @@ public actor ContinuumClient {
     public nonisolated let addresses: [(host: String, port: Int)]
     public nonisolated let configuration: Configuration
     private var connection: RESPClient?
+    private var connecting: Task<RESPClient?, Never>?
     private var current = 0
 
     private init(addresses: [(host: String, port: Int)], configuration: Configuration) {
@@ -140,10 +141,13 @@ public actor ContinuumClient {
 
     func send(_ arguments: [[UInt8]], retry: Retry, register: String? = nil, type: String? = nil) async throws(ContinuumError) -> RESPReply {
         var lastProblem = "no node answered"
-        for attempt in 0..<addresses.count {
-            if attempt > 0 { await moveOn() }
+        // Each attempt moves on from the node that failed it (unless a concurrent command
+        // already did), so every node gets a turn.
+        for _ in 0..<addresses.count {
+            let index = current
             guard let connection = await connected() else {
-                lastProblem = "\(addresses[current].host):\(addresses[current].port) did not accept a connection"
+                lastProblem = "\(addresses[index].host):\(addresses[index].port) did not accept a connection"
+                await moveOn(from: index)
                 continue
             }
             let reply: RESPReply
@@ -151,8 +155,7 @@ public actor ContinuumClient {
                 reply = try await connection.send(arguments)
             } catch {
                 lastProblem = "\(error)"
-                await connection.close()
-                self.connection = nil
+                await moveOn(from: index)
                 if retry == .ifNotApplied { throw .indeterminate }
                 continue
             }
@@ -160,6 +163,7 @@ public actor ContinuumClient {
             let mapped = Self.error(message, register: register ?? "", type: type ?? "")
             if case let .unavailable(reason) = mapped {
                 lastProblem = reason
+                await moveOn(from: index)
                 continue
             }
             throw mapped
@@ -167,20 +171,38 @@ public actor ContinuumClient {
         throw .unavailable(lastProblem)
     }
 
+    /// The connection to the current node, made once even when several commands ask at once.
     private func connected() async -> RESPClient? {
         // A connection the node closed while idle: nothing was sent on it, start afresh.
         if let connection, connection.isActive { return connection }
+        if let connecting { return await connecting.value }
         connection = nil
-        let address = addresses[current]
-        connection = try? await RESPClient.connect(host: address.host, port: address.port, timeout: configuration.connectTimeout,
-                                                  replyTimeout: configuration.replyTimeout)
-        return connection
+        let index = current
+        let address = addresses[index]
+        let configuration = self.configuration
+        let attempt = Task {
+            try? await RESPClient.connect(host: address.host, port: address.port, timeout: configuration.connectTimeout,
+                                          replyTimeout: configuration.replyTimeout)
+        }
+        connecting = attempt
+        let made = await attempt.value
+        connecting = nil
+        guard current == index else {
+            // A concurrent command moved on meanwhile: this connection is to the node it left.
+            await made?.close()
+            return nil
+        }
+        connection = made
+        return made
     }
 
-    private func moveOn() async {
-        await connection?.close()
+    /// Leaves node `index` for the next one, unless a concurrent command already moved on.
+    private func moveOn(from index: Int) async {
+        guard current == index else { return }
+        current = (index + 1) % addresses.count
+        let old = connection
         connection = nil
-        current = (current + 1) % addresses.count
+        await old?.close()
     }
 
     /// The error a node's reply names.

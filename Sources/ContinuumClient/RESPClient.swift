@@ -48,14 +48,19 @@ public final class RESPClient: Sendable {
             buffer.writeString("\r\n")
         }
         let promise = channel.eventLoop.makePromise(of: RESPReply.self)
-        handler.expect(promise)
-        // A write that fails (the connection is closed) fails the command; a reply that does not
-        // come within the timeout closes the connection (later replies could not be matched).
-        let written = channel.eventLoop.makePromise(of: Void.self)
-        channel.writeAndFlush(buffer, promise: written)
         let handler = self.handler
-        written.futureResult.whenFailure { error in handler.fail(promise, error) }
         let channel = self.channel
+        // Queued and written in one event-loop task, so that commands sent concurrently from
+        // several tasks are written in the order their replies are expected. A write that fails
+        // (the connection is closed) fails the command; a reply that does not come within the
+        // timeout closes the connection (later replies could not be matched).
+        let request = buffer
+        channel.eventLoop.execute {
+            handler.expect(promise)
+            let written = channel.eventLoop.makePromise(of: Void.self)
+            channel.writeAndFlush(request, promise: written)
+            written.futureResult.whenFailure { error in handler.fail(promise, error) }
+        }
         let replyTimeout = self.replyTimeout
         let timeout = channel.eventLoop.scheduleTask(in: .nanoseconds(replyTimeout.nanoseconds)) {
             handler.fail(promise, RESPClientError(description: "no reply within \(replyTimeout)"))

@@ -158,3 +158,56 @@ import Testing
         }
     }
 }
+
+@Suite(.serialized) struct ClientConcurrencyTests {
+    /// One client used by many tasks at once: every command gets its own reply.
+    @Test func concurrentCommandsOnOneClientGetTheirOwnReplies() async throws {
+        let cluster = try await LocalCluster()
+        let client = try await ContinuumClient.connect(to: cluster.servers.map { "127.0.0.1:\($0.boundRESPPort!)" })
+        let counter = try await client.declare("hits", as: PNCounter.self, policy: .available)
+        let names = try await client.declare("names", as: ORSet<String>.self, policy: .available)
+        typealias Answer = (index: Int, count: Int64?, set: Set<String>?)
+        let results: [Answer] = try await withThrowingTaskGroup(of: Answer.self) { group in
+            for index in 0..<40 {
+                group.addTask {
+                    if index.isMultiple(of: 2) { return (index, try await counter.increment(), nil) }
+                    return (index, nil, try await names.insert("n\(index)"))
+                }
+            }
+            var all: [Answer] = []
+            for try await answer in group { all.append(answer) }
+            return all
+        }
+        // Increments at one node answer 1...20, each once; every insert's answer contains its element.
+        let counts: [Int64] = results.compactMap { $0.count }
+        #expect(counts.sorted() == Array(1...20))
+        let inserts: [(Int, Set<String>)] = results.compactMap { answer in answer.set.map { (answer.index, $0) } }
+        #expect(inserts.count == 20)
+        for (index, set) in inserts { #expect(set.contains("n\(index)"), "insert n\(index) answered \(set.sorted())") }
+        #expect(try await counter.read().value == 20)
+        #expect(try await names.read().elements.count == 20)
+        await client.close()
+        await cluster.shutdown()
+    }
+}
+
+@Suite(.serialized) struct RESPClientConcurrencyTests {
+    /// Many tasks on one RESP connection: each gets the reply to its own command.
+    @Test func concurrentSendsOnOneConnectionGetTheirOwnReplies() async throws {
+        let cluster = try await LocalCluster(nodes: 1)
+        let client = cluster.clients[0]
+        for round in 0..<20 {
+            let mismatches = await withTaskGroup(of: Int.self) { group in
+                for index in 0..<100 {
+                    group.addTask {
+                        let word = "r\(round)-\(index)"
+                        return (try? await client.send(["ECHO", word])) == .bulk(Array(word.utf8)) ? 0 : 1
+                    }
+                }
+                return await group.reduce(0, +)
+            }
+            #expect(mismatches == 0, "round \(round): \(mismatches) of 100 replies went to another command")
+        }
+        await cluster.shutdown()
+    }
+}

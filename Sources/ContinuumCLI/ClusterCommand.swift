@@ -63,7 +63,7 @@ struct ClusterCommand: AsyncParsableCommand {
 
     /// Starts one node process, its output appended to its log.
     static func launch(_ executable: String, _ arguments: [String], log: String) throws -> Int32 {
-        if !FileManager.default.fileExists(atPath: log) { FileManager.default.createFile(atPath: log, contents: nil) }
+        if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         handle.seekToEndOfFile()
         let process = Process()

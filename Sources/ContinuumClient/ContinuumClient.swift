@@ -27,19 +27,27 @@ import NIOPosix
 /// What differs from the embedded API: updates are operations (`CRDTOperation`), not closures,
 /// because closures cannot cross the network (the Lasp client's way); the register types are
 /// the ones the server stores under every policy (`PNCounter`, `ORSet<String>`, `EWFlag`,
-/// `MaxRegister<UInt64>`, and byte strings); and a client that moves to another node carries no
-/// session, so an `available` read there may not show its own latest writes yet (a `bounded`
-/// or `linearizable` read does, within its bound).
+/// `MaxRegister<UInt64>`, and byte strings).
+///
+/// A client is a session (unless `Configuration.session` is off): it keeps, per typed register,
+/// the join of every state it wrote or read, and joins it into what it reads next, so that
+/// reads show its own writes and never go back, on whichever node it lands (a node that missed
+/// its writes, being cut off or behind on anti-entropy, included). Byte strings are not covered.
 public actor ContinuumClient {
     public struct Configuration: Sendable {
         /// How long to wait for a connection to one node.
         public var connectTimeout: Duration = .seconds(2)
         /// How long one command may wait for its reply (then the connection is closed).
         public var replyTimeout: Duration = .seconds(10)
+        /// Session guarantees for typed registers: every state this client wrote or read is
+        /// joined into what it reads next, wherever it reads (read-your-writes, monotonic reads).
+        /// The client keeps one state per register it used.
+        public var session: Bool = true
 
-        public init(connectTimeout: Duration = .seconds(2), replyTimeout: Duration = .seconds(10)) {
+        public init(connectTimeout: Duration = .seconds(2), replyTimeout: Duration = .seconds(10), session: Bool = true) {
             self.connectTimeout = connectTimeout
             self.replyTimeout = replyTimeout
+            self.session = session
         }
     }
 
@@ -47,6 +55,8 @@ public actor ContinuumClient {
     public nonisolated let addresses: [(host: String, port: Int)]
     public nonisolated let configuration: Configuration
     private var connection: RESPClient?
+    /// The join of the states this client wrote and read, per typed register.
+    private var seen: [String: LogCRDT] = [:]
     private var connecting: Task<RESPClient?, Never>?
     private var current = 0
 
@@ -122,6 +132,18 @@ public actor ContinuumClient {
 
     private nonisolated static func checkName(_ name: String) throws(ContinuumError) {
         guard !name.isEmpty, !name.hasPrefix("continuum.") else { throw .invalidName(name) }
+    }
+
+    // MARK: Session
+
+    /// `state` joined with what this client saw of `name` before (and remembered for next time).
+    /// A join of register states is never older than either: a node that has not yet heard of
+    /// this client's writes (it moved there, or anti-entropy has not run) still shows them.
+    func observe(_ name: String, _ state: LogCRDT) -> LogCRDT {
+        guard configuration.session else { return state }
+        let joined = seen[name].flatMap { $0.joined(with: state) } ?? state
+        seen[name] = joined
+        return joined
     }
 
     // MARK: Sending
@@ -271,6 +293,28 @@ public actor ContinuumClient {
     }
 }
 
+extension LogCRDT {
+    /// The join of two states of one register (nil when they are of different types).
+    func joined(with other: LogCRDT) -> LogCRDT? {
+        switch (self, other) {
+        case (.counter(var mine), .counter(let theirs)):
+            mine.formJoin(theirs)
+            return .counter(mine)
+        case (.set(var mine), .set(let theirs)):
+            mine.formJoin(theirs)
+            return .set(mine)
+        case (.flag(var mine), .flag(let theirs)):
+            mine.formJoin(theirs)
+            return .flag(mine)
+        case (.max(var mine), .max(let theirs)):
+            mine.formJoin(theirs)
+            return .max(mine)
+        default:
+            return nil
+        }
+    }
+}
+
 /// The register types a `ContinuumClient` declares: the CRDTs every policy stores.
 public protocol RemoteRegisterValue: Lattice, Sendable {
     /// The type's name in `CONTINUUM.DECLARE`.
@@ -333,9 +377,10 @@ public struct RemoteRegister<Value: RemoteRegisterValue>: Sendable {
         case let .maxWrite(value): ["write", "\(value)"]
         }
         let reply = try await client.send(["CONTINUUM.APPLY", name] + words, retry: .ifNotApplied, register: name, type: Value.kind)
-        guard case let .array(fields) = reply, let first = fields.first, let state = try ContinuumClient.decodeState(first) else {
+        guard case let .array(fields) = reply, let first = fields.first, let answered = try ContinuumClient.decodeState(first) else {
             throw .invalidRequest("unexpected CONTINUUM.APPLY reply \(reply)")
         }
+        let state = await client.observe(name, answered)
         guard let value = Value(state) else {
             throw .typeMismatch(register: name, declared: "\(state)", requested: Value.kind)
         }
@@ -351,8 +396,12 @@ public struct RemoteRegister<Value: RemoteRegisterValue>: Sendable {
     public func read(_ policy: Policy?) async throws(ContinuumError) -> ReadResult<Value> {
         let reply = try await client.send(["CONTINUUM.READ", name] + (policy?.words ?? []), retry: .always, register: name,
                                           type: Value.kind)
-        let (state, receipt) = try ContinuumClient.decodeRead(reply)
-        guard let state else { return ReadResult(value: Value.bottom, receipt: receipt) }
+        let (answered, nodeReceipt) = try ContinuumClient.decodeRead(reply)
+        var receipt = nodeReceipt
+        guard let answered else { return ReadResult(value: Value.bottom, receipt: receipt) }
+        let state = await client.observe(name, answered)
+        // The session added what the node had not seen: the version is the joined state's.
+        if state != answered { receipt.version = .digest(of: state) }
         guard let value = Value(state) else { throw .typeMismatch(register: name, declared: "\(state)", requested: Value.kind) }
         return ReadResult(value: value, receipt: receipt)
     }

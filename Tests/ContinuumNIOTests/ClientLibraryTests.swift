@@ -163,7 +163,10 @@ import Testing
     /// One client used by many tasks at once: every command gets its own reply.
     @Test func concurrentCommandsOnOneClientGetTheirOwnReplies() async throws {
         let cluster = try await LocalCluster()
-        let client = try await ContinuumClient.connect(to: cluster.servers.map { "127.0.0.1:\($0.boundRESPPort!)" })
+        // Without the session, each answer is the node's state right after that command (with
+        // it, an answer also holds what concurrent commands of this client already saw).
+        let client = try await ContinuumClient.connect(to: cluster.servers.map { "127.0.0.1:\($0.boundRESPPort!)" },
+                                                       configuration: .init(session: false))
         let counter = try await client.declare("hits", as: PNCounter.self, policy: .available)
         let names = try await client.declare("names", as: ORSet<String>.self, policy: .available)
         typealias Answer = (index: Int, count: Int64?, set: Set<String>?)
@@ -208,6 +211,49 @@ import Testing
             }
             #expect(mismatches == 0, "round \(round): \(mismatches) of 100 replies went to another command")
         }
+        await cluster.shutdown()
+    }
+}
+
+@Suite(.serialized) struct ClientSessionTests {
+    /// A client writes at n1, which is cut off and then stops before anti-entropy carries the
+    /// write; the client moves to n2, which has not heard of it, and still reads its write. A
+    /// client without the session reads n2's older state (the test can tell the difference).
+    @Test func aClientReadsItsOwnWritesAfterMovingToANodeThatMissedThem() async throws {
+        let cluster = try await LocalCluster()
+        let nodes = cluster.servers.map { "127.0.0.1:\($0.boundRESPPort!)" }
+        let client = try await ContinuumClient.connect(to: nodes)
+        let cart = try await client.declare("cart", as: ORSet<String>.self, policy: .available)
+        let views = try await client.declare("views", as: PNCounter.self, policy: .available)
+        try await cart.insert("bread")
+        try await views.increment(by: 1)
+        // Both reach n2 by anti-entropy, and the declarations with them.
+        let observer = try await ContinuumClient.connect(to: [nodes[1]], configuration: .init(session: false))
+        let observedCart = try await observer.declare("cart", as: ORSet<String>.self)
+        let observedViews = try await observer.declare("views", as: PNCounter.self)
+        for _ in 0..<250 {
+            if try await observedCart.read().elements == ["bread"], try await observedViews.read().value == 1 { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(try await observedCart.read().elements == ["bread"])
+
+        #expect(try await cluster.clients[0].send(["CONTINUUM.PARTITION", "n2", "n3"]) == .ok)
+        #expect(try await cart.insert("tea") == ["bread", "tea"])
+        #expect(try await views.increment(by: 2) == 3)
+        await cluster.servers[0].stop()
+
+        let after = try await cart.read(.available)
+        let moved = await client.connectedNode
+        #expect(moved == nodes[1] || moved == nodes[2], "n1 is stopped")
+        #expect(after.value.elements == ["bread", "tea"], "read-your-writes after the move")
+        #expect(try await views.read().value == 3)
+        // n2 itself has not heard of them: what a client without a session reads there.
+        #expect(try await observedCart.read().elements == ["bread"])
+        #expect(try await observedViews.read().value == 1)
+        // A write at n2 joins the session's state: nothing the client saw goes missing.
+        #expect(try await cart.insert("jam") == ["bread", "jam", "tea"])
+        await client.close()
+        await observer.close()
         await cluster.shutdown()
     }
 }

@@ -107,7 +107,13 @@ public actor ContinuumClient {
         let reply = try await send(["CONTINUUM.DECLARE", name, Value.kind] + (policy?.words ?? []), retry: .always, register: name,
                                    type: Value.kind)
         guard reply == .simple("OK") else { throw .invalidRequest("unexpected reply \(reply)") }
-        return RemoteRegister(name: name, policy: policy, client: self)
+        // The declaration as this node stored it, carried with every command on the register:
+        // a node it has not reached by gossip yet joins it before routing the command.
+        let declaration: [UInt8]? = switch try await send(["CONTINUUM.DECLARATION", name], retry: .always) {
+        case let .bulk(bytes): bytes
+        default: nil
+        }
+        return RemoteRegister(name: name, policy: policy, declaration: declaration, client: self)
     }
 
     /// A byte-string register (Redis strings): `SET`/`GET` under the key's policy.
@@ -361,7 +367,14 @@ public struct RemoteRegister<Value: RemoteRegisterValue>: Sendable {
     public let name: String
     /// The policy it was declared with (nil: the key's existing or default policy).
     public let policy: Policy?
+    /// The catalogue entry of the register's declaration (see `ContinuumClient.declare`).
+    let declaration: [UInt8]?
     let client: ContinuumClient
+
+    /// `arguments` with the declaration the register carries.
+    private func carrying(_ arguments: [String]) -> [[UInt8]] {
+        arguments.map { Array($0.utf8) } + (declaration.map { [Array("DECLARATION".utf8), $0] } ?? [])
+    }
 
     /// Applies `operation` under the register's policy (locally at the node and merged by
     /// anti-entropy when `available`; through the Raft log when `linearizable`) and returns the
@@ -376,7 +389,8 @@ public struct RemoteRegister<Value: RemoteRegisterValue>: Sendable {
         case .flagDisable: ["disable"]
         case let .maxWrite(value): ["write", "\(value)"]
         }
-        let reply = try await client.send(["CONTINUUM.APPLY", name] + words, retry: .ifNotApplied, register: name, type: Value.kind)
+        let reply = try await client.send(carrying(["CONTINUUM.APPLY", name] + words), retry: .ifNotApplied, register: name,
+                                          type: Value.kind)
         guard case let .array(fields) = reply, let first = fields.first, let answered = try ContinuumClient.decodeState(first) else {
             throw .invalidRequest("unexpected CONTINUUM.APPLY reply \(reply)")
         }
@@ -394,7 +408,7 @@ public struct RemoteRegister<Value: RemoteRegisterValue>: Sendable {
 
     /// The value under `policy` (nil: the register's own), with what was delivered.
     public func read(_ policy: Policy?) async throws(ContinuumError) -> ReadResult<Value> {
-        let reply = try await client.send(["CONTINUUM.READ", name] + (policy?.words ?? []), retry: .always, register: name,
+        let reply = try await client.send(carrying(["CONTINUUM.READ", name] + (policy?.words ?? [])), retry: .always, register: name,
                                           type: Value.kind)
         let (answered, nodeReceipt) = try ContinuumClient.decodeRead(reply)
         var receipt = nodeReceipt

@@ -64,6 +64,7 @@ final class RedisConnection {
         "PING", "ECHO", "HELLO", "SELECT", "CLIENT", "COMMAND", "CONFIG", "INFO", "QUIT", "GET", "SET", "INCR", "DECR",
         "INCRBY", "DECRBY", "DEL", "SADD", "SREM", "SMEMBERS", "SCARD", "SISMEMBER", "CONTINUUM.POLICY", "CONTINUUM.GET",
         "CONTINUUM.PARTITION", "CONTINUUM.HEAL", "CONTINUUM.CRASHPOINT", "CONTINUUM.DECLARE", "CONTINUUM.APPLY", "CONTINUUM.READ",
+        "CONTINUUM.DECLARATION",
     ]
 
     enum Outcome {
@@ -236,15 +237,28 @@ final class RedisConnection {
             if arguments.count > 2 { _ = try await declarePolicy(key, arguments.dropFirst(2).map(text)) }
             try await declareRegister(key, kind)
             return .ok
-        case "CONTINUUM.APPLY":
-            try need(2...3)
-            let operation = try Self.operation(arguments.dropFirst().map(text))
-            return Self.reply(state: try await apply(text(arguments[0]), operation))
-        case "CONTINUUM.READ":
-            try need(1...4)
+        case "CONTINUUM.APPLY", "CONTINUUM.READ":
+            // A client may carry the register's declaration (`DECLARATION <entry>`, as
+            // `CONTINUUM.DECLARATION` gave it): joined here first, so that a node the
+            // declaration has not reached by gossip yet routes the command as declared.
+            var arguments = arguments
+            if arguments.count >= 3, text(arguments[arguments.count - 2]).uppercased() == "DECLARATION" {
+                try await absorbDeclaration(text(arguments[0]), arguments[arguments.count - 1])
+                arguments.removeLast(2)
+            }
+            guard name == "CONTINUUM.READ" else {
+                guard (2...3).contains(arguments.count) else { throw CommandError.arity(name) }
+                let operation = try Self.operation(arguments.dropFirst().map(text))
+                return Self.reply(state: try await apply(text(arguments[0]), operation))
+            }
+            guard (1...4).contains(arguments.count) else { throw CommandError.arity(name) }
             let override = arguments.count > 1 ? try Policy(words: arguments.dropFirst().map(text)) : nil
             let (state, receipt) = try await readRegister(text(arguments[0]), policy: override)
             return Self.reply(state: state, receipt: receipt)
+        case "CONTINUUM.DECLARATION":
+            try need(1...1)
+            let entry = await declarations()[text(arguments[0])]
+            return entry.isBottom ? .null : .bulk(entry.binaryEncoded())
         case "CONTINUUM.PARTITION":
             try need(1...Int.max)
             guard let transport else { throw CommandError(message: "ERR this node has no network transport") }
@@ -495,6 +509,24 @@ final class RedisConnection {
                 }
                 throw error
             }
+        }
+    }
+
+    /// Joins a declaration a client carried (a catalogue entry with its own timestamp: a newer
+    /// declaration here is kept).
+    private func absorbDeclaration(_ key: String, _ bytes: [UInt8]) async throws {
+        let entry: LWWRegister<String>
+        do {
+            entry = try LWWRegister<String>(binary: bytes)
+        } catch {
+            throw CommandError(message: "ERR the declaration does not decode: \(error)")
+        }
+        guard !entry.isBottom else { return }
+        if await declarations()[key] == entry { return }
+        let delta = Catalogue([key: entry])
+        try await node.declare(Self.catalogue, as: Catalogue.self).update { map, _ in
+            map.formJoin(delta)
+            return delta
         }
     }
 

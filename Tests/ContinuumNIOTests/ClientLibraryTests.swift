@@ -216,6 +216,29 @@ import Testing
 }
 
 @Suite(.serialized) struct ClientSessionTests {
+    /// A register declared at a node cut off from the others, which then stops: the client
+    /// moves to a node the declaration never reached, and that node routes the register as
+    /// declared, because the client carries the declaration.
+    @Test func aDeclarationTravelsWithItsRegister() async throws {
+        let cluster = try await LocalCluster()
+        let nodes = cluster.servers.map { "127.0.0.1:\($0.boundRESPPort!)" }
+        #expect(try await cluster.clients[0].send(["CONTINUUM.PARTITION", "n2", "n3"]) == .ok)
+        let client = try await ContinuumClient.connect(to: [nodes[0], nodes[1]])
+        let views = try await client.declare("views", as: PNCounter.self, policy: .available)
+        #expect(try await cluster.clients[1].send(["CONTINUUM.POLICY", "views"]) == .bulk("linearizable (default)"))
+        await cluster.servers[0].stop()
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(try await views.increment(by: 2) == 2)
+        #expect(await client.connectedNode == nodes[1])
+        #expect(try await cluster.clients[1].send(["CONTINUUM.POLICY", "views"]) == .bulk("available"))
+        #expect(try await cluster.clients[1].send(["GET", "views"]) == .bulk("2"), "n2 holds it as an available counter")
+        // A declaration that does not decode is refused, and changes nothing.
+        let refused = try await cluster.clients[1].send([Array("CONTINUUM.READ".utf8), Array("views".utf8), Array("DECLARATION".utf8), [1, 2]])
+        #expect(refused.description.contains("does not decode"))
+        await client.close()
+        await cluster.shutdown()
+    }
+
     /// A client writes at n1, which is cut off and then stops before anti-entropy carries the
     /// write; the client moves to n2, which has not heard of it, and still reads its write. A
     /// client without the session reads n2's older state (the test can tell the difference).

@@ -161,14 +161,15 @@ struct ClusterCommand: AsyncParsableCommand {
                 var arguments = ["node", "--id", id, "--listen", "\(host):\(basePort + index)", "--resp", "\(host):\(respBasePort + index)",
                                  "--data-dir", "\(directory)/\(id)", "--default-policy", defaultPolicy]
                 if faultInjection { arguments.append("--fault-injection") }
-                if metricsBasePort > 0 { arguments += ["--metrics", "\(host):\(metricsBasePort + index)"] }
+                let metrics = metricsBasePort > 0 ? "\(host):\(metricsBasePort + index)" : nil
+                if let metrics { arguments += ["--metrics", metrics] }
                 for (otherOffset, other) in ids.enumerated() where other != id {
                     arguments += ["--peer", "\(other)=\(host):\(basePort + otherOffset + 1)"]
                 }
                 try FileManager.default.createDirectory(atPath: "\(directory)/\(id)", withIntermediateDirectories: true)
                 let pid = try launch(executable, arguments, log: "\(directory)/\(id)/node.log")
                 record.members.append(.init(id: id, pid: pid, peer: "\(host):\(basePort + index)", resp: "\(host):\(respBasePort + index)",
-                                            metrics: metricsBasePort > 0 ? "\(host):\(metricsBasePort + index)" : nil, arguments: arguments))
+                                            metrics: metrics, arguments: arguments))
             }
             try record.save(directory)
             let deadline = ContinuousClock.now + .seconds(timeout)

@@ -73,15 +73,22 @@ public actor ContinuumClient {
         guard !addresses.isEmpty else { throw .invalidRequest("no node addresses") }
         var parsed: [(host: String, port: Int)] = []
         for text in addresses {
-            guard let colon = text.lastIndex(of: ":"), colon != text.startIndex, let port = Int(text[text.index(after: colon)...]),
-                  (1...65_535).contains(port) else {
-                throw .invalidRequest("'\(text)' is not host:port")
-            }
-            parsed.append((String(text[..<colon]), port))
+            let address = try hostPort(text)
+            guard address.port > 0 else { throw .invalidRequest("'\(text)': port 0 names no node") }
+            parsed.append(address)
         }
         let client = ContinuumClient(addresses: parsed, configuration: configuration)
         _ = try await client.send(["PING"], retry: .always)
         return client
+    }
+
+    /// Parses `host:port` (a port in 0...65,535).
+    public nonisolated static func hostPort(_ text: String) throws(ContinuumError) -> (host: String, port: Int) {
+        guard let colon = text.lastIndex(of: ":"), colon != text.startIndex, let port = Int(text[text.index(after: colon)...]),
+              (0...65_535).contains(port) else {
+            throw .invalidRequest("'\(text)' is not host:port")
+        }
+        return (String(text[..<colon]), port)
     }
 
     /// The address of the node in use (`host:port`), if connected.
@@ -327,6 +334,8 @@ public protocol RemoteRegisterValue: Lattice, Sendable {
     static var kind: String { get }
     /// The value in `state`, nil when it holds another type.
     init?(_ state: LogCRDT)
+    /// The value as a register state of the Raft log's CRDT namespace.
+    var logState: LogCRDT { get }
 }
 
 extension PNCounter: RemoteRegisterValue {
@@ -335,6 +344,8 @@ extension PNCounter: RemoteRegisterValue {
         guard case let .counter(counter) = state else { return nil }
         self = counter
     }
+
+    public var logState: LogCRDT { .counter(self) }
 }
 
 extension ORSet<String>: RemoteRegisterValue {
@@ -343,6 +354,8 @@ extension ORSet<String>: RemoteRegisterValue {
         guard case let .set(set) = state else { return nil }
         self = set
     }
+
+    public var logState: LogCRDT { .set(self) }
 }
 
 extension EWFlag: RemoteRegisterValue {
@@ -351,6 +364,8 @@ extension EWFlag: RemoteRegisterValue {
         guard case let .flag(flag) = state else { return nil }
         self = flag
     }
+
+    public var logState: LogCRDT { .flag(self) }
 }
 
 extension MaxRegister<UInt64>: RemoteRegisterValue {
@@ -359,6 +374,8 @@ extension MaxRegister<UInt64>: RemoteRegisterValue {
         guard case let .max(register) = state else { return nil }
         self = register
     }
+
+    public var logState: LogCRDT { .max(self) }
 }
 
 /// A register in a remote cluster, used under its declared policy (as `Register` and
@@ -381,15 +398,7 @@ public struct RemoteRegister<Value: RemoteRegisterValue>: Sendable {
     /// state right after it.
     @discardableResult
     public func apply(_ operation: CRDTOperation) async throws(ContinuumError) -> Value {
-        let words: [String] = switch operation {
-        case let .counterAdd(amount): ["add", "\(amount)"]
-        case let .setInsert(element): ["insert", element]
-        case let .setRemove(element): ["remove", element]
-        case .flagEnable: ["enable"]
-        case .flagDisable: ["disable"]
-        case let .maxWrite(value): ["write", "\(value)"]
-        }
-        let reply = try await client.send(carrying(["CONTINUUM.APPLY", name] + words), retry: .ifNotApplied, register: name,
+        let reply = try await client.send(carrying(["CONTINUUM.APPLY", name] + operation.words), retry: .ifNotApplied, register: name,
                                           type: Value.kind)
         guard case let .array(fields) = reply, let first = fields.first, let answered = try ContinuumClient.decodeState(first) else {
             throw .invalidRequest("unexpected CONTINUUM.APPLY reply \(reply)")

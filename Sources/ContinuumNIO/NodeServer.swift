@@ -22,11 +22,8 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
 
         /// Parses `host:port`.
         public init(parsing text: String) throws(ContinuumError) {
-            guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65_535).contains(port),
-                  colon != text.startIndex else {
-                throw .invalidRequest("'\(text)' is not host:port")
-            }
-            self.init(host: String(text[..<colon]), port: port)
+            let (host, port) = try ContinuumClient.hostPort(text)
+            self.init(host: host, port: port)
         }
 
         public var description: String { "\(host):\(port)" }

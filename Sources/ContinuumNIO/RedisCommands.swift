@@ -248,7 +248,7 @@ final class RedisConnection {
             }
             guard name == "CONTINUUM.READ" else {
                 guard (2...3).contains(arguments.count) else { throw CommandError.arity(name) }
-                let operation = try Self.operation(arguments.dropFirst().map(text))
+                let operation = try CRDTOperation(words: arguments.dropFirst().map(text))
                 return Self.reply(state: try await apply(text(arguments[0]), operation))
             }
             guard (1...4).contains(arguments.count) else { throw CommandError.arity(name) }
@@ -581,24 +581,6 @@ final class RedisConnection {
         }
     }
 
-    /// `add N`, `insert E`, `remove E`, `enable`, `disable`, `write N`.
-    static func operation(_ words: [String]) throws -> CRDTOperation {
-        switch (words[0].lowercased(), words.count) {
-        case ("add", 2):
-            guard let amount = KeyValueStateMachine.decimal(words[1]) else { throw CommandError.notInteger }
-            return .counterAdd(amount)
-        case ("insert", 2): return .setInsert(words[1])
-        case ("remove", 2): return .setRemove(words[1])
-        case ("enable", 1): return .flagEnable
-        case ("disable", 1): return .flagDisable
-        case ("write", 2):
-            guard let value = UInt64(words[1]) else { throw CommandError(message: "ERR value is not an unsigned integer") }
-            return .maxWrite(value)
-        default:
-            throw CommandError(message: "ERR unknown operation '\(words.joined(separator: " "))': add N, insert E, remove E, enable, disable or write N")
-        }
-    }
-
     private func declareRegister(_ key: String, _ kind: RegisterKind) async throws {
         switch await policy(of: key) {
         case .linearizable:
@@ -628,21 +610,35 @@ final class RedisConnection {
         case .serializable:
             throw CommandError(message: "ERR serializable keys hold integers (SET, GET, INCRBY)")
         case .available, .bounded:
-            switch operation {
-            case let .counterAdd(amount):
-                return .counter(try await node.declare(key, as: PNCounter.self).update { $0.add(amount, replica: $1) })
-            case let .setInsert(element):
-                return .set(try await node.declare(key, as: ORSet<String>.self).update { $0.insert(element, replica: $1) })
-            case let .setRemove(element):
-                return .set(try await node.declare(key, as: ORSet<String>.self).update { set, _ in set.remove(element) })
-            case .flagEnable:
-                return .flag(try await node.declare(key, as: EWFlag.self).update { $0.enable(replica: $1) })
-            case .flagDisable:
-                return .flag(try await node.declare(key, as: EWFlag.self).update { flag, _ in flag.disable() })
-            case let .maxWrite(value):
-                return .max(try await node.declare(key, as: MaxRegister<UInt64>.self).update { register, _ in register.write(value) })
+            switch RegisterKind(operation) {
+            case .counter: return try await update(key, PNCounter.self, operation)
+            case .set: return try await update(key, ORSet<String>.self, operation)
+            case .flag: return try await update(key, EWFlag.self, operation)
+            case .max: return try await update(key, MaxRegister<UInt64>.self, operation)
             }
         }
+    }
+
+    /// Applies `operation` to this node's CRDT register `key` of type `Value`, as this node.
+    private func update<Value: RemoteRegisterValue & Replicable>(_ key: String, _ type: Value.Type, _ operation: CRDTOperation)
+        async throws -> LogCRDT
+    {
+        try await node.declare(key, as: Value.self).update { value, replica in
+            var state: LogCRDT? = value.logState
+            guard let delta = operation.mutate(&state, replica: replica), let next = state.flatMap(Value.init), let typed = Value(delta) else {
+                throw CommandError.wrongType
+            }
+            value = next
+            return typed
+        }.logState
+    }
+
+    /// This node's CRDT register `key` read as `Value` under `policy`.
+    private func read<Value: RemoteRegisterValue & Replicable>(_ key: String, _ type: Value.Type, _ policy: Policy)
+        async throws(ContinuumError) -> (LogCRDT?, ReadReceipt)
+    {
+        let result = try await node.register(key, as: Value.self).read(policy)
+        return (result.value.logState, result.receipt)
     }
 
     /// Reads a typed register under its policy or `override`, with what was delivered.
@@ -667,22 +663,14 @@ final class RedisConnection {
             throw ContinuumError.wrongPolicy(register: key, declared: declared)
         case (.available, _), (.bounded, _):
             do {
-                let result = try await node.register(key, as: PNCounter.self).read(policy)
-                return (.counter(result.value), result.receipt)
+                return try await read(key, PNCounter.self, policy)
             } catch {
                 guard case let .typeMismatch(_, declared, _) = error else { throw error }
                 switch declared {
-                case replicableTypeName(ORSet<String>.self):
-                    let result = try await node.register(key, as: ORSet<String>.self).read(policy)
-                    return (.set(result.value), result.receipt)
-                case replicableTypeName(EWFlag.self):
-                    let result = try await node.register(key, as: EWFlag.self).read(policy)
-                    return (.flag(result.value), result.receipt)
-                case replicableTypeName(MaxRegister<UInt64>.self):
-                    let result = try await node.register(key, as: MaxRegister<UInt64>.self).read(policy)
-                    return (.max(result.value), result.receipt)
-                default:
-                    throw CommandError.wrongType
+                case replicableTypeName(ORSet<String>.self): return try await read(key, ORSet<String>.self, policy)
+                case replicableTypeName(EWFlag.self): return try await read(key, EWFlag.self, policy)
+                case replicableTypeName(MaxRegister<UInt64>.self): return try await read(key, MaxRegister<UInt64>.self, policy)
+                default: throw CommandError.wrongType
                 }
             }
         }

@@ -40,3 +40,51 @@ import Testing
         }
     }
 }
+
+/// CRDT operations: their text form round-trips, and the delta a mutation returns, joined into
+/// the state before, gives the state after (what a node's register ships by anti-entropy).
+@Suite struct CRDTOperationTests {
+    static let operations: [CRDTOperation] = [.counterAdd(5), .counterAdd(-2), .setInsert("a b"), .setRemove("a b"), .flagEnable,
+                                              .flagDisable, .maxWrite(7), .maxWrite(3)]
+
+    @Test(arguments: operations) func wordsRoundTrip(_ operation: CRDTOperation) throws {
+        #expect(try CRDTOperation(words: operation.words) == operation)
+    }
+
+    @Test func badWordsAreRefused() {
+        #expect(throws: ContinuumError.self) { try CRDTOperation(words: ["add", "x"]) }
+        #expect(throws: ContinuumError.self) { try CRDTOperation(words: ["write", "-1"]) }
+        #expect(throws: ContinuumError.self) { try CRDTOperation(words: ["enable", "now"]) }
+        #expect(throws: ContinuumError.self) { try CRDTOperation(words: []) }
+    }
+
+    @Test func deltasJoinedIntoTheStateBeforeGiveTheStateAfter() throws {
+        var states: [String: LogCRDT?] = ["counter": nil, "set": nil, "flag": nil, "max": nil]
+        for operation in Self.operations + Self.operations {
+            let kind = switch operation {
+            case .counterAdd: "counter"
+            case .setInsert, .setRemove: "set"
+            case .flagEnable, .flagDisable: "flag"
+            case .maxWrite: "max"
+            }
+            let before = states[kind]!
+            var after = before
+            let delta = try #require(operation.mutate(&after, replica: ReplicaID(3)))
+            let joined: LogCRDT? = switch (before, delta) {
+            case (nil, _): delta
+            case let (.counter(b)?, .counter(d)): .counter(b.join(d))
+            case let (.set(b)?, .set(d)): .set(b.join(d))
+            case let (.flag(b)?, .flag(d)): .flag(b.join(d))
+            case let (.max(b)?, .max(d)): .max(b.join(d))
+            default: nil
+            }
+            #expect(joined == after, "\(operation) on \(String(describing: before))")
+            #expect(operation.apply(to: before) != nil)
+            states[kind] = after
+        }
+        // An operation on a CRDT of another kind changes nothing.
+        var counter: LogCRDT? = .counter(PNCounter())
+        #expect(CRDTOperation.setInsert("x").mutate(&counter, replica: ReplicaID(3)) == nil)
+        #expect(counter == .counter(PNCounter()))
+    }
+}

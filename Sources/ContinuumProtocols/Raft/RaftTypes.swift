@@ -53,28 +53,74 @@ public enum CRDTOperation: Sendable, Equatable, BinaryCodable, CustomStringConve
     /// Applies the operation to `state` (a fresh CRDT of the right kind when absent); nil when
     /// `state` is a CRDT of another kind.
     public func apply(to state: LogCRDT?) -> LogCRDT? {
-        let replica = Self.logReplica
+        var state = state
+        return mutate(&state, replica: Self.logReplica) == nil ? nil : state
+    }
+
+    /// Applies the operation to `state` as `replica` (a fresh CRDT of the right kind when
+    /// absent) and returns the delta it produced; nil, with `state` unchanged, when `state` is a
+    /// CRDT of another kind. The log applies as `logReplica`; a node's own CRDT register as the
+    /// node.
+    public func mutate(_ state: inout LogCRDT?, replica: ReplicaID) -> LogCRDT? {
         switch self {
         case let .counterAdd(amount):
             guard var counter = Self.counter(state) else { return nil }
-            counter.add(amount, replica: replica)
-            return .counter(counter)
+            let delta = counter.add(amount, replica: replica)
+            state = .counter(counter)
+            return .counter(delta)
         case let .setInsert(element):
             guard var set = Self.set(state) else { return nil }
-            set.insert(element, replica: replica)
-            return .set(set)
+            let delta = set.insert(element, replica: replica)
+            state = .set(set)
+            return .set(delta)
         case let .setRemove(element):
             guard var set = Self.set(state) else { return nil }
-            set.remove(element)
-            return .set(set)
+            let delta = set.remove(element)
+            state = .set(set)
+            return .set(delta)
         case .flagEnable, .flagDisable:
             guard var flag = Self.flag(state) else { return nil }
-            if self == .flagEnable { flag.enable(replica: replica) } else { flag.disable() }
-            return .flag(flag)
+            let delta = self == .flagEnable ? flag.enable(replica: replica) : flag.disable()
+            state = .flag(flag)
+            return .flag(delta)
         case let .maxWrite(value):
             guard var register = Self.max(state) else { return nil }
-            register.write(value)
-            return .max(register)
+            let delta = register.write(value)
+            state = .max(register)
+            return .max(delta)
+        }
+    }
+
+    /// The operation as the Redis protocol's `CONTINUUM.APPLY` takes it: `add N`, `insert E`,
+    /// `remove E`, `enable`, `disable`, `write N`.
+    public var words: [String] {
+        switch self {
+        case let .counterAdd(amount): ["add", "\(amount)"]
+        case let .setInsert(element): ["insert", element]
+        case let .setRemove(element): ["remove", element]
+        case .flagEnable: ["enable"]
+        case .flagDisable: ["disable"]
+        case let .maxWrite(value): ["write", "\(value)"]
+        }
+    }
+
+    /// Parses `words` (the inverse of `words`).
+    public init(words: [String]) throws(ContinuumError) {
+        switch (words.first?.lowercased(), words.count) {
+        case ("add", 2):
+            guard let amount = KeyValueStateMachine.decimal(words[1]) else {
+                throw .invalidRequest("'\(words[1])' is not an integer or out of range")
+            }
+            self = .counterAdd(amount)
+        case ("insert", 2): self = .setInsert(words[1])
+        case ("remove", 2): self = .setRemove(words[1])
+        case ("enable", 1): self = .flagEnable
+        case ("disable", 1): self = .flagDisable
+        case ("write", 2):
+            guard let value = UInt64(words[1]) else { throw .invalidRequest("'\(words[1])' is not an unsigned integer") }
+            self = .maxWrite(value)
+        default:
+            throw .invalidRequest("unknown operation '\(words.joined(separator: " "))': add N, insert E, remove E, enable, disable or write N")
         }
     }
 

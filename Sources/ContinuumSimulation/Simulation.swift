@@ -15,6 +15,8 @@ public struct SimulationStatistics: Sendable, Equatable {
     public var crashes = 0
     public var restarts = 0
     public var persists = 0
+    /// The run stopped at `eventsMax` events: the protocol flooded the queue.
+    public var flooded = false
     /// Encoded bytes sent, by the instance's traffic class.
     public var bytesSent: [String: Int] = [:]
 }
@@ -208,23 +210,33 @@ public final class Simulation<Instance: ProtocolInstance> {
         cuts[link] = count > 1 ? count - 1 : nil
     }
 
+    /// Set by `stop()` or by a flood: no further event is processed.
+    public private(set) var stopped = false
+
+    /// Stops the run: later `run(until:)` calls process nothing (a workload stops at its first
+    /// safety violation, when what follows says nothing more).
+    public func stop() { stopped = true }
+
     /// Processes events up to and including true time `time`, then sets the clock to `time`.
     public func run(until time: Int64) {
-        while let next = queue.min, next.time <= time {
-            processNext()
-        }
+        while let next = queue.min, next.time <= time, processNext() {}
         now = max(now, time)
     }
 
-    /// Processes one event; false when the queue is empty.
+    /// Processes one event; false when the queue is empty or the run stopped. Past `eventsMax`
+    /// events the run stops and `statistics.flooded` says why (a violation in the seed's report).
     @discardableResult
     public func processNext() -> Bool {
+        guard !stopped else { return false }
+        guard statistics.eventsProcessed < Self.eventsMax else {
+            statistics.flooded = true
+            stopped = true
+            return false
+        }
         guard let event = queue.popMin() else { return false }
         precondition(event.time >= now, "event at \(event.time) scheduled before now \(now)")
         now = event.time
         statistics.eventsProcessed += 1
-        precondition(statistics.eventsProcessed <= Self.eventsMax,
-                     "seed \(seed): more than \(Self.eventsMax) events; the protocol floods the queue")
         trace.combine(event.time)
         trace.combine(event.sequence)
         process(event.kind)

@@ -140,6 +140,14 @@ public enum SimulationCampaign {
     }
 
     static func runSeed(_ seed: UInt64, _ settings: Settings) -> SeedReport {
+        var report = runWorkload(seed, settings)
+        if report.statistics.flooded {
+            report.violations.append("more than \(Simulation<RaftInstance>.eventsMax) events: the protocol floods the queue")
+        }
+        return report
+    }
+
+    static func runWorkload(_ seed: UInt64, _ settings: Settings) -> SeedReport {
         let faults: FaultSettings? = settings.faultFree ? FaultSettings.none : nil
         switch settings.workload {
         case "bounded":

@@ -9,6 +9,9 @@ public enum PlantedRaftBug: String, Sendable, CaseIterable {
     /// The leader commits entries of earlier terms by counting replicas (the Figure 8 error
     /// of the Raft paper, section 5.4.2).
     case commitPreviousTermEntries = "commit-previous-term-entries"
+    /// Votes (and pre-votes) are granted without the up-to-date check on the candidate's log
+    /// (section 5.4.1): a candidate missing committed entries can be elected.
+    case voteWithoutLogCheck = "vote-without-log-check"
 }
 
 /// How a client request ended, seen from the node the client asked.
@@ -380,6 +383,7 @@ public struct RaftInstance: ProtocolInstance {
     private mutating func voteRequested(by candidate: NodeID, term candidateTerm: UInt64, lastLogIndex: UInt64, lastLogTerm: UInt64,
                                         preVote: Bool, transfer: Bool) -> [Effect] {
         let upToDate = lastLogTerm > lastTerm || (lastLogTerm == lastTerm && lastLogIndex >= lastIndex)
+            || configuration.plantedBug == .voteWithoutLogCheck
         // Leader stickiness: while a leader is heard from, no vote for anyone else (thesis 4.2.3).
         let hearsLeader = role == .leader || (leader != nil && lastHeardFromLeader.map { now - $0 < configuration.electionTimeoutMin } == true)
         // A refusal carries the voter's own term, so that a candidate behind it catches up.

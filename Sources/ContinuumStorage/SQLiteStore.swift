@@ -106,6 +106,7 @@ public final class SQLiteStore: NodeStorage {
             CREATE TABLE IF NOT EXISTS tx_committed (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL);
             CREATE TABLE IF NOT EXISTS tx_prepared (id BLOB PRIMARY KEY NOT NULL, writes BLOB NOT NULL);
             CREATE TABLE IF NOT EXISTS tx_decisions (id BLOB PRIMARY KEY NOT NULL, is_commit INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS tx_state (id INTEGER PRIMARY KEY CHECK (id = 1), incarnation INTEGER NOT NULL);
             """)
         for (key, value) in [("format", format), ("version", "\(formatVersion)"), ("node", "\(node.rawValue)")] {
             try db.execute(sql: "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", arguments: [key, value])
@@ -218,6 +219,12 @@ public final class SQLiteStore: NodeStorage {
         for id in patch.forgotten {
             try db.execute(sql: "DELETE FROM tx_decisions WHERE id = ?", arguments: [Data(id.binaryEncoded())])
         }
+        if patch.incarnation > 0 {
+            try db.execute(sql: """
+                INSERT INTO tx_state (id, incarnation) VALUES (1, ?)
+                ON CONFLICT (id) DO UPDATE SET incarnation = max(incarnation, excluded.incarnation)
+                """, arguments: [Int64(bitPattern: patch.incarnation)])
+        }
     }
 
     private static func loadTransactions(_ db: Database) throws -> TransactionDurableState? {
@@ -232,6 +239,7 @@ public final class SQLiteStore: NodeStorage {
         for row in try Row.fetchAll(db, sql: "SELECT id, is_commit FROM tx_decisions") {
             state.decisions[try decode(TransactionID.self, row["id"], table: "tx_decisions")] = row["is_commit"]
         }
+        state.incarnation = try Int64.fetchOne(db, sql: "SELECT incarnation FROM tx_state WHERE id = 1").map { UInt64(bitPattern: $0) } ?? 0
         return state == TransactionDurableState() ? nil : state
     }
 

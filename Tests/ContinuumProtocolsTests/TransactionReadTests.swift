@@ -71,4 +71,41 @@ import Testing
         #expect(decided.isEmpty)
         #expect(restarted.certificate(at: .seconds(101)) == .seconds(101))
     }
+
+    /// A restarted coordinator draws identifiers from a new incarnation (durable before use),
+    /// and a participant holding a prepared identifier refuses a prepare with other writes.
+    @Test func identifiersAreNeverDrawnTwiceAcrossRestarts() throws {
+        var durable: TransactionDurableState?
+        func run(_ instance: inout TransactionInstance) -> TransactionID? {
+            for case let .persist(patch) in instance.start(now: .zero) { TransactionInstance.accumulate(patch, into: &durable) }
+            _ = instance.handle(.begin(handle: 1, latency: .seconds(1), age: 7), now: .zero)
+            for case let .send(_, .lock(id, _, _)) in instance.handle(.lock(handle: 1, step: 1, [LockRequest(key: "x", mode: .exclusive)]), now: .zero) {
+                return id
+            }
+            return nil
+        }
+        var first = TransactionInstance(configuration: .init(), context: InstanceContext(node: coordinator, members: [coordinator, replica],
+                                                                                         random: DeterministicRandom(seed: 1)), durable: nil)
+        let before = try #require(run(&first))
+        var second = TransactionInstance(configuration: .init(), context: InstanceContext(node: coordinator, members: [coordinator, replica],
+                                                                                          random: DeterministicRandom(seed: 1)), durable: durable)
+        let after = try #require(run(&second))
+        #expect(before.timestamp == after.timestamp, "the same age, as a wait-die retry has")
+        #expect(before != after)
+        #expect(durable?.incarnation == 2)
+
+        var instance = participant()
+        _ = instance.start(now: .zero)
+        _ = instance.receive(.lock(id, step: 1, [LockRequest(key: "x", mode: .exclusive)]), from: coordinator, now: .milliseconds(1))
+        let writes = [TransactionWrite(key: "x", value: .int(5))]
+        #expect(instance.receive(.prepare(id, writes), from: coordinator, now: .milliseconds(2)).contains { effect in
+            if case .send(_, .prepared(_, yes: true)) = effect { true } else { false }
+        })
+        #expect(instance.receive(.prepare(id, writes), from: coordinator, now: .milliseconds(3)).contains { effect in
+            if case .send(_, .prepared(_, yes: true)) = effect { true } else { false }
+        }, "a duplicate prepare is answered yes again")
+        #expect(instance.receive(.prepare(id, [TransactionWrite(key: "x", value: .int(6))]), from: coordinator, now: .milliseconds(4)).contains { effect in
+            if case .send(_, .prepared(_, yes: false)) = effect { true } else { false }
+        }, "other writes under a prepared identifier are refused")
+    }
 }

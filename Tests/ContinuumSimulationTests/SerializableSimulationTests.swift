@@ -18,6 +18,18 @@ import Testing
         #expect(result.reports.reduce(0) { $0 + $1.updatesAcknowledged } > 100)
     }
 
+    /// Fresh seed 30595: a coordinator restarted, drew transaction t1.1 again while the old
+    /// t1.1 (it crashed between prepare and decision) was still prepared at every replica; the
+    /// replicas voted yes for the new writes and committed the old ones. The acknowledged appends
+    /// never arrived, and bounded reads certified staleness 0 without them. Identifiers now
+    /// carry a durable incarnation, and a prepare with other writes under a prepared identifier
+    /// is refused.
+    @Test func aRestartedCoordinatorNeverReusesAPreparedIdentifier() {
+        let report = SerializableWorkload.run(nodes: 3, seed: 30595)
+        #expect(report.violations.isEmpty, "\(report.violations)")
+        #expect(report.updatesAcknowledged > 100)
+    }
+
     @Test(arguments: PlantedTransactionBug.allCases)
     func plantedTransactionBugIsCaught(bug: PlantedTransactionBug) throws {
         let settings = SimulationCampaign.Settings(workload: "serializable", nodes: 3, seeds: Array(1...4),

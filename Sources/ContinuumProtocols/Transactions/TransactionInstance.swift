@@ -127,7 +127,11 @@ public struct TransactionInstance: ProtocolInstance {
     private var decisionOrder: [TransactionID] = []
     private let configuration: Configuration
     private var now: Duration = .zero
-    private var nextSequence: UInt64 = 0
+    /// This run's incarnation: one more than the last one made durable. Identifiers are drawn
+    /// from it, so a restarted coordinator never reuses one that may still be prepared somewhere
+    /// (a reused identifier once made a participant vote yes with another transaction's writes).
+    private var incarnation: UInt64
+    private var nextSequence: UInt64
     private var coordinated: [UInt64: Coordinated] = [:]
     private var handles: [TransactionID: UInt64] = [:]
     private var participations: [TransactionID: Participation] = [:]
@@ -149,6 +153,8 @@ public struct TransactionInstance: ProtocolInstance {
         self.preparedHere = durable?.prepared ?? [:]
         self.decisions = durable?.decisions ?? [:]
         self.decisionOrder = decisions.keys.sorted()
+        self.incarnation = (durable?.incarnation ?? 0) + 1
+        self.nextSequence = incarnation << 32
         // A prepared transaction keeps its exclusive locks across the crash until its decision.
         for (id, writes) in preparedHere.sorted(by: { $0.key < $1.key }) {
             for write in writes { _ = locks.acquire(id, write.key, .exclusive) }
@@ -161,6 +167,7 @@ public struct TransactionInstance: ProtocolInstance {
         state.committed.merge(patch.committed) { $1 }
         state.prepared.merge(patch.prepared) { $1 }
         state.decisions.merge(patch.decisions) { $1 }
+        state.incarnation = max(state.incarnation, patch.incarnation)
         for id in patch.resolved { state.prepared[id] = nil }
         for id in patch.forgotten { state.decisions[id] = nil }
         state.resolved = []
@@ -182,7 +189,8 @@ public struct TransactionInstance: ProtocolInstance {
     public mutating func start(now: Duration) -> [Effect] {
         self.now = now
         for id in participations.keys { participations[id]?.lastActivity = now }
-        return [.setTimer(.participantCheck, after: configuration.checkInterval)]
+        // The incarnation is durable before any identifier drawn from it leaves this node.
+        return [.persist(TransactionDurableState(incarnation: incarnation)), .setTimer(.participantCheck, after: configuration.checkInterval)]
     }
 
     public mutating func handle(_ command: Command, now: Duration) -> [Effect] {
@@ -192,11 +200,18 @@ public struct TransactionInstance: ProtocolInstance {
             guard coordinated.count < configuration.transactionsMax else {
                 return [.output(.aborted(handle: handle, reason: "more than \(configuration.transactionsMax) transactions open"))]
             }
+            var effects: [Effect] = []
             nextSequence += 1
+            if nextSequence & 0xFFFF_FFFF == 0 {
+                // 2^32 identifiers drawn in this incarnation: go on in the next one.
+                incarnation += 1
+                nextSequence = incarnation << 32 + 1
+                effects.append(.persist(TransactionDurableState(incarnation: incarnation)))
+            }
             let id = TransactionID(timestamp: age ?? UInt64(clamping: now.nanoseconds), coordinator: node, sequence: nextSequence)
             coordinated[handle] = Coordinated(id: id, phase: .open)
             handles[id] = handle
-            return [.setTimer(.deadline(handle: handle), after: latency)]
+            return effects + [.setTimer(.deadline(handle: handle), after: latency)]
         case let .lock(handle, step, requests):
             guard let transaction = coordinated[handle], case .open = transaction.phase else {
                 return [.output(.aborted(handle: handle, reason: "not open"))]
@@ -390,7 +405,11 @@ public struct TransactionInstance: ProtocolInstance {
               writes.allSatisfy({ locks.holds(id, $0.key, .exclusive) }) else {
             return reply(to: coordinator, .prepared(id, yes: false), id: id)
         }
-        if participation.prepared != nil { return reply(to: coordinator, .prepared(id, yes: true), id: id) }
+        if let prepared = participation.prepared {
+            // A duplicate prepare is answered again; other writes under a prepared identifier
+            // are not this transaction's, and are refused.
+            return reply(to: coordinator, .prepared(id, yes: prepared == writes), id: id)
+        }
         participation.prepared = writes
         participation.lastActivity = now
         participations[id] = participation

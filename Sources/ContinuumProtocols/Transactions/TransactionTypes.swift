@@ -47,7 +47,9 @@ public struct TransactionID: Sendable, Hashable, Comparable, BinaryCodable, Cust
         (lhs.timestamp, lhs.coordinator, lhs.sequence) < (rhs.timestamp, rhs.coordinator, rhs.sequence)
     }
 
-    public var description: String { "t\(coordinator.rawValue).\(sequence)" }
+    /// `t<coordinator>.<incarnation>.<number>`: a coordinator's sequence carries the
+    /// incarnation it was drawn in (high 32 bits) and a counter within it (low 32 bits).
+    public var description: String { "t\(coordinator.rawValue).\(sequence >> 32).\(sequence & 0xFFFF_FFFF)" }
 
     public func encode(to writer: inout BinaryWriter) {
         writer.writeVarint(timestamp)
@@ -187,14 +189,19 @@ public struct TransactionDurableState: Sendable, Equatable, BinaryCodable {
     public var resolved: [TransactionID]
     /// Patch only: decisions no participant can ask about any more.
     public var forgotten: [TransactionID]
+    /// The coordinator's latest incarnation (0: none yet): each start, and each 2^32
+    /// transactions, take the next one, so a transaction identifier is never drawn twice.
+    public var incarnation: UInt64
 
     public init(committed: [String: TransactionValue] = [:], prepared: [TransactionID: [TransactionWrite]] = [:],
-                decisions: [TransactionID: Bool] = [:], resolved: [TransactionID] = [], forgotten: [TransactionID] = []) {
+                decisions: [TransactionID: Bool] = [:], resolved: [TransactionID] = [], forgotten: [TransactionID] = [],
+                incarnation: UInt64 = 0) {
         self.committed = committed
         self.prepared = prepared
         self.decisions = decisions
         self.resolved = resolved
         self.forgotten = forgotten
+        self.incarnation = incarnation
     }
 
     public func encode(to writer: inout BinaryWriter) {
@@ -203,6 +210,7 @@ public struct TransactionDurableState: Sendable, Equatable, BinaryCodable {
         decisions.encode(to: &writer)
         resolved.encode(to: &writer)
         forgotten.encode(to: &writer)
+        writer.writeVarint(incarnation)
     }
 
     public init(from reader: inout BinaryReader) throws(WireDecodingError) {
@@ -211,6 +219,7 @@ public struct TransactionDurableState: Sendable, Equatable, BinaryCodable {
         decisions = try [TransactionID: Bool](from: &reader)
         resolved = try [TransactionID](from: &reader)
         forgotten = try [TransactionID](from: &reader)
+        incarnation = try reader.readVarint()
     }
 }
 

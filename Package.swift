@@ -115,7 +115,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ContinuumStorageTests",
-            dependencies: ["Continuum", "ContinuumCore", "ContinuumProtocols", "ContinuumStorage"]
+            dependencies: ["Continuum", "ContinuumCore", "ContinuumProtocols", "ContinuumStorage", .product(name: "GRDB", package: "GRDB.swift")]
         ),
         .testTarget(
             name: "ContinuumProtocolsTests",

@@ -166,7 +166,7 @@ public enum BoundedWorkload {
     static func runConsensus(nodes: Int, seed: UInt64, faults: FaultSettings, freshness: FreshnessGate.Configuration, plan: Plan,
                              scenario: BoundedScenario) -> SeedReport {
         let configuration = RaftInstance.Configuration(
-            snapshotThresholdEntries: 64, maxClockOffset: freshness.maxClockOffset,
+            snapshotChunkBytes: seed % 4 == 1 ? 16 : 1 << 20, snapshotThresholdEntries: 64, maxClockOffset: freshness.maxClockOffset,
             clockDriftMaxPartsPerMillion: freshness.clockDriftMaxPartsPerMillion, plantedFreshnessBug: freshness.plantedBug)
         let simulation = Simulation<RaftInstance>(nodeCount: nodes, seed: seed, faults: faults, configuration: configuration)
         let checker = BoundedChecker(now: { simulation.now })

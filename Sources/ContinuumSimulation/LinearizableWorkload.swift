@@ -20,7 +20,11 @@ public enum LinearizableWorkload {
         var setup = DeterministicRandom(seed: seed ^ 0x11AE_A12A_B1E0)
         let faults = faults ?? FaultSettings.swarm(using: &setup)
         let leaseReads = Bool.random(using: &setup)
-        let configuration = RaftInstance.Configuration(snapshotThresholdEntries: 64, leaseReads: leaseReads, plantedBug: plantedBug)
+        // Snapshots are 40 to 200 bytes here: chunks of 16 or 48 bytes send them in pieces
+        // (lost, duplicated and reordered like any message), 1 MiB in one.
+        let chunkBytes = [16, 48, 1 << 20][Int.random(in: 0..<3, using: &setup)]
+        let configuration = RaftInstance.Configuration(snapshotChunkBytes: chunkBytes, snapshotThresholdEntries: 64, leaseReads: leaseReads,
+                                                       plantedBug: plantedBug)
         let simulation = Simulation<RaftInstance>(nodeCount: nodes, seed: seed, faults: faults, configuration: configuration)
         let checker = RaftChecker(simulation: simulation)
         let clients = ClientDriver(simulation: simulation, checker: checker, random: setup.split())

@@ -26,8 +26,11 @@ public enum StorageError: Error, Equatable, CustomStringConvertible {
 
 /// A node's durable state in one SQLite database (through GRDB), in WAL mode with
 /// `synchronous = FULL`: a transaction is on disk when its commit returns. The Raft log is one
-/// row per entry (appends and truncations touch only the rows they change); hard state and
-/// snapshot one row; CRDT registers one row each; committed values, prepare records and
+/// row per entry (appends and truncations touch only the rows they change); hard state (term
+/// and vote) one small row, rewritten only when it changes; the snapshot a row of its own,
+/// written when a snapshot is taken or installed and never by a vote (format 2; a format 1
+/// store, which kept the snapshot in the hard-state row, is migrated when opened); CRDT
+/// registers one row each; committed values, prepare records and
 /// decisions of two-phase commit one row each. A node's batch of patches is one transaction,
 /// so one fsync covers it (group commit, with the node's batching).
 ///
@@ -36,7 +39,9 @@ public enum StorageError: Error, Equatable, CustomStringConvertible {
 public final class SQLiteStore: NodeStorage {
     /// Written in the `meta` table; a database without it is not opened.
     public static let format = "continuum-node-store"
-    public static let formatVersion = 1
+    public static let formatVersion = 2
+    /// Older formats this build opens and migrates.
+    public static let migratableVersions: Set<Int> = [1]
 
     public let path: String
     private let queue: DatabaseQueue
@@ -79,7 +84,7 @@ public final class SQLiteStore: NodeStorage {
                     (String($0["key"]), String($0["value"]))
                 })
                 guard meta["format"] == format else { throw StorageError.foreign(path: path, reason: "format \(meta["format"] ?? "none")") }
-                guard meta["version"] == "\(formatVersion)" else {
+                guard let version = meta["version"].flatMap({ Int($0) }), version == formatVersion || migratableVersions.contains(version) else {
                     throw StorageError.foreign(path: path, reason: "format version \(meta["version"] ?? "none"), this build reads \(formatVersion)")
                 }
                 guard meta["node"] == "\(node.rawValue)" else {
@@ -99,7 +104,8 @@ public final class SQLiteStore: NodeStorage {
         try db.execute(sql: """
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS raft_state (id INTEGER PRIMARY KEY CHECK (id = 1), term INTEGER NOT NULL,
-                voted_for INTEGER, snapshot BLOB);
+                voted_for INTEGER);
+            CREATE TABLE IF NOT EXISTS raft_snapshot (id INTEGER PRIMARY KEY CHECK (id = 1), snapshot BLOB NOT NULL);
             CREATE TABLE IF NOT EXISTS raft_log (idx INTEGER PRIMARY KEY NOT NULL, entry BLOB NOT NULL);
             CREATE TABLE IF NOT EXISTS replica_state (id INTEGER PRIMARY KEY CHECK (id = 1), incarnation INTEGER NOT NULL);
             CREATE TABLE IF NOT EXISTS replica_slots (name TEXT PRIMARY KEY NOT NULL, slot BLOB NOT NULL);
@@ -110,6 +116,14 @@ public final class SQLiteStore: NodeStorage {
             """)
         for (key, value) in [("format", format), ("version", "\(formatVersion)"), ("node", "\(node.rawValue)")] {
             try db.execute(sql: "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", arguments: [key, value])
+        }
+        if try String.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'version'") == "1" {
+            // Format 1 kept the snapshot in the hard-state row, so every vote rewrote it: move it.
+            try db.execute(sql: """
+                INSERT OR REPLACE INTO raft_snapshot (id, snapshot) SELECT 1, snapshot FROM raft_state WHERE id = 1 AND snapshot IS NOT NULL;
+                UPDATE raft_state SET snapshot = NULL;
+                UPDATE meta SET value = '2' WHERE key = 'version';
+                """)
         }
     }
 
@@ -150,9 +164,10 @@ public final class SQLiteStore: NodeStorage {
         try db.execute(sql: """
             INSERT INTO raft_state (id, term, voted_for) VALUES (1, ?, ?)
             ON CONFLICT (id) DO UPDATE SET term = excluded.term, voted_for = excluded.voted_for
+            WHERE term IS NOT excluded.term OR voted_for IS NOT excluded.voted_for
             """, arguments: [Int64(bitPattern: patch.term), patch.votedFor.map { Int64(bitPattern: $0.rawValue) }])
         if let snapshot = patch.snapshot {
-            try db.execute(sql: "UPDATE raft_state SET snapshot = ? WHERE id = 1", arguments: [Data(snapshot.binaryEncoded())])
+            try db.execute(sql: "INSERT OR REPLACE INTO raft_snapshot (id, snapshot) VALUES (1, ?)", arguments: [Data(snapshot.binaryEncoded())])
             try db.execute(sql: "DELETE FROM raft_log WHERE idx <= ?", arguments: [Int64(bitPattern: snapshot.lastIndex)])
         }
         if let from = patch.replaceFrom {
@@ -165,12 +180,12 @@ public final class SQLiteStore: NodeStorage {
     }
 
     private static func loadRaft(_ db: Database) throws -> RaftDurableState? {
-        guard let row = try Row.fetchOne(db, sql: "SELECT term, voted_for, snapshot FROM raft_state WHERE id = 1") else { return nil }
+        guard let row = try Row.fetchOne(db, sql: "SELECT term, voted_for FROM raft_state WHERE id = 1") else { return nil }
         let term: Int64 = row["term"]
         let votedFor: Int64? = row["voted_for"]
-        let snapshotBytes: Data? = row["snapshot"]
+        let snapshotBytes = try Data.fetchOne(db, sql: "SELECT snapshot FROM raft_snapshot WHERE id = 1")
         var state = RaftDurableState(term: UInt64(bitPattern: term), votedFor: votedFor.map { NodeID(UInt64(bitPattern: $0)) },
-                                     snapshot: try snapshotBytes.map { try decode(RaftSnapshot.self, $0, table: "raft_state") })
+                                     snapshot: try snapshotBytes.map { try decode(RaftSnapshot.self, $0, table: "raft_snapshot") })
         for entry in try Data.fetchAll(db, sql: "SELECT entry FROM raft_log ORDER BY idx") {
             state.entries.append(try decode(LogEntry.self, entry, table: "raft_log"))
         }

@@ -201,6 +201,66 @@ private let s1 = NodeID(1), s2 = NodeID(2), s3 = NodeID(3), s4 = NodeID(4), s5 =
         #expect(cluster.violations.isEmpty)
     }
 
+    /// A 64 KiB snapshot goes in 4 KiB chunks, two of them lost on the way: the follower
+    /// reports where it is, the leader resends from there, and the follower catches up.
+    @Test func aSnapshotGoesInChunksAndSurvivesLostOnes() {
+        var cluster = RaftHarness(nodes: 3, configuration: .init(snapshotChunkBytes: 4_096, snapshotThresholdEntries: 4))
+        let everyone: Set<NodeID> = [s1, s2, s3]
+        cluster.election(at: s1)
+        cluster.deliver(among: everyone)
+        for value in 1...16 as ClosedRange<Int64> {
+            cluster.request(UInt64(value), at: s1, .stringSet(key: "k\(value)", value: [UInt8](repeating: UInt8(value), count: 4_096)))
+            cluster.deliver(among: [s1, s2])
+            cluster.heartbeat(at: s1)
+            cluster.deliver(among: [s1, s2])
+        }
+        #expect(cluster.instances[s1]!.snapshotIndex > 8, "the leader compacted its log")
+        var chunks: [(offset: UInt64, bytes: Int, done: Bool)] = []
+        var dropped = 0
+        for _ in 0..<40 where cluster.instances[s3]!.commitIndex < cluster.instances[s1]!.commitIndex {
+            cluster.heartbeat(at: s1)
+            cluster.deliver(among: everyone) { _, _, message in
+                guard case let .installSnapshot(_, _, _, offset, chunk, done, _) = message else { return message }
+                chunks.append((offset, chunk.count, done))
+                // Lose the second and the fifth chunk sent.
+                let lost = !chunk.isEmpty && [1, 4].contains(chunks.filter { $0.bytes > 0 }.count - 1) && dropped < 2
+                if lost { dropped += 1 }
+                return lost ? nil : message
+            }
+        }
+        #expect(dropped == 2)
+        #expect(chunks.allSatisfy { $0.bytes <= 4_096 })
+        #expect(chunks.filter(\.done).count >= 1)
+        #expect(cluster.instances[s3]!.commitIndex == cluster.instances[s1]!.commitIndex)
+        #expect(cluster.instances[s3]!.stateMachine.strings["k16"] == [UInt8](repeating: 16, count: 4_096))
+        #expect(cluster.instances[s3]!.snapshot == cluster.instances[s1]!.snapshot)
+        #expect(cluster.violations.isEmpty)
+    }
+
+    /// Append messages carry at most `appendBytesMax` bytes of entries (one entry at least).
+    @Test func appendBatchesAreBoundedInBytes() {
+        var cluster = RaftHarness(nodes: 3, configuration: .init(appendBytesMax: 10_000))
+        let everyone: Set<NodeID> = [s1, s2, s3]
+        cluster.election(at: s1)
+        cluster.deliver(among: everyone)
+        for value in 1...8 as ClosedRange<Int64> {
+            cluster.request(UInt64(value), at: s1, .stringSet(key: "k\(value)", value: [UInt8](repeating: 1, count: value == 8 ? 20_000 : 4_000)))
+        }
+        var largest = 0
+        for _ in 0..<10 {
+            cluster.heartbeat(at: s1)
+            cluster.deliver(among: everyone) { _, _, message in
+                if case let .appendEntries(_, _, _, entries, _, _, _) = message, entries.count > 1 {
+                    largest = max(largest, entries.reduce(0) { $0 + $1.approximateBytes })
+                }
+                return message
+            }
+        }
+        #expect(largest > 0 && largest <= 10_000, "\(largest) bytes in one append")
+        #expect(cluster.instances[s2]!.stateMachine.strings["k8"]?.count == 20_000, "an entry past the bound goes alone")
+        #expect(cluster.instances[s2]!.commitIndex == cluster.instances[s1]!.commitIndex)
+    }
+
     @Test func leadershipTransfersToAnUpToDateFollower() {
         var cluster = RaftHarness(nodes: 3, configuration: .init())
         let everyone: Set<NodeID> = [s1, s2, s3]
@@ -231,7 +291,8 @@ private let s1 = NodeID(1), s2 = NodeID(2), s3 = NodeID(3), s4 = NodeID(4), s5 =
             .vote(term: 2, granted: true, preVote: false),
             .appendEntries(term: 3, previousIndex: 8, previousTerm: 2, entries: [entry], leaderCommit: 7, round: 11, stamp: FreshnessStamp(index: 7, leaderTime: -5)),
             .appendResult(term: 3, success: false, matchIndex: 4, round: 11),
-            .installSnapshot(term: 3, snapshot: RaftSnapshot(lastIndex: 9, lastTerm: 3, state: KeyValueStateMachine()), round: 1),
+            .installSnapshot(term: 3, lastIndex: 9, lastTerm: 3, offset: 1_000, chunk: [1, 2, 3], done: true, round: 1),
+            .snapshotProgress(term: 3, lastIndex: 9, received: 1_003, accepted: false, round: 2),
             .timeoutNow(term: 4),
             .forward(request: 1, client: 2, sequence: 3, .compareAndSet(key: "k", expected: nil, new: 2)),
             .forwardedResult(request: 1, .value(nil), index: 12),

@@ -3,6 +3,7 @@ import ContinuumCore
 import ContinuumProtocols
 import ContinuumStorage
 import Foundation
+import GRDB
 import Testing
 
 /// A fresh directory per test, removed at the end.
@@ -42,6 +43,67 @@ final class TemporaryDirectory {
             .transactions(TransactionDurableState(forgotten: [other])),
             .replication(ReplicaDurableState(incarnation: 2, slots: [:])),
         ]
+    }
+
+    /// A state machine holding `megabytes` MiB of string values.
+    static func stateMachine(megabytes: Int) -> KeyValueStateMachine {
+        var state = KeyValueStateMachine()
+        for index in 0..<(megabytes * 16) {
+            _ = state.apply(LogCommand(client: 1, sequence: UInt64(index + 1),
+                                       operation: .stringSet(key: "k\(index)", value: [UInt8](repeating: UInt8(index % 251), count: 65_536))))
+        }
+        return state
+    }
+
+    /// Term and vote live apart from the snapshot: a vote writes a few pages, whatever the size
+    /// of the state (format 1 kept both in one row, and SQLite rewrote the whole row, snapshot
+    /// included, on every vote).
+    @Test func votesNeverRewriteTheSnapshot() async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("n1.db")
+        let snapshot = RaftSnapshot(lastIndex: 10, lastTerm: 1, state: Self.stateMachine(megabytes: 4))
+        do {
+            let store = try SQLiteStore(path: path, node: node)
+            try await store.persist([.raft(RaftDurableState(term: 1, votedFor: nil, snapshot: snapshot))])
+        }  // closed: the last connection checkpoints and removes the write-ahead log
+        let store = try SQLiteStore(path: path, node: node)
+        for term in UInt64(2)...6 {
+            try await store.persist([.raft(RaftDurableState(term: term, votedFor: NodeID(2)))])
+        }
+        let wal = try FileManager.default.attributesOfItem(atPath: path + "-wal")[.size] as? Int ?? -1
+        print("write-ahead log after 5 votes over a 4 MiB snapshot: \(wal) bytes")
+        #expect(wal >= 0 && wal < 5 * 16_384, "\(wal) bytes of log for 5 votes")
+        #expect(try store.load().raft?.snapshot == snapshot)
+        #expect(try store.load().raft?.term == 6)
+    }
+
+    /// A format 1 store (snapshot in the hard-state row) is migrated when opened.
+    @Test func aFormatOneStoreIsMigrated() async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("n1.db")
+        let snapshot = RaftSnapshot(lastIndex: 3, lastTerm: 2, state: Self.stateMachine(megabytes: 1))
+        do {
+            let queue = try DatabaseQueue(path: path)
+            try await queue.write { db in
+                try db.execute(sql: """
+                    CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
+                    INSERT INTO meta VALUES ('format', 'continuum-node-store'), ('version', '1'), ('node', '1');
+                    CREATE TABLE raft_state (id INTEGER PRIMARY KEY CHECK (id = 1), term INTEGER NOT NULL, voted_for INTEGER, snapshot BLOB);
+                    CREATE TABLE raft_log (idx INTEGER PRIMARY KEY NOT NULL, entry BLOB NOT NULL);
+                    """)
+                try db.execute(sql: "INSERT INTO raft_state VALUES (1, 2, 3, ?)", arguments: [Data(snapshot.binaryEncoded())])
+                try db.execute(sql: "INSERT INTO raft_log VALUES (4, ?)", arguments: [Data(entry(4, term: 2).binaryEncoded())])
+            }
+        }
+        let store = try SQLiteStore(path: path, node: node)
+        let raft = try #require(try store.load().raft)
+        #expect(raft.term == 2 && raft.votedFor == NodeID(3) && raft.snapshot == snapshot && raft.entries == [entry(4, term: 2)])
+        let queue = try DatabaseQueue(path: path)
+        let (version, oldRow) = try await queue.read { db in
+            (try String.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'version'"), try Data.fetchOne(db, sql: "SELECT snapshot FROM raft_state"))
+        }
+        #expect(version == "2")
+        #expect(oldRow == nil, "the old row no longer holds the snapshot")
     }
 
     @Test func whatItPersistsIsWhatTheInstancesAccumulateAndSurvivesReopening() async throws {

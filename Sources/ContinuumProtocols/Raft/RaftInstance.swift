@@ -54,11 +54,21 @@ public struct RaftInstance: ProtocolInstance {
         public var electionTimeoutMin: Duration
         public var heartbeatInterval: Duration
         public var entriesPerMessageMax: Int
+        /// An append message's entries, in bytes (`LogEntry.approximateBytes`), at most; a
+        /// single larger entry still goes alone.
+        public var appendBytesMax: Int
+        /// A snapshot goes to a lagging follower in chunks of this many bytes.
+        public var snapshotChunkBytes: Int
+        /// A follower buffers an incoming snapshot of at most this many bytes.
+        public var snapshotBytesMax: Int
         /// Append messages with entries in flight to one follower, at most.
         public var inflightAppendsMax: Int
         /// Client requests waiting at this node, at most; more are refused as unavailable.
         public var pendingRequestsMax: Int
-        /// Applied entries kept in the log before it is compacted into a snapshot.
+        /// Applied entries kept in the log before it is compacted into a snapshot. The log is
+        /// compacted once it holds more than this many applied entries and at least as many
+        /// applied bytes as the last snapshot's encoding: a snapshot costs a write of the whole
+        /// state, so it waits until as much has been written since (at most twice the bytes).
         public var snapshotThresholdEntries: Int
         public var preVote: Bool
         public var checkQuorum: Bool
@@ -75,7 +85,8 @@ public struct RaftInstance: ProtocolInstance {
         public var plantedFreshnessBug: PlantedFreshnessBug?
 
         public init(electionTimeoutMin: Duration = .milliseconds(300), heartbeatInterval: Duration = .milliseconds(50),
-                    entriesPerMessageMax: Int = 64, inflightAppendsMax: Int = 4, pendingRequestsMax: Int = 1_024,
+                    entriesPerMessageMax: Int = 64, appendBytesMax: Int = 1 << 20, snapshotChunkBytes: Int = 1 << 20,
+                    snapshotBytesMax: Int = 1 << 34, inflightAppendsMax: Int = 4, pendingRequestsMax: Int = 1_024,
                     snapshotThresholdEntries: Int = 256, preVote: Bool = true, checkQuorum: Bool = true, leaseReads: Bool = false,
                     maxClockOffset: Duration = .milliseconds(50), clockDriftMaxPartsPerMillion: Int64 = 1_000, freshnessStamps: Bool = true,
                     boundedReadsMax: Int = 10_000, plantedBug: PlantedRaftBug? = nil, plantedFreshnessBug: PlantedFreshnessBug? = nil) {
@@ -83,9 +94,13 @@ public struct RaftInstance: ProtocolInstance {
             precondition(!leaseReads || checkQuorum, "lease reads are only safe with check-quorum")
             precondition(!leaseReads || maxClockOffset < electionTimeoutMin, "the clock offset bound leaves no lease")
             precondition(entriesPerMessageMax >= 1 && inflightAppendsMax >= 1 && pendingRequestsMax >= 1 && snapshotThresholdEntries >= 1)
+            precondition(appendBytesMax >= 1 && snapshotChunkBytes >= 1 && snapshotBytesMax >= 1)
             self.electionTimeoutMin = electionTimeoutMin
             self.heartbeatInterval = heartbeatInterval
             self.entriesPerMessageMax = entriesPerMessageMax
+            self.appendBytesMax = appendBytesMax
+            self.snapshotChunkBytes = snapshotChunkBytes
+            self.snapshotBytesMax = snapshotBytesMax
             self.inflightAppendsMax = inflightAppendsMax
             self.pendingRequestsMax = pendingRequestsMax
             self.snapshotThresholdEntries = snapshotThresholdEntries
@@ -180,6 +195,16 @@ public struct RaftInstance: ProtocolInstance {
     /// cluster: a leader without every committed entry was elected.
     public private(set) var committedOverwritesRefused = 0
     private var entries: [LogEntry]
+    /// The bytes of the current snapshot's encoding, once known, and the encoding itself while
+    /// this leader sends it.
+    private var snapshotBytes: Int?
+    private var snapshotEncoded: [UInt8]?
+    /// Applied bytes (`LogEntry.approximateBytes`) since the current snapshot.
+    private var appliedBytesSinceSnapshot = 0
+    /// Leader: where each lagging follower is in the snapshot (as of `lastIndex`) sent to it.
+    private var snapshotSending: [NodeID: (lastIndex: UInt64, offset: Int)] = [:]
+    /// Follower: the chunks of a snapshot received so far.
+    private var incomingSnapshot: (lastIndex: UInt64, lastTerm: UInt64, bytes: [UInt8])?
 
     private let configuration: Configuration
     private var random: DeterministicRandom
@@ -252,7 +277,7 @@ public struct RaftInstance: ProtocolInstance {
     public static func trafficClass(of message: RaftMessage) -> String {
         switch message {
         case .requestVote, .vote, .timeoutNow: "elections"
-        case .appendEntries, .appendResult, .installSnapshot: "replication"
+        case .appendEntries, .appendResult, .installSnapshot, .snapshotProgress: "replication"
         case .forward, .forwardedResult: "forwarding"
         case .readIndexRequest, .readIndexReply: "bounded reads"
         }
@@ -325,8 +350,10 @@ public struct RaftInstance: ProtocolInstance {
             return effects
         case let .appendResult(term, success, matchIndex, round):
             return appendResult(from: sender, term: term, success: success, match: matchIndex, round: round)
-        case let .installSnapshot(term, snapshot, round):
-            return installSnapshot(from: sender, term: term, snapshot, round: round)
+        case let .installSnapshot(term, lastIndex, lastTerm, offset, chunk, done, round):
+            return snapshotChunk(from: sender, term: term, lastIndex: lastIndex, lastTerm: lastTerm, offset: offset, chunk, done: done, round: round)
+        case let .snapshotProgress(term, lastIndex, received, accepted, round):
+            return snapshotProgress(from: sender, term: term, lastIndex: lastIndex, received: received, accepted: accepted, round: round)
         case let .timeoutNow(term):
             guard term == self.term, role == .follower else { return [] }
             return becomeCandidate(transfer: true)
@@ -453,6 +480,8 @@ public struct RaftInstance: ProtocolInstance {
             effects.append(persistHardState())
         }
         if role == .leader { effects += abandonLeadership() }
+        snapshotSending.removeAll()
+        snapshotEncoded = nil
         if role != .follower {
             role = .follower
             effects.append(resetElectionTimer())
@@ -505,14 +534,21 @@ public struct RaftInstance: ProtocolInstance {
 
     private mutating func sendAppend(to peer: NodeID) -> [Effect] {
         let next = nextIndex[peer] ?? lastIndex + 1
-        if next <= snapshotIndex, let snapshot {
-            inflight[peer] = configuration.inflightAppendsMax
-            return [.send(to: peer, .installSnapshot(term: term, snapshot: snapshot, round: round))]
-        }
+        if next <= snapshotIndex, snapshot != nil { return sendSnapshotChunk(to: peer) }
         var batch: [LogEntry] = []
         if (inflight[peer] ?? 0) < configuration.inflightAppendsMax, next <= lastIndex {
-            let end = min(lastIndex, next + UInt64(configuration.entriesPerMessageMax) - 1)
-            batch = Array(entries[Int(next - snapshotIndex - 1)...Int(end - snapshotIndex - 1)])
+            // At most entriesPerMessageMax entries and appendBytesMax bytes (one entry at least).
+            let first = Int(next - snapshotIndex - 1)
+            var bytes = entries[first].approximateBytes
+            var last = first
+            while last + 1 < entries.count, last + 1 - first < configuration.entriesPerMessageMax {
+                let more = entries[last + 1].approximateBytes
+                guard bytes + more <= configuration.appendBytesMax else { break }
+                bytes += more
+                last += 1
+            }
+            let end = next + UInt64(last - first)
+            batch = Array(entries[first...last])
             nextIndex[peer] = end + 1
             inflight[peer, default: 0] += 1
         }
@@ -573,7 +609,38 @@ public struct RaftInstance: ProtocolInstance {
         return effects
     }
 
-    private mutating func installSnapshot(from sender: NodeID, term leaderTerm: UInt64, _ incoming: RaftSnapshot, round: UInt64) -> [Effect] {
+    /// The current snapshot's encoding, encoded once and kept while this leader sends it.
+    private mutating func encodedSnapshot() -> [UInt8] {
+        if let snapshotEncoded { return snapshotEncoded }
+        let bytes = snapshot?.binaryEncoded() ?? []
+        snapshotEncoded = bytes
+        snapshotBytes = bytes.count
+        return bytes
+    }
+
+    /// The next chunk of the snapshot for a lagging follower, or, with the window full, an empty
+    /// chunk that asks where the follower is (a lost chunk is sent again from there).
+    private mutating func sendSnapshotChunk(to peer: NodeID) -> [Effect] {
+        guard let snapshot else { return [] }
+        let bytes = encodedSnapshot()
+        var sending: (lastIndex: UInt64, offset: Int) = snapshotSending[peer].flatMap { $0.lastIndex == snapshot.lastIndex ? $0 : nil } ?? (snapshot.lastIndex, 0)
+        var chunk: ArraySlice<UInt8> = []
+        let offset = sending.offset
+        if (inflight[peer] ?? 0) < configuration.inflightAppendsMax, offset < bytes.count {
+            chunk = bytes[offset..<min(bytes.count, offset + configuration.snapshotChunkBytes)]
+            sending.offset += chunk.count
+            inflight[peer, default: 0] += 1
+        }
+        snapshotSending[peer] = sending
+        let done = !chunk.isEmpty && sending.offset == bytes.count
+        return [.send(to: peer, .installSnapshot(term: term, lastIndex: snapshot.lastIndex, lastTerm: snapshot.lastTerm, offset: UInt64(offset),
+                                                 chunk: Array(chunk), done: done, round: round))]
+    }
+
+    /// A follower receives a chunk of the leader's snapshot: buffered while it continues the
+    /// ones before, installed when the last arrives.
+    private mutating func snapshotChunk(from sender: NodeID, term leaderTerm: UInt64, lastIndex snapshotLast: UInt64, lastTerm snapshotTerm: UInt64,
+                                        offset: UInt64, _ chunk: [UInt8], done: Bool, round: UInt64) -> [Effect] {
         guard leaderTerm >= term else {
             return [.send(to: sender, .appendResult(term: term, success: false, matchIndex: lastIndex, round: round))]
         }
@@ -582,23 +649,73 @@ public struct RaftInstance: ProtocolInstance {
         leader = sender
         lastHeardFromLeader = now
         effects.append(resetElectionTimer())
-        if incoming.lastIndex > commitIndex {
-            // Keep the log after the snapshot only if it continues the snapshot (section 7).
-            let keepsSuffix = term(at: incoming.lastIndex) == incoming.lastTerm
-            if keepsSuffix {
-                entries.removeFirst(Int(incoming.lastIndex - snapshotIndex))
-            } else {
-                entries.removeAll()
-            }
-            snapshot = incoming
-            stateMachine = incoming.state
-            commitIndex = incoming.lastIndex
-            lastApplied = incoming.lastIndex
-            effects.append(.persist(RaftDurableState(term: term, votedFor: votedFor, snapshot: incoming,
-                                                     replaceFrom: keepsSuffix ? nil : incoming.lastIndex + 1)))
-            effects += answerRequestsFromSessions()
+        if snapshotLast <= commitIndex {
+            // Already here (a late or duplicated chunk): the leader may go on from the log.
+            incomingSnapshot = nil
+            return effects + [.send(to: sender, .appendResult(term: term, success: true, matchIndex: commitIndex, round: round))]
         }
-        effects.append(.send(to: sender, .appendResult(term: term, success: true, matchIndex: max(commitIndex, incoming.lastIndex), round: round)))
+        func progress(_ accepted: Bool) -> Effect {
+            let received = incomingSnapshot.map { $0.lastIndex == snapshotLast ? UInt64($0.bytes.count) : 0 } ?? 0
+            return .send(to: sender, .snapshotProgress(term: term, lastIndex: snapshotLast, received: received, accepted: accepted, round: round))
+        }
+        if offset == 0, !chunk.isEmpty { incomingSnapshot = (snapshotLast, snapshotTerm, []) }
+        guard let buffered = incomingSnapshot, buffered.lastIndex == snapshotLast, buffered.lastTerm == snapshotTerm,
+              offset == UInt64(buffered.bytes.count) else {
+            return effects + [progress(false)]
+        }
+        guard buffered.bytes.count + chunk.count <= configuration.snapshotBytesMax else {
+            incomingSnapshot = nil
+            return effects + [progress(false)]
+        }
+        incomingSnapshot?.bytes.append(contentsOf: chunk)
+        guard done, let bytes = incomingSnapshot?.bytes else { return effects + [progress(true)] }
+        incomingSnapshot = nil
+        guard let incoming = try? RaftSnapshot(binary: bytes), incoming.lastIndex == snapshotLast, incoming.lastTerm == snapshotTerm else {
+            return effects + [progress(false)]  // nothing buffered now: the leader starts over
+        }
+        // Keep the log after the snapshot only if it continues the snapshot (section 7).
+        let keepsSuffix = term(at: incoming.lastIndex) == incoming.lastTerm
+        if keepsSuffix {
+            entries.removeFirst(Int(incoming.lastIndex - snapshotIndex))
+        } else {
+            entries.removeAll()
+        }
+        snapshot = incoming
+        snapshotBytes = bytes.count
+        snapshotEncoded = nil
+        appliedBytesSinceSnapshot = 0
+        stateMachine = incoming.state
+        commitIndex = incoming.lastIndex
+        lastApplied = incoming.lastIndex
+        effects.append(.persist(RaftDurableState(term: term, votedFor: votedFor, snapshot: incoming,
+                                                 replaceFrom: keepsSuffix ? nil : incoming.lastIndex + 1)))
+        effects += answerRequestsFromSessions()
+        effects.append(.send(to: sender, .appendResult(term: term, success: true, matchIndex: incoming.lastIndex, round: round)))
+        return effects
+    }
+
+    /// The leader hears how far a follower got with the snapshot: the next chunk, or, after a
+    /// chunk that did not continue what it holds, the chunks again from there.
+    private mutating func snapshotProgress(from peer: NodeID, term resultTerm: UInt64, lastIndex snapshotLast: UInt64, received: UInt64,
+                                           accepted: Bool, round ackRound: UInt64) -> [Effect] {
+        if resultTerm > term { return stepDown(to: resultTerm) }
+        guard role == .leader, resultTerm == term else { return [] }
+        lastContact[peer] = now
+        acknowledgedRound[peer] = max(acknowledgedRound[peer] ?? 0, ackRound)
+        inflight[peer] = max(0, (inflight[peer] ?? 0) - 1)
+        var effects: [Effect] = []
+        if let sending = snapshotSending[peer], sending.lastIndex == snapshotLast, snapshot?.lastIndex == snapshotLast {
+            if !accepted {
+                snapshotSending[peer] = (snapshotLast, Int(min(received, UInt64(sending.offset))))
+                inflight[peer] = 0
+            }
+            if (nextIndex[peer] ?? 0) <= snapshotIndex, (inflight[peer] ?? 0) < configuration.inflightAppendsMax,
+               snapshotSending[peer].map({ $0.offset < encodedSnapshot().count }) == true {
+                effects += sendSnapshotChunk(to: peer)
+            }
+        }
+        updateLease()
+        effects += confirmReads()
         return effects
     }
 
@@ -612,6 +729,7 @@ public struct RaftInstance: ProtocolInstance {
         if success {
             matchIndex[peer] = max(matchIndex[peer] ?? 0, match)
             nextIndex[peer] = max(nextIndex[peer] ?? 0, match + 1)
+            if match >= snapshotIndex { snapshotSending[peer] = nil }
             effects += advanceCommit()
         } else {
             nextIndex[peer] = max((matchIndex[peer] ?? 0) + 1, min(nextIndex[peer] ?? lastIndex + 1, match + 1))
@@ -652,6 +770,7 @@ public struct RaftInstance: ProtocolInstance {
         while lastApplied < commitIndex {
             lastApplied += 1
             guard let entry = entry(at: lastApplied) else { preconditionFailure("\(node): committed entry \(lastApplied) missing") }
+            appliedBytesSinceSnapshot += entry.approximateBytes
             guard let result = stateMachine.apply(entry.command) else { continue }
             effects += answer(client: entry.command.client, sequence: entry.command.sequence, result)
         }
@@ -693,9 +812,16 @@ public struct RaftInstance: ProtocolInstance {
 
     private mutating func compactIfNeeded() -> [Effect] {
         guard lastApplied - snapshotIndex > UInt64(configuration.snapshotThresholdEntries), let appliedTerm = term(at: lastApplied) else { return [] }
+        if snapshot != nil, snapshotBytes == nil { _ = encodedSnapshot() }  // after a restart: measured once
+        guard appliedBytesSinceSnapshot >= snapshotBytes ?? 0 else { return [] }
         let newSnapshot = RaftSnapshot(lastIndex: lastApplied, lastTerm: appliedTerm, state: stateMachine)
         entries.removeFirst(Int(lastApplied - snapshotIndex))
         snapshot = newSnapshot
+        snapshotEncoded = nil
+        snapshotBytes = nil
+        _ = encodedSnapshot()
+        if role != .leader { snapshotEncoded = nil }
+        appliedBytesSinceSnapshot = 0
         return [.persist(RaftDurableState(term: term, votedFor: votedFor, snapshot: newSnapshot))]
     }
 

@@ -189,6 +189,16 @@ public enum KeyValueOperation: Sendable, Equatable, BinaryCodable, CustomStringC
     /// Removes the keys from every namespace (strings, integers, CRDTs); counts those that existed.
     case delete(keys: [String])
 
+    /// About the bytes of the operation's encoding: its keys and values, plus 16 per key.
+    public var approximateBytes: Int {
+        switch self {
+        case let .stringSet(key, value): key.utf8.count + (value?.count ?? 0) + 16
+        case let .crdt(key, .setInsert(member)), let .crdt(key, .setRemove(member)): key.utf8.count + member.utf8.count + 16
+        case let .delete(keys): keys.reduce(0) { $0 + $1.utf8.count + 16 }
+        default: key.utf8.count + 16
+        }
+    }
+
     public var key: String {
         switch self {
         case let .read(key), let .write(key, _), let .compareAndSet(key, _, _), let .crdt(key, _), let .crdtRead(key),
@@ -379,6 +389,12 @@ public struct LogEntry: Sendable, Equatable, BinaryCodable, CustomStringConverti
     public var term: UInt64
     public var index: UInt64
     public var command: LogCommand
+
+    /// About the bytes of the entry's encoding (exact for the bytes of keys and values, plus a
+    /// fixed 32 for numbers and tags): the unit of batch and compaction limits, without encoding.
+    public var approximateBytes: Int {
+        32 + (command.operation?.approximateBytes ?? 0)
+    }
 
     public init(term: UInt64, index: UInt64, command: LogCommand) {
         self.term = term
@@ -594,7 +610,13 @@ public enum RaftMessage: Sendable, Equatable, BinaryCodable {
     /// `matchIndex`: on success the last index known to match; on failure a hint (the
     /// follower's last index) from which to retry.
     case appendResult(term: UInt64, success: Bool, matchIndex: UInt64, round: UInt64)
-    case installSnapshot(term: UInt64, snapshot: RaftSnapshot, round: UInt64)
+    /// One chunk of the leader's snapshot as of `lastIndex` (term `lastTerm`): the bytes of its
+    /// encoding from `offset` on; `done` on the last (InstallSnapshot with offsets, section 7
+    /// of the Raft paper). An empty chunk probes where the follower is.
+    case installSnapshot(term: UInt64, lastIndex: UInt64, lastTerm: UInt64, offset: UInt64, chunk: [UInt8], done: Bool, round: UInt64)
+    /// A follower's answer to a chunk: `received` bytes of the snapshot as of `lastIndex` are
+    /// buffered; `accepted` is false when the chunk did not continue them (lost or reordered).
+    case snapshotProgress(term: UInt64, lastIndex: UInt64, received: UInt64, accepted: Bool, round: UInt64)
     case timeoutNow(term: UInt64)
     case forward(request: UInt64, client: UInt64, sequence: UInt64, KeyValueOperation)
     /// `index`: the leader's applied index when it answered.
@@ -634,10 +656,21 @@ public enum RaftMessage: Sendable, Equatable, BinaryCodable {
             success.encode(to: &writer)
             writer.writeVarint(matchIndex)
             writer.writeVarint(round)
-        case let .installSnapshot(term, snapshot, round):
+        case let .installSnapshot(term, lastIndex, lastTerm, offset, chunk, done, round):
             writer.writeByte(4)
             writer.writeVarint(term)
-            snapshot.encode(to: &writer)
+            writer.writeVarint(lastIndex)
+            writer.writeVarint(lastTerm)
+            writer.writeVarint(offset)
+            writer.writeBytes(chunk)
+            done.encode(to: &writer)
+            writer.writeVarint(round)
+        case let .snapshotProgress(term, lastIndex, received, accepted, round):
+            writer.writeByte(10)
+            writer.writeVarint(term)
+            writer.writeVarint(lastIndex)
+            writer.writeVarint(received)
+            accepted.encode(to: &writer)
             writer.writeVarint(round)
         case let .timeoutNow(term):
             writer.writeByte(5)
@@ -675,7 +708,13 @@ public enum RaftMessage: Sendable, Equatable, BinaryCodable {
                                   stamp: try FreshnessStamp?(from: &reader))
         case 3:
             self = .appendResult(term: try reader.readVarint(), success: try Bool(from: &reader), matchIndex: try reader.readVarint(), round: try reader.readVarint())
-        case 4: self = .installSnapshot(term: try reader.readVarint(), snapshot: try RaftSnapshot(from: &reader), round: try reader.readVarint())
+        case 4:
+            self = .installSnapshot(term: try reader.readVarint(), lastIndex: try reader.readVarint(), lastTerm: try reader.readVarint(),
+                                    offset: try reader.readVarint(), chunk: try reader.readBytes(), done: try Bool(from: &reader),
+                                    round: try reader.readVarint())
+        case 10:
+            self = .snapshotProgress(term: try reader.readVarint(), lastIndex: try reader.readVarint(), received: try reader.readVarint(),
+                                     accepted: try Bool(from: &reader), round: try reader.readVarint())
         case 5: self = .timeoutNow(term: try reader.readVarint())
         case 6:
             self = .forward(request: try reader.readVarint(), client: try reader.readVarint(), sequence: try reader.readVarint(),

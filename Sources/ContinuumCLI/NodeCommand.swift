@@ -14,7 +14,7 @@ struct NodeCommand: AsyncParsableCommand {
         discussion: """
             Options may come from a JSON file (--config) with the keys id, listen, peers (an object \
             of id to host:port), resp, metrics, dataDirectory, defaultPolicy, cluster and \
-            maxClockOffsetMilliseconds; options on the command line override it. SIGTERM or SIGINT \
+            maxClockOffsetMilliseconds, maxValueBytes; options on the command line override it. SIGTERM or SIGINT \
             shuts the node down gracefully: pending writes are made durable, connections closed.
             """)
 
@@ -48,6 +48,9 @@ struct NodeCommand: AsyncParsableCommand {
     @Flag(help: "Let clients arm crash points (CONTINUUM.CRASHPOINT), which end this process: for tests only.")
     var faultInjection = false
 
+    @Option(help: "The most bytes one command may carry (a value, or one SADD's members); larger ones are refused. Default 16 MiB, at most 60 MiB.")
+    var maxValueBytes: Int?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -75,6 +78,7 @@ struct NodeCommand: AsyncParsableCommand {
             cluster: cluster ?? base?.cluster ?? "continuum")
         configuration.maxClockOffsetMilliseconds = base?.maxClockOffsetMilliseconds ?? configuration.maxClockOffsetMilliseconds
         configuration.faultInjection = faultInjection || (base?.faultInjection ?? false)
+        configuration.maxValueBytes = maxValueBytes ?? base?.maxValueBytes
         _ = try configuration.validated()
         return configuration
     }

@@ -63,6 +63,9 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
     /// Whether clients may arm crash points (`CONTINUUM.CRASHPOINT`, for tests of real
     /// processes); off unless set.
     public var faultInjection: Bool?
+    /// The most bytes one command's arguments may hold (a value, or one SADD's members); nil:
+    /// `RedisServerConfiguration.valueBytesMaxDefault` (16 MiB).
+    public var maxValueBytes: Int?
 
     public init(id: String, listen: Address, peers: [String: Address], resp: Address?, metrics: Address? = nil, dataDirectory: String,
                 defaultPolicy: String = "linearizable", cluster: String = "continuum", maxClockOffsetMilliseconds: Int = 10) {
@@ -96,6 +99,9 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
         }
         let policy = try Policy(words: defaultPolicy.split(separator: " ").map(String.init))
         guard maxClockOffsetMilliseconds >= 0 else { throw .invalidRequest("a negative clock offset bound") }
+        if let maxValueBytes, !(1...RedisServerConfiguration.valueBytesMaxLimit).contains(maxValueBytes) {
+            throw .invalidRequest("max-value-bytes \(maxValueBytes) is outside 1...\(RedisServerConfiguration.valueBytesMaxLimit)")
+        }
         return (me, parsed, policy)
     }
 }
@@ -137,7 +143,8 @@ public final class NodeServer: Service {
         let metrics = NodeMetrics()
         self.metrics = metrics
         self.resp = configuration.resp.map { _ in
-            RESPServer(node: node, configuration: .init(defaultPolicy: policy, faultInjection: configuration.faultInjection ?? false), transport: transport,
+            RESPServer(node: node, configuration: .init(defaultPolicy: policy, faultInjection: configuration.faultInjection ?? false,
+                                                             valueBytesMax: configuration.maxValueBytes ?? RedisServerConfiguration.valueBytesMaxDefault), transport: transport,
                        metrics: configuration.metrics == nil ? nil : metrics, group: group, logger: logger)
         }
         self.metricsServer = configuration.metrics.map { _ in

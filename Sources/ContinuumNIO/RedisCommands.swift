@@ -32,11 +32,23 @@ public struct RedisServerConfiguration: Sendable {
     public var requestLatency: Duration
     /// Whether `CONTINUUM.CRASHPOINT` may arm a crash that ends this process (tests only).
     public var faultInjection: Bool
+    /// The most bytes a command's arguments may hold together (`max-value-bytes`): a value, or
+    /// the members of one SADD, travels as one Raft entry or one delta, in one frame. Larger
+    /// commands are refused with an error naming the limit, and nothing is applied.
+    public var valueBytesMax: Int
 
-    public init(defaultPolicy: Policy = .linearizable, requestLatency: Duration = .seconds(2), faultInjection: Bool = false) {
+    /// The default `valueBytesMax`, 16 MiB (Redis allows 512 MB; a Continuum value must fit a
+    /// peer frame of 64 MiB with its entry around it).
+    public static let valueBytesMaxDefault = 16 << 20
+    /// The largest `valueBytesMax` a node accepts.
+    public static let valueBytesMaxLimit = Framing.maximumPayloadBytes - (4 << 20)
+
+    public init(defaultPolicy: Policy = .linearizable, requestLatency: Duration = .seconds(2), faultInjection: Bool = false,
+                valueBytesMax: Int = RedisServerConfiguration.valueBytesMaxDefault) {
         self.defaultPolicy = defaultPolicy
         self.requestLatency = requestLatency
         self.faultInjection = faultInjection
+        self.valueBytesMax = valueBytesMax
     }
 }
 
@@ -91,6 +103,10 @@ final class RedisConnection {
     }
 
     private func reply(_ name: String, _ arguments: [[UInt8]]) async -> RESPReply {
+        let bytes = arguments.reduce(0) { $0 + $1.count }
+        guard bytes <= configuration.valueBytesMax else {
+            return .error("ERR \(name) carries \(bytes) bytes, more than max-value-bytes (\(configuration.valueBytesMax)); nothing was applied")
+        }
         do {
             return try await run(name, arguments)
         } catch let error as CommandError {

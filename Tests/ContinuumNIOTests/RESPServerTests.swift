@@ -13,17 +13,18 @@ final class LocalCluster {
     var servers: [NodeServer] = []
     var clients: [RESPClient] = []
 
-    init(nodes: Int = 3, defaultPolicy: String = "linearizable") async throws {
+    init(nodes: Int = 3, defaultPolicy: String = "linearizable", maxValueBytes: Int? = nil) async throws {
         directory = NSTemporaryDirectory() + "continuum-resp-\(UUID().uuidString)"
         var logger = Logger(label: "test")
         logger.logLevel = .error
         let names = (1...nodes).map { "n\($0)" }
         for name in names {
-            let configuration = NodeServerConfiguration(
+            var configuration = NodeServerConfiguration(
                 id: name, listen: .init(host: "127.0.0.1", port: 0),
                 peers: Dictionary(uniqueKeysWithValues: names.filter { $0 != name }.map { ($0, .init(host: "127.0.0.1", port: 1)) }),
                 resp: .init(host: "127.0.0.1", port: 0), metrics: .init(host: "127.0.0.1", port: 0),
                 dataDirectory: directory + "/" + name, defaultPolicy: defaultPolicy)
+            configuration.maxValueBytes = maxValueBytes
             servers.append(try NodeServer(configuration: configuration, logger: logger))
         }
         for server in servers { try await server.start() }
@@ -116,6 +117,32 @@ final class LocalCluster {
         }
         #expect(try await c[0].send(["GET", "nothing"]) == .null, "RESP3 null")
         await cluster.shutdown()
+    }
+
+    /// A command carrying more than max-value-bytes is refused with an error that names the
+    /// limit, and nothing of it is applied; at the limit it is served. A limit outside
+    /// 1...60 MiB is refused when the node is configured.
+    @Test func valuesLargerThanTheLimitAreRefused() async throws {
+        let cluster = try await LocalCluster(nodes: 1, maxValueBytes: 1_000)
+        let fits = String(repeating: "v", count: 999)
+        #expect(try await cluster.untilServed(0, ["SET", "k", fits]) == .ok)
+        let refused = try await cluster.clients[0].send(["SET", "k", String(repeating: "w", count: 2_000)])
+        #expect(refused == .error("ERR SET carries 2001 bytes, more than max-value-bytes (1000); nothing was applied"))
+        #expect(try await cluster.clients[0].send(["GET", "k"]) == .bulk(Array(fits.utf8)))
+        let members = (0..<200).map { "member-\($0)" }
+        guard case .error(let message) = try await cluster.clients[0].send(["SADD", "s"] + members) else {
+            Issue.record("a SADD of 200 members over the limit was served")
+            return
+        }
+        #expect(message.contains("max-value-bytes (1000)"))
+        #expect(try await cluster.clients[0].send(["SCARD", "s"]) == .integer(0))
+        await cluster.shutdown()
+        var configuration = NodeServerConfiguration(id: "n1", listen: .init(host: "127.0.0.1", port: 0), peers: [:], resp: nil,
+                                                    dataDirectory: NSTemporaryDirectory() + "continuum-unused")
+        configuration.maxValueBytes = 0
+        #expect(throws: ContinuumError.self) { _ = try configuration.validated() }
+        configuration.maxValueBytes = 512 << 20
+        #expect(throws: ContinuumError.self) { _ = try configuration.validated() }
     }
 
     @Test func inlineCommandsPipeliningAndProtocolErrors() async throws {

@@ -65,6 +65,12 @@ public struct BinaryWriter: Sendable {
         bytes.append(contentsOf: data)
     }
 
+    /// Whole arrays are copied at once, not byte by byte (it matters in debug builds).
+    public mutating func writeBytes(_ data: [UInt8]) {
+        writeVarint(UInt64(data.count))
+        bytes.append(contentsOf: data)
+    }
+
     public mutating func write<T: BinaryCodable>(_ value: T) { value.encode(to: &self) }
 
     /// Writes elements in a canonical order: sorted by their own encodings.
@@ -236,11 +242,20 @@ extension Optional: BinaryCodable where Wrapped: BinaryCodable {
 
 extension Array: BinaryCodable where Element: BinaryCodable {
     public func encode(to writer: inout BinaryWriter) {
+        // Bytes are copied whole (the same encoding: a count, then one byte each).
+        if let bytes = self as? [UInt8] {
+            writer.writeBytes(bytes)
+            return
+        }
         writer.writeVarint(UInt64(count))
         for element in self { element.encode(to: &writer) }
     }
 
     public init(from reader: inout BinaryReader) throws(WireDecodingError) {
+        if Element.self == UInt8.self {
+            self = try reader.readBytes() as! [Element]
+            return
+        }
         let count = try reader.readCount()
         var elements: [Element] = []
         elements.reserveCapacity(count)

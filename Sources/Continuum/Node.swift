@@ -23,6 +23,13 @@ public actor Node {
     private var unflushed: [DurablePatch] = []
     private var held: [HeldEffect] = []
     private var flushing = false
+    /// Compactions (Raft snapshots of this node's own log) wait only for the batches before
+    /// them, then are written in the background: no send or reply waits for them. Each holds
+    /// the number of the batch it follows.
+    private var compactions: [(patch: DurablePatch, after: UInt64)] = []
+    private var compacting = false
+    private var batchesStarted: UInt64 = 0
+    private var batchesDone: UInt64 = 0
     private var incarnation: UInt64 = 0
     private var random: DeterministicRandom
     private var instance: ReplicationInstance?
@@ -107,6 +114,8 @@ public actor Node {
         unflushed.removeAll()
         held.removeAll()
         flushing = false
+        compactions.removeAll()
+        compacting = false
         incarnation += 1
         timers.cancelAll()
         for continuation in waiting.values { continuation.resume(returning: .failure(.nodeStopped)) }
@@ -556,6 +565,42 @@ public actor Node {
         unflushed.append(patch)
     }
 
+    /// A patch nothing waits for: persisted at once by a store that can, else queued behind the
+    /// batches before it and written in the background.
+    private func compact(_ patch: DurablePatch) {
+        if !mustHold, storage.persistImmediately([patch]) {
+            durability.immediate += 1
+            return
+        }
+        compactions.append((patch, batchesStarted + (unflushed.isEmpty ? 0 : 1)))
+        startCompaction()
+    }
+
+    /// Compactions queued or being written (for status commands).
+    public var compactionsPending: Int { compactions.count + (compacting ? 1 : 0) }
+
+    private func startCompaction() {
+        guard !compacting, let next = compactions.first, next.after <= batchesDone else { return }
+        compactions.removeFirst()
+        compacting = true
+        let storage = self.storage
+        let incarnation = self.incarnation
+        Task { [weak self] in
+            do {
+                try await storage.persistInBackground(next.patch)
+                await self?.compacted(incarnation: incarnation)
+            } catch {
+                await self?.storageFailed(error, incarnation: incarnation)
+            }
+        }
+    }
+
+    private func compacted(incarnation: UInt64) {
+        guard incarnation == self.incarnation else { return }
+        compacting = false
+        startCompaction()
+    }
+
     /// Hands every waiting patch to storage in one batch, then releases what waited for them.
     private func flushIfNeeded() {
         guard !flushing, !unflushed.isEmpty || !held.isEmpty else { return }
@@ -565,12 +610,18 @@ public actor Node {
         held = []
         if patches.isEmpty || storage.persistImmediately(patches) {
             durability.immediate += patches.count
+            if !patches.isEmpty {
+                batchesStarted += 1
+                batchesDone += 1
+            }
             release(effects)
+            startCompaction()
             return
         }
         durability.flushes += 1
         durability.patches += patches.count
         flushing = true
+        batchesStarted += 1
         let storage = self.storage
         let incarnation = self.incarnation
         Task { [weak self] in
@@ -587,8 +638,10 @@ public actor Node {
     private func flushed(_ effects: [HeldEffect], incarnation: UInt64) {
         guard incarnation == self.incarnation else { return }
         flushing = false
+        batchesDone += 1
         release(effects)
         flushIfNeeded()
+        startCompaction()
     }
 
     private func release(_ effects: [HeldEffect]) {
@@ -605,7 +658,7 @@ public actor Node {
     /// for it went out: a graceful shutdown calls this before `stop()`.
     public func drain(timeout: Duration = .seconds(5)) async {
         let deadline = clock.now + timeout
-        while (flushing || !unflushed.isEmpty || !held.isEmpty) && clock.now < deadline {
+        while (flushing || !unflushed.isEmpty || !held.isEmpty || compacting || !compactions.isEmpty) && clock.now < deadline {
             try? await Task.sleep(for: .milliseconds(1))
         }
     }
@@ -638,9 +691,10 @@ public actor Node {
     /// Whether this node leads the Raft group now.
     public var isLeader: Bool { raft?.role == .leader }
 
-    /// The Raft term and commit index this replica knows, and its role (for status commands).
-    public var consensusStatus: (role: String, term: UInt64, commitIndex: UInt64)? {
-        raft.map { ("\($0.role)", $0.term, $0.commitIndex) }
+    /// The Raft term, commit index and snapshot index this replica knows, and its role (for
+    /// status commands).
+    public var consensusStatus: (role: String, term: UInt64, commitIndex: UInt64, snapshotIndex: UInt64)? {
+        raft.map { ("\($0.role)", $0.term, $0.commitIndex, $0.snapshotIndex) }
     }
 
     private func fireRaft(_ timer: RaftInstance.Timer, generation: UInt64) {
@@ -654,6 +708,8 @@ public actor Node {
     private func carryOutRaft(_ effects: [RaftInstance.Effect]) {
         for effect in effects {
             switch effect {
+            case let .persist(patch) where patch.compaction:
+                compact(.raft(patch))
             case let .persist(patch):
                 persist(.raft(patch))
             case .send, .output:

@@ -42,10 +42,15 @@ public protocol NodeStorage: Sendable {
     /// For stores that persist at once without blocking (memory): persists and returns true.
     /// Others return false and get `persist`.
     func persistImmediately(_ patches: [DurablePatch]) -> Bool
+    /// Makes a patch that acknowledges nothing durable (a Raft compaction), possibly in
+    /// pieces that let later `persist` batches go in between. Called only once every patch
+    /// before it is durable; nothing waits for it.
+    func persistInBackground(_ patch: DurablePatch) async throws
 }
 
 extension NodeStorage {
     public func persistImmediately(_ patches: [DurablePatch]) -> Bool { false }
+    public func persistInBackground(_ patch: DurablePatch) async throws { try await persist([patch]) }
 }
 
 /// How a node's messages reach the other nodes. Inbound messages are handed to

@@ -334,7 +334,9 @@ final class RedisConnection {
         let staleness = await node.certifiedStaleness
         var lines = ["# Server", "redis_version:7.0.0", "continuum_version:0.1.0", "continuum_node:n\(node.id.rawValue)",
                      "# Continuum", "default_policy:\(configuration.defaultPolicy.words.joined(separator: " "))"]
-        if let status { lines += ["raft_role:\(status.role)", "raft_term:\(status.term)", "raft_commit_index:\(status.commitIndex)"] }
+        lines.append("storage_compactions_pending:\(await node.compactionsPending)")
+        if let status { lines += ["raft_role:\(status.role)", "raft_term:\(status.term)", "raft_commit_index:\(status.commitIndex)",
+                                        "raft_snapshot_index:\(status.snapshotIndex)"] }
         lines.append("certified_staleness_available_ms:\(staleness.available.map { "\($0.nanoseconds / 1_000_000)" } ?? "none")")
         lines.append("certified_staleness_consensus_ms:\(staleness.consensus.map { "\($0.nanoseconds / 1_000_000)" } ?? "none")")
         return lines.joined(separator: "\r\n") + "\r\n"

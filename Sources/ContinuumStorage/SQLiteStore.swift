@@ -105,7 +105,10 @@ public final class SQLiteStore: NodeStorage {
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS raft_state (id INTEGER PRIMARY KEY CHECK (id = 1), term INTEGER NOT NULL,
                 voted_for INTEGER);
-            CREATE TABLE IF NOT EXISTS raft_snapshot (id INTEGER PRIMARY KEY CHECK (id = 1), snapshot BLOB NOT NULL);
+            CREATE TABLE IF NOT EXISTS raft_snapshot (id INTEGER PRIMARY KEY CHECK (id = 1), last_index INTEGER NOT NULL,
+                generation INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS raft_snapshot_chunks (generation INTEGER NOT NULL, number INTEGER NOT NULL, bytes BLOB NOT NULL,
+                PRIMARY KEY (generation, number));
             CREATE TABLE IF NOT EXISTS raft_log (idx INTEGER PRIMARY KEY NOT NULL, entry BLOB NOT NULL);
             CREATE TABLE IF NOT EXISTS replica_state (id INTEGER PRIMARY KEY CHECK (id = 1), incarnation INTEGER NOT NULL);
             CREATE TABLE IF NOT EXISTS replica_slots (name TEXT PRIMARY KEY NOT NULL, slot BLOB NOT NULL);
@@ -119,8 +122,14 @@ public final class SQLiteStore: NodeStorage {
         }
         if try String.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'version'") == "1" {
             // Format 1 kept the snapshot in the hard-state row, so every vote rewrote it: move it.
+            if let blob = try Data.fetchOne(db, sql: "SELECT snapshot FROM raft_state WHERE id = 1 AND snapshot IS NOT NULL") {
+                var reader = BinaryReader([UInt8](blob.prefix(10)))  // the encoding starts with the last index
+                let lastIndex = try reader.readVarint()
+                try db.execute(sql: "INSERT INTO raft_snapshot_chunks (generation, number, bytes) VALUES (1, 0, ?)", arguments: [blob])
+                try db.execute(sql: "INSERT OR REPLACE INTO raft_snapshot (id, last_index, generation) VALUES (1, ?, 1)",
+                               arguments: [Int64(bitPattern: lastIndex)])
+            }
             try db.execute(sql: """
-                INSERT OR REPLACE INTO raft_snapshot (id, snapshot) SELECT 1, snapshot FROM raft_state WHERE id = 1 AND snapshot IS NOT NULL;
                 UPDATE raft_state SET snapshot = NULL;
                 UPDATE meta SET value = '2' WHERE key = 'version';
                 """)
@@ -161,14 +170,14 @@ public final class SQLiteStore: NodeStorage {
     // MARK: Raft
 
     private static func apply(_ patch: RaftDurableState, _ db: Database) throws {
-        try db.execute(sql: """
-            INSERT INTO raft_state (id, term, voted_for) VALUES (1, ?, ?)
-            ON CONFLICT (id) DO UPDATE SET term = excluded.term, voted_for = excluded.voted_for
-            WHERE term IS NOT excluded.term OR voted_for IS NOT excluded.voted_for
-            """, arguments: [Int64(bitPattern: patch.term), patch.votedFor.map { Int64(bitPattern: $0.rawValue) }])
+        if !patch.compaction { try applyHardState(patch, db) }
         if let snapshot = patch.snapshot {
-            try db.execute(sql: "INSERT OR REPLACE INTO raft_snapshot (id, snapshot) VALUES (1, ?)", arguments: [Data(snapshot.binaryEncoded())])
-            try db.execute(sql: "DELETE FROM raft_log WHERE idx <= ?", arguments: [Int64(bitPattern: snapshot.lastIndex)])
+            let bytes = snapshot.binaryEncoded()
+            let generation = try nextGeneration(db)
+            for (number, start) in stride(from: 0, to: bytes.count, by: snapshotChunkBytes).enumerated() {
+                try writeChunk(bytes[start..<min(bytes.count, start + snapshotChunkBytes)], generation: generation, number: number, db)
+            }
+            try point(at: generation, lastIndex: snapshot.lastIndex, db)
         }
         if let from = patch.replaceFrom {
             try db.execute(sql: "DELETE FROM raft_log WHERE idx >= ?", arguments: [Int64(bitPattern: from)])
@@ -179,13 +188,81 @@ public final class SQLiteStore: NodeStorage {
         }
     }
 
+    /// A snapshot is kept in chunks of this many bytes, one row each.
+    static let snapshotChunkBytes = 4 << 20
+
+    private static func nextGeneration(_ db: Database) throws -> Int64 {
+        let stored = try Int64.fetchOne(db, sql: "SELECT MAX(generation) FROM raft_snapshot_chunks") ?? 0
+        let current = try Int64.fetchOne(db, sql: "SELECT generation FROM raft_snapshot WHERE id = 1") ?? 0
+        return max(stored, current) + 1
+    }
+
+    private static func writeChunk(_ bytes: ArraySlice<UInt8>, generation: Int64, number: Int, _ db: Database) throws {
+        try db.execute(sql: "INSERT OR REPLACE INTO raft_snapshot_chunks (generation, number, bytes) VALUES (?, ?, ?)",
+                       arguments: [generation, number, Data(bytes)])
+    }
+
+    /// Makes the chunks of `generation` the snapshot, if it is newer than the stored one (a
+    /// compaction written in the background may land after a newer installed snapshot), and
+    /// drops the log entries it covers and every other generation's chunks.
+    private static func point(at generation: Int64, lastIndex: UInt64, _ db: Database) throws {
+        let stored = try Int64.fetchOne(db, sql: "SELECT last_index FROM raft_snapshot WHERE id = 1").map { UInt64(bitPattern: $0) }
+        guard stored.map({ $0 < lastIndex }) ?? true else {
+            try db.execute(sql: "DELETE FROM raft_snapshot_chunks WHERE generation = ?", arguments: [generation])
+            return
+        }
+        try db.execute(sql: "INSERT OR REPLACE INTO raft_snapshot (id, last_index, generation) VALUES (1, ?, ?)",
+                       arguments: [Int64(bitPattern: lastIndex), generation])
+        try db.execute(sql: "DELETE FROM raft_snapshot_chunks WHERE generation != ?", arguments: [generation])
+        try db.execute(sql: "DELETE FROM raft_log WHERE idx <= ?", arguments: [Int64(bitPattern: lastIndex)])
+    }
+
+    /// A compaction is written in pieces, one transaction per chunk, so that the node's other
+    /// batches (which replies wait for) go in between; the last transaction makes it the snapshot.
+    public func persistInBackground(_ patch: DurablePatch) async throws {
+        guard case let .raft(raft) = patch, raft.compaction, let snapshot = raft.snapshot else { return try await persist([patch]) }
+        do {
+            let bytes = snapshot.binaryEncoded()
+            let chunk = Self.snapshotChunkBytes
+            let generation = try await queue.write { db in
+                let generation = try Self.nextGeneration(db)
+                try Self.writeChunk(bytes[0..<min(bytes.count, chunk)], generation: generation, number: 0, db)
+                return generation
+            }
+            for (number, start) in stride(from: chunk, to: bytes.count, by: chunk).enumerated() {
+                try await queue.write { db in
+                    try Self.writeChunk(bytes[start..<min(bytes.count, start + chunk)], generation: generation, number: number + 1, db)
+                }
+            }
+            try await queue.write { db in try Self.point(at: generation, lastIndex: snapshot.lastIndex, db) }
+        } catch {
+            throw StorageError.io("\(error)")
+        }
+    }
+
+    private static func applyHardState(_ patch: RaftDurableState, _ db: Database) throws {
+        try db.execute(sql: """
+            INSERT INTO raft_state (id, term, voted_for) VALUES (1, ?, ?)
+            ON CONFLICT (id) DO UPDATE SET term = excluded.term, voted_for = excluded.voted_for
+            WHERE term IS NOT excluded.term OR voted_for IS NOT excluded.voted_for
+            """, arguments: [Int64(bitPattern: patch.term), patch.votedFor.map { Int64(bitPattern: $0.rawValue) }])
+    }
+
     private static func loadRaft(_ db: Database) throws -> RaftDurableState? {
         guard let row = try Row.fetchOne(db, sql: "SELECT term, voted_for FROM raft_state WHERE id = 1") else { return nil }
         let term: Int64 = row["term"]
         let votedFor: Int64? = row["voted_for"]
-        let snapshotBytes = try Data.fetchOne(db, sql: "SELECT snapshot FROM raft_snapshot WHERE id = 1")
+        var snapshotBytes: [UInt8]?
+        if let generation = try Int64.fetchOne(db, sql: "SELECT generation FROM raft_snapshot WHERE id = 1") {
+            var bytes: [UInt8] = []
+            for chunk in try Data.fetchAll(db, sql: "SELECT bytes FROM raft_snapshot_chunks WHERE generation = ? ORDER BY number",
+                                           arguments: [generation]) {
+                bytes.append(contentsOf: chunk)
+            }
+            snapshotBytes = bytes
+        }
         var state = RaftDurableState(term: UInt64(bitPattern: term), votedFor: votedFor.map { NodeID(UInt64(bitPattern: $0)) },
-                                     snapshot: try snapshotBytes.map { try decode(RaftSnapshot.self, $0, table: "raft_snapshot") })
+                                     snapshot: try snapshotBytes.map { try decode(RaftSnapshot.self, Data($0), table: "raft_snapshot_chunks") })
         for entry in try Data.fetchAll(db, sql: "SELECT entry FROM raft_log ORDER BY idx") {
             state.entries.append(try decode(LogEntry.self, entry, table: "raft_log"))
         }

@@ -369,6 +369,55 @@ extension Duration {
         await n2.close()
     }
 
+    /// Each node's process id, from `cluster up`'s lines ("n1 peer=... pid=123").
+    static func pids(_ up: String) -> [Int: Int32] {
+        var pids: [Int: Int32] = [:]
+        for line in up.split(separator: "\n") where line.hasPrefix("n") {
+            guard let node = Int(line.dropFirst().prefix { $0.isNumber }),
+                  let pid = line.split(separator: " ").first(where: { $0.hasPrefix("pid=") }).flatMap({ Int32($0.dropFirst(4)) }) else { continue }
+            pids[node] = pid
+        }
+        return pids
+    }
+
+    /// Bytes a process caused to be written to storage (/proc/PID/io, write_bytes).
+    static func bytesWritten(_ pid: Int32) -> Int {
+        let io = (try? String(contentsOfFile: "/proc/\(pid)/io", encoding: .utf8)) ?? ""
+        return io.split(separator: "\n").first { $0.hasPrefix("write_bytes:") }.flatMap { Int($0.split(separator: " ").last ?? "") } ?? 0
+    }
+
+    /// A field of a node's INFO (nil when it does not answer).
+    static func info(_ cluster: ProcessCluster, _ node: Int, _ field: String) async -> String? {
+        guard let client = try? await cluster.client(node) else { return nil }
+        defer { Task { await client.close() } }
+        guard case let .bulk(bytes)? = try? await client.send(["INFO"]) else { return nil }
+        return String(decoding: bytes, as: UTF8.self).split(whereSeparator: \.isNewline)
+            .first { $0.hasPrefix(field + ":") }.map { String($0.dropFirst(field.count + 1)) }
+    }
+
+    /// Writes `count` string values of `bytes` bytes each through `node`, reconnecting (to
+    /// the leader, when one is known) after a failure; prints progress every 100.
+    static func load(_ cluster: ProcessCluster, through node: Int, count: Int, bytes: Int) async throws {
+        var client: RESPClient? = try await cluster.client(node)
+        for index in 0..<count {
+            let value = String(repeating: Character(UnicodeScalar(UInt8(97 + index % 26))), count: bytes)
+            var done = false
+            let deadline = ContinuousClock.now + .seconds(60)
+            while !done, ContinuousClock.now < deadline {
+                if client == nil { client = try? await cluster.client(await cluster.leader() ?? node) }
+                done = (try? await client?.send(["SET", "big\(index)", value])) == .ok
+                if !done {
+                    await client?.close()
+                    client = nil
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+            }
+            guard done else { throw RESPClientError(description: "SET big\(index) was not acknowledged within 60 s") }
+            if (index + 1) % 100 == 0 { print("loaded \(index + 1)/\(count) values of \(bytes) bytes") }
+        }
+        await client?.close()
+    }
+
     @Test func crashPointsNeedFaultInjection() async throws {
         let cluster = try ProcessCluster()
         defer {
@@ -445,4 +494,113 @@ final class RawSocket {
     }
 
     func close() { Glibc.close(descriptor) }
+}
+
+/// Real processes with hundreds of megabytes of Raft state (minutes each in a debug build).
+@Suite(.serialized, .timeLimit(.minutes(10))) struct LargeStateTests {
+    /// Elections cost the same at any state size: with 1 MB and with 100 MB of Raft state (300
+    /// values, so that every node has compacted its log into a snapshot), kill -9 the leader;
+    /// a new leader must commit a write within 5 s. Prints the time and the bytes the two
+    /// survivors wrote meanwhile (votes, the new term's first entry, the write).
+    @Test(arguments: [1, 100])
+    func aKilledLeaderIsReplacedWithinFiveSecondsAtAnyStateSize(megabytes: Int) async throws {
+        let cluster = try ProcessCluster()
+        defer {
+            cluster.down()
+            cluster.remove()
+        }
+        let pids = RealClusterTests.pids(try cluster.up())
+        #expect(pids.count == 3)
+        var leader: Int?
+        for _ in 0..<100 where leader == nil {
+            leader = await cluster.leader()
+            if leader == nil { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        let first = try #require(leader, "no leader")
+        try await RealClusterTests.load(cluster, through: first, count: 300, bytes: (megabytes << 20) / 300)
+        for node in 1...3 {
+            var snapshot = 0
+            for _ in 0..<600 where snapshot == 0 {
+                snapshot = Int(await RealClusterTests.info(cluster, node, "raft_snapshot_index") ?? "") ?? 0
+                if snapshot == 0 { try await Task.sleep(for: .milliseconds(100)) }
+            }
+            #expect(snapshot > 0, "n\(node) never compacted its log")
+        }
+        // Until the compactions are on disk, then measure.
+        for node in 1...3 {
+            for _ in 0..<1_200 where await RealClusterTests.info(cluster, node, "storage_compactions_pending") != "0" {
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        let current = await cluster.leader() ?? first
+        let survivors = (1...3).filter { $0 != current }
+        let termBefore = Int(await RealClusterTests.info(cluster, survivors[0], "raft_term") ?? "") ?? 0
+        let writtenBefore = survivors.map { RealClusterTests.bytesWritten(pids[$0]!) }.reduce(0, +)
+        let start = ContinuousClock.now
+        try cluster.cli(["cluster", "kill", "--data-dir", cluster.directory, "--node", "n\(current)"])
+        var elected: (node: Int, after: Duration)?
+        while elected == nil, ContinuousClock.now - start < .seconds(10) {
+            for node in survivors where elected == nil {
+                if await RealClusterTests.info(cluster, node, "raft_role") == "leader" { elected = (node, ContinuousClock.now - start) }
+            }
+            if elected == nil { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        let newLeader = try #require(elected, "no new leader within 10 s of killing the leader")
+        let writtenByElection = survivors.map { RealClusterTests.bytesWritten(pids[$0]!) }.reduce(0, +) - writtenBefore
+        let termAfter = Int(await RealClusterTests.info(cluster, newLeader.node, "raft_term") ?? "") ?? 0
+        var committed: Duration?
+        let client = try await cluster.client(newLeader.node)
+        while committed == nil, ContinuousClock.now - start < .seconds(10) {
+            if (try? await client.send(["SET", "after-kill", "1"])) == .ok { committed = ContinuousClock.now - start }
+        }
+        await client.close()
+        let elapsed = try #require(committed, "no write committed within 10 s of killing the leader")
+        print("state \(megabytes) MB: kill -9 of leader n\(current); n\(newLeader.node) leads after \(newLeader.after) "
+              + "(terms \(termBefore)→\(termAfter)), a write committed after \(elapsed); the survivors wrote \(writtenByElection) bytes "
+              + "until the new leader, \((writtenByElection / max(1, termAfter - termBefore)) / survivors.count) per node and term")
+        #expect(elapsed < .seconds(5))
+    }
+
+    /// A follower down while 200 MB are written comes back behind the leader's snapshot, gets
+    /// it in chunks (InstallSnapshot with offsets) and catches up.
+    @Test func aFollowerLaggingByA200MBSnapshotCatchesUp() async throws {
+        let cluster = try ProcessCluster()
+        defer {
+            cluster.down()
+            cluster.remove()
+        }
+        try cluster.up()
+        var leader: Int?
+        for _ in 0..<100 where leader == nil {
+            leader = await cluster.leader()
+            if leader == nil { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        let first = try #require(leader, "no leader")
+        let lagging = first % 3 + 1
+        try cluster.cli(["cluster", "kill", "--data-dir", cluster.directory, "--node", "n\(lagging)"])
+        try await RealClusterTests.load(cluster, through: first, count: 600, bytes: (200 << 20) / 600)
+        let live = (1...3).filter { $0 != lagging }
+        var target = 0
+        for node in live {
+            var snapshot = 0
+            for _ in 0..<600 where snapshot == 0 {
+                snapshot = Int(await RealClusterTests.info(cluster, node, "raft_snapshot_index") ?? "") ?? 0
+                if snapshot == 0 { try await Task.sleep(for: .milliseconds(100)) }
+            }
+            #expect(snapshot > 0, "n\(node) never compacted its log")
+            target = max(target, Int(await RealClusterTests.info(cluster, node, "raft_commit_index") ?? "") ?? 0)
+        }
+        let start = ContinuousClock.now
+        try cluster.cli(["cluster", "restart", "--data-dir", cluster.directory, "--node", "n\(lagging)"])
+        var caughtUp = false
+        while !caughtUp, ContinuousClock.now - start < .seconds(120) {
+            let commit = Int(await RealClusterTests.info(cluster, lagging, "raft_commit_index") ?? "") ?? 0
+            caughtUp = commit >= target
+            if !caughtUp { try await Task.sleep(for: .milliseconds(200)) }
+        }
+        let snapshot = Int(await RealClusterTests.info(cluster, lagging, "raft_snapshot_index") ?? "") ?? 0
+        print("n\(lagging) caught up to commit index \(target) in \(ContinuousClock.now - start) (snapshot index \(snapshot))")
+        #expect(caughtUp, "n\(lagging) did not catch up within 120 s")
+        #expect(snapshot > 0, "n\(lagging) caught up without the snapshot")
+    }
 }

@@ -284,6 +284,24 @@ private let s1 = NodeID(1), s2 = NodeID(2), s3 = NodeID(3), s4 = NodeID(4), s5 =
         #expect(machine.apply(LogCommand(client: 7, sequence: 2, operation: .compareAndSet(key: "k", expected: nil, new: 5))) == .compareAndSet(swapped: false))
     }
 
+    /// The state's size estimate is a function of its content: kept through applies as a
+    /// decoded copy computes it, overwrites and deletes included.
+    @Test func theSizeEstimateFollowsTheContent() throws {
+        var machine = KeyValueStateMachine()
+        let operations: [KeyValueOperation] = [
+            .stringSet(key: "a", value: [UInt8](repeating: 1, count: 1_000)), .stringSet(key: "a", value: [1, 2]),
+            .write(key: "n", value: 5), .compareAndSet(key: "n", expected: 5, new: nil), .write(key: "m", value: 1),
+            .crdt(key: "s", .setInsert("x")), .stringAdd(key: "c", amount: 12), .delete(keys: ["m", "s", "zz"]),
+            .stringSet(key: "b", value: [UInt8](repeating: 2, count: 4_000)),
+        ]
+        for (index, operation) in operations.enumerated() {
+            _ = machine.apply(LogCommand(client: UInt64(index % 3), sequence: UInt64(index + 1), operation: operation))
+            let decoded = try KeyValueStateMachine(binary: machine.binaryEncoded())
+            #expect(decoded.approximateBytes == machine.approximateBytes, "after \(operation)")
+        }
+        #expect(machine.approximateBytes == (1 + 2 + 16) + (1 + 2 + 16) + (1 + 4_000 + 16) + 3 * 32)
+    }
+
     @Test func messagesRoundTripOnTheWire() throws {
         let entry = LogEntry(term: 3, index: 9, command: LogCommand(client: 1, sequence: 2, operation: .write(key: "k", value: -4)))
         let messages: [RaftMessage] = [

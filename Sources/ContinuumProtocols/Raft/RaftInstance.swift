@@ -195,9 +195,7 @@ public struct RaftInstance: ProtocolInstance {
     /// cluster: a leader without every committed entry was elected.
     public private(set) var committedOverwritesRefused = 0
     private var entries: [LogEntry]
-    /// The bytes of the current snapshot's encoding, once known, and the encoding itself while
-    /// this leader sends it.
-    private var snapshotBytes: Int?
+    /// The current snapshot's encoding while this leader sends it (encoded once per snapshot).
     private var snapshotEncoded: [UInt8]?
     /// Applied bytes (`LogEntry.approximateBytes`) since the current snapshot.
     private var appliedBytesSinceSnapshot = 0
@@ -258,10 +256,12 @@ public struct RaftInstance: ProtocolInstance {
 
     public static func accumulate(_ patch: RaftDurableState, into durable: inout RaftDurableState?) {
         var state = durable ?? RaftDurableState(term: 0, votedFor: nil)
-        state.term = patch.term
-        state.votedFor = patch.votedFor
+        if !patch.compaction {
+            state.term = patch.term
+            state.votedFor = patch.votedFor
+        }
         if let snapshot = patch.snapshot {
-            state.snapshot = snapshot
+            if snapshot.lastIndex > state.snapshot?.lastIndex ?? 0 { state.snapshot = snapshot }
             state.entries.removeAll { $0.index <= snapshot.lastIndex }
         }
         if let from = patch.replaceFrom { state.entries.removeAll { $0.index >= from } }
@@ -614,7 +614,6 @@ public struct RaftInstance: ProtocolInstance {
         if let snapshotEncoded { return snapshotEncoded }
         let bytes = snapshot?.binaryEncoded() ?? []
         snapshotEncoded = bytes
-        snapshotBytes = bytes.count
         return bytes
     }
 
@@ -681,7 +680,6 @@ public struct RaftInstance: ProtocolInstance {
             entries.removeAll()
         }
         snapshot = incoming
-        snapshotBytes = bytes.count
         snapshotEncoded = nil
         appliedBytesSinceSnapshot = 0
         stateMachine = incoming.state
@@ -812,17 +810,15 @@ public struct RaftInstance: ProtocolInstance {
 
     private mutating func compactIfNeeded() -> [Effect] {
         guard lastApplied - snapshotIndex > UInt64(configuration.snapshotThresholdEntries), let appliedTerm = term(at: lastApplied) else { return [] }
-        if snapshot != nil, snapshotBytes == nil { _ = encodedSnapshot() }  // after a restart: measured once
-        guard appliedBytesSinceSnapshot >= snapshotBytes ?? 0 else { return [] }
+        // Not before as many bytes were applied as the snapshot holds (estimated: encoding it
+        // here would stall this node; the store encodes it on its own thread).
+        guard appliedBytesSinceSnapshot >= snapshot?.state.approximateBytes ?? 0 else { return [] }
         let newSnapshot = RaftSnapshot(lastIndex: lastApplied, lastTerm: appliedTerm, state: stateMachine)
         entries.removeFirst(Int(lastApplied - snapshotIndex))
         snapshot = newSnapshot
         snapshotEncoded = nil
-        snapshotBytes = nil
-        _ = encodedSnapshot()
-        if role != .leader { snapshotEncoded = nil }
         appliedBytesSinceSnapshot = 0
-        return [.persist(RaftDurableState(term: term, votedFor: votedFor, snapshot: newSnapshot))]
+        return [.persist(RaftDurableState(term: term, votedFor: votedFor, snapshot: newSnapshot, compaction: true))]
     }
 
     // MARK: Client requests

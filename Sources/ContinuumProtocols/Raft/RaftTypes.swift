@@ -424,6 +424,33 @@ public struct KeyValueStateMachine: Sendable, Equatable, BinaryCodable {
     public private(set) var crdts: [String: LogCRDT] = [:]
     public private(set) var strings: [String: [UInt8]] = [:]
     public private(set) var sessions: [UInt64: Session] = [:]
+    /// About the bytes of the state's encoding, kept as it changes (a function of the content:
+    /// strings' keys and values plus 16 each, 16 more per integer key, 64 more per CRDT key
+    /// whatever its size, 32 per session). Compaction waits until as many bytes were applied.
+    public private(set) var approximateBytes = 0
+
+    static func bytes(string key: String, _ value: [UInt8]) -> Int { key.utf8.count + value.count + 16 }
+    static func bytes(integer key: String) -> Int { key.utf8.count + 16 }
+    static func bytes(crdt key: String) -> Int { key.utf8.count + 64 }
+    static let sessionBytes = 32
+
+    private mutating func setString(_ key: String, _ value: [UInt8]?) {
+        if let old = strings[key] { approximateBytes -= Self.bytes(string: key, old) }
+        strings[key] = value
+        if let value { approximateBytes += Self.bytes(string: key, value) }
+    }
+
+    private mutating func setInteger(_ key: String, _ value: Int64?) {
+        if values[key] != nil { approximateBytes -= Self.bytes(integer: key) }
+        values[key] = value
+        if value != nil { approximateBytes += Self.bytes(integer: key) }
+    }
+
+    private mutating func setCRDT(_ key: String, _ value: LogCRDT?) {
+        if crdts[key] != nil { approximateBytes -= Self.bytes(crdt: key) }
+        crdts[key] = value
+        if value != nil { approximateBytes += Self.bytes(crdt: key) }
+    }
 
     public struct Session: Sendable, Equatable, BinaryCodable {
         public var sequence: UInt64
@@ -469,15 +496,15 @@ public struct KeyValueStateMachine: Sendable, Equatable, BinaryCodable {
         case let .read(key):
             result = .value(values[key])
         case let .write(key, value):
-            values[key] = value
+            setInteger(key, value)
             result = .written
         case let .compareAndSet(key, expected, new):
             let swapped = values[key] == expected
-            if swapped { values[key] = new }
+            if swapped { setInteger(key, new) }
             result = .compareAndSet(swapped: swapped)
         case let .crdt(key, crdtOperation):
             if let next = crdtOperation.apply(to: crdts[key]) {
-                crdts[key] = next
+                setCRDT(key, next)
                 result = .crdt(next)
             } else {
                 result = .crdtKindMismatch
@@ -485,7 +512,7 @@ public struct KeyValueStateMachine: Sendable, Equatable, BinaryCodable {
         case let .crdtRead(key):
             result = .crdt(crdts[key])
         case let .stringSet(key, value):
-            strings[key] = value
+            setString(key, value)
             result = .written
         case let .stringGet(key):
             result = .string(strings[key])
@@ -498,21 +525,26 @@ public struct KeyValueStateMachine: Sendable, Equatable, BinaryCodable {
                 if overflow {
                     result = .notAnInteger
                 } else {
-                    strings[key] = Array(String(sum).utf8)
+                    setString(key, Array(String(sum).utf8))
                     result = .integer(sum)
                 }
             }
         case let .delete(keys):
             var removed: Int64 = 0
             for key in Set(keys) {
-                let string = strings.removeValue(forKey: key)
-                let integer = values.removeValue(forKey: key)
-                let crdt = crdts.removeValue(forKey: key)
+                let string = strings[key]
+                let integer = values[key]
+                let crdt = crdts[key]
+                setString(key, nil)
+                setInteger(key, nil)
+                setCRDT(key, nil)
                 if string != nil || integer != nil || crdt != nil { removed += 1 }
             }
             result = .count(removed)
         }
-        sessions[command.client] = Session(sequence: command.sequence, result: result)
+        if sessions.updateValue(Session(sequence: command.sequence, result: result), forKey: command.client) == nil {
+            approximateBytes += Self.sessionBytes
+        }
         return result
     }
 
@@ -535,6 +567,10 @@ public struct KeyValueStateMachine: Sendable, Equatable, BinaryCodable {
         crdts = try [String: LogCRDT](from: &reader)
         strings = try [String: [UInt8]](from: &reader)
         sessions = try [UInt64: Session](from: &reader)
+        approximateBytes = strings.reduce(0) { $0 + Self.bytes(string: $1.key, $1.value) }
+            + values.keys.reduce(0) { $0 + Self.bytes(integer: $1) }
+            + crdts.keys.reduce(0) { $0 + Self.bytes(crdt: $1) }
+            + sessions.count * Self.sessionBytes
     }
 }
 
@@ -572,13 +608,20 @@ public struct RaftDurableState: Sendable, Equatable, BinaryCodable {
     public var snapshot: RaftSnapshot?
     public var entries: [LogEntry]
     public var replaceFrom: UInt64?
+    /// Patch only: a compaction of this node's own log into `snapshot`. It acknowledges
+    /// nothing, so nothing waits for it: a store may write it after later patches (only ever
+    /// replacing an older snapshot, never the hard state). A snapshot installed from the
+    /// leader is not a compaction: the follower acknowledges it.
+    public var compaction: Bool
 
-    public init(term: UInt64, votedFor: NodeID?, snapshot: RaftSnapshot? = nil, entries: [LogEntry] = [], replaceFrom: UInt64? = nil) {
+    public init(term: UInt64, votedFor: NodeID?, snapshot: RaftSnapshot? = nil, entries: [LogEntry] = [], replaceFrom: UInt64? = nil,
+                compaction: Bool = false) {
         self.term = term
         self.votedFor = votedFor
         self.snapshot = snapshot
         self.entries = entries
         self.replaceFrom = replaceFrom
+        self.compaction = compaction
     }
 
     public func encode(to writer: inout BinaryWriter) {
@@ -587,6 +630,7 @@ public struct RaftDurableState: Sendable, Equatable, BinaryCodable {
         snapshot.encode(to: &writer)
         entries.encode(to: &writer)
         replaceFrom.encode(to: &writer)
+        compaction.encode(to: &writer)
     }
 
     public init(from reader: inout BinaryReader) throws(WireDecodingError) {
@@ -595,6 +639,7 @@ public struct RaftDurableState: Sendable, Equatable, BinaryCodable {
         snapshot = try RaftSnapshot?(from: &reader)
         entries = try [LogEntry](from: &reader)
         replaceFrom = try UInt64?(from: &reader)
+        compaction = try Bool(from: &reader)
     }
 }
 

@@ -229,7 +229,7 @@ private let s1 = NodeID(1), s2 = NodeID(2), s3 = NodeID(3), s4 = NodeID(4), s5 =
             }
         }
         #expect(dropped == 2)
-        #expect(chunks.allSatisfy { $0.bytes <= 4_096 })
+        #expect(chunks.allSatisfy { $0.bytes <= 4_096 + 4_200 }, "a chunk ends with the entry that reaches 4 KiB")
         #expect(chunks.filter(\.done).count >= 1)
         #expect(cluster.instances[s3]!.commitIndex == cluster.instances[s1]!.commitIndex)
         #expect(cluster.instances[s3]!.stateMachine.strings["k16"] == [UInt8](repeating: 16, count: 4_096))
@@ -300,6 +300,32 @@ private let s1 = NodeID(1), s2 = NodeID(2), s3 = NodeID(3), s4 = NodeID(4), s5 =
             #expect(decoded.approximateBytes == machine.approximateBytes, "after \(operation)")
         }
         #expect(machine.approximateBytes == (1 + 2 + 16) + (1 + 2 + 16) + (1 + 4_000 + 16) + 3 * 32)
+    }
+
+    /// A snapshot streamed in chunks is byte for byte its encoding, whatever the chunk size.
+    @Test(arguments: [1, 7, 100, 1 << 20])
+    func aStreamedSnapshotIsItsEncoding(chunkBytes: Int) throws {
+        var machine = KeyValueStateMachine()
+        var sequence: UInt64 = 0
+        func apply(_ client: UInt64, _ operation: KeyValueOperation) {
+            sequence += 1
+            _ = machine.apply(LogCommand(client: client, sequence: sequence, operation: operation))
+        }
+        for index in 0..<40 {
+            apply(UInt64(index % 7), .write(key: "n\(index * 37 % 101)", value: Int64(index)))
+            apply(UInt64(index % 5 + 300), .stringSet(key: "s\(index)", value: [UInt8](repeating: UInt8(index), count: index * 13)))
+            apply(UInt64(index % 3 + 128), .crdt(key: "c\(index % 9)", .setInsert("m\(index)")))
+        }
+        let snapshot = RaftSnapshot(lastIndex: 1_234, lastTerm: 5, state: machine)
+        var stream = SnapshotStream(snapshot)
+        var bytes: [UInt8] = []
+        while !stream.isEnd(bytes.count) {
+            let chunk = stream.chunk(from: bytes.count, maxBytes: chunkBytes)
+            #expect(!chunk.isEmpty)
+            bytes += chunk
+        }
+        #expect(bytes == snapshot.binaryEncoded())
+        #expect(try RaftSnapshot(binary: bytes) == snapshot)
     }
 
     @Test func messagesRoundTripOnTheWire() throws {

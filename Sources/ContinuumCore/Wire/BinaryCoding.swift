@@ -60,6 +60,9 @@ public struct BinaryWriter: Sendable {
 
     public mutating func writeByte(_ byte: UInt8) { bytes.append(byte) }
 
+    /// Bytes as they are, without a count.
+    public mutating func writeRaw(_ data: [UInt8]) { bytes.append(contentsOf: data) }
+
     public mutating func writeBytes(_ data: some Collection<UInt8>) {
         writeVarint(UInt64(data.count))
         bytes.append(contentsOf: data)

@@ -195,8 +195,8 @@ public struct RaftInstance: ProtocolInstance {
     /// cluster: a leader without every committed entry was elected.
     public private(set) var committedOverwritesRefused = 0
     private var entries: [LogEntry]
-    /// The current snapshot's encoding while this leader sends it (encoded once per snapshot).
-    private var snapshotEncoded: [UInt8]?
+    /// The current snapshot's encoding, produced chunk by chunk while this leader sends it.
+    private var snapshotStream: SnapshotStream?
     /// Applied bytes (`LogEntry.approximateBytes`) since the current snapshot.
     private var appliedBytesSinceSnapshot = 0
     /// Leader: where each lagging follower is in the snapshot (as of `lastIndex`) sent to it.
@@ -481,7 +481,7 @@ public struct RaftInstance: ProtocolInstance {
         }
         if role == .leader { effects += abandonLeadership() }
         snapshotSending.removeAll()
-        snapshotEncoded = nil
+        snapshotStream = nil
         if role != .follower {
             role = .follower
             effects.append(resetElectionTimer())
@@ -609,31 +609,31 @@ public struct RaftInstance: ProtocolInstance {
         return effects
     }
 
-    /// The current snapshot's encoding, encoded once and kept while this leader sends it.
-    private mutating func encodedSnapshot() -> [UInt8] {
-        if let snapshotEncoded { return snapshotEncoded }
-        let bytes = snapshot?.binaryEncoded() ?? []
-        snapshotEncoded = bytes
-        return bytes
+    /// The stream of the current snapshot's encoding (nil: no snapshot).
+    private mutating func currentStream() -> SnapshotStream? {
+        guard let snapshot else { return nil }
+        if snapshotStream?.snapshot.lastIndex != snapshot.lastIndex { snapshotStream = SnapshotStream(snapshot) }
+        return snapshotStream
     }
 
     /// The next chunk of the snapshot for a lagging follower, or, with the window full, an empty
     /// chunk that asks where the follower is (a lost chunk is sent again from there).
     private mutating func sendSnapshotChunk(to peer: NodeID) -> [Effect] {
-        guard let snapshot else { return [] }
-        let bytes = encodedSnapshot()
+        guard let snapshot, var stream = currentStream() else { return [] }
         var sending: (lastIndex: UInt64, offset: Int) = snapshotSending[peer].flatMap { $0.lastIndex == snapshot.lastIndex ? $0 : nil } ?? (snapshot.lastIndex, 0)
-        var chunk: ArraySlice<UInt8> = []
+        if !stream.isBoundary(sending.offset) { sending.offset = 0 }
+        var chunk: [UInt8] = []
         let offset = sending.offset
-        if (inflight[peer] ?? 0) < configuration.inflightAppendsMax, offset < bytes.count {
-            chunk = bytes[offset..<min(bytes.count, offset + configuration.snapshotChunkBytes)]
+        if (inflight[peer] ?? 0) < configuration.inflightAppendsMax, !stream.isEnd(offset) {
+            chunk = stream.chunk(from: offset, maxBytes: configuration.snapshotChunkBytes)
+            snapshotStream = stream
             sending.offset += chunk.count
             inflight[peer, default: 0] += 1
         }
         snapshotSending[peer] = sending
-        let done = !chunk.isEmpty && sending.offset == bytes.count
+        let done = !chunk.isEmpty && stream.isEnd(sending.offset)
         return [.send(to: peer, .installSnapshot(term: term, lastIndex: snapshot.lastIndex, lastTerm: snapshot.lastTerm, offset: UInt64(offset),
-                                                 chunk: Array(chunk), done: done, round: round))]
+                                                 chunk: chunk, done: done, round: round))]
     }
 
     /// A follower receives a chunk of the leader's snapshot: buffered while it continues the
@@ -680,7 +680,7 @@ public struct RaftInstance: ProtocolInstance {
             entries.removeAll()
         }
         snapshot = incoming
-        snapshotEncoded = nil
+        snapshotStream = nil
         appliedBytesSinceSnapshot = 0
         stateMachine = incoming.state
         commitIndex = incoming.lastIndex
@@ -708,7 +708,7 @@ public struct RaftInstance: ProtocolInstance {
                 inflight[peer] = 0
             }
             if (nextIndex[peer] ?? 0) <= snapshotIndex, (inflight[peer] ?? 0) < configuration.inflightAppendsMax,
-               snapshotSending[peer].map({ $0.offset < encodedSnapshot().count }) == true {
+               let offset = snapshotSending[peer]?.offset, currentStream().map({ !$0.isEnd(offset) }) == true {
                 effects += sendSnapshotChunk(to: peer)
             }
         }
@@ -816,7 +816,7 @@ public struct RaftInstance: ProtocolInstance {
         let newSnapshot = RaftSnapshot(lastIndex: lastApplied, lastTerm: appliedTerm, state: stateMachine)
         entries.removeFirst(Int(lastApplied - snapshotIndex))
         snapshot = newSnapshot
-        snapshotEncoded = nil
+        snapshotStream = nil
         appliedBytesSinceSnapshot = 0
         return [.persist(RaftDurableState(term: term, votedFor: votedFor, snapshot: newSnapshot, compaction: true))]
     }

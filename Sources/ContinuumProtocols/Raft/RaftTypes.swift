@@ -805,3 +805,76 @@ public struct RaftReadAnswer: Sendable, Equatable {
         self.receipt = receipt
     }
 }
+
+/// A snapshot's encoding produced piece by piece, in order, so that a leader sends a large
+/// snapshot chunk by chunk without ever encoding it whole (which would stall the node). The
+/// bytes are exactly `snapshot.binaryEncoded()`: a dictionary's canonical order (entries
+/// sorted by their encodings) is the order of its keys' encodings, which are prefix-free.
+public struct SnapshotStream: Sendable {
+    enum Part: Sendable {
+        case raw([UInt8])
+        case value(String)
+        case crdt(String)
+        case string(String)
+        case session(UInt64)
+    }
+
+    public let snapshot: RaftSnapshot
+    private let parts: [Part]
+    /// Where chunks produced so far ended: byte offset to the index of the next part.
+    private var boundaries: [Int: Int] = [0: 0]
+
+    public init(_ snapshot: RaftSnapshot) {
+        self.snapshot = snapshot
+        let state = snapshot.state
+        func sorted<Key: BinaryCodable>(_ keys: some Collection<Key>) -> [Key] {
+            keys.map { ($0, $0.binaryEncoded()) }.sorted { $0.1.lexicographicallyPrecedes($1.1) }.map(\.0)
+        }
+        func count(_ value: Int) -> Part {
+            var writer = BinaryWriter()
+            writer.writeVarint(UInt64(value))
+            return .raw(writer.bytes)
+        }
+        var header = BinaryWriter()
+        header.writeVarint(snapshot.lastIndex)
+        header.writeVarint(snapshot.lastTerm)
+        var parts: [Part] = [.raw(header.bytes), count(state.values.count)]
+        parts += sorted(state.values.keys).map(Part.value)
+        parts.append(count(state.crdts.count))
+        parts += sorted(state.crdts.keys).map(Part.crdt)
+        parts.append(count(state.strings.count))
+        parts += sorted(state.strings.keys).map(Part.string)
+        parts.append(count(state.sessions.count))
+        parts += sorted(state.sessions.keys).map(Part.session)
+        self.parts = parts
+    }
+
+    private func encode(_ part: Part, into writer: inout BinaryWriter) {
+        let state = snapshot.state
+        switch part {
+        case let .raw(bytes): writer.writeRaw(bytes)
+        case let .value(key): key.encode(to: &writer); state.values[key]!.encode(to: &writer)
+        case let .crdt(key): key.encode(to: &writer); state.crdts[key]!.encode(to: &writer)
+        case let .string(key): key.encode(to: &writer); state.strings[key]!.encode(to: &writer)
+        case let .session(client): client.encode(to: &writer); state.sessions[client]!.encode(to: &writer)
+        }
+    }
+
+    /// Whether `offset` is the end of the encoding.
+    public func isEnd(_ offset: Int) -> Bool { boundaries[offset] == parts.count }
+
+    /// Whether a chunk can start at `offset` (the start, or where a chunk ended).
+    public func isBoundary(_ offset: Int) -> Bool { boundaries[offset] != nil }
+
+    /// The bytes from `offset` (a boundary) on: whole parts, at least one, until `maxBytes`.
+    public mutating func chunk(from offset: Int, maxBytes: Int) -> [UInt8] {
+        guard var next = boundaries[offset] else { return [] }
+        var writer = BinaryWriter()
+        while next < parts.count, writer.bytes.isEmpty || writer.bytes.count < maxBytes {
+            encode(parts[next], into: &writer)
+            next += 1
+        }
+        boundaries[offset + writer.bytes.count] = next
+        return writer.bytes
+    }
+}

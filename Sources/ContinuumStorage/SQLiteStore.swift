@@ -27,9 +27,10 @@ public enum StorageError: Error, Equatable, CustomStringConvertible {
 /// A node's durable state in one SQLite database (through GRDB), in WAL mode with
 /// `synchronous = FULL`: a transaction is on disk when its commit returns. The Raft log is one
 /// row per entry (appends and truncations touch only the rows they change); hard state (term
-/// and vote) one small row, rewritten only when it changes; the snapshot a row of its own,
-/// written when a snapshot is taken or installed and never by a vote (format 2; a format 1
-/// store, which kept the snapshot in the hard-state row, is migrated when opened); CRDT
+/// and vote) one small row, rewritten only when it changes; the snapshot in 4 MiB chunk rows of
+/// its own, written when a snapshot is taken or installed and never by a vote (a compaction
+/// one chunk per transaction, through `persistInBackground`; format 2; a format 1 store, which
+/// kept the snapshot in the hard-state row, is migrated when opened); CRDT
 /// registers one row each; committed values, prepare records and
 /// decisions of two-phase commit one row each. A node's batch of patches is one transaction,
 /// so one fsync covers it (group commit, with the node's batching).

@@ -77,6 +77,24 @@ final class TemporaryDirectory {
         #expect(try store.load().raft?.term == 6)
     }
 
+    /// A compaction written in the background replaces only an older snapshot, keeps the log
+    /// after it and never touches the hard state.
+    @Test func aBackgroundCompactionReplacesOnlyAnOlderSnapshot() async throws {
+        let directory = try TemporaryDirectory()
+        let store = try SQLiteStore(path: directory.file("n1.db"), node: node)
+        try await store.persist([.raft(RaftDurableState(term: 3, votedFor: NodeID(2), entries: (1...10).map { entry($0, term: 1) }))])
+        let state = Self.stateMachine(megabytes: 5)  // more than one 4 MiB chunk
+        let five = RaftSnapshot(lastIndex: 5, lastTerm: 1, state: state)
+        try await store.persistInBackground(.raft(RaftDurableState(term: 1, votedFor: nil, snapshot: five, compaction: true)))
+        var raft = try #require(try store.load().raft)
+        #expect(raft.snapshot == five && raft.entries.map(\.index) == Array(6...10))
+        #expect(raft.term == 3 && raft.votedFor == NodeID(2), "a compaction never writes the hard state")
+        let three = RaftSnapshot(lastIndex: 3, lastTerm: 1, state: KeyValueStateMachine())
+        try await store.persistInBackground(.raft(RaftDurableState(term: 1, votedFor: nil, snapshot: three, compaction: true)))
+        raft = try #require(try store.load().raft)
+        #expect(raft.snapshot == five, "an older compaction landing late replaces nothing")
+    }
+
     /// A format 1 store (snapshot in the hard-state row) is migrated when opened.
     @Test func aFormatOneStoreIsMigrated() async throws {
         let directory = try TemporaryDirectory()

@@ -26,7 +26,8 @@ final class ProcessCluster: Sendable {
         respBasePort = 26_000 + slot * 10
         metricsBasePort = 31_000 + slot * 10
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        executable = root.appendingPathComponent(".build/debug/continuum").path
+        // The debug build by default; CONTINUUM_EXECUTABLE names another (a release build, to measure).
+        executable = ProcessInfo.processInfo.environment["CONTINUUM_EXECUTABLE"] ?? root.appendingPathComponent(".build/debug/continuum").path
         guard FileManager.default.isExecutableFile(atPath: executable) else {
             throw RESPClientError(description: "\(executable) is missing: run 'swift build' first")
         }

@@ -116,6 +116,7 @@ public actor Node {
         flushing = false
         compactions.removeAll()
         compacting = false
+        batchesDone = batchesStarted  // a flush still running is dropped: nothing waits for it
         incarnation += 1
         timers.cancelAll()
         for continuation in waiting.values { continuation.resume(returning: .failure(.nodeStopped)) }

@@ -18,7 +18,7 @@ import Testing
 
     @Test func deadlinesAreShortenedForASlowClock() {
         let due = gate.deadline(of: .staleness(.seconds(1), within: .seconds(1)), startedAt: .seconds(5))
-        #expect(due < .seconds(6) && due >= .seconds(6) - .milliseconds(1) - .nanoseconds(1))
+        #expect(due < .seconds(6) && due >= .seconds(6) - .milliseconds(1) - FreshnessGate.clockResolutionMargin - .nanoseconds(1))
         #expect(gate.deadline(of: .local, startedAt: .seconds(5)) == .seconds(5))
     }
 

@@ -16,10 +16,10 @@ import Testing
         #expect(result.reports.allSatisfy { $0.leaderRecoveriesMilliseconds.count == 3 && $0.history.count > 100 })
     }
 
-    /// Over 30 swarm seeds this bug showed in 5 (the seeds with a partition that cut off a
-    /// leader while clients read through it): seeds 8 and 28 here, checked directly.
+    /// Over seeds 1-30 this bug showed in 7 (5 proven non-linearizable, 2 unknown: reads
+    /// through a leader cut off from its quorum): seeds 13 and 18 here, checked directly.
     @Test func staleLocalReadsAreCaughtByTheHistoryChecker() throws {
-        let settings = SimulationCampaign.Settings(workload: "linearizable", nodes: 5, seeds: [8, 28],
+        let settings = SimulationCampaign.Settings(workload: "linearizable", nodes: 5, seeds: [13, 18],
                                                    plantedBug: PlantedRaftBug.staleLocalReads.rawValue, determinismCheck: false)
         let result = try SimulationCampaign.run(settings)
         #expect(result.failures.count == 2)
@@ -29,7 +29,7 @@ import Testing
             #expect(failure.replayCommand.hasSuffix("--seed \(failure.report.seed) --planted-bug stale-local-reads"))
         }
         // The same seeds without the bug are linearizable.
-        let clean = try SimulationCampaign.run(.init(workload: "linearizable", nodes: 5, seeds: [8, 28], determinismCheck: false))
+        let clean = try SimulationCampaign.run(.init(workload: "linearizable", nodes: 5, seeds: [13, 18], determinismCheck: false))
         #expect(clean.failures.isEmpty)
     }
 
@@ -46,9 +46,9 @@ import Testing
 
     /// The checker still catches a leader that really lacks a committed entry: a vote granted
     /// without the up-to-date check (section 5.4.1 of the Raft paper). Over seeds 1-20 the bug
-    /// showed in seeds 1 and 10; the same seeds pass without it.
+    /// showed in seeds 13, 20, 25, 27 and 28 of seeds 1-30; the same seeds pass without it.
     @Test func aVoteWithoutTheLogCheckIsCaught() throws {
-        let settings = SimulationCampaign.Settings(workload: "linearizable", nodes: 5, seeds: [1, 10],
+        let settings = SimulationCampaign.Settings(workload: "linearizable", nodes: 5, seeds: [13, 20],
                                                    plantedBug: PlantedRaftBug.voteWithoutLogCheck.rawValue, determinismCheck: false)
         let result = try SimulationCampaign.run(settings)
         #expect(result.failures.count == 2)
@@ -56,7 +56,7 @@ import Testing
             print("planted vote-without-log-check: \(failure.report.violations[0])")
             #expect(failure.report.violations[0].contains("lacks committed entry"))
         }
-        let clean = try SimulationCampaign.run(.init(workload: "linearizable", nodes: 5, seeds: [1, 10], determinismCheck: false))
+        let clean = try SimulationCampaign.run(.init(workload: "linearizable", nodes: 5, seeds: [13, 20], determinismCheck: false))
         #expect(clean.failures.isEmpty)
     }
 

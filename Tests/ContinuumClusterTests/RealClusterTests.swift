@@ -499,6 +499,25 @@ final class RawSocket {
 
 /// Real processes with hundreds of megabytes of Raft state (minutes each in a debug build).
 @Suite(.serialized, .timeLimit(.minutes(10))) struct LargeStateTests {
+    /// The node that leads, waiting up to 5 s for one.
+    static func awaitLeader(_ cluster: ProcessCluster) async throws -> Int? {
+        for _ in 0..<100 {
+            if let leader = await cluster.leader() { return leader }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        return nil
+    }
+
+    /// `node`'s snapshot index once it has compacted its log (0 after 60 s without).
+    static func awaitSnapshot(_ cluster: ProcessCluster, _ node: Int) async throws -> Int {
+        for _ in 0..<600 {
+            let index = Int(await RealClusterTests.info(cluster, node, "raft_snapshot_index") ?? "") ?? 0
+            if index > 0 { return index }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        return 0
+    }
+
     /// Elections cost the same at any state size: with 1 MB and with 100 MB of Raft state (300
     /// values, so that every node has compacted its log into a snapshot), kill -9 the leader;
     /// a new leader must commit a write within 5 s. Prints the time and the bytes the two
@@ -512,20 +531,10 @@ final class RawSocket {
         }
         let pids = RealClusterTests.pids(try cluster.up())
         #expect(pids.count == 3)
-        var leader: Int?
-        for _ in 0..<100 where leader == nil {
-            leader = await cluster.leader()
-            if leader == nil { try await Task.sleep(for: .milliseconds(50)) }
-        }
-        let first = try #require(leader, "no leader")
+        let first = try #require(await Self.awaitLeader(cluster), "no leader")
         try await RealClusterTests.load(cluster, through: first, count: 300, bytes: (megabytes << 20) / 300)
         for node in 1...3 {
-            var snapshot = 0
-            for _ in 0..<600 where snapshot == 0 {
-                snapshot = Int(await RealClusterTests.info(cluster, node, "raft_snapshot_index") ?? "") ?? 0
-                if snapshot == 0 { try await Task.sleep(for: .milliseconds(100)) }
-            }
-            #expect(snapshot > 0, "n\(node) never compacted its log")
+            #expect(try await Self.awaitSnapshot(cluster, node) > 0, "n\(node) never compacted its log")
         }
         // Until the compactions are on disk, then measure.
         for node in 1...3 {
@@ -571,24 +580,14 @@ final class RawSocket {
             cluster.remove()
         }
         try cluster.up()
-        var leader: Int?
-        for _ in 0..<100 where leader == nil {
-            leader = await cluster.leader()
-            if leader == nil { try await Task.sleep(for: .milliseconds(50)) }
-        }
-        let first = try #require(leader, "no leader")
+        let first = try #require(await Self.awaitLeader(cluster), "no leader")
         let lagging = first % 3 + 1
         try cluster.cli(["cluster", "kill", "--data-dir", cluster.directory, "--node", "n\(lagging)"])
         try await RealClusterTests.load(cluster, through: first, count: 600, bytes: (200 << 20) / 600)
         let live = (1...3).filter { $0 != lagging }
         var target = 0
         for node in live {
-            var snapshot = 0
-            for _ in 0..<600 where snapshot == 0 {
-                snapshot = Int(await RealClusterTests.info(cluster, node, "raft_snapshot_index") ?? "") ?? 0
-                if snapshot == 0 { try await Task.sleep(for: .milliseconds(100)) }
-            }
-            #expect(snapshot > 0, "n\(node) never compacted its log")
+            #expect(try await Self.awaitSnapshot(cluster, node) > 0, "n\(node) never compacted its log")
             target = max(target, Int(await RealClusterTests.info(cluster, node, "raft_commit_index") ?? "") ?? 0)
         }
         let start = ContinuousClock.now

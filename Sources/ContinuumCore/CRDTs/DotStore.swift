@@ -10,6 +10,19 @@ public protocol DotStore: Sendable, Equatable, Codable {
     var dots: Set<Dot> { get }
     /// The store part of `(a, contextA) ⊔ (b, contextB)`.
     static func join(_ a: Self, _ contextA: CausalContext, _ b: Self, _ contextB: CausalContext) -> Self
+    /// Joins `(other, contextOther)` into `(self, contextSelf)` in place (the store part), and
+    /// says whether the store changed.
+    mutating func formJoin(_ other: Self, _ contextSelf: CausalContext, _ contextOther: CausalContext) -> Bool
+}
+
+extension DotStore {
+    /// By `join`: costs the size of both stores.
+    public mutating func formJoin(_ other: Self, _ contextSelf: CausalContext, _ contextOther: CausalContext) -> Bool {
+        let joined = Self.join(self, contextSelf, other, contextOther)
+        guard joined != self else { return false }
+        self = joined
+        return true
+    }
 }
 
 /// A set of dots: the store of an enable-wins flag, and of each element of an OR-set.
@@ -72,6 +85,44 @@ public struct DotMap<Key: Hashable & Sendable & Codable, Value: DotStore>: DotSt
         }
         return DotMap(result)
     }
+
+    /// In place, at a cost in proportion to `other` and to the dots its context names, not to
+    /// the size of `self`, unless `contextOther` may remove a dot that `self` holds under a key
+    /// `other` lacks (a remove, or a whole state): then every key here is looked at once, still
+    /// without rebuilding the map.
+    public mutating func formJoin(_ other: DotMap, _ contextSelf: CausalContext, _ contextOther: CausalContext) -> Bool {
+        // A dot belongs to one key. A dot held here under a key `other` lacks is dropped only if
+        // `contextOther` has seen it; such a dot is in `contextSelf` (a store's dots are in its
+        // context) and among neither `other`'s dots nor this map's dots under `other`'s keys.
+        var scan = contextOther.dotCount > UInt64(entries.count + other.entries.count)
+        if !scan {
+            var accounted = Set<Dot>()
+            for (key, theirs) in other.entries {
+                accounted.formUnion(theirs.dots)
+                if let mine = entries[key] { accounted.formUnion(mine.dots) }
+            }
+            contextOther.forEachDot { dot in
+                if contextSelf.contains(dot) && !accounted.contains(dot) { scan = true }
+                return !scan
+            }
+        }
+        var changed = false
+        for (key, theirs) in other.entries {
+            var value = entries.removeValue(forKey: key) ?? .empty
+            if value.formJoin(theirs, contextSelf, contextOther) { changed = true }
+            if !value.isEmpty { entries[key] = value }
+        }
+        guard scan else { return changed }
+        var replaced: [(Key, Value)] = []
+        for (key, mine) in entries where other.entries[key] == nil && mine.dots.contains(where: contextOther.contains) {
+            replaced.append((key, Value.join(mine, contextSelf, .empty, contextOther)))
+        }
+        for (key, value) in replaced {
+            changed = true
+            entries[key] = value.isEmpty ? nil : value
+        }
+        return changed
+    }
 }
 
 /// A dot store with its causal context: the lattice that every causal CRDT is built on.
@@ -88,9 +139,14 @@ public struct Causal<Store: DotStore>: Lattice {
 
     public static var bottom: Causal { Causal() }
 
-    public mutating func formJoin(_ other: Causal) {
-        store = Store.join(store, context, other.store, other.context)
-        context.formJoin(other.context)
+    public mutating func formJoin(_ other: Causal) { _ = formJoinReportingChange(other) }
+
+    /// Joins in place (see `DotStore.formJoin`) and says whether anything changed.
+    public mutating func formJoinReportingChange(_ other: Causal) -> Bool {
+        let storeChanged = store.formJoin(other.store, context, other.context)
+        let contextChanged = !other.context.isBelowOrEqual(context)
+        if contextChanged { context.formJoin(other.context) }
+        return storeChanged || contextChanged
     }
 
     /// `self ≤ other` when `other` has seen every dot `self` has, and every dot that `other`
@@ -114,7 +170,17 @@ public protocol CausalCRDT: Lattice {
 
 extension CausalCRDT {
     public static var bottom: Self { Self(causal: .bottom) }
-    public mutating func formJoin(_ other: Self) { self = Self(causal: causal.join(other.causal)) }
+    public mutating func formJoin(_ other: Self) { _ = formJoinReportingChange(other) }
+
+    /// In place: the state is moved out of `self` first, so that its storage is not shared and
+    /// a small `other` costs about its own size.
+    public mutating func formJoinReportingChange(_ other: Self) -> Bool {
+        var state = causal
+        self = Self(causal: .bottom)
+        let changed = state.formJoinReportingChange(other.causal)
+        self = Self(causal: state)
+        return changed
+    }
     public func isBelowOrEqual(_ other: Self) -> Bool { causal.isBelowOrEqual(other.causal) }
 
     /// Applies `delta` to `self` and returns it: the tail of every delta mutator.

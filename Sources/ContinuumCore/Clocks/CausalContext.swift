@@ -56,6 +56,19 @@ public struct CausalContext: Lattice, Hashable, BinaryCodable, CustomStringConve
         dot.counter <= versionVector[dot.replica] || cloud.contains(dot)
     }
 
+    /// How many dots the context has seen.
+    public var dotCount: UInt64 {
+        versionVector.counters.values.reduce(UInt64(cloud.count)) { $0 &+ $1 }
+    }
+
+    /// Calls `body` with every dot seen, until it returns false.
+    public func forEachDot(_ body: (Dot) -> Bool) {
+        for (replica, counter) in versionVector.counters where counter > 0 {
+            for value in 1...counter where !body(Dot(replica, value)) { return }
+        }
+        for dot in cloud where !body(dot) { return }
+    }
+
     /// The largest counter seen from `replica`, counting cloud dots.
     public func maxCounter(of replica: ReplicaID) -> UInt64 {
         cloud.reduce(versionVector[replica]) { $1.replica == replica ? max($0, $1.counter) : $0 }

@@ -27,6 +27,34 @@ public struct AnyReplicated: Sendable, Equatable, CustomStringConvertible {
         self.typeName = replicableTypeName(L.self)
     }
 
+    private init<L: Replicable>(_ value: L, typeName: String) {
+        self.value = value
+        self.typeName = typeName
+    }
+
+    /// Runs `body` on the value as `L`, in place: the value is moved out of the box first, so
+    /// that its storage is not shared and a mutation costs what it changes, not a copy of the
+    /// state. Nil (and `body` is not run) when the value is of another type. If `body` throws,
+    /// the value is kept as `body` left it: mutators must throw before they change anything.
+    public mutating func mutate<L: Replicable, R>(as _: L.Type, _ body: (inout L) throws -> R) rethrows -> R? {
+        guard var typed = value as? L else { return nil }
+        let name = typeName
+        self = AnyReplicated(L.bottom, typeName: name)
+        defer { self = AnyReplicated(typed, typeName: name) }
+        return try body(&typed)
+    }
+
+    /// Joins `other` into this box in place (see `mutate`); nil when the types differ, else
+    /// whether the value changed.
+    public mutating func formJoin(_ other: AnyReplicated) -> Bool? {
+        guard typeName == other.typeName else { return nil }
+        return Self.formJoin(&self, other.value)
+    }
+
+    private static func formJoin<L: Replicable>(_ box: inout AnyReplicated, _ other: L) -> Bool? {
+        box.mutate(as: L.self) { $0.formJoinReportingChange(other) }
+    }
+
     /// The value as `L`, or nil when it is of another type.
     public func unwrap<L: Replicable>(as _: L.Type = L.self) -> L? { value as? L }
 

@@ -19,9 +19,19 @@ public protocol Lattice: Sendable, Equatable, Codable {
     /// The partial order: `self ≤ other`, equivalently `self.join(other) == other`.
     /// Implementations compute it directly; `LatticeLaws` checks that the two agree.
     func isBelowOrEqual(_ other: Self) -> Bool
+
+    /// Joins `other` into `self` and says whether `self` changed. The default compares with a
+    /// copy; causal CRDTs answer at the cost of `other` (see `DotMap.formJoin`).
+    mutating func formJoinReportingChange(_ other: Self) -> Bool
 }
 
 extension Lattice {
+    public mutating func formJoinReportingChange(_ other: Self) -> Bool {
+        let before = self
+        formJoin(other)
+        return self != before
+    }
+
     /// The least upper bound of `self` and `other`.
     public func join(_ other: Self) -> Self {
         var result = self

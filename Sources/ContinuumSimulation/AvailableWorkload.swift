@@ -13,10 +13,9 @@ enum AvailableRegisters {
             self.name = name
             self.bottom = AnyReplicated(Operations.State.bottom)
             self.apply = { code, state, replica, physical in
-                var typed = state.unwrap(as: Operations.State.self)!
-                let delta = Operations.apply(code, to: &typed, replica: replica, physical: physical).delta
-                state = AnyReplicated(typed)
-                return AnyReplicated(delta)
+                AnyReplicated(state.mutate(as: Operations.State.self) { typed in
+                    Operations.apply(code, to: &typed, replica: replica, physical: physical).delta
+                }!)
             }
         }
     }
@@ -111,10 +110,14 @@ public enum AvailableWorkload {
             let id = nextID
             nextID += 1
             checker.updateIDs.insert(id)
+            // Half the updates are upserts (declare if absent, then update, in one step; they
+            // complete with the delta rather than the state).
+            let mutation: ReplicationInstance.Mutation = { state, replica, physical in entry.apply(code, &state, replica, physical) }
             simulation.scheduleCommand(
-                .update(id: id, register: entry.name, typeName: entry.bottom.typeName) { state, replica, physical in
-                    entry.apply(code, &state, replica, physical)
-                }, to: node, at: time)
+                code & (1 << 40) == 0
+                    ? .update(id: id, register: entry.name, typeName: entry.bottom.typeName, mutation: mutation)
+                    : .upsert(id: id, register: entry.name, bottom: entry.bottom, mutation: mutation),
+                to: node, at: time)
         }
         // Threshold reads on the grow-only counter, each for a state the counter had reached
         // somewhere by then, so that every one of them must eventually be answered.

@@ -25,23 +25,29 @@ struct Harness {
         inFlight.removeAll { if case .membership = $0.message { true } else { false } }
     }
 
-    mutating func carryOut(_ effects: [Instance.Effect], at node: NodeID) {
+    /// Carries out `effects`; the push timer (set with no delay) fires at once. Returns the
+    /// effects with those of the push after them.
+    @discardableResult
+    mutating func carryOut(_ effects: [Instance.Effect], at node: NodeID) -> [Instance.Effect] {
+        var all = effects
         for effect in effects {
             switch effect {
             case let .send(to, message): inFlight.append((node, to, message))
             case let .persist(state): persisted[node, default: []].append(state)
             case let .output(output): outputs.append((node, output))
+            case .setTimer(.push, _):
+                all += carryOut(instances[node]!.timerFired(.push, now: now), at: node)
             case .setTimer, .cancelTimer: break
             }
         }
+        return all
     }
 
     mutating func command(_ node: NodeID, _ make: (UInt64) -> Instance.Command) -> [Instance.Effect] {
         let id = nextID
         nextID += 1
         let effects = instances[node]!.handle(make(id), now: now)
-        carryOut(effects, at: node)
-        return effects
+        return carryOut(effects, at: node)
     }
 
     mutating func declare<L: Replicable>(_ name: String, _: L.Type, at nodes: [NodeID]) {
@@ -102,6 +108,66 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         harness.deliverAll()
         #expect(harness.value("cart", at: n2, as: ORSet<String>.self)?.elements == ["apple"])
         #expect(harness.value("cart", at: n3, as: ORSet<String>.self)?.elements == ["apple"])
+    }
+
+    /// An update of a large register writes its delta, not its state, until the deltas would
+    /// outgrow the state; a restart joins the deltas onto the last whole state. The same holds
+    /// at the replicas that merge the delta.
+    @Test func largeRegistersWriteDeltasAndRestartFromThem() {
+        var harness = Harness(nodes: 3)
+        harness.declare("big", ORSet<String>.self, at: [n1])
+        harness.deliverAll()
+        _ = harness.command(n1) { id in
+            .upsert(id: id, register: "big", bottom: AnyReplicated(ORSet<String>.bottom)) { state, replica, _ in
+                AnyReplicated(state.mutate(as: ORSet<String>.self) { set in
+                    var delta = ORSet<String>()
+                    for member in 0..<5_000 { delta.formJoin(set.insert("member-\(member)", replica: replica)) }
+                    return delta
+                }!)
+            }
+        }
+        harness.deliverAll()
+        func bytes(_ patch: ReplicaDurableState) -> Int { patch.binaryEncoded().count }
+        let whole = bytes(harness.persisted[n1]!.last!)
+        #expect(whole > 50_000, "the first write of the register is whole: \(whole) bytes")
+        for round in 0..<20 {
+            _ = harness.command(n1) { id in
+                .upsert(id: id, register: "big", bottom: AnyReplicated(ORSet<String>.bottom)) { state, replica, _ in
+                    AnyReplicated(state.mutate(as: ORSet<String>.self) { $0.insert("late-\(round)", replica: replica) }!)
+                }
+            }
+            harness.deliverAll()
+            #expect(bytes(harness.persisted[n1]!.last!) < 200, "update \(round) writes its delta")
+            #expect(bytes(harness.persisted[n2]!.last!) < 200, "the replica that merges it writes the delta too")
+        }
+        for node in [n1, n2, n3] {
+            var durable: ReplicaDurableState?
+            for patch in harness.persisted[node]! { ReplicationInstance.accumulate(patch, into: &durable) }
+            #expect(durable!.deltas["big"]?.count == 20)
+            let restarted = ReplicationInstance(
+                configuration: .init(), context: InstanceContext(node: node, members: [n1, n2, n3], random: DeterministicRandom(seed: 9)),
+                durable: durable)
+            #expect(restarted.value(of: "big") == harness.instances[node]!.value(of: "big"))
+            #expect(restarted.value(of: "big")?.unwrap(as: ORSet<String>.self)?.count == 5_020)
+        }
+    }
+
+    /// Updates before the push timer fires share one message per neighbour.
+    @Test func updatesBeforeThePushShareOneMessage() {
+        var harness = Harness(nodes: 3)
+        harness.declare("c", GCounter.self, at: [n1, n2, n3])
+        harness.deliverAll()
+        var effects: [ReplicationInstance.Effect] = []
+        for _ in 0..<10 {
+            effects += harness.instances[n1]!.handle(.update(id: 0, register: "c", typeName: replicableTypeName(GCounter.self)) { state, replica, _ in
+                AnyReplicated(state.mutate(as: GCounter.self) { $0.increment(replica: replica) }!)
+            }, now: .zero)
+        }
+        let pushes = effects.filter { if case .setTimer(.push, _) = $0 { true } else { false } }
+        #expect(pushes.count == 1, "one push for ten updates")
+        #expect(!effects.contains { if case .send(_, .deltas) = $0 { true } else { false } }, "nothing sent before the push")
+        let sent = harness.instances[n1]!.timerFired(.push, now: .zero).filter { if case .send(_, .deltas) = $0 { true } else { false } }
+        #expect(sent.count == 2, "one message per neighbour")
     }
 
     @Test func declarationsReplicateAsWholeStates() {

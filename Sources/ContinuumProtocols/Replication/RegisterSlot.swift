@@ -38,6 +38,23 @@ public struct RegisterSlot: Sendable, Equatable, CustomStringConvertible {
         return RegisterSlot(generation: generation, typeName: typeName, state: mine.join(theirs)!)
     }
 
+    /// Joins `other` into this slot in place (a small `other` costs about its own size; see
+    /// `AnyReplicated.formJoin`) and says whether the slot changed.
+    public mutating func formJoin(_ other: RegisterSlot) throws(JoinError) -> Bool {
+        if generation != other.generation {
+            guard other.generation > generation else { return false }
+            self = other
+            return true
+        }
+        guard typeName == other.typeName else { throw .typeMismatch(local: typeName, remote: other.typeName) }
+        guard state != nil else { return false }
+        guard other.state != nil else {
+            state = nil
+            return true
+        }
+        return state!.formJoin(other.state!)!
+    }
+
     /// The slot lattice order.
     public func isBelowOrEqual(_ other: RegisterSlot) -> Bool {
         if generation != other.generation { return generation < other.generation }

@@ -117,6 +117,11 @@ public struct ReplicationInstance: ProtocolInstance {
         /// Creates the register with this type (given by its bottom value) if it does not exist.
         case declare(id: UInt64, register: String, bottom: AnyReplicated)
         case update(id: UInt64, register: String, typeName: String, mutation: Mutation)
+        /// Declares the register with this type (given by its bottom value) if it does not exist
+        /// or was deleted, then applies `mutation`, in one step: one write to the store, one
+        /// delta to the neighbours. Completes with the delta it applied, not the state, so that
+        /// nothing holds the state while the write is flushed (a later mutation would copy it).
+        case upsert(id: UInt64, register: String, bottom: AnyReplicated, mutation: Mutation)
         case delete(id: UInt64, register: String)
         /// Answers once the register (or derived register) reaches at least `threshold`.
         case thresholdRead(id: UInt64, register: String, threshold: AnyReplicated)
@@ -144,6 +149,9 @@ public struct ReplicationInstance: ProtocolInstance {
 
     public enum Timer: Hashable, Sendable {
         case gossip
+        /// Ships the registers changed here since the last push (set when the first of them
+        /// changes, after no delay: the updates that arrive before it fires share its batch).
+        case push
         case membership(Membership.Timer)
         case readDeadline(UInt64)
     }
@@ -162,6 +170,15 @@ public struct ReplicationInstance: ProtocolInstance {
             case deltas(RegisterSlot)
             /// Some deltas after the acknowledgement were dropped: send the whole state.
             case unavailable
+        }
+
+        /// Numbers and keeps `delta`, dropping the oldest past `limit`; says whether it dropped any.
+        mutating func append(_ delta: RegisterSlot, from source: NodeID?, keeping limit: Int) -> Bool {
+            lastSequence += 1
+            entries.append((lastSequence, delta, source))
+            guard entries.count > limit else { return false }
+            entries.removeFirst(entries.count - limit)
+            return true
         }
 
         /// The join of the deltas after `acknowledged` that did not come from `peer`.
@@ -202,8 +219,15 @@ public struct ReplicationInstance: ProtocolInstance {
     private let configuration: Configuration
     private var random: DeterministicRandom
     private var buffers: [String: DeltaBuffer] = [:]
+    /// For each register written since this incarnation started: the size of its state as last
+    /// written whole, and the bytes of deltas written after it. Once the deltas would outgrow
+    /// the state, the state is written whole again (so a write costs about its delta's bytes,
+    /// amortized, at any size of the state).
+    private var written: [String: (whole: Int, deltas: Int)] = [:]
     private var acknowledged: [NodeID: [String: UInt64]] = [:]
     private var registerCursor = 0
+    /// Registers changed locally and not pushed yet; the push timer is set while it is not empty.
+    private var unpushed: Set<String> = []
     private var pendingReads: [UInt64: PendingRead] = [:]
     private var boundedReads: [UInt64: BoundedRead] = [:]
     /// This node's freshness certificate: for each other node j, a time on j's clock before
@@ -228,6 +252,20 @@ public struct ReplicationInstance: ProtocolInstance {
                 preconditionFailure("\(context.node): durable register '\(name)' cannot be decoded (\(error)); is its type in the catalog?")
             }
         }
+        for (name, deltas) in durable?.deltas ?? [:] {
+            for encoded in deltas {
+                do {
+                    let delta = try encoded.decode(with: configuration.catalog)
+                    if slots[name] == nil {
+                        slots[name] = delta
+                    } else {
+                        _ = try slots[name]!.formJoin(delta)
+                    }
+                } catch {
+                    preconditionFailure("\(context.node): a durable delta of register '\(name)' cannot be joined (\(error))")
+                }
+            }
+        }
         self.slots = slots
         self.gate = FreshnessGate(configuration: configuration.freshness)
         self.staticMembers = context.members
@@ -239,7 +277,11 @@ public struct ReplicationInstance: ProtocolInstance {
     public static func accumulate(_ patch: ReplicaDurableState, into durable: inout ReplicaDurableState?) {
         var merged = durable ?? ReplicaDurableState(incarnation: 0, slots: [:])
         merged.incarnation = max(merged.incarnation, patch.incarnation)
-        merged.slots.merge(patch.slots) { $1 }
+        for (name, slot) in patch.slots {
+            merged.slots[name] = slot
+            merged.deltas[name] = nil
+        }
+        for (name, deltas) in patch.deltas { merged.deltas[name, default: []] += deltas }
         durable = merged
     }
 
@@ -286,6 +328,10 @@ public struct ReplicationInstance: ProtocolInstance {
             return effects
         case let .readDeadline(id):
             return decide(id, now: now, atDeadline: true)
+        case .push:
+            let registers = unpushed.sorted()
+            unpushed = []
+            return neighbors().flatMap { ship(to: $0, registers: registers) }
         }
     }
 
@@ -318,7 +364,9 @@ public struct ReplicationInstance: ProtocolInstance {
         switch command {
         case let .declare(id, register, bottom): return declare(id, register, bottom)
         case let .update(id, register, typeName, mutation):
-            return update(id, register, typeName, mutation, physical: UInt64(clamping: now.nanoseconds))
+            return mutate(id, register, typeName: typeName, declaring: nil, mutation, physical: UInt64(clamping: now.nanoseconds))
+        case let .upsert(id, register, bottom, mutation):
+            return mutate(id, register, typeName: bottom.typeName, declaring: bottom, mutation, physical: UInt64(clamping: now.nanoseconds))
         case let .delete(id, register): return delete(id, register)
         case let .thresholdRead(id, register, threshold): return thresholdRead(id, register, threshold)
         case let .cancelRead(id):
@@ -347,30 +395,41 @@ public struct ReplicationInstance: ProtocolInstance {
             generation = 1
         }
         let slot = RegisterSlot(generation: generation, typeName: bottom.typeName, state: bottom.bottom)
-        return applyLocal(slot, delta: slot, register: register) + [.output(.completed(id: id, register: register, .success(slot.state)))]
+        slots[register] = slot
+        return applyLocal(register, delta: slot, whole: true) + [.output(.completed(id: id, register: register, .success(slot.state)))]
             + push(register)
     }
 
-    private mutating func update(_ id: UInt64, _ register: String, _ typeName: String, _ mutation: Mutation, physical: UInt64) -> [Effect] {
-        let slot: RegisterSlot
+    /// An update (`declaring` nil: the register must exist) or an upsert (`declaring` its
+    /// bottom). The state is mutated in place, so a mutation costs what it changes, not a copy
+    /// of the state; a mutation that throws must throw before it changes anything.
+    private mutating func mutate(_ id: UInt64, _ register: String, typeName: String, declaring bottom: AnyReplicated?, _ mutation: Mutation,
+                                 physical: UInt64) -> [Effect] {
+        var declared = false
+        if let bottom, slots[register]?.isDeleted ?? true {
+            guard Self.isValidName(register) else { return [.output(.completed(id: id, register: register, .failure(.invalidName(register))))] }
+            slots[register] = RegisterSlot(generation: (slots[register]?.generation ?? 0) + 1, typeName: typeName, state: bottom.bottom)
+            declared = true
+        }
+        let generation: UInt64
         switch lookUp(register, typeName: typeName) {
-        case let .success(found): slot = found
+        case let .success(found): generation = found.generation
         case let .failure(error): return [.output(.completed(id: id, register: register, .failure(error)))]
         }
-        let before = slot.state!
-        var after = before
         let delta: AnyReplicated
         do {
-            delta = try mutation(&after, node.replica, physical)
+            delta = try mutation(&slots[register]!.state!, node.replica, physical)
         } catch {
-            return [.output(.completed(id: id, register: register, .failure(.mutationRefused("\(error)"))))]
+            let failure: [Effect] = [.output(.completed(id: id, register: register, .failure(.mutationRefused("\(error)"))))]
+            // The declaration stands, as a declare followed by a refused update would leave it.
+            return declared ? applyLocal(register, delta: slots[register]!, whole: true) + failure + push(register) : failure
         }
-        precondition(after.typeName == typeName && delta.typeName == typeName, "mutation of '\(register)' changed its type")
-        precondition(before.isBelowOrEqual(after) == true, "mutation of '\(register)' did not inflate: \(before) -> \(after)")
-        guard after != before else { return [.output(.completed(id: id, register: register, .success(after)))] }
-        let newSlot = RegisterSlot(generation: slot.generation, typeName: typeName, state: after)
-        let deltaSlot = RegisterSlot(generation: slot.generation, typeName: typeName, state: delta)
-        return applyLocal(newSlot, delta: deltaSlot, register: register) + [.output(.completed(id: id, register: register, .success(after)))]
+        precondition(slots[register]!.state!.typeName == typeName && delta.typeName == typeName, "mutation of '\(register)' changed its type")
+        let reply: AnyReplicated? = bottom == nil ? slots[register]!.state : delta
+        // A bottom delta changed nothing (a mutator returns the delta of what it changed).
+        guard declared || !delta.isBottom else { return [.output(.completed(id: id, register: register, .success(reply)))] }
+        let deltaSlot = declared ? slots[register]! : RegisterSlot(generation: generation, typeName: typeName, state: delta)
+        return applyLocal(register, delta: deltaSlot, whole: declared) + [.output(.completed(id: id, register: register, .success(reply)))]
             + push(register)
     }
 
@@ -378,7 +437,8 @@ public struct ReplicationInstance: ProtocolInstance {
         guard let slot = slots[register] else { return [.output(.completed(id: id, register: register, .failure(.notDeclared(register))))] }
         guard !slot.isDeleted else { return [.output(.completed(id: id, register: register, .success(nil)))] }
         let tombstone = RegisterSlot(generation: slot.generation, typeName: slot.typeName, state: nil)
-        return applyLocal(tombstone, delta: tombstone, register: register) + [.output(.completed(id: id, register: register, .success(nil)))]
+        slots[register] = tombstone
+        return applyLocal(register, delta: tombstone, whole: true) + [.output(.completed(id: id, register: register, .success(nil)))]
             + push(register)
     }
 
@@ -517,9 +577,9 @@ public struct ReplicationInstance: ProtocolInstance {
             return [.output(.completed(id: id, register: register, .failure(.typeMismatch(register: register, declared: slot.typeName, requested: state.typeName))))]
         }
         guard after != before else { return [.output(.completed(id: id, register: register, .success(after)))] }
-        let newSlot = RegisterSlot(generation: slot.generation, typeName: slot.typeName, state: after)
+        slots[register] = RegisterSlot(generation: slot.generation, typeName: slot.typeName, state: after)
         let delta = RegisterSlot(generation: slot.generation, typeName: slot.typeName, state: state)
-        return applyLocal(newSlot, delta: delta, register: register) + [.output(.completed(id: id, register: register, .success(after)))]
+        return applyLocal(register, delta: delta, whole: false) + [.output(.completed(id: id, register: register, .success(after)))]
             + push(register)
     }
 
@@ -556,24 +616,41 @@ public struct ReplicationInstance: ProtocolInstance {
 
     // MARK: - State changes
 
-    /// Installs `slot` (already joined), buffers `delta`, persists, and reacts.
-    private mutating func applyLocal(_ slot: RegisterSlot, delta: RegisterSlot, register: String) -> [Effect] {
-        slots[register] = slot
+    /// After a local change of `register` (already in `slots`): buffers `delta`, persists, and
+    /// reacts.
+    private mutating func applyLocal(_ register: String, delta: RegisterSlot, whole: Bool) -> [Effect] {
         buffer(delta, for: register, from: nil)
-        var effects: [Effect] = [.persist(ReplicaDurableState(incarnation: epoch, slots: [register: EncodedSlot(slot)]))]
+        var patch = ReplicaDurableState(incarnation: epoch, slots: [:])
+        record(register, delta: whole ? nil : delta, in: &patch)
+        var effects: [Effect] = [.persist(patch)]
         effects += reactToChange(of: [register])
         return effects
     }
 
-    private mutating func buffer(_ delta: RegisterSlot, for register: String, from source: NodeID?) {
-        var buffer = buffers[register] ?? DeltaBuffer()
-        buffer.lastSequence += 1
-        buffer.entries.append((buffer.lastSequence, delta, source))
-        if buffer.entries.count > configuration.deltaBufferMax {
-            buffer.entries.removeFirst(buffer.entries.count - configuration.deltaBufferMax)
-            statistics.bufferOverflows += 1
+    /// Adds what to write for a change of `register` to `patch`: `delta` alone while the deltas
+    /// written since the last whole state stay within its size, else (or with no delta) the
+    /// whole state.
+    private mutating func record(_ register: String, delta: RegisterSlot?, in patch: inout ReplicaDurableState) {
+        if let delta, delta.state != nil, let slot = slots[register], slot.generation == delta.generation, var account = written[register] {
+            let encoded = EncodedSlot(delta)
+            let size = encoded.bytes?.count ?? 0
+            if account.deltas + size <= account.whole {
+                account.deltas += size
+                written[register] = account
+                patch.deltas[register, default: []].append(encoded)
+                return
+            }
         }
-        buffers[register] = buffer
+        let whole = EncodedSlot(slots[register]!)
+        written[register] = (whole.bytes?.count ?? 0, 0)
+        patch.slots[register] = whole
+        patch.deltas[register] = nil
+    }
+
+    private mutating func buffer(_ delta: RegisterSlot, for register: String, from source: NodeID?) {
+        // In place: a copy of the buffer would cost its length on every update.
+        let overflow = buffers[register, default: DeltaBuffer()].append(delta, from: source, keeping: configuration.deltaBufferMax)
+        if overflow { statistics.bufferOverflows += 1 }
     }
 
     /// Change notifications, derived registers and threshold reads after `registers` changed.
@@ -652,7 +729,7 @@ public struct ReplicationInstance: ProtocolInstance {
     /// (nothing changed). `complete` says every payload was joined (none needs a whole state).
     private mutating func merge(_ payloads: [DeltaPayload], from sender: NodeID) -> (effects: [Effect], acks: [DeltaAck], complete: Bool)? {
         // Validate the whole batch before changing anything: a bad payload rejects the message.
-        var decoded: [(DeltaPayload, RegisterSlot, RegisterSlot)] = []
+        var decoded: [(DeltaPayload, RegisterSlot)] = []
         var resync: [DeltaAck] = []
         for payload in payloads {
             do {
@@ -667,28 +744,37 @@ public struct ReplicationInstance: ProtocolInstance {
                 } catch let .wire(error) {
                     throw error
                 }
-                let joined = try current.map { current throws(RegisterSlot.JoinError) in try current.joined(with: slot) } ?? slot
-                decoded.append((payload, slot, joined))
+                if let current, current.generation == slot.generation, current.typeName != slot.typeName {
+                    throw RegisterSlot.JoinError.typeMismatch(local: current.typeName, remote: slot.typeName)
+                }
+                decoded.append((payload, slot))
             } catch {
                 statistics.rejectedMessages += 1
                 statistics.lastRejection = "from \(sender): register '\(payload.register)': \(error)"
                 return nil
             }
         }
-        var patch: [String: EncodedSlot] = [:]
+        var patch = ReplicaDurableState(incarnation: epoch, slots: [:])
         var changed: Set<String> = []
         var acks = resync
-        for (payload, delta, joined) in decoded {
+        for (payload, delta) in decoded {
             acks.append(DeltaAck(register: payload.register, upTo: payload.upTo))
-            guard joined != slots[payload.register] else { continue }
-            slots[payload.register] = joined
+            // Joined in place: a delta costs about its own size, whatever the register's.
+            let grew: Bool
+            if slots[payload.register] == nil {
+                slots[payload.register] = delta
+                grew = true
+            } else {
+                grew = (try? slots[payload.register]!.formJoin(delta)) ?? false
+            }
+            guard grew else { continue }
             buffer(delta, for: payload.register, from: sender)
-            patch[payload.register] = EncodedSlot(joined)
+            record(payload.register, delta: payload.isFullState ? nil : delta, in: &patch)
             changed.insert(payload.register)
         }
         var effects: [Effect] = []
-        if !patch.isEmpty {
-            effects.append(.persist(ReplicaDurableState(incarnation: epoch, slots: patch)))
+        if !changed.isEmpty {
+            effects.append(.persist(patch))
             effects += reactToChange(of: changed)
         }
         return (effects, acks, resync.isEmpty)
@@ -749,22 +835,25 @@ public struct ReplicationInstance: ProtocolInstance {
         return vector
     }
 
-    /// Ships `register` at once to every neighbor after a local change.
+    /// Ships `register` to every neighbor after a local change: at once, in one batch with the
+    /// other registers changed before the push timer fires (one message per neighbor for many
+    /// updates, and one join of each register's deltas, not one per update).
     private mutating func push(_ register: String) -> [Effect] {
-        neighbors().flatMap { ship(to: $0, registers: [register]) }
+        guard unpushed.insert(register).inserted, unpushed.count == 1 else { return [] }
+        return [.setTimer(.push, after: .zero)]
     }
 
     /// Drops the deltas of `register` that every neighbor has acknowledged.
     private mutating func collectGarbage(_ register: String) {
-        guard var buffer = buffers[register], !buffer.entries.isEmpty else { return }
+        guard let buffer = buffers[register], let first = buffer.entries.first else { return }
         var floor = buffer.lastSequence
         for peer in neighbors() {
             // A neighbor that never acknowledged will get the whole state anyway.
             guard let upTo = acknowledged[peer]?[register] else { continue }
             floor = min(floor, upTo)
         }
-        buffer.entries.removeAll { $0.sequence <= floor }
-        buffers[register] = buffer
+        guard first.sequence <= floor else { return }
+        buffers[register]!.entries.removeAll { $0.sequence <= floor }
     }
 
     /// This node's overlay neighbors: the nearest reachable members on both sides of the ring of

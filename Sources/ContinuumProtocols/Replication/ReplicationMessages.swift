@@ -145,25 +145,33 @@ public enum ReplicationMessage: Sendable, Equatable, BinaryCodable {
     }
 }
 
-/// What a node keeps on disk: its incarnation count and its registers.
-/// Persist effects carry patches (the registers that changed), merged by `accumulate`.
+/// What a node keeps on disk: its incarnation count and its registers: each register's state
+/// as last written whole, and the deltas written since, which a restart joins onto it. Persist
+/// effects carry patches (the registers that changed), merged by `accumulate`: a whole state
+/// replaces the register's state and drops its deltas; a delta is added to them.
 public struct ReplicaDurableState: Sendable, Equatable, BinaryCodable {
     public var incarnation: UInt64
     public var slots: [String: EncodedSlot]
+    /// Deltas written after the register's whole state, oldest first (their order does not
+    /// matter to the join; it is kept for reading).
+    public var deltas: [String: [EncodedSlot]]
 
-    public init(incarnation: UInt64, slots: [String: EncodedSlot]) {
+    public init(incarnation: UInt64, slots: [String: EncodedSlot], deltas: [String: [EncodedSlot]] = [:]) {
         self.incarnation = incarnation
         self.slots = slots
+        self.deltas = deltas
     }
 
     public func encode(to writer: inout BinaryWriter) {
         writer.writeVarint(incarnation)
         slots.encode(to: &writer)
+        deltas.encode(to: &writer)
     }
 
     public init(from reader: inout BinaryReader) throws(WireDecodingError) {
         incarnation = try reader.readVarint()
         slots = try [String: EncodedSlot](from: &reader)
+        deltas = try [String: [EncodedSlot]](from: &reader)
     }
 }
 

@@ -24,14 +24,20 @@ public enum StorageError: Error, Equatable, CustomStringConvertible {
     }
 }
 
-/// A node's durable state in one SQLite database (through GRDB), in WAL mode with
-/// `synchronous = FULL`: a transaction is on disk when its commit returns. The Raft log is one
+/// A node's durable state in one SQLite database (through GRDB), in WAL mode. With
+/// `Durability.always` (the default), `synchronous = FULL`: a transaction is on disk when its
+/// commit returns. With `Durability.everysec`, `synchronous = NORMAL` and a checkpoint every
+/// second: a commit is in the operating system's hands when it returns (it survives the
+/// process's crash, kill -9 included), and on disk within about a second (a power loss or a
+/// crash of the operating system may lose the last second of acknowledged writes, as Redis's
+/// `appendfsync everysec` may). The Raft log is one
 /// row per entry (appends and truncations touch only the rows they change); hard state (term
 /// and vote) one small row, rewritten only when it changes; the snapshot in 4 MiB chunk rows of
 /// its own, written when a snapshot is taken or installed and never by a vote (a compaction
 /// one chunk per transaction, through `persistInBackground`; format 2; a format 1 store, which
 /// kept the snapshot in the hard-state row, is migrated when opened); CRDT
-/// registers one row each; committed values, prepare records and
+/// registers one row each, as last written whole, and the deltas written since one row each
+/// (format 3; a register is written whole again once its deltas would outgrow it); committed values, prepare records and
 /// decisions of two-phase commit one row each. A node's batch of patches is one transaction,
 /// so one fsync covers it (group commit, with the node's batching).
 ///
@@ -40,26 +46,47 @@ public enum StorageError: Error, Equatable, CustomStringConvertible {
 public final class SQLiteStore: NodeStorage {
     /// Written in the `meta` table; a database without it is not opened.
     public static let format = "continuum-node-store"
-    public static let formatVersion = 2
+    public static let formatVersion = 3
     /// Older formats this build opens and migrates.
-    public static let migratableVersions: Set<Int> = [1]
+    public static let migratableVersions: Set<Int> = [1, 2]
+
+    /// When a write is on disk (`--fsync`).
+    public enum Durability: String, Sendable, CaseIterable, Codable {
+        /// Acknowledge after fsync (group-committed: one fsync covers every write of a batch).
+        case always
+        /// Acknowledge once the write reaches the operating system; fsync at least every second.
+        case everysec
+    }
 
     public let path: String
+    public let durability: Durability
     private let queue: DatabaseQueue
+    private let syncer: Task<Void, Never>?
 
     /// Opens (or creates) the store of node `node` at `path`.
-    public init(path: String, node: NodeID) throws(StorageError) {
+    public init(path: String, node: NodeID, durability: Durability = .always) throws(StorageError) {
         self.path = path
+        self.durability = durability
         var configuration = Configuration()
         configuration.journalMode = .wal
-        configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
+        let synchronous = durability == .always ? "FULL" : "NORMAL"
+        configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = \(synchronous)") }
         configuration.label = "continuum-store-n\(node.rawValue)"
         let exists = FileManager.default.fileExists(atPath: path)
         // Look before writing: a journal-mode change would already write to a foreign file.
         if exists { try Self.inspect(path: path, node: node) }
         do {
-            queue = try DatabaseQueue(path: path, configuration: configuration)
+            let queue = try DatabaseQueue(path: path, configuration: configuration)
             try queue.write { db in try Self.createSchema(db, node: node) }
+            self.queue = queue
+            // everysec: a checkpoint fsyncs the write-ahead log (and copies it into the database)
+            // once a second.
+            syncer = durability == .always ? nil : Task.detached(priority: .utility) {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .seconds(1))
+                    _ = try? await queue.writeWithoutTransaction { db in try db.checkpoint(.passive) }
+                }
+            }
         } catch let error as StorageError {
             throw error
         } catch {
@@ -101,6 +128,8 @@ public final class SQLiteStore: NodeStorage {
         }
     }
 
+    deinit { syncer?.cancel() }
+
     private static func createSchema(_ db: Database, node: NodeID) throws {
         try db.execute(sql: """
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
@@ -113,6 +142,8 @@ public final class SQLiteStore: NodeStorage {
             CREATE TABLE IF NOT EXISTS raft_log (idx INTEGER PRIMARY KEY NOT NULL, entry BLOB NOT NULL);
             CREATE TABLE IF NOT EXISTS replica_state (id INTEGER PRIMARY KEY CHECK (id = 1), incarnation INTEGER NOT NULL);
             CREATE TABLE IF NOT EXISTS replica_slots (name TEXT PRIMARY KEY NOT NULL, slot BLOB NOT NULL);
+            CREATE TABLE IF NOT EXISTS replica_deltas (seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, delta BLOB NOT NULL);
+            CREATE INDEX IF NOT EXISTS replica_deltas_by_name ON replica_deltas (name);
             CREATE TABLE IF NOT EXISTS tx_committed (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL);
             CREATE TABLE IF NOT EXISTS tx_prepared (id BLOB PRIMARY KEY NOT NULL, writes BLOB NOT NULL);
             CREATE TABLE IF NOT EXISTS tx_decisions (id BLOB PRIMARY KEY NOT NULL, is_commit INTEGER NOT NULL);
@@ -135,6 +166,8 @@ public final class SQLiteStore: NodeStorage {
                 UPDATE meta SET value = '2' WHERE key = 'version';
                 """)
         }
+        // Format 3 adds the deltas table (created above, empty): nothing to move.
+        try db.execute(sql: "UPDATE meta SET value = '3' WHERE key = 'version' AND value = '2'")
     }
 
     // MARK: NodeStorage
@@ -181,11 +214,11 @@ public final class SQLiteStore: NodeStorage {
             try point(at: generation, lastIndex: snapshot.lastIndex, db)
         }
         if let from = patch.replaceFrom {
-            try db.execute(sql: "DELETE FROM raft_log WHERE idx >= ?", arguments: [Int64(bitPattern: from)])
+            try db.cachedStatement(sql: "DELETE FROM raft_log WHERE idx >= ?").execute(arguments: [Int64(bitPattern: from)])
         }
         for entry in patch.entries {
-            try db.execute(sql: "INSERT OR REPLACE INTO raft_log (idx, entry) VALUES (?, ?)",
-                           arguments: [Int64(bitPattern: entry.index), Data(entry.binaryEncoded())])
+            try db.cachedStatement(sql: "INSERT OR REPLACE INTO raft_log (idx, entry) VALUES (?, ?)")
+                           .execute(arguments: [Int64(bitPattern: entry.index), Data(entry.binaryEncoded())])
         }
     }
 
@@ -199,8 +232,8 @@ public final class SQLiteStore: NodeStorage {
     }
 
     private static func writeChunk(_ bytes: ArraySlice<UInt8>, generation: Int64, number: Int, _ db: Database) throws {
-        try db.execute(sql: "INSERT OR REPLACE INTO raft_snapshot_chunks (generation, number, bytes) VALUES (?, ?, ?)",
-                       arguments: [generation, number, Data(bytes)])
+        try db.cachedStatement(sql: "INSERT OR REPLACE INTO raft_snapshot_chunks (generation, number, bytes) VALUES (?, ?, ?)")
+                       .execute(arguments: [generation, number, Data(bytes)])
     }
 
     /// Makes the chunks of `generation` the snapshot, if it is newer than the stored one (a
@@ -209,13 +242,13 @@ public final class SQLiteStore: NodeStorage {
     private static func point(at generation: Int64, lastIndex: UInt64, _ db: Database) throws {
         let stored = try Int64.fetchOne(db, sql: "SELECT last_index FROM raft_snapshot WHERE id = 1").map { UInt64(bitPattern: $0) }
         guard stored.map({ $0 < lastIndex }) ?? true else {
-            try db.execute(sql: "DELETE FROM raft_snapshot_chunks WHERE generation = ?", arguments: [generation])
+            try db.cachedStatement(sql: "DELETE FROM raft_snapshot_chunks WHERE generation = ?").execute(arguments: [generation])
             return
         }
-        try db.execute(sql: "INSERT OR REPLACE INTO raft_snapshot (id, last_index, generation) VALUES (1, ?, ?)",
-                       arguments: [Int64(bitPattern: lastIndex), generation])
-        try db.execute(sql: "DELETE FROM raft_snapshot_chunks WHERE generation != ?", arguments: [generation])
-        try db.execute(sql: "DELETE FROM raft_log WHERE idx <= ?", arguments: [Int64(bitPattern: lastIndex)])
+        try db.cachedStatement(sql: "INSERT OR REPLACE INTO raft_snapshot (id, last_index, generation) VALUES (1, ?, ?)")
+                       .execute(arguments: [Int64(bitPattern: lastIndex), generation])
+        try db.cachedStatement(sql: "DELETE FROM raft_snapshot_chunks WHERE generation != ?").execute(arguments: [generation])
+        try db.cachedStatement(sql: "DELETE FROM raft_log WHERE idx <= ?").execute(arguments: [Int64(bitPattern: lastIndex)])
     }
 
     /// A compaction is written in pieces, one transaction per chunk, so that the node's other
@@ -242,11 +275,11 @@ public final class SQLiteStore: NodeStorage {
     }
 
     private static func applyHardState(_ patch: RaftDurableState, _ db: Database) throws {
-        try db.execute(sql: """
+        try db.cachedStatement(sql: """
             INSERT INTO raft_state (id, term, voted_for) VALUES (1, ?, ?)
             ON CONFLICT (id) DO UPDATE SET term = excluded.term, voted_for = excluded.voted_for
             WHERE term IS NOT excluded.term OR voted_for IS NOT excluded.voted_for
-            """, arguments: [Int64(bitPattern: patch.term), patch.votedFor.map { Int64(bitPattern: $0.rawValue) }])
+            """).execute(arguments: [Int64(bitPattern: patch.term), patch.votedFor.map { Int64(bitPattern: $0.rawValue) }])
     }
 
     private static func loadRaft(_ db: Database) throws -> RaftDurableState? {
@@ -273,13 +306,19 @@ public final class SQLiteStore: NodeStorage {
     // MARK: Available registers
 
     private static func apply(_ patch: ReplicaDurableState, _ db: Database) throws {
-        try db.execute(sql: """
+        try db.cachedStatement(sql: """
             INSERT INTO replica_state (id, incarnation) VALUES (1, ?)
             ON CONFLICT (id) DO UPDATE SET incarnation = max(incarnation, excluded.incarnation)
-            """, arguments: [Int64(bitPattern: patch.incarnation)])
+            """).execute(arguments: [Int64(bitPattern: patch.incarnation)])
         for (name, slot) in patch.slots.sorted(by: { $0.key < $1.key }) {
-            try db.execute(sql: "INSERT OR REPLACE INTO replica_slots (name, slot) VALUES (?, ?)",
-                           arguments: [name, Data(slot.binaryEncoded())])
+            try db.cachedStatement(sql: "INSERT OR REPLACE INTO replica_slots (name, slot) VALUES (?, ?)")
+                           .execute(arguments: [name, Data(slot.binaryEncoded())])
+            try db.cachedStatement(sql: "DELETE FROM replica_deltas WHERE name = ?").execute(arguments: [name])
+        }
+        for (name, deltas) in patch.deltas.sorted(by: { $0.key < $1.key }) {
+            for delta in deltas {
+                try db.cachedStatement(sql: "INSERT INTO replica_deltas (name, delta) VALUES (?, ?)").execute(arguments: [name, Data(delta.binaryEncoded())])
+            }
         }
     }
 
@@ -289,34 +328,38 @@ public final class SQLiteStore: NodeStorage {
         for row in try Row.fetchAll(db, sql: "SELECT name, slot FROM replica_slots") {
             slots[row["name"]] = try decode(EncodedSlot.self, row["slot"], table: "replica_slots")
         }
-        return ReplicaDurableState(incarnation: UInt64(bitPattern: incarnation), slots: slots)
+        var deltas: [String: [EncodedSlot]] = [:]
+        for row in try Row.fetchAll(db, sql: "SELECT name, delta FROM replica_deltas ORDER BY seq") {
+            deltas[row["name"], default: []].append(try decode(EncodedSlot.self, row["delta"], table: "replica_deltas"))
+        }
+        return ReplicaDurableState(incarnation: UInt64(bitPattern: incarnation), slots: slots, deltas: deltas)
     }
 
     // MARK: Serializable registers
 
     private static func apply(_ patch: TransactionDurableState, _ db: Database) throws {
         for (key, value) in patch.committed.sorted(by: { $0.key < $1.key }) {
-            try db.execute(sql: "INSERT OR REPLACE INTO tx_committed (key, value) VALUES (?, ?)", arguments: [key, Data(value.binaryEncoded())])
+            try db.cachedStatement(sql: "INSERT OR REPLACE INTO tx_committed (key, value) VALUES (?, ?)").execute(arguments: [key, Data(value.binaryEncoded())])
         }
         for (id, writes) in patch.prepared.sorted(by: { $0.key < $1.key }) {
-            try db.execute(sql: "INSERT OR REPLACE INTO tx_prepared (id, writes) VALUES (?, ?)",
-                           arguments: [Data(id.binaryEncoded()), Data(writes.binaryEncoded())])
+            try db.cachedStatement(sql: "INSERT OR REPLACE INTO tx_prepared (id, writes) VALUES (?, ?)")
+                           .execute(arguments: [Data(id.binaryEncoded()), Data(writes.binaryEncoded())])
         }
         for (id, commit) in patch.decisions.sorted(by: { $0.key < $1.key }) {
-            try db.execute(sql: "INSERT OR REPLACE INTO tx_decisions (id, is_commit) VALUES (?, ?)",
-                           arguments: [Data(id.binaryEncoded()), commit])
+            try db.cachedStatement(sql: "INSERT OR REPLACE INTO tx_decisions (id, is_commit) VALUES (?, ?)")
+                           .execute(arguments: [Data(id.binaryEncoded()), commit])
         }
         for id in patch.resolved {
-            try db.execute(sql: "DELETE FROM tx_prepared WHERE id = ?", arguments: [Data(id.binaryEncoded())])
+            try db.cachedStatement(sql: "DELETE FROM tx_prepared WHERE id = ?").execute(arguments: [Data(id.binaryEncoded())])
         }
         for id in patch.forgotten {
-            try db.execute(sql: "DELETE FROM tx_decisions WHERE id = ?", arguments: [Data(id.binaryEncoded())])
+            try db.cachedStatement(sql: "DELETE FROM tx_decisions WHERE id = ?").execute(arguments: [Data(id.binaryEncoded())])
         }
         if patch.incarnation > 0 {
-            try db.execute(sql: """
+            try db.cachedStatement(sql: """
                 INSERT INTO tx_state (id, incarnation) VALUES (1, ?)
                 ON CONFLICT (id) DO UPDATE SET incarnation = max(incarnation, excluded.incarnation)
-                """, arguments: [Int64(bitPattern: patch.incarnation)])
+                """).execute(arguments: [Int64(bitPattern: patch.incarnation)])
         }
     }
 

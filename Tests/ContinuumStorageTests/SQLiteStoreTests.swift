@@ -32,10 +32,17 @@ final class TemporaryDirectory {
         let id = TransactionID(timestamp: 5, coordinator: NodeID(2), sequence: 1)
         let other = TransactionID(timestamp: 6, coordinator: NodeID(3), sequence: 1)
         let counter = RegisterSlot(generation: 1, typeName: replicableTypeName(GCounter.self), state: AnyReplicated(GCounter()))
+        var count = GCounter()
+        let one = RegisterSlot(generation: 1, typeName: counter.typeName, state: AnyReplicated(count.increment(by: 1, replica: ReplicaID(1))))
+        let two = RegisterSlot(generation: 1, typeName: counter.typeName, state: AnyReplicated(count.increment(by: 1, replica: ReplicaID(2))))
         return [
             .raft(RaftDurableState(term: 1, votedFor: NodeID(2))),
             .raft(RaftDurableState(term: 1, votedFor: NodeID(2), entries: (1...5).map { entry($0, term: 1) })),
             .replication(ReplicaDurableState(incarnation: 3, slots: ["hits": EncodedSlot(counter)])),
+            // Deltas after a whole state: kept, in order, until the next whole state of the register.
+            .replication(ReplicaDurableState(incarnation: 3, slots: [:], deltas: ["hits": [EncodedSlot(one), EncodedSlot(two)], "new": [EncodedSlot(one)]])),
+            .replication(ReplicaDurableState(incarnation: 3, slots: [:], deltas: ["hits": [EncodedSlot(two)]])),
+            .replication(ReplicaDurableState(incarnation: 3, slots: ["new": EncodedSlot(counter)])),
             .raft(RaftDurableState(term: 2, votedFor: nil, entries: [entry(4, term: 2)], replaceFrom: 4)),
             .transactions(TransactionDurableState(prepared: [id: [TransactionWrite(key: "a", value: .int(1))]])),
             .transactions(TransactionDurableState(committed: ["a": .int(1)], decisions: [id: true, other: false], resolved: [id])),
@@ -120,7 +127,7 @@ final class TemporaryDirectory {
         let (version, oldRow) = try await queue.read { db in
             (try String.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'version'"), try Data.fetchOne(db, sql: "SELECT snapshot FROM raft_state"))
         }
-        #expect(version == "2")
+        #expect(version == "\(SQLiteStore.formatVersion)")
         #expect(oldRow == nil, "the old row no longer holds the snapshot")
     }
 

@@ -9,6 +9,9 @@ import ContinuumProtocols
 /// state is applied and persisted locally.
 public actor Node {
     public nonisolated let id: NodeID
+    /// The declared policies, typed and current with the catalogue register (see
+    /// `PolicyCatalogue`): readable from any thread, without the actor.
+    public nonisolated let policies = PolicyCatalogue()
     private let members: [NodeID]
     private let configuration: ReplicationInstance.Configuration
     private let raftConfiguration: RaftInstance.Configuration
@@ -87,6 +90,7 @@ public actor Node {
             context: InstanceContext(node: id, members: members, random: random.split()),
             durable: durable.replication)
         let effects = fresh.start(now: now)
+        policies.load(fresh.value(of: PolicyCatalogue.register))
         instance = fresh
         carryOut(effects)
         for definition in derivedDefinitions { _ = submit { .defineDerived(id: $0, definition) } }
@@ -206,6 +210,41 @@ public actor Node {
             }
         }
         return try result.get()!.unwrap(as: Value.self)!
+    }
+
+    /// Applies `mutate` to the CRDT register `name`, declaring it as `Value` first when it does
+    /// not exist (or was deleted), in one step, and returns what `mutate` returns besides the
+    /// delta. The state is mutated in place: an update costs what it changes, at any size of
+    /// the state. `mutate` must throw before it changes anything (the built-in mutators do);
+    /// what it changed before throwing is kept.
+    public func upsert<Value: Replicable, Result: Sendable>(
+        _ name: String, as _: Value.Type, _ mutate: @escaping @Sendable (inout Value, ReplicaID) throws -> (delta: Value, result: Result)
+    ) async throws(ContinuumError) -> Result {
+        let box = ResultBox<Result>()
+        _ = try await perform { id in
+            .upsert(id: id, register: name, bottom: AnyReplicated(Value.bottom)) { state, replica, _ in
+                guard let delta = try state.mutate(as: Value.self, { typed in
+                    let (delta, result) = try mutate(&typed, replica)
+                    box.value = result
+                    return delta
+                }) else { throw ContinuumError.typeMismatch(register: name, declared: state.typeName, requested: replicableTypeName(Value.self)) }
+                return AnyReplicated(delta)
+            }
+        }.get()
+        return box.value!
+    }
+
+    /// Looks at this node's state of register `name` as `Value` without copying it, and
+    /// returns what `body` computes from it (for example a set's size or one membership).
+    public func inspect<Value: Replicable, Result: Sendable>(_ name: String, as _: Value.Type, _ body: (Value) -> Result) throws(ContinuumError) -> Result {
+        guard let instance else { throw .nodeStopped }
+        guard let value = instance.value(of: name) else {
+            throw instance.slots[name]?.isDeleted == true ? .deleted(register: name) : .notDeclared(register: name)
+        }
+        guard let typed = value.unwrap(as: Value.self) else {
+            throw .typeMismatch(register: name, declared: value.typeName, requested: replicableTypeName(Value.self))
+        }
+        return body(typed)
     }
 
     func delete(_ name: String) async throws(ContinuumError) {
@@ -778,6 +817,10 @@ public actor Node {
             switch effect {
             case let .persist(patch):
                 persist(.replication(patch))
+            case let .output(.changed(register, _)) where subscribers[register] == nil && register != PolicyCatalogue.register:
+                // Nobody listens. Not held either: it would keep the state alive until the flush,
+                // and the next update would copy the whole state.
+                continue
             case .send, .output:
                 if mustHold { held.append(.replication(effect)) } else { perform(effect) }
             case .setTimer, .cancelTimer:
@@ -811,6 +854,7 @@ public actor Node {
         case let .thresholdFailed(id, error):
             reads.removeValue(forKey: id)?.resume(returning: .failure(Self.translate(error)))
         case let .changed(register, value):
+            if register == PolicyCatalogue.register { policies.load(value) }
             for yield in subscribers[register, default: [:]].values { yield(value) }
             if value == nil { subscribers[register] = nil }
         case let .boundedReadCompleted(id, result):
@@ -842,4 +886,10 @@ public actor Node {
         case let .invalidRequest(reason): .invalidRequest(reason)
         }
     }
+}
+
+/// What an upsert's mutator computed, handed back from the node's actor (written and read on
+/// that actor only).
+private final class ResultBox<Value>: @unchecked Sendable {
+    var value: Value?
 }

@@ -136,11 +136,15 @@ struct ClusterCommand: AsyncParsableCommand {
         @Option(help: "Seconds to wait for the cluster to serve.")
         var timeout = 20
 
+        @Option(help: "When the nodes acknowledge a write: always (after fsync) or everysec (fsync at least every second).")
+        var fsync = "always"
+
         @Flag(help: "Start the nodes with --fault-injection (crash points, for tests).")
         var faultInjection = false
 
         func validate() throws {
             guard (1...64).contains(nodes) else { throw ValidationError("--nodes must be 1...64") }
+            guard ["always", "everysec"].contains(fsync) else { throw ValidationError("--fsync must be always or everysec") }
             guard basePort + nodes <= 65_535, respBasePort + nodes <= 65_535, metricsBasePort + nodes <= 65_535,
                   basePort >= 0, respBasePort >= 0, metricsBasePort >= 0 else {
                 throw ValidationError("ports out of range")
@@ -159,7 +163,7 @@ struct ClusterCommand: AsyncParsableCommand {
             for (offset, id) in ids.enumerated() {
                 let index = offset + 1
                 var arguments = ["node", "--id", id, "--listen", "\(host):\(basePort + index)", "--resp", "\(host):\(respBasePort + index)",
-                                 "--data-dir", "\(directory)/\(id)", "--default-policy", defaultPolicy]
+                                 "--data-dir", "\(directory)/\(id)", "--default-policy", defaultPolicy, "--fsync", fsync]
                 if faultInjection { arguments.append("--fault-injection") }
                 let metrics = metricsBasePort > 0 ? "\(host):\(metricsBasePort + index)" : nil
                 if let metrics { arguments += ["--metrics", metrics] }

@@ -51,6 +51,9 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "The most bytes one command may carry (a value, or one SADD's members); larger ones are refused. Default 16 MiB, at most 60 MiB.")
     var maxValueBytes: Int?
 
+    @Option(help: "When a write is acknowledged: always (after fsync; the default) or everysec (once the operating system has it, fsync at least every second: a power loss may lose the last second).")
+    var fsync: String?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -79,6 +82,7 @@ struct NodeCommand: AsyncParsableCommand {
         configuration.maxClockOffsetMilliseconds = base?.maxClockOffsetMilliseconds ?? configuration.maxClockOffsetMilliseconds
         configuration.faultInjection = faultInjection || (base?.faultInjection ?? false)
         configuration.maxValueBytes = maxValueBytes ?? base?.maxValueBytes
+        configuration.fsync = fsync ?? base?.fsync
         _ = try configuration.validated()
         return configuration
     }

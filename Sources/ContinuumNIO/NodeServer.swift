@@ -66,6 +66,9 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
     /// The most bytes one command's arguments may hold (a value, or one SADD's members); nil:
     /// `RedisServerConfiguration.valueBytesMaxDefault` (16 MiB).
     public var maxValueBytes: Int?
+    /// When a write is acknowledged: `always` (after fsync, the default) or `everysec` (once the
+    /// operating system has it, with an fsync at least every second; see `SQLiteStore.Durability`).
+    public var fsync: String?
 
     public init(id: String, listen: Address, peers: [String: Address], resp: Address?, metrics: Address? = nil, dataDirectory: String,
                 defaultPolicy: String = "linearizable", cluster: String = "continuum", maxClockOffsetMilliseconds: Int = 10) {
@@ -102,8 +105,12 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
         if let maxValueBytes, !(1...RedisServerConfiguration.valueBytesMaxLimit).contains(maxValueBytes) {
             throw .invalidRequest("max-value-bytes \(maxValueBytes) is outside 1...\(RedisServerConfiguration.valueBytesMaxLimit)")
         }
+        guard durability != nil else { throw .invalidRequest("fsync '\(fsync ?? "")' is not always or everysec") }
         return (me, parsed, policy)
     }
+
+    /// The store's durability mode (nil: not a mode).
+    public var durability: SQLiteStore.Durability? { fsync.map { SQLiteStore.Durability(rawValue: $0) } ?? .always }
 }
 
 /// A Continuum node as a server process: the node, its SQLite store, TCP to its peers and the
@@ -127,7 +134,7 @@ public final class NodeServer: Service {
         self.logger = logger
         self.group = group
         try FileManager.default.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true)
-        let store = try SQLiteStore(path: configuration.dataDirectory + "/node.sqlite", node: me)
+        let store = try SQLiteStore(path: configuration.dataDirectory + "/node.sqlite", node: me, durability: configuration.durability ?? .always)
         let transport = NIOTransport(
             node: me, configuration: .init(cluster: configuration.cluster, peers: peers.mapValues { .init(host: $0.host, port: $0.port) }),
             group: group, logger: logger)
@@ -142,14 +149,17 @@ public final class NodeServer: Service {
         self.transport = transport
         let metrics = NodeMetrics()
         self.metrics = metrics
+        var respConfiguration = RedisServerConfiguration(
+            defaultPolicy: policy, faultInjection: configuration.faultInjection ?? false,
+            valueBytesMax: configuration.maxValueBytes ?? RedisServerConfiguration.valueBytesMaxDefault)
+        respConfiguration.fsync = store.durability.rawValue
         self.resp = configuration.resp.map { _ in
-            RESPServer(node: node, configuration: .init(defaultPolicy: policy, faultInjection: configuration.faultInjection ?? false,
-                                                             valueBytesMax: configuration.maxValueBytes ?? RedisServerConfiguration.valueBytesMaxDefault), transport: transport,
+            RESPServer(node: node, configuration: respConfiguration, transport: transport,
                        metrics: configuration.metrics == nil ? nil : metrics, group: group, logger: logger)
         }
         self.metricsServer = configuration.metrics.map { _ in
             MetricsHTTPServer(group: group, logger: logger) {
-                await metrics.render(node: node, transport: transport, declared: await RedisConnection.declaredPolicies(at: node))
+                await metrics.render(node: node, transport: transport, declared: RedisConnection.declaredPolicies(at: node))
             }
         }
     }

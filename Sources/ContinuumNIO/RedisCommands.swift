@@ -36,6 +36,8 @@ public struct RedisServerConfiguration: Sendable {
     /// the members of one SADD, travels as one Raft entry or one delta, in one frame. Larger
     /// commands are refused with an error naming the limit, and nothing is applied.
     public var valueBytesMax: Int
+    /// The store's durability mode, as INFO reports it (`fsync:always` or `fsync:everysec`).
+    public var fsync = "always"
 
     /// The default `valueBytesMax`, 16 MiB (Redis allows 512 MB; a Continuum value must fit a
     /// peer frame of 64 MiB with its entry around it).
@@ -143,29 +145,24 @@ final class RedisConnection {
         return value
     }
 
-    typealias Catalogue = GMap<String, LWWRegister<String>>
-    static let catalogue = "continuum.policies"
+    typealias Catalogue = PolicyCatalogue.State
+    static let catalogue = PolicyCatalogue.register
 
     /// The catalogue here (empty when nobody declared anything this node heard of).
     private func declarations() async -> Catalogue {
         (try? await node.register(Self.catalogue, as: Catalogue.self).read()) ?? Catalogue()
     }
 
-    private func policy(of key: String) async -> Policy {
-        let policy = Self.policy(declared: await declarations()[key].value) ?? configuration.defaultPolicy
+    /// The key's policy: one lookup in the node's typed catalogue, no hop through its actor.
+    private func policy(of key: String) -> Policy {
+        let policy = node.policies.policy(of: key) ?? configuration.defaultPolicy
         routedPolicy = policy
         return policy
     }
 
-    private static func policy(declared: String?) -> Policy? {
-        guard let declared, declared != "default" else { return nil }
-        return try? Policy(words: declared.split(separator: " ").map(String.init))
-    }
-
     /// The keys with a declared policy in `node`'s catalogue.
-    static func declaredPolicies(at node: Node) async -> [(key: String, policy: Policy)] {
-        guard let catalogue = try? await node.register(Self.catalogue, as: Catalogue.self).read() else { return [] }
-        return catalogue.keys.sorted().compactMap { key in policy(declared: catalogue[key].value).map { (key, $0) } }
+    static func declaredPolicies(at node: Node) -> [(key: String, policy: Policy)] {
+        node.policies.all.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
     }
 
     // MARK: Dispatch
@@ -205,7 +202,7 @@ final class RedisConnection {
             return .bulk(try await info())
         case "GET":
             try need(1...1)
-            return try await get(text(arguments[0]), policy: nil).reply
+            return try await get(text(arguments[0]), policy: nil, receipt: false).reply
         case "SET":
             try need(2...2)
             try await set(text(arguments[0]), arguments[1])
@@ -229,17 +226,22 @@ final class RedisConnection {
             return .set(try await members(text(arguments[0])).sorted().map { .bulk($0) })
         case "SCARD":
             try need(1...1)
-            return .integer(Int64(try await members(text(arguments[0])).count))
+            let key = text(arguments[0])
+            if let count = try await lookAtSet(key, { $0.count }) { return .integer(Int64(count)) }
+            return .integer(Int64(try await members(key).count))
         case "SISMEMBER":
             try need(2...2)
-            return .integer(try await members(text(arguments[0])).contains(text(arguments[1])) ? 1 : 0)
+            let member = text(arguments[1])
+            let key = text(arguments[0])
+            if let found = try await lookAtSet(key, { $0.contains(member) }) { return .integer(found ? 1 : 0) }
+            return .integer(try await members(key).contains(member) ? 1 : 0)
         case "CONTINUUM.POLICY":
             try need(1...4)
             return try await declarePolicy(text(arguments[0]), arguments.dropFirst().map(text))
         case "CONTINUUM.GET":
             try need(1...4)
             let override = arguments.count > 1 ? try Policy(words: arguments.dropFirst().map(text)) : nil
-            let answer = try await get(text(arguments[0]), policy: override)
+            let answer = try await get(text(arguments[0]), policy: override, receipt: true)
             return .array([answer.reply, .bulk(answer.receipt?.guarantee.description ?? "linearizable"),
                            answer.receipt?.staleness.map { .integer($0.nanoseconds / 1_000_000) } ?? .null,
                            .bulk(answer.receipt?.version.description ?? "-"),
@@ -334,6 +336,7 @@ final class RedisConnection {
         let staleness = await node.certifiedStaleness
         var lines = ["# Server", "redis_version:7.0.0", "continuum_version:0.1.0", "continuum_node:n\(node.id.rawValue)",
                      "# Continuum", "default_policy:\(configuration.defaultPolicy.words.joined(separator: " "))"]
+        lines.append("fsync:\(configuration.fsync)")
         lines.append("storage_compactions_pending:\(await node.compactionsPending)")
         if let status { lines += ["raft_role:\(status.role)", "raft_term:\(status.term)", "raft_commit_index:\(status.commitIndex)",
                                         "raft_snapshot_index:\(status.snapshotIndex)"] }
@@ -370,8 +373,10 @@ final class RedisConnection {
 
     typealias Bytes = LWWRegister<[UInt8]>
 
-    private func get(_ key: String, policy override: Policy?) async throws -> (reply: RESPReply, receipt: ReadReceipt?) {
-        let declared = await policy(of: key)
+    /// GET (no `receipt`: an available read is then a look at the local state, without the
+    /// digest a receipt carries) and CONTINUUM.GET.
+    private func get(_ key: String, policy override: Policy?, receipt: Bool) async throws -> (reply: RESPReply, receipt: ReadReceipt?) {
+        let declared = policy(of: key)
         let policy = override ?? declared
         routedPolicy = policy
         switch (declared, policy) {
@@ -391,6 +396,17 @@ final class RedisConnection {
             }
         case (let declared, .linearizable), (let declared, .serializable):
             throw ContinuumError.wrongPolicy(register: key, declared: declared)
+        case (.available, .available) where !receipt, (.bounded, .available) where !receipt:
+            do {
+                return (try await node.inspect(key, as: Bytes.self) { $0.value.map { RESPReply.bulk($0) } ?? .null }, nil)
+            } catch {
+                switch error {
+                case .notDeclared, .deleted: return (.null, nil)
+                case let .typeMismatch(_, declared, _) where declared == replicableTypeName(PNCounter.self):
+                    return (try await node.inspect(key, as: PNCounter.self) { .bulk("\($0.value)") }, nil)
+                default: throw error
+                }
+            }
         case (.available, _), (.bounded, _):
             let readPolicy = policy
             let bytes: ReadResult<Bytes>
@@ -410,23 +426,22 @@ final class RedisConnection {
     }
 
     private func set(_ key: String, _ value: [UInt8]) async throws {
-        switch await policy(of: key) {
+        switch policy(of: key) {
         case .linearizable:
             _ = try await consensus(.stringSet(key: key, value: value))
         case .serializable:
             try await node.write(serializable: key, .int(try integer(value)), latency: configuration.requestLatency)
         case .available, .bounded:
-            let register = try await node.declare(key, as: Bytes.self)
             let physical = UInt64(clamping: wallClockNanoseconds())
-            try await register.update { register, replica in
+            try await node.upsert(key, as: Bytes.self) { register, replica in
                 var clock = HybridLogicalClock()
-                return try register.write(value, replica: replica, clock: &clock, physical: physical)
+                return (try register.write(value, replica: replica, clock: &clock, physical: physical), ())
             }
         }
     }
 
     private func add(_ key: String, _ amount: Int64) async throws -> Int64 {
-        switch await policy(of: key) {
+        switch policy(of: key) {
         case .linearizable:
             switch try await consensus(.stringAdd(key: key, amount: amount)) {
             case let .integer(value): return value
@@ -448,8 +463,10 @@ final class RedisConnection {
                 return sum
             }
         case .available, .bounded:
-            let counter = try await node.declare(key, as: PNCounter.self)
-            return try await counter.update { counter, replica in counter.add(amount, replica: replica) }.value
+            return try await node.upsert(key, as: PNCounter.self) { counter, replica in
+                let delta = counter.add(amount, replica: replica)
+                return (delta, counter.value)
+            }
         }
     }
 
@@ -457,7 +474,7 @@ final class RedisConnection {
         var removed: Int64 = 0
         var consensusKeys: [String] = []
         for key in keys {
-            switch await policy(of: key) {
+            switch policy(of: key) {
             case .linearizable: consensusKeys.append(key)
             case .serializable: throw CommandError(message: "ERR DEL is not supported on serializable keys; SET them instead")
             case .available, .bounded:
@@ -480,7 +497,7 @@ final class RedisConnection {
     }
 
     private func setChange(_ key: String, _ members: [String], insert: Bool) async throws -> Int64 {
-        switch await policy(of: key) {
+        switch policy(of: key) {
         case .linearizable:
             // Each operation returns the set right after it: the next one's "before". (Under
             // concurrent writers the count, as in Redis across commands, is of this client's view.)
@@ -496,19 +513,35 @@ final class RedisConnection {
         case .serializable:
             throw CommandError(message: "ERR serializable keys hold integers")
         case .available, .bounded:
-            let set = try await node.declare(key, as: ORSet<String>.self)
-            let before = try await set.read(.available).value.elements
-            try await set.update { set, replica in
+            // In place, without reading the set first: the cost is the members', not the set's.
+            return try await node.upsert(key, as: ORSet<String>.self) { set, replica in
                 var delta = ORSet<String>()
-                for member in members { delta.formJoin(insert ? set.insert(member, replica: replica) : set.remove(member)) }
-                return delta
+                var changed: Int64 = 0
+                for member in members {
+                    if set.contains(member) != insert { changed += 1 }
+                    delta.formJoin(insert ? set.insert(member, replica: replica) : set.remove(member))
+                }
+                return (delta, changed)
             }
-            return Int64(members.filter { before.contains($0) != insert }.count)
+        }
+    }
+
+    /// `body` of the key's set under `available`, looked at in place (no copy of its members);
+    /// nil under the other policies (read the members then).
+    private func lookAtSet<Result: Sendable>(_ key: String, _ body: @escaping @Sendable (ORSet<String>) -> Result) async throws -> Result? {
+        guard case .available = policy(of: key) else { return nil }
+        do {
+            return try await node.inspect(key, as: ORSet<String>.self, body)
+        } catch {
+            switch error {
+            case .notDeclared, .deleted: return body(ORSet())
+            default: throw error
+            }
         }
     }
 
     private func members(_ key: String) async throws -> Set<String> {
-        switch await policy(of: key) {
+        switch policy(of: key) {
         case .linearizable:
             switch try await consensus(.crdtRead(key: key)) {
             case .crdt(nil): return []
@@ -600,7 +633,7 @@ final class RedisConnection {
     }
 
     private func declareRegister(_ key: String, _ kind: RegisterKind) async throws {
-        switch await policy(of: key) {
+        switch policy(of: key) {
         case .linearizable:
             switch try await consensus(.crdtRead(key: key)) {
             case .crdt(nil): return
@@ -621,7 +654,7 @@ final class RedisConnection {
 
     /// Applies `operation` under the key's policy; the register's state right after.
     private func apply(_ key: String, _ operation: CRDTOperation) async throws -> LogCRDT {
-        switch await policy(of: key) {
+        switch policy(of: key) {
         case .linearizable:
             guard case let .crdt(state?) = try await consensus(.crdt(key: key, operation)) else { throw CommandError.wrongType }
             return state
@@ -661,7 +694,7 @@ final class RedisConnection {
 
     /// Reads a typed register under its policy or `override`, with what was delivered.
     private func readRegister(_ key: String, policy override: Policy?) async throws -> (LogCRDT?, ReadReceipt) {
-        let declared = await policy(of: key)
+        let declared = policy(of: key)
         let policy = override ?? declared
         routedPolicy = policy
         switch (declared, policy) {

@@ -225,6 +225,10 @@ public struct ReplicationInstance: ProtocolInstance {
     /// amortized, at any size of the state).
     private var written: [String: (whole: Int, deltas: Int)] = [:]
     private var acknowledged: [NodeID: [String: UInt64]] = [:]
+    /// For each neighbour, the registers it has not acknowledged up to their last delta (or at
+    /// all): what a gossip tick looks at for it, so that a tick costs the registers that
+    /// changed, not every register this node holds. A new neighbour starts behind on all.
+    private var behind: [NodeID: Set<String>] = [:]
     private var registerCursor = 0
     /// Registers changed locally and not pushed yet; the push timer is set while it is not empty.
     private var unpushed: Set<String> = []
@@ -322,8 +326,11 @@ public struct ReplicationInstance: ProtocolInstance {
             // Forget acknowledgements of nodes that are no longer neighbors (bounded state);
             // they get the whole state if they become neighbors again.
             acknowledged = acknowledged.filter { neighbors.contains($0.key) }
-            let registers = slots.keys.sorted()
-            for peer in neighbors { effects += ship(to: peer, registers: registers, certifyAt: now) }
+            behind = behind.filter { neighbors.contains($0.key) }
+            for peer in neighbors {
+                if behind[peer] == nil { behind[peer] = Set(slots.keys) }
+                effects += ship(to: peer, registers: behind[peer]!.sorted(), certifyAt: now)
+            }
             registerCursor &+= 1
             return effects
         case let .readDeadline(id):
@@ -350,10 +357,13 @@ public struct ReplicationInstance: ProtocolInstance {
             for ack in acks {
                 if ack.needsFullState {
                     acknowledged[sender]?[ack.register] = nil
+                    behind[sender]?.insert(ack.register)
                     continue
                 }
                 let previous = acknowledged[sender]?[ack.register] ?? 0
-                acknowledged[sender, default: [:]][ack.register] = max(previous, ack.upTo)
+                let upTo = max(previous, ack.upTo)
+                acknowledged[sender, default: [:]][ack.register] = upTo
+                if upTo >= buffers[ack.register]?.lastSequence ?? 0 { behind[sender]?.remove(ack.register) }
                 collectGarbage(ack.register)
             }
             return []
@@ -651,6 +661,7 @@ public struct ReplicationInstance: ProtocolInstance {
         // In place: a copy of the buffer would cost its length on every update.
         let overflow = buffers[register, default: DeltaBuffer()].append(delta, from: source, keeping: configuration.deltaBufferMax)
         if overflow { statistics.bufferOverflows += 1 }
+        for peer in behind.keys { behind[peer]!.insert(register) }
     }
 
     /// Change notifications, derived registers and threshold reads after `registers` changed.
@@ -781,7 +792,8 @@ public struct ReplicationInstance: ProtocolInstance {
     }
 
     /// A batch for `peer` of every register in `registers` whose deltas it has not acknowledged.
-    /// With `certifyAt` (the local time; `registers` must then be every register), a batch that
+    /// With `certifyAt` (the local time; `registers` must then be every register the peer is
+    /// behind on, so that the others are acknowledged up to their last delta), a batch that
     /// brings the peer up to all this node holds carries the freshness certificate, and is sent
     /// even when empty if certificate heartbeats are on.
     private mutating func ship(to peer: NodeID, registers: [String], certifyAt: Duration? = nil) -> [Effect] {
@@ -794,12 +806,16 @@ public struct ReplicationInstance: ProtocolInstance {
             guard let slot = slots[register] else { continue }
             let buffer = buffers[register] ?? DeltaBuffer()
             let acknowledgedUpTo = acknowledged[peer]?[register]
-            if let acknowledgedUpTo, acknowledgedUpTo >= buffer.lastSequence { continue }
+            if let acknowledgedUpTo, acknowledgedUpTo >= buffer.lastSequence {
+                behind[peer]?.remove(register)
+                continue
+            }
             let payload: DeltaPayload
             switch acknowledgedUpTo.map({ buffer.interval(after: $0, for: peer) }) ?? .unavailable {
             case .nothingNew:
                 // Everything pending came from the peer itself, which is durable there.
                 acknowledged[peer, default: [:]][register] = buffer.lastSequence
+                behind[peer]?.remove(register)
                 continue
             case let .deltas(interval):
                 payload = DeltaPayload(register: register, upTo: buffer.lastSequence, slot: interval, isFullState: false)
@@ -820,6 +836,7 @@ public struct ReplicationInstance: ProtocolInstance {
             if payload.isFullState { statistics.fullStatesSent += 1 } else { statistics.deltaPayloadsSent += 1 }
             if configuration.plantedBug == .forgetUnacknowledgedDeltas {
                 acknowledged[peer, default: [:]][register] = buffer.lastSequence
+                behind[peer]?.remove(register)
             }
         }
         let vector = certifyAt.flatMap { complete && configuration.certificateHeartbeats ? certificateVector(now: $0) : nil }

@@ -26,6 +26,12 @@ public actor Node {
     private var unflushed: [DurablePatch] = []
     private var held: [HeldEffect] = []
     private var flushing = false
+    /// Each mechanism's effects wait only for its own patches: how many of its patches are
+    /// unflushed, how many of its effects are held, and whether the running flush holds any of
+    /// its patches. So a Raft heartbeat never waits behind a flush of CRDT writes.
+    private var unflushedCount: [Mechanism: Int] = [:]
+    private var heldCount: [Mechanism: Int] = [:]
+    private var flushingMechanisms: Set<Mechanism> = []
     /// Compactions (Raft snapshots of this node's own log) wait only for the batches before
     /// them, then are written in the background: no send or reply waits for them. Each holds
     /// the number of the batch it follows.
@@ -118,6 +124,9 @@ public actor Node {
         unflushed.removeAll()
         held.removeAll()
         flushing = false
+        unflushedCount.removeAll()
+        heldCount.removeAll()
+        flushingMechanisms.removeAll()
         compactions.removeAll()
         compacting = false
         batchesDone = batchesStarted  // a flush still running is dropped: nothing waits for it
@@ -525,7 +534,7 @@ public actor Node {
             case let .persist(patch):
                 persist(.transactions(patch))
             case .send, .output:
-                if mustHold { held.append(.austere(effect)) } else { performAustere(effect) }
+                if mustHold(.austere) { hold(.austere(effect)) } else { performAustere(effect) }
             case .setTimer, .cancelTimer:
                 performAustere(effect)
             }
@@ -586,29 +595,65 @@ public actor Node {
 
     // MARK: - Group commit
 
-    /// A send or output waiting for the flush of the patches produced before it.
+    /// The protocol instance a patch or an effect belongs to.
+    private enum Mechanism: Hashable {
+        case replication, raft, austere
+
+        init(_ patch: DurablePatch) {
+            switch patch {
+            case .replication: self = .replication
+            case .raft: self = .raft
+            case .transactions: self = .austere
+            }
+        }
+    }
+
+    /// A send or output waiting for the flush of the patches its instance produced before it.
     private enum HeldEffect {
         case replication(ReplicationInstance.Effect)
         case raft(RaftInstance.Effect)
         case austere(TransactionInstance.Effect)
+
+        var mechanism: Mechanism {
+            switch self {
+            case .replication: .replication
+            case .raft: .raft
+            case .austere: .austere
+            }
+        }
     }
 
-    /// Whether a send or output must wait: patches before it are not durable yet.
-    private var mustHold: Bool { flushing || !unflushed.isEmpty || !held.isEmpty }
+    /// Whether a send or output of `mechanism` must wait: patches of its instance before it are
+    /// not durable yet, or an earlier effect of its instance waits (effects keep their order).
+    /// Patches of the other instances do not hold it: no instance's messages depend on another
+    /// instance's state.
+    private func mustHold(_ mechanism: Mechanism) -> Bool {
+        flushingMechanisms.contains(mechanism) || unflushedCount[mechanism, default: 0] > 0 || heldCount[mechanism, default: 0] > 0
+    }
+
+    /// Whether anything waits for a flush or is being flushed.
+    private var anythingPending: Bool { flushing || !unflushed.isEmpty || !held.isEmpty }
+
+    private func hold(_ effect: HeldEffect) {
+        held.append(effect)
+        heldCount[effect.mechanism, default: 0] += 1
+    }
 
     private func persist(_ patch: DurablePatch) {
-        // A store that persists at once (memory) needs no batching, as long as nothing waits.
-        if !mustHold, storage.persistImmediately([patch]) {
+        // A store that persists at once (memory) needs no batching, as long as nothing of the
+        // same instance waits.
+        if !mustHold(Mechanism(patch)), storage.persistImmediately([patch]) {
             durability.immediate += 1
             return
         }
         unflushed.append(patch)
+        unflushedCount[Mechanism(patch), default: 0] += 1
     }
 
     /// A patch nothing waits for: persisted at once by a store that can, else queued behind the
     /// batches before it and written in the background.
     private func compact(_ patch: DurablePatch) {
-        if !mustHold, storage.persistImmediately([patch]) {
+        if !anythingPending, storage.persistImmediately([patch]) {
             durability.immediate += 1
             return
         }
@@ -648,6 +693,8 @@ public actor Node {
         let effects = held
         unflushed = []
         held = []
+        unflushedCount.removeAll()
+        heldCount.removeAll()
         if patches.isEmpty || storage.persistImmediately(patches) {
             durability.immediate += patches.count
             if !patches.isEmpty {
@@ -661,6 +708,7 @@ public actor Node {
         durability.flushes += 1
         durability.patches += patches.count
         flushing = true
+        flushingMechanisms = Set(patches.map(Mechanism.init))
         batchesStarted += 1
         let storage = self.storage
         let incarnation = self.incarnation
@@ -678,6 +726,7 @@ public actor Node {
     private func flushed(_ effects: [HeldEffect], incarnation: UInt64) {
         guard incarnation == self.incarnation else { return }
         flushing = false
+        flushingMechanisms = []
         batchesDone += 1
         release(effects)
         flushIfNeeded()
@@ -753,7 +802,7 @@ public actor Node {
             case let .persist(patch):
                 persist(.raft(patch))
             case .send, .output:
-                if mustHold { held.append(.raft(effect)) } else { performRaft(effect) }
+                if mustHold(.raft) { hold(.raft(effect)) } else { performRaft(effect) }
             case .setTimer, .cancelTimer:
                 performRaft(effect)
             }
@@ -822,7 +871,7 @@ public actor Node {
                 // and the next update would copy the whole state.
                 continue
             case .send, .output:
-                if mustHold { held.append(.replication(effect)) } else { perform(effect) }
+                if mustHold(.replication) { hold(.replication(effect)) } else { perform(effect) }
             case .setTimer, .cancelTimer:
                 perform(effect)
             }

@@ -194,7 +194,9 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         #expect(harness.inFlight.contains { if case let .deltas(_, [], certificate?) = $0.message { certificate[n1] != nil } else { false } })
     }
 
-    @Test func aPeerBeyondTheBufferGetsTheWholeState() {
+    /// Past `deltaBufferMax` the oldest deltas are joined, not dropped: a peer behind all of
+    /// them gets one delta covering them, not the whole state.
+    @Test func aPeerBehindAFullBufferGetsTheJoinOfTheOldDeltas() {
         var harness = Harness(nodes: 2, configuration: .init(deltaBufferMax: 2))
         harness.declare("count", GCounter.self, at: [n1, n2])
         harness.deliverAll()
@@ -204,7 +206,8 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         }
         harness.gossip(n1)
         let payloads = harness.inFlight.compactMap { if case let .deltas(_, payloads, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
-        #expect(payloads.contains { $0.register == "count" && $0.isFullState })
+        #expect(payloads.contains { $0.register == "count" && !$0.isFullState })
+        #expect(!payloads.contains { $0.isFullState })
         harness.deliverAll()
         #expect(harness.value("count", at: n2, as: GCounter.self)?.value == 5)
         #expect(harness.instances[n1]!.statistics.bufferOverflows > 0)

@@ -51,11 +51,15 @@ public struct ReplicationStatistics: Sendable, Equatable {
 /// Every register keeps a bounded buffer of numbered deltas: its own updates and every received
 /// delta that changed its state (so deltas travel transitively, hop by hop). For each neighbor
 /// and register it remembers the highest sequence number the neighbor acknowledged, and ships
-/// the join of the deltas after it, at once after a local update and on every gossip tick, in
-/// batches of at most `batchBytesMax` bytes. Deltas that came from the neighbor itself are not
-/// sent back. A neighbor that is new, restarted, or further behind than the buffer reaches gets
-/// the whole state instead. Deltas are dropped once every neighbor has acknowledged them; an
-/// unreachable node stops being a neighbor and gets the whole state when it returns.
+/// the join of the deltas after it: after local updates (one batch per neighbour for the updates
+/// made before the push timer fires) and on every gossip tick (for the registers that neighbour
+/// is behind on, oldest first), in batches of at most `batchBytesMax` bytes. Deltas that came
+/// from the neighbor itself are not sent back. Past `deltaBufferMax` deltas, the two oldest are
+/// joined into one, so a slow neighbour gets a larger delta, not the whole state. A neighbor that
+/// is new or restarted gets the whole state instead. Deltas are dropped once every neighbor has
+/// acknowledged them; an unreachable node stops being a neighbor and gets the whole state when
+/// it returns. A node writes deltas to its store, and a register's whole state once the deltas
+/// written since the last one would outgrow it.
 /// Acknowledgements name the sender's incarnation (`epoch`), so that an acknowledgement for a
 /// previous life never drops a delta of this one.
 ///
@@ -69,8 +73,8 @@ public struct ReplicationInstance: ProtocolInstance {
         public var gossipInterval: Duration
         /// Overlay neighbors on each side of the ring (fingers come on top).
         public var ringNeighbors: Int
-        /// Deltas buffered per register, at most; past it the oldest is dropped and peers
-        /// behind it get the whole state.
+        /// Deltas buffered per register, at most; past it the two oldest are joined into one
+        /// (peers behind them get that join, not the whole state).
         public var deltaBufferMax: Int
         /// Encoded bytes of one batch of payloads, at most (a single larger payload goes alone).
         public var batchBytesMax: Int
@@ -160,9 +164,11 @@ public struct ReplicationInstance: ProtocolInstance {
     public typealias Durable = ReplicaDurableState
 
     struct DeltaBuffer {
-        /// Numbered deltas; `source` is the neighbor a received delta came from.
+        /// Numbered deltas (`source`: the neighbor a received delta came from), each covering its own number, except the first, which covers the
+        /// numbers from `headFirst` to its own (older deltas joined into it).
         var entries: [(sequence: UInt64, delta: RegisterSlot, source: NodeID?)] = []
         var lastSequence: UInt64 = 0
+        var headFirst: UInt64 = 1
 
         enum Interval {
             /// Every delta after the acknowledgement came from the peer itself.
@@ -172,18 +178,30 @@ public struct ReplicationInstance: ProtocolInstance {
             case unavailable
         }
 
-        /// Numbers and keeps `delta`, dropping the oldest past `limit`; says whether it dropped any.
+        /// Numbers and keeps `delta`. Past `limit` entries, the two oldest are joined into one
+        /// (which covers both their numbers): a peer behind them gets their join, at about the
+        /// size of what changed, rather than the whole state. Says whether it joined any.
         mutating func append(_ delta: RegisterSlot, from source: NodeID?, keeping limit: Int) -> Bool {
             lastSequence += 1
+            if entries.isEmpty { headFirst = lastSequence }
             entries.append((lastSequence, delta, source))
-            guard entries.count > limit else { return false }
-            entries.removeFirst(entries.count - limit)
+            guard entries.count > max(limit, 2) else { return false }
+            let second = entries.remove(at: 1)
+            if (try? entries[0].delta.formJoin(second.delta)) == nil { entries[0].delta = second.delta }
+            entries[0].sequence = second.sequence
+            if entries[0].source != second.source { entries[0].source = nil }
             return true
+        }
+
+        /// Drops the entries numbered up to `floor` (acknowledged by every neighbour).
+        mutating func drop(upTo floor: UInt64) {
+            entries.removeAll { $0.sequence <= floor }
+            headFirst = entries.first?.sequence ?? lastSequence + 1
         }
 
         /// The join of the deltas after `acknowledged` that did not come from `peer`.
         func interval(after acknowledged: UInt64, for peer: NodeID) -> Interval {
-            guard let first = entries.first, first.sequence <= acknowledged + 1 else { return .unavailable }
+            guard !entries.isEmpty, headFirst <= acknowledged + 1 else { return .unavailable }
             var result: RegisterSlot?
             for entry in entries where entry.sequence > acknowledged && entry.source != peer {
                 result = result.map { (try? $0.joined(with: entry.delta)) ?? $0 } ?? entry.delta
@@ -228,7 +246,50 @@ public struct ReplicationInstance: ProtocolInstance {
     /// For each neighbour, the registers it has not acknowledged up to their last delta (or at
     /// all): what a gossip tick looks at for it, so that a tick costs the registers that
     /// changed, not every register this node holds. A new neighbour starts behind on all.
-    private var behind: [NodeID: Set<String>] = [:]
+    private var behind: [NodeID: Backlog] = [:]
+    /// Registers a gossip tick takes from one neighbour's backlog, at most (a batch is bounded
+    /// in bytes too): a tick costs what it ships, however many registers are behind.
+    static let backlogPerTickMax = 4_096
+
+    /// The registers one neighbour is behind on, in the order they fell behind (deterministic,
+    /// unlike a set's). A tick takes the oldest; those still behind go to the back.
+    struct Backlog {
+        private(set) var members: Set<String> = []
+        private var order: [String] = []
+        private var head = 0
+
+        init(_ registers: [String] = []) {
+            members = Set(registers)
+            order = registers
+        }
+
+        var count: Int { members.count }
+
+        mutating func insert(_ register: String) {
+            if members.insert(register).inserted { order.append(register) }
+        }
+
+        /// Forgets `register` (its place in the order is dropped when reached).
+        mutating func remove(_ register: String) { members.remove(register) }
+
+        /// Up to `limit` registers, oldest first, each once; they move to the back.
+        mutating func takeOldest(_ limit: Int) -> [String] {
+            var taken: [String] = []
+            var seen: Set<String> = []
+            while taken.count < limit, head < order.count {
+                let register = order[head]
+                head += 1
+                guard members.contains(register), seen.insert(register).inserted else { continue }
+                taken.append(register)
+            }
+            order.append(contentsOf: taken)
+            if head > 1_024, head * 2 > order.count {
+                order.removeFirst(head)
+                head = 0
+            }
+            return taken
+        }
+    }
     private var registerCursor = 0
     /// Registers changed locally and not pushed yet; the push timer is set while it is not empty.
     private var unpushed: Set<String> = []
@@ -323,13 +384,19 @@ public struct ReplicationInstance: ProtocolInstance {
         case .gossip:
             var effects: [Effect] = [.setTimer(.gossip, after: jittered(configuration.gossipInterval))]
             let neighbors = self.neighbors()
-            // Forget acknowledgements of nodes that are no longer neighbors (bounded state);
-            // they get the whole state if they become neighbors again.
-            acknowledged = acknowledged.filter { neighbors.contains($0.key) }
+            // Acknowledgements of members that are not neighbours now are kept (bounded by the
+            // members): a node that was suspected for a while, under load, and comes back gets
+            // the deltas it missed if the buffer still holds them, not the whole state of every
+            // register. Those of nodes no longer members are forgotten.
+            let members = Set(allMembers)
+            if acknowledged.keys.contains(where: { !members.contains($0) }) { acknowledged = acknowledged.filter { members.contains($0.key) } }
             behind = behind.filter { neighbors.contains($0.key) }
             for peer in neighbors {
-                if behind[peer] == nil { behind[peer] = Set(slots.keys) }
-                effects += ship(to: peer, registers: behind[peer]!.sorted(), certifyAt: now)
+                if behind[peer] == nil { behind[peer] = Backlog(slots.keys.sorted()) }
+                let registers = behind[peer]!.takeOldest(Self.backlogPerTickMax)
+                // A certificate only with every register the peer is behind on.
+                let whole = registers.count == behind[peer]!.count
+                effects += ship(to: peer, registers: registers, certifyAt: whole ? now : nil)
             }
             registerCursor &+= 1
             return effects
@@ -661,7 +728,9 @@ public struct ReplicationInstance: ProtocolInstance {
         // In place: a copy of the buffer would cost its length on every update.
         let overflow = buffers[register, default: DeltaBuffer()].append(delta, from: source, keeping: configuration.deltaBufferMax)
         if overflow { statistics.bufferOverflows += 1 }
-        for peer in behind.keys { behind[peer]!.insert(register) }
+        // Over a copy of the keys: iterating the dictionary itself while changing its values
+        // would copy every set.
+        for peer in Array(behind.keys) { behind[peer]!.insert(register) }
     }
 
     /// Change notifications, derived registers and threshold reads after `registers` changed.
@@ -870,7 +939,7 @@ public struct ReplicationInstance: ProtocolInstance {
             floor = min(floor, upTo)
         }
         guard first.sequence <= floor else { return }
-        buffers[register]!.entries.removeAll { $0.sequence <= floor }
+        buffers[register]!.drop(upTo: floor)
     }
 
     /// This node's overlay neighbors: the nearest reachable members on both sides of the ring of

@@ -5,7 +5,7 @@
 # system is started, measured and stopped in turn, so the machine's noise falls on all of them.
 #
 # For each system: SET, GET, INCR and SADD, once on one key and once on random keys
-# (-r KEYSPACE). It prints requests per second, p50 and p99 (ms), each figure's ratio to redis
+# (-r KEYSPACE); then SADD into an empty set and into a set of SETSIZE members. It prints requests per second, p50 and p99 (ms), each figure's ratio to redis
 # `everysec`, and for Continuum the Raft term on every node before and after its runs (a
 # change means consensus lost its leader under the load).
 #
@@ -20,6 +20,7 @@ CLIENTS=${CLIENTS:-50}
 REQUESTS=${REQUESTS:-100000}
 KEYSPACE=${KEYSPACE:-100000}
 TESTS=${TESTS:-set,get,incr,sadd}
+SETSIZE=${SETSIZE:-100000}
 FSYNC=${FSYNC:-always}
 SYSTEMS=${SYSTEMS:-redis-everysec redis-always available linearizable}
 
@@ -57,6 +58,21 @@ run() {
             split($1, t, ":"); printf "%s,%s,%s,%d,%s,%s\n", s, k, tolower(t[1]), $2, $5, $7; fflush() }' | tee -a "$results"
 }
 
+# setsize SYSTEM PORT: SADD of new members into an empty set, then into a set of SETSIZE
+# members (filled first, 1,000 members per command): the cost of an update must not grow with
+# the state.
+setsize() {
+    local system=$1 port=$2
+    seq 0 999 | awk -v n="$SETSIZE" '{ printf "SADD large"; for (i = $1; i < n; i += 1000) printf " m%d", i; printf "\n" }' |
+        redis-cli -p "$port" > /dev/null
+    echo "filled 'large' with $(redis-cli -p "$port" SCARD large) members"
+    for key in empty large; do
+        redis-benchmark -p "$port" -c "$CLIENTS" -n "$REQUESTS" -r 100000000 --csv -q SADD "$key" "x__rand_int__" 2> /dev/null |
+            tr -d '"' | awk -F, -v s="$system" -v k="$key" 'NR > 1 && $1 != "" {
+                printf "%s,set-%s,sadd,%d,%s,%s\n", s, k, $2, $5, $7; fflush() }' | tee -a "$results"
+    done
+}
+
 terms() {
     local line=""
     for port in 16701 16702 16703; do
@@ -77,6 +93,7 @@ for system in $SYSTEMS; do
         for _ in $(seq 50); do redis-cli -p 16399 PING > /dev/null 2>&1 && break; sleep 0.1; done
         run "$system" 16399 one
         run "$system" 16399 many
+        setsize "$system" 16399
         kill "$redis_pid"; wait "$redis_pid" 2> /dev/null || true; redis_pid=
         ;;
     available | linearizable)
@@ -85,6 +102,7 @@ for system in $SYSTEMS; do
         before=$(terms)
         run "$system" 16701 one
         run "$system" 16701 many
+        setsize "$system" 16701
         after=$(terms)
         staleness=$(redis-cli -p 16701 INFO | tr -d '\r' | awk -F: '$1 == "certified_staleness_available_ms" { print $2 }')
         echo "raft terms (n1 n2 n3) before: $before after: $after; certified available staleness at n1 after: ${staleness} ms"
@@ -104,11 +122,11 @@ awk -F, '
       if (!($1 in seen)) { seen[$1] = 1; systems[++n] = $1 }
       if (!(key in seenkey)) { seenkey[key] = 1; keys[++m] = key } }
     END {
-        printf "%-6s %-5s", "keys", "test"
+        printf "%-9s %-5s", "keys", "test"
         for (i = 1; i <= n; i++) printf " | %-22s", systems[i] " rps p50 p99"
         printf " | %s\n", "available/linearizable rps"
         for (j = 1; j <= m; j++) {
-            split(keys[j], kt, ","); printf "%-6s %-5s", kt[1], kt[2]
+            split(keys[j], kt, ","); printf "%-9s %-5s", kt[1], kt[2]
             base = rps["redis-everysec," keys[j]]
             for (i = 1; i <= n; i++) {
                 r = rps[systems[i] "," keys[j]]

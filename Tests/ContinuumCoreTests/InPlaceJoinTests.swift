@@ -13,6 +13,16 @@ import Testing
         return Causal(store: Store.join(a.store, a.context, b.store, b.context), context: context)
     }
 
+    /// Joins `other` into `replica` in place and compares with the reference join.
+    static func joinInPlaceAndCompare<CRDT: CausalCRDT>(_ replica: inout CRDT, _ other: CRDT, seed: UInt64) {
+        let expected = reference(replica.causal, other.causal)
+        let before = replica
+        let changed = replica.formJoinReportingChange(other)
+        #expect(replica.causal.store == expected.store, "seed \(seed)")
+        #expect(replica.causal.context == expected.context, "seed \(seed)")
+        #expect(changed == (replica != before), "seed \(seed): the change report")
+    }
+
     @Test(arguments: 1...40)
     func orSetJoinsInPlaceAsTheReferenceDoes(seed: UInt64) {
         var random = DeterministicRandom(seed: seed)
@@ -30,12 +40,7 @@ import Testing
                 // Join a delta (or another replica's whole state), in place, and compare.
                 let other = deltas.isEmpty || random.chance(0.2)
                     ? replicas[Int.random(in: 0..<3, using: &random)] : deltas.randomElement(using: &random)!
-                let expected = Self.reference(replicas[index].causal, other.causal)
-                let before = replicas[index]
-                let changed = replicas[index].formJoinReportingChange(other)
-                #expect(replicas[index].causal.store == expected.store, "seed \(seed)")
-                #expect(replicas[index].causal.context == expected.context, "seed \(seed)")
-                #expect(changed == (replicas[index] != before), "seed \(seed): the change report")
+                Self.joinInPlaceAndCompare(&replicas[index], other, seed: seed)
             }
         }
     }
@@ -59,12 +64,7 @@ import Testing
             default:
                 let other = deltas.isEmpty || random.chance(0.2)
                     ? replicas[Int.random(in: 0..<3, using: &random)] : deltas.randomElement(using: &random)!
-                let expected = Self.reference(replicas[index].causal, other.causal)
-                let before = replicas[index]
-                let changed = replicas[index].formJoinReportingChange(other)
-                #expect(replicas[index].causal.store == expected.store, "seed \(seed)")
-                #expect(replicas[index].causal.context == expected.context, "seed \(seed)")
-                #expect(changed == (replicas[index] != before), "seed \(seed): the change report")
+                Self.joinInPlaceAndCompare(&replicas[index], other, seed: seed)
             }
         }
     }

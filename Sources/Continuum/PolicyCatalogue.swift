@@ -23,9 +23,6 @@ public final class PolicyCatalogue: Sendable {
     /// The policy declared for `name`, if any.
     public func policy(of name: String) -> Policy? { policies.withLock { $0[name] } }
 
-    /// How many registers have a declared policy.
-    public var count: Int { policies.withLock { $0.count } }
-
     /// Every declaration, by name.
     public var all: [String: Policy] { policies.withLock { $0 } }
 

@@ -12,6 +12,8 @@ public actor Node {
     /// The declared policies, typed and current with the catalogue register (see
     /// `PolicyCatalogue`): readable from any thread, without the actor.
     public nonisolated let policies = PolicyCatalogue()
+    /// How long calls into this actor wait, as sampled by the process that runs it.
+    public nonisolated let responsiveness = ResponsivenessProbe()
     private let members: [NodeID]
     private let configuration: ReplicationInstance.Configuration
     private let raftConfiguration: RaftInstance.Configuration
@@ -355,6 +357,10 @@ public actor Node {
     }
 
     public private(set) var durability = DurabilityStatistics()
+
+    /// What the available mechanism sent and received: deltas, whole states, reachability
+    /// changes (nil when stopped).
+    public var replicationStatistics: ReplicationStatistics? { instance?.statistics }
 
     func subscribe(_ name: String, _ yield: @escaping @Sendable (AnyReplicated?) -> Void) -> UInt64? {
         guard let instance else { return nil }

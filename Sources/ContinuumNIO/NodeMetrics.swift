@@ -149,6 +149,16 @@ public final class NodeMetrics: Sendable {
             advance("continuum_transport_connects_total", to: statistics.connects)
             advance("continuum_transport_connections_refused_total", to: statistics.connectionsRefused)
         }
+        let probe = node.responsiveness.current
+        gauge("continuum_node_wait_seconds").record(Self.seconds(probe.last))
+        gauge("continuum_node_wait_max_seconds").record(Self.seconds(probe.maximum))
+        if let replication = await node.replicationStatistics {
+            advance("continuum_replication_delta_payloads_sent_total", to: replication.deltaPayloadsSent)
+            advance("continuum_replication_full_states_sent_total", to: replication.fullStatesSent)
+            advance("continuum_replication_delta_payloads_received_total", to: replication.deltaPayloadsReceived)
+            advance("continuum_replication_full_states_received_total", to: replication.fullStatesReceived)
+            advance("continuum_replication_reachability_changes_total", to: replication.reachabilityChanges)
+        }
         let durability = await node.durability
         advance("continuum_storage_flushes_total", to: durability.flushes)
         advance("continuum_storage_patches_total", to: durability.patches)

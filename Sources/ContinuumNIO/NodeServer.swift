@@ -214,7 +214,9 @@ public final class NodeServer: Service {
             failure = try await cancelWhenGracefulShutdown {
                 while true {
                     try await Task.sleep(for: .milliseconds(200))
+                    let asked = ContinuousClock.now
                     if let error = await node.storageError { return error }
+                    node.responsiveness.record(ContinuousClock.now - asked)
                 }
             }
         } catch {

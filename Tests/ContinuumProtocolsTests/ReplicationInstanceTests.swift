@@ -185,6 +185,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         _ = harness.update("count", at: n1) { (counter: inout GCounter, replica) in counter.increment(by: 3, replica: replica) }
         harness.deliverAll { _, _, message in if case .deltas = message { true } else { false } }  // lost
         #expect(harness.value("count", at: n2, as: GCounter.self)?.value == 0)
+        harness.now = .seconds(2)  // past the retransmit interval
         harness.gossip(n1)
         harness.deliverAll()
         #expect(harness.value("count", at: n2, as: GCounter.self)?.value == 3)
@@ -192,6 +193,111 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         harness.gossip(n1)
         #expect(!harness.inFlight.contains { if case let .deltas(_, payloads, _) = $0.message { !payloads.isEmpty } else { false } })
         #expect(harness.inFlight.contains { if case let .deltas(_, [], certificate?) = $0.message { certificate[n1] != nil } else { false } })
+    }
+
+    /// While a whole state is on its way to a neighbour, pushes ship only the deltas after it,
+    /// and gossip ticks do not ship it again until `fullStateRetransmitInterval` has passed
+    /// without an acknowledgement: a large register is not resent to a slow peer on every
+    /// update.
+    @Test func aWholeStateInFlightIsNotShippedAgainOnEveryUpdate() {
+        var harness = Harness(nodes: 2, configuration: .init(gossipInterval: .milliseconds(100), retransmitInterval: .seconds(1)))
+        harness.declare("big", ORSet<String>.self, at: [n1])
+        for member in 0..<50 {
+            _ = harness.update("big", at: n1) { (set: inout ORSet<String>, replica) in set.insert("m\(member)", replica: replica) }
+        }
+        func shipped(_ from: NodeID) -> [DeltaPayload] {
+            harness.inFlight.filter { $0.from == from }.compactMap { if case let .deltas(_, payloads, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
+        }
+        let wholes = shipped(n1).filter(\.isFullState).count
+        #expect(wholes == 1, "one whole state while none is acknowledged, not one per update: \(wholes)")
+        #expect(shipped(n1).filter { !$0.isFullState }.allSatisfy { !$0.anchored }, "the pushes after it are not anchored")
+        let beforeTick = harness.inFlight.count
+        harness.now = .milliseconds(500)
+        harness.gossip(n1)
+        #expect(shipped(n1).filter(\.isFullState).count == 1, "a tick within the interval does not resend it")
+        #expect(shipped(n1).contains { $0.isMarker && $0.register == "big" }, "it sends a marker instead")
+        #expect(harness.inFlight.count >= beforeTick)
+        harness.now = .milliseconds(1_200)
+        harness.gossip(n1)
+        #expect(shipped(n1).filter(\.isFullState).count == 2, "a tick past the interval does")
+        harness.deliverAll()
+        #expect(harness.value("big", at: n2, as: ORSet<String>.self)?.elements.count == 50)
+        harness.gossip(n1)
+        #expect(!harness.inFlight.contains { if case let .deltas(_, payloads, _) = $0.message { !payloads.isEmpty } else { false } },
+                "all acknowledged: \(harness.inFlight)")
+    }
+
+    /// A push ships only the deltas after what was shipped before, not everything after the
+    /// acknowledgement; the receiver acknowledges such a payload only when it has the ones
+    /// before it. A lost push is joined late (by the next tick, anchored at the
+    /// acknowledgement), and the gap is never acknowledged over.
+    @Test func pushesShipOnlyNewDeltasAndAGapIsNeverAcknowledged() {
+        var harness = Harness(nodes: 2)
+        harness.declare("cart", ORSet<String>.self, at: [n1, n2])
+        harness.deliverAll()
+        _ = harness.update("cart", at: n1) { (set: inout ORSet<String>, replica) in set.insert("apple", replica: replica) }
+        harness.inFlight.removeAll()  // the first push is lost
+        _ = harness.update("cart", at: n1) { (set: inout ORSet<String>, replica) in set.insert("pear", replica: replica) }
+        let second = harness.inFlight.compactMap { if case let .deltas(_, payloads, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
+        #expect(second.count == 1 && !second[0].anchored && second[0].after == second[0].upTo - 1, "only the new delta: \(second)")
+        harness.deliverAll()
+        // Joined (a join is safe) but not acknowledged: n2 lacks the first delta.
+        #expect(harness.value("cart", at: n2, as: ORSet<String>.self)?.elements == ["pear"])
+        harness.now = .seconds(2)  // past the retransmit interval
+        harness.gossip(n1)
+        let retransmitted = harness.inFlight.compactMap { if case let .deltas(_, payloads, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
+        #expect(retransmitted.contains { $0.register == "cart" && $0.anchored }, "the tick ships from the acknowledgement again")
+        harness.deliverAll()
+        #expect(harness.value("cart", at: n2, as: ORSet<String>.self)?.elements == ["apple", "pear"])
+        harness.gossip(n1)
+        #expect(!harness.inFlight.contains { if case let .deltas(_, payloads, _) = $0.message { !payloads.isEmpty } else { false } })
+    }
+
+    /// A certificate rides on a tick's batch that sends markers for what is in flight; the
+    /// receiver adopts it only if it has what the markers name. A lost push therefore never
+    /// certifies a replica that lacks it, and once the tick ships again from the
+    /// acknowledgement, the certificate is adopted.
+    @Test func aCertificateIsAdoptedOnlyWithEveryShipmentItBuildsOn() {
+        var harness = Harness(nodes: 2, configuration: .init(gossipInterval: .milliseconds(100), retransmitInterval: .milliseconds(500)))
+        harness.declare("cart", ORSet<String>.self, at: [n1, n2])
+        harness.deliverAll()
+        harness.now = .milliseconds(50)
+        harness.gossip(n1)
+        harness.deliverAll()
+        let certified = harness.instances[n2]!.certificate[n1]
+        #expect(certified == .milliseconds(50))
+        harness.now = .milliseconds(100)
+        _ = harness.update("cart", at: n1) { (set: inout ORSet<String>, replica) in set.insert("apple", replica: replica) }
+        harness.inFlight.removeAll()  // the push is lost
+        harness.now = .milliseconds(200)
+        harness.gossip(n1)
+        let tick = harness.inFlight.compactMap { if case let .deltas(_, payloads, certificate?) = $0.message { (payloads, certificate) } else { nil } }
+        #expect(tick.count == 1 && tick[0].0.allSatisfy(\.isMarker), "a marker, not the delta again: \(tick)")
+        harness.deliverAll()
+        #expect(harness.instances[n2]!.certificate[n1] == certified, "not adopted: n2 lacks the apple")
+        harness.now = .milliseconds(700)
+        harness.gossip(n1)
+        harness.deliverAll()
+        #expect(harness.value("cart", at: n2, as: ORSet<String>.self)?.elements == ["apple"])
+        #expect(harness.instances[n2]!.certificate[n1] == .milliseconds(700))
+    }
+
+    /// A payload that is not anchored and starts past what the receiver holds is joined but
+    /// not acknowledged (so the sender keeps the deltas before it).
+    @Test func anUnanchoredPayloadPastAGapIsJoinedButNotAcknowledged() {
+        var harness = Harness(nodes: 2)
+        harness.declare("count", GCounter.self, at: [n1, n2])
+        harness.deliverAll()
+        var counter = GCounter()
+        counter.increment(by: 4, replica: ReplicaID(1))
+        let slot = RegisterSlot(generation: 1, typeName: replicableTypeName(GCounter.self), state: AnyReplicated(counter))
+        let payload = DeltaPayload(register: "count", upTo: 9, slot: slot, isFullState: false, after: 8, anchored: false)
+        let effects = harness.instances[n2]!.receive(.deltas(epoch: 7, [payload], certificate: nil), from: n1, now: .zero)
+        #expect(harness.value("count", at: n2, as: GCounter.self)?.value == 4)
+        #expect(!effects.contains { if case let .send(_, .acks(_, acks)) = $0 { !acks.isEmpty } else { false } }, "\(effects)")
+        let anchored = DeltaPayload(register: "count", upTo: 9, slot: slot, isFullState: false, after: 2, anchored: true)
+        let again = harness.instances[n2]!.receive(.deltas(epoch: 7, [anchored], certificate: nil), from: n1, now: .zero)
+        #expect(again.contains { if case let .send(_, .acks(7, acks)) = $0 { acks.contains { $0.register == "count" && $0.upTo == 9 } } else { false } })
     }
 
     /// Past `deltaBufferMax` the oldest deltas are joined, not dropped: a peer behind all of
@@ -204,6 +310,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
             _ = harness.update("count", at: n1) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
             harness.deliverAll { _, _, message in if case .deltas = message { true } else { false } }
         }
+        harness.now = .seconds(2)  // past the retransmit interval
         harness.gossip(n1)
         let payloads = harness.inFlight.compactMap { if case let .deltas(_, payloads, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
         #expect(payloads.contains { $0.register == "count" && !$0.isFullState })
@@ -319,6 +426,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         harness.inFlight.removeAll()
         // An acknowledgement naming another epoch must not mark the delta delivered.
         _ = harness.instances[n1]!.receive(.acks(epoch: 99, [DeltaAck(register: "count", upTo: 5)]), from: n2, now: .zero)
+        harness.now = .seconds(2)  // past the retransmit interval
         harness.gossip(n1)
         harness.deliverAll()
         #expect(harness.value("count", at: n2, as: GCounter.self)?.value == 1)

@@ -8,6 +8,9 @@ public enum PlantedReplicationBug: String, Sendable, CaseIterable {
     case forgetUnacknowledgedDeltas = "forget-unacknowledged-deltas"
     /// Send nothing when a peer needs the whole state (new, restarted, or too far behind).
     case skipFullStateFallback = "skip-full-state-fallback"
+    /// Acknowledge a push that is not anchored at an acknowledgement even when the payloads
+    /// before it never arrived: a lost push is acknowledged over and never resent.
+    case acknowledgeAcrossGaps = "acknowledge-across-gaps"
 }
 
 /// A derived register: a function of other registers' states, kept up to date at every
@@ -32,6 +35,11 @@ public struct DerivedDefinition: Sendable {
 public struct ReplicationStatistics: Sendable, Equatable {
     public var deltaPayloadsSent = 0
     public var fullStatesSent = 0
+    /// Payloads received that carried a register's whole state, and deltas received.
+    public var fullStatesReceived = 0
+    public var deltaPayloadsReceived = 0
+    /// Times a member became unreachable or reachable again (SWIM).
+    public var reachabilityChanges = 0
     public var bufferOverflows = 0
     public var rejectedMessages = 0
     public var lastRejection: String?
@@ -87,6 +95,11 @@ public struct ReplicationInstance: ProtocolInstance {
         /// when no delta is pending. Costs about 10 bytes per member, per neighbour and tick, so
         /// it suits clusters of tens of nodes; without it bounded reads must ask every replica.
         public var certificateHeartbeats: Bool
+        /// What was shipped to a neighbour is shipped again (from its acknowledgement, or whole)
+        /// only after this long without an acknowledgement: a gossip tick does not resend a
+        /// large delta or state to a peer that is still joining the previous copy; it sends a
+        /// marker that lets the peer check it has received it.
+        public var retransmitInterval: Duration
         public var membership: Membership.Configuration
         public var catalog: ReplicableTypeCatalog
         /// Nodes to join through; nil for a static cluster where every member is known at start.
@@ -96,7 +109,7 @@ public struct ReplicationInstance: ProtocolInstance {
         public init(gossipInterval: Duration = .milliseconds(200), ringNeighbors: Int = 2,
                     deltaBufferMax: Int = 128, batchBytesMax: Int = 64 * 1024, thresholdReadsMax: Int = 10_000,
                     boundedReadsMax: Int = 10_000, freshness: FreshnessGate.Configuration = .init(), certificateHeartbeats: Bool = true,
-                    membership: Membership.Configuration = .init(), catalog: ReplicableTypeCatalog = .standard,
+                    retransmitInterval: Duration? = nil, membership: Membership.Configuration = .init(), catalog: ReplicableTypeCatalog = .standard,
                     seeds: [NodeID]? = nil, plantedBug: PlantedReplicationBug? = nil) {
             precondition(gossipInterval > .zero && ringNeighbors >= 1 && deltaBufferMax >= 1 && batchBytesMax >= 1)
             self.gossipInterval = gossipInterval
@@ -107,6 +120,7 @@ public struct ReplicationInstance: ProtocolInstance {
             self.boundedReadsMax = boundedReadsMax
             self.freshness = freshness
             self.certificateHeartbeats = certificateHeartbeats
+            self.retransmitInterval = retransmitInterval ?? gossipInterval * 5
             self.membership = membership
             self.catalog = catalog
             self.seeds = seeds
@@ -202,9 +216,15 @@ public struct ReplicationInstance: ProtocolInstance {
         /// The join of the deltas after `acknowledged` that did not come from `peer`.
         func interval(after acknowledged: UInt64, for peer: NodeID) -> Interval {
             guard !entries.isEmpty, headFirst <= acknowledged + 1 else { return .unavailable }
+            // Joined in place: the first delta's storage is copied once at most (it may be the
+            // join of many old deltas), not once per delta after it.
             var result: RegisterSlot?
             for entry in entries where entry.sequence > acknowledged && entry.source != peer {
-                result = result.map { (try? $0.joined(with: entry.delta)) ?? $0 } ?? entry.delta
+                if result == nil {
+                    result = entry.delta
+                } else {
+                    _ = try? result!.formJoin(entry.delta)
+                }
             }
             return result.map { .deltas($0) } ?? .nothingNew
         }
@@ -243,6 +263,16 @@ public struct ReplicationInstance: ProtocolInstance {
     /// amortized, at any size of the state).
     private var written: [String: (whole: Int, deltas: Int)] = [:]
     private var acknowledged: [NodeID: [String: UInt64]] = [:]
+    /// Shipped to a neighbour and not acknowledged yet: the last sequence number shipped, and
+    /// when the shipment that the later ones build on (from the acknowledgement, or whole)
+    /// went. Later shipments carry only the deltas after `upTo`, until `retransmitInterval`
+    /// has passed: then a tick ships again from the acknowledgement. Entries go once the
+    /// neighbour acknowledges them.
+    private var inFlight: [NodeID: [String: (upTo: UInt64, since: Duration)]] = [:]
+    /// For each sender's incarnation, the highest sequence number of each register's deltas
+    /// this node holds without a gap (what it may acknowledge after a push that is not
+    /// anchored at an acknowledgement).
+    private var heard: [NodeID: (epoch: UInt64, upTo: [String: UInt64])] = [:]
     /// For each neighbour, the registers it has not acknowledged up to their last delta (or at
     /// all): what a gossip tick looks at for it, so that a tick costs the registers that
     /// changed, not every register this node holds. A new neighbour starts behind on all.
@@ -391,12 +421,13 @@ public struct ReplicationInstance: ProtocolInstance {
             let members = Set(allMembers)
             if acknowledged.keys.contains(where: { !members.contains($0) }) { acknowledged = acknowledged.filter { members.contains($0.key) } }
             behind = behind.filter { neighbors.contains($0.key) }
+            if inFlight.keys.contains(where: { !neighbors.contains($0) }) { inFlight = inFlight.filter { neighbors.contains($0.key) } }
             for peer in neighbors {
                 if behind[peer] == nil { behind[peer] = Backlog(slots.keys.sorted()) }
                 let registers = behind[peer]!.takeOldest(Self.backlogPerTickMax)
                 // A certificate only with every register the peer is behind on.
                 let whole = registers.count == behind[peer]!.count
-                effects += ship(to: peer, registers: registers, certifyAt: whole ? now : nil)
+                effects += ship(to: peer, registers: registers, now: now, retransmit: true, certifyAt: whole ? now : nil)
             }
             registerCursor &+= 1
             return effects
@@ -405,7 +436,7 @@ public struct ReplicationInstance: ProtocolInstance {
         case .push:
             let registers = unpushed.sorted()
             unpushed = []
-            return neighbors().flatMap { ship(to: $0, registers: registers) }
+            return neighbors().flatMap { ship(to: $0, registers: registers, now: now, retransmit: false) }
         }
     }
 
@@ -424,12 +455,14 @@ public struct ReplicationInstance: ProtocolInstance {
             for ack in acks {
                 if ack.needsFullState {
                     acknowledged[sender]?[ack.register] = nil
+                    inFlight[sender]?[ack.register] = nil
                     behind[sender]?.insert(ack.register)
                     continue
                 }
                 let previous = acknowledged[sender]?[ack.register] ?? 0
                 let upTo = max(previous, ack.upTo)
                 acknowledged[sender, default: [:]][ack.register] = upTo
+                if let shipped = inFlight[sender]?[ack.register], shipped.upTo <= upTo { inFlight[sender]![ack.register] = nil }
                 if upTo >= buffers[ack.register]?.lastSequence ?? 0 { behind[sender]?.remove(ack.register) }
                 collectGarbage(ack.register)
             }
@@ -630,7 +663,7 @@ public struct ReplicationInstance: ProtocolInstance {
                                            from sender: NodeID, now: Duration) -> [Effect] {
         // A reply to an earlier incarnation's read says nothing about this one's start.
         guard readerEpoch == epoch else { return [] }
-        guard let (effects, _, complete) = merge(payloads, from: sender) else { return [] }
+        guard let (effects, _, complete) = merge(payloads, from: sender, epoch: nil) else { return [] }
         var result = effects
         if complete, var read = boundedReads[id] {
             read.replied.insert(sender)
@@ -778,7 +811,7 @@ public struct ReplicationInstance: ProtocolInstance {
 
     private mutating func receiveDeltas(_ payloads: [DeltaPayload], senderEpoch: UInt64, certificate vector: FreshnessVector?,
                                         from sender: NodeID, now: Duration) -> [Effect] {
-        guard let (effects, acks, complete) = merge(payloads, from: sender) else { return [] }
+        guard let (effects, acks, complete) = merge(payloads, from: sender, epoch: senderEpoch) else { return [] }
         var result = effects
         if complete, let vector {
             // This node now holds everything the sender held when it sent the batch.
@@ -805,15 +838,23 @@ public struct ReplicationInstance: ProtocolInstance {
         return boundedReads.keys.sorted().flatMap { decide($0, now: now, atDeadline: false) }
     }
 
-    /// Validates and joins a batch of payloads from `sender`; nil when the batch is rejected
-    /// (nothing changed). `complete` says every payload was joined (none needs a whole state).
-    private mutating func merge(_ payloads: [DeltaPayload], from sender: NodeID) -> (effects: [Effect], acks: [DeltaAck], complete: Bool)? {
+    /// Validates and joins a batch of payloads from `sender` (of incarnation `epoch`, for
+    /// deltas to acknowledge); nil when the batch is rejected (nothing changed). `complete` says
+    /// every payload was joined (none needs a whole state). A payload not anchored at an
+    /// acknowledgement is joined (a join is always safe) but acknowledged only when this node
+    /// received the sender's payloads up to where it starts.
+    private mutating func merge(_ payloads: [DeltaPayload], from sender: NodeID, epoch senderEpoch: UInt64?) -> (effects: [Effect], acks: [DeltaAck], complete: Bool)? {
         // Validate the whole batch before changing anything: a bad payload rejects the message.
         var decoded: [(DeltaPayload, RegisterSlot)] = []
+        var markers: [DeltaPayload] = []
         var resync: [DeltaAck] = []
         for payload in payloads {
             do {
                 guard Self.isValidName(payload.register) else { throw WireDecodingError.invalid("register name") }
+                if payload.isMarker {
+                    markers.append(payload)
+                    continue
+                }
                 let current = slots[payload.register]
                 let slot: RegisterSlot
                 do {
@@ -837,8 +878,26 @@ public struct ReplicationInstance: ProtocolInstance {
         var patch = ReplicaDurableState(incarnation: epoch, slots: [:])
         var changed: Set<String> = []
         var acks = resync
+        // Whether this node has every shipment the batch builds on (so a certificate with it
+        // may be adopted).
+        var continuous = true
+        if let senderEpoch, heard[sender]?.epoch != senderEpoch { heard[sender] = (senderEpoch, [:]) }
+        for marker in markers where senderEpoch != nil {
+            if (heard[sender]!.upTo[marker.register] ?? 0) < marker.upTo, configuration.plantedBug != .acknowledgeAcrossGaps { continuous = false }
+        }
         for (payload, delta) in decoded {
-            acks.append(DeltaAck(register: payload.register, upTo: payload.upTo))
+            if senderEpoch != nil {
+                let held = heard[sender]!.upTo[payload.register]
+                if payload.anchored || (held.map { $0 >= payload.after } ?? false)
+                    || configuration.plantedBug == .acknowledgeAcrossGaps {
+                    let upTo = max(held ?? 0, payload.upTo)
+                    heard[sender]!.upTo[payload.register] = upTo
+                    acks.append(DeltaAck(register: payload.register, upTo: upTo))
+                } else {
+                    continuous = false
+                }
+            }
+            if payload.isFullState { statistics.fullStatesReceived += 1 } else { statistics.deltaPayloadsReceived += 1 }
             // Joined in place: a delta costs about its own size, whatever the register's.
             let grew: Bool
             if slots[payload.register] == nil {
@@ -857,15 +916,21 @@ public struct ReplicationInstance: ProtocolInstance {
             effects.append(.persist(patch))
             effects += reactToChange(of: changed)
         }
-        return (effects, acks, resync.isEmpty)
+        return (effects, acks, resync.isEmpty && continuous)
     }
 
     /// A batch for `peer` of every register in `registers` whose deltas it has not acknowledged.
+    /// A register shipped and not acknowledged yet gets only the deltas after what was shipped
+    /// (not anchored; the peer acknowledges them once it has the shipments before), or, on a
+    /// tick (`retransmit`) with nothing new, a marker by which the peer checks it received
+    /// them. Once `retransmitInterval` has passed without an acknowledgement, a tick ships
+    /// everything after the acknowledgement again (a lost message costs that long).
     /// With `certifyAt` (the local time; `registers` must then be every register the peer is
     /// behind on, so that the others are acknowledged up to their last delta), a batch that
     /// brings the peer up to all this node holds carries the freshness certificate, and is sent
-    /// even when empty if certificate heartbeats are on.
-    private mutating func ship(to peer: NodeID, registers: [String], certifyAt: Duration? = nil) -> [Effect] {
+    /// even when empty if certificate heartbeats are on. The peer adopts it only if it has
+    /// every shipment the batch builds on.
+    private mutating func ship(to peer: NodeID, registers: [String], now: Duration, retransmit: Bool, certifyAt: Duration? = nil) -> [Effect] {
         var payloads: [DeltaPayload] = []
         var complete = true
         var bytes = 0
@@ -879,21 +944,38 @@ public struct ReplicationInstance: ProtocolInstance {
                 behind[peer]?.remove(register)
                 continue
             }
+            var shipped = inFlight[peer]?[register]
+            if let current = shipped, retransmit, now - current.since >= configuration.retransmitInterval { shipped = nil }
             let payload: DeltaPayload
-            switch acknowledgedUpTo.map({ buffer.interval(after: $0, for: peer) }) ?? .unavailable {
-            case .nothingNew:
-                // Everything pending came from the peer itself, which is durable there.
-                acknowledged[peer, default: [:]][register] = buffer.lastSequence
-                behind[peer]?.remove(register)
-                continue
-            case let .deltas(interval):
-                payload = DeltaPayload(register: register, upTo: buffer.lastSequence, slot: interval, isFullState: false)
-            case .unavailable:
-                if configuration.plantedBug == .skipFullStateFallback {
-                    complete = false
+            if let shipped, shipped.upTo >= buffer.lastSequence {
+                // Everything is on its way.
+                guard retransmit else { continue }
+                payload = .marker(register: register, upTo: shipped.upTo)
+            } else {
+                // After what was shipped (not anchored), or after the acknowledgement.
+                let base = shipped?.upTo ?? acknowledgedUpTo
+                let anchored = shipped == nil
+                switch base.map({ buffer.interval(after: $0, for: peer) }) ?? .unavailable {
+                case .nothingNew where anchored:
+                    // Everything pending came from the peer itself, which is durable there.
+                    acknowledged[peer, default: [:]][register] = buffer.lastSequence
+                    inFlight[peer]?[register] = nil
+                    behind[peer]?.remove(register)
                     continue
+                case .nothingNew:
+                    // The rest came from the peer; what was shipped before is on its way.
+                    guard retransmit else { continue }
+                    payload = .marker(register: register, upTo: shipped!.upTo)
+                case let .deltas(interval):
+                    payload = DeltaPayload(register: register, upTo: buffer.lastSequence, slot: interval, isFullState: false,
+                                           after: base!, anchored: anchored)
+                case .unavailable:
+                    if configuration.plantedBug == .skipFullStateFallback {
+                        complete = false
+                        continue
+                    }
+                    payload = DeltaPayload(register: register, upTo: buffer.lastSequence, slot: slot, isFullState: true)
                 }
-                payload = DeltaPayload(register: register, upTo: buffer.lastSequence, slot: slot, isFullState: true)
             }
             let size = payload.binaryEncoded().count
             if bytes + size > configuration.batchBytesMax, !payloads.isEmpty {
@@ -902,6 +984,8 @@ public struct ReplicationInstance: ProtocolInstance {
             }
             bytes += size
             payloads.append(payload)
+            if payload.isMarker { continue }
+            inFlight[peer, default: [:]][register] = (buffer.lastSequence, payload.anchored ? now : shipped!.since)
             if payload.isFullState { statistics.fullStatesSent += 1 } else { statistics.deltaPayloadsSent += 1 }
             if configuration.plantedBug == .forgetUnacknowledgedDeltas {
                 acknowledged[peer, default: [:]][register] = buffer.lastSequence
@@ -978,6 +1062,7 @@ public struct ReplicationInstance: ProtocolInstance {
             case let .setTimer(timer, after): return .setTimer(.membership(timer), after: after)
             case let .reachabilityChanged(peer, reachable):
                 cachedNeighbors = nil
+                statistics.reachabilityChanges += 1
                 return .output(.reachabilityChanged(peer, reachable: reachable))
             }
         }

@@ -7,6 +7,15 @@ public struct DeltaPayload: Sendable, Equatable, BinaryCodable {
     public var register: String
     /// The sender's last buffered sequence number that this payload covers.
     public var upTo: UInt64
+    /// The payload covers the sender's deltas numbered after `after` up to `upTo` (a whole
+    /// state covers everything: `after` is 0).
+    public var after: UInt64
+    /// `after` is a number the receiver acknowledged: the receiver holds everything up to it,
+    /// so once it joins this payload it holds everything up to `upTo`. Otherwise `after` is
+    /// only what the sender shipped before (a push of new deltas while earlier ones are in
+    /// flight), and the receiver may acknowledge `upTo` only if it received the payloads up
+    /// to `after` (from the same incarnation of the sender).
+    public var anchored: Bool
     public var generation: UInt64
     /// Present exactly when the payload is the whole state.
     public var typeName: String?
@@ -14,10 +23,29 @@ public struct DeltaPayload: Sendable, Equatable, BinaryCodable {
     public var bytes: [UInt8]?
 
     public var isFullState: Bool { typeName != nil }
+    /// A payload with no content: "I shipped you this register's deltas up to `upTo`", for the
+    /// receiver to check that it has them (before it adopts a certificate in the same batch).
+    public var isMarker: Bool { !anchored && after == upTo }
 
-    public init(register: String, upTo: UInt64, slot: RegisterSlot, isFullState: Bool) {
+    public static func marker(register: String, upTo: UInt64) -> DeltaPayload {
+        DeltaPayload(register: register, upTo: upTo, after: upTo)
+    }
+
+    private init(register: String, upTo: UInt64, after: UInt64) {
         self.register = register
         self.upTo = upTo
+        self.after = after
+        self.anchored = false
+        self.generation = 0
+        self.typeName = nil
+        self.bytes = nil
+    }
+
+    public init(register: String, upTo: UInt64, slot: RegisterSlot, isFullState: Bool, after: UInt64 = 0, anchored: Bool = true) {
+        self.register = register
+        self.upTo = upTo
+        self.after = isFullState ? 0 : after
+        self.anchored = isFullState || anchored
         self.generation = slot.generation
         self.typeName = isFullState ? slot.typeName : nil
         self.bytes = slot.state?.encoded()
@@ -43,6 +71,8 @@ public struct DeltaPayload: Sendable, Equatable, BinaryCodable {
     public func encode(to writer: inout BinaryWriter) {
         register.encode(to: &writer)
         writer.writeVarint(upTo)
+        writer.writeVarint(after)
+        anchored.encode(to: &writer)
         writer.writeVarint(generation)
         typeName.encode(to: &writer)
         bytes.encode(to: &writer)
@@ -51,9 +81,13 @@ public struct DeltaPayload: Sendable, Equatable, BinaryCodable {
     public init(from reader: inout BinaryReader) throws(WireDecodingError) {
         register = try String(from: &reader)
         upTo = try reader.readVarint()
+        after = try reader.readVarint()
+        anchored = try Bool(from: &reader)
+        guard after <= upTo else { throw .invalid("a payload's interval ends before it starts") }
         generation = try reader.readVarint()
         typeName = try String?(from: &reader)
         bytes = try [UInt8]?(from: &reader)
+        if !anchored, after == upTo, typeName != nil || bytes != nil { throw .invalid("a marker with content") }
     }
 }
 

@@ -788,6 +788,13 @@ public actor Node {
 
     /// The Raft term, commit index and snapshot index this replica knows, and its role (for
     /// status commands).
+    /// Peer messages the protocols refused as no correct peer sends them (each changed
+    /// nothing), and the last one's reason.
+    public var peerMessagesRefused: (count: Int, last: String?) {
+        let membership = instance?.membershipUpdatesRefused ?? 0
+        return ((raft?.messagesRefused ?? 0) + membership, raft?.lastRefusal ?? (membership > 0 ? "a membership update past the largest incarnation" : nil))
+    }
+
     public var consensusStatus: (role: String, term: UInt64, commitIndex: UInt64, snapshotIndex: UInt64)? {
         raft.map { ("\($0.role)", $0.term, $0.commitIndex, $0.snapshotIndex) }
     }

@@ -149,6 +149,7 @@ public final class NodeMetrics: Sendable {
             advance("continuum_transport_connects_total", to: statistics.connects)
             advance("continuum_transport_connections_refused_total", to: statistics.connectionsRefused)
         }
+        advance("continuum_peer_messages_refused_total", to: await node.peerMessagesRefused.count)
         let probe = node.responsiveness.current
         gauge("continuum_node_wait_seconds").record(Self.seconds(probe.last))
         gauge("continuum_node_wait_max_seconds").record(Self.seconds(probe.maximum))

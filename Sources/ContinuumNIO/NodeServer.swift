@@ -211,12 +211,22 @@ public final class NodeServer: Service {
         let node = self.node
         let failure: String?
         do {
+            let logger = self.logger
             failure = try await cancelWhenGracefulShutdown {
+                var refused = 0
                 while true {
                     try await Task.sleep(for: .milliseconds(200))
                     let asked = ContinuousClock.now
                     if let error = await node.storageError { return error }
                     node.responsiveness.record(ContinuousClock.now - asked)
+                    // At most one line per probe, however many a broken or hostile peer sends.
+                    let refusals = await node.peerMessagesRefused
+                    if refusals.count > refused {
+                        logger.warning("refused peer messages", metadata: [
+                            "count": "\(refusals.count - refused)", "last": "\(refusals.last ?? "")",
+                        ])
+                        refused = refusals.count
+                    }
                 }
             }
         } catch {

@@ -342,6 +342,7 @@ final class RedisConnection {
                                         "raft_snapshot_index:\(status.snapshotIndex)"] }
         lines.append("certified_staleness_available_ms:\(staleness.available.map { "\($0.nanoseconds / 1_000_000)" } ?? "none")")
         lines.append("certified_staleness_consensus_ms:\(staleness.consensus.map { "\($0.nanoseconds / 1_000_000)" } ?? "none")")
+        lines.append("peer_messages_refused:\(await node.peerMessagesRefused.count)")
         let probe = node.responsiveness.current
         lines += ["node_wait_ms:\(probe.last.nanoseconds / 1_000_000)", "node_wait_max_ms:\(probe.maximum.nanoseconds / 1_000_000)"]
         if let replication = await node.replicationStatistics {

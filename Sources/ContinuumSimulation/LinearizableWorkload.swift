@@ -251,6 +251,7 @@ final class RaftChecker {
         if instance.committedOverwritesRefused > 0 {
             record("\(node) was asked to overwrite a committed entry (\(instance.committedOverwritesRefused) times)")
         }
+        if let broken = instance.brokenInvariant() { record("\(node): \(broken)") }
         if instance.role == .leader {
             if let other = leaders[instance.term], other != node {
                 record("two leaders in term \(instance.term): \(other) and \(node)")

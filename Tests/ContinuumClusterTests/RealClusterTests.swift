@@ -1,3 +1,4 @@
+import Continuum
 import ContinuumNIO
 import ContinuumSimulation
 import Foundation
@@ -464,6 +465,56 @@ extension Duration {
         #expect(written, "the cluster stopped taking writes")
         await client.close()
         #expect(!cluster.log(1).contains("Fatal error"), "n1 crashed:\n\(cluster.log(1).suffix(2_000))")
+    }
+}
+
+extension RealClusterTests {
+    /// The probe's frames, sent over the peer port by a process that claims to be a member (the
+    /// peer port does not authenticate yet): an `appendResult` matching index 2^64-1 used to kill
+    /// the leader, and a `requestVote` of term 2^64-1 with `transfer` crashed every node for good.
+    @Test func forgedRaftFramesAreRefusedAndCrashNothing() async throws {
+        let cluster = try ProcessCluster()
+        defer {
+            cluster.down()
+            cluster.remove()
+        }
+        try cluster.up()
+        let leader = try #require(try await LargeStateTests.awaitLeader(cluster))
+        let claimed = leader == 1 ? 2 : 1
+        let term = try #require(await Self.info(cluster, leader, "raft_term").flatMap { UInt64($0) })
+        func frame(_ payload: [UInt8]) -> [UInt8] {
+            [Framing.version] + withUnsafeBytes(of: UInt32(payload.count).bigEndian, Array.init) + payload
+        }
+        let forged: [RaftMessage] = [
+            .appendResult(term: term, success: true, matchIndex: .max, round: 0),
+            .requestVote(term: .max, lastLogIndex: .max, lastLogTerm: .max, preVote: false, transfer: true),
+        ]
+        for node in 1...3 where node != claimed {
+            let socket = try await RawSocket.connect(port: cluster.peerPort(node))
+            var bytes = frame(Framing.hello(cluster: "continuum", node: NodeID(UInt64(claimed))))
+            for message in forged { bytes += frame(NodeMessage.raft(message).binaryEncoded()) }
+            socket.send(bytes)
+            try await Task.sleep(for: .milliseconds(300))
+            socket.close()
+        }
+        // Past an election timeout: a node that adopted the term would have crashed by now.
+        try await Task.sleep(for: .seconds(2))
+        for node in 1...3 {
+            let client = try await cluster.client(node)
+            #expect(try await client.send(["PING"]) == .simple("PONG"), "n\(node) stopped serving")
+            await client.close()
+            let nodeTerm = await Self.info(cluster, node, "raft_term").flatMap { UInt64($0) }
+            #expect(nodeTerm.map { $0 < RaftInstance.termMax } == true, "n\(node) adopted a forged term: \(String(describing: nodeTerm))")
+            #expect(!cluster.log(node).contains("Fatal error"), "n\(node) crashed:\n\(cluster.log(node).suffix(2_000))")
+            if node != claimed {
+                let refused = await Self.info(cluster, node, "peer_messages_refused").flatMap { Int($0) } ?? 0
+                #expect(refused >= 1, "n\(node) counted no refusal")
+                #expect(cluster.log(node).contains("refused peer messages"), "n\(node) logged no refusal")
+            }
+        }
+        let client = try await cluster.client(leader)
+        #expect(try await client.send(["SET", "after", "forgery"]) == .ok, "the cluster stopped taking writes")
+        await client.close()
     }
 }
 

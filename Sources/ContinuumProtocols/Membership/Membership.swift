@@ -183,6 +183,12 @@ public struct Membership: Sendable {
 
     public let node: NodeID
     public private(set) var incarnation: UInt64 = 0
+    /// Updates carry incarnations below this: a node refutes a suspicion with one more, which
+    /// then is at most this, so it cannot overflow and its peers still accept it. No correct
+    /// node gets near it (one refutation per suspicion); an update that claims more is refused
+    /// and counted.
+    public static let incarnationMax: UInt64 = 1 << 62
+    public private(set) var updatesRefused = 0
     public private(set) var hasJoined: Bool
     private let configuration: Configuration
     private let seeds: [NodeID]
@@ -345,6 +351,10 @@ public struct Membership: Sendable {
     }
 
     private mutating func apply(_ update: MembershipUpdate, now: Duration, random: inout DeterministicRandom) -> [Directive] {
+        guard update.incarnation < Self.incarnationMax else {
+            updatesRefused += 1
+            return []
+        }
         if update.node == node {
             // Refute any suspicion of ourselves with a higher incarnation.
             guard update.status != .alive, update.incarnation >= incarnation else { return [] }

@@ -194,6 +194,10 @@ public struct RaftInstance: ProtocolInstance {
     /// Appends that would have overwritten a committed entry, refused. Always 0 in a correct
     /// cluster: a leader without every committed entry was elected.
     public private(set) var committedOverwritesRefused = 0
+    /// Peer messages refused before they reached the protocol (`refusal(of:from:)`): each
+    /// changed nothing. The last reason, for the shell to log.
+    public private(set) var messagesRefused = 0
+    public private(set) var lastRefusal: String?
     private var entries: [LogEntry]
     /// The current snapshot's encoding, produced chunk by chunk while this leader sends it.
     private var snapshotStream: SnapshotStream?
@@ -336,8 +340,104 @@ public struct RaftInstance: ProtocolInstance {
         }
     }
 
+    /// The largest term or log index a message may carry. No cluster gets near it (one
+    /// election per nanosecond would take 146 years), and below it `term + 1`, `index + 1` and
+    /// `index + count` cannot overflow: a peer that claims more is broken or hostile.
+    public static let termMax: UInt64 = 1 << 62
+    public static let indexMax: UInt64 = 1 << 62
+    /// How far past this node's term a message's term may be. Terms grow by one per election,
+    /// so no correct peer is 2^32 elections ahead; a message that claims so would, adopted,
+    /// bring the cluster next to `termMax` in one step, where its next elections would be
+    /// refused everywhere.
+    public static let termJumpMax: UInt64 = 1 << 32
+
+    /// Why `message` is not one a correct peer sends, judged by the message alone: terms and
+    /// indexes past `termMax`/`indexMax`, a last log term past the term, entries that do not
+    /// follow `previousIndex` one by one or whose terms go back or past the leader's. Nil for a
+    /// message that may be well-formed.
+    public static func refusal(of message: RaftMessage) -> String? {
+        func over(_ name: String, _ value: UInt64, _ limit: UInt64) -> String? { value > limit ? "\(name) \(value) is over \(limit)" : nil }
+        switch message {
+        case let .requestVote(term, lastLogIndex, lastLogTerm, _, _):
+            if let reason = over("term", term, termMax) ?? over("last log index", lastLogIndex, indexMax) { return reason }
+            return lastLogTerm > term ? "last log term \(lastLogTerm) is past the candidate's term \(term)" : nil
+        case let .vote(term, _, _), let .timeoutNow(term):
+            return over("term", term, termMax)
+        case let .appendEntries(term, previousIndex, previousTerm, entries, leaderCommit, _, stamp):
+            if let reason = over("term", term, termMax) ?? over("previous index", previousIndex, indexMax - UInt64(entries.count))
+                ?? over("leader commit", leaderCommit, indexMax) ?? over("stamp index", stamp?.index ?? 0, indexMax) { return reason }
+            if previousTerm > term { return "previous term \(previousTerm) is past the leader's term \(term)" }
+            var expected = previousIndex + 1
+            var lowest = previousTerm
+            for entry in entries {
+                guard entry.index == expected else { return "entry index \(entry.index) where \(expected) follows" }
+                guard entry.term >= lowest, entry.term <= term else { return "entry term \(entry.term) outside \(lowest)...\(term)" }
+                expected += 1
+                lowest = entry.term
+            }
+            return nil
+        case let .appendResult(term, _, matchIndex, _):
+            return over("term", term, termMax) ?? over("match index", matchIndex, indexMax)
+        case let .installSnapshot(term, lastIndex, lastTerm, offset, _, _, _):
+            if let reason = over("term", term, termMax) ?? over("snapshot index", lastIndex, indexMax) ?? over("offset", offset, indexMax) { return reason }
+            return lastTerm > term ? "snapshot term \(lastTerm) is past the leader's term \(term)" : nil
+        case let .snapshotProgress(term, lastIndex, received, _, _):
+            return over("term", term, termMax) ?? over("snapshot index", lastIndex, indexMax) ?? over("received", received, indexMax)
+        case let .forwardedResult(_, _, index), let .readIndexReply(_, index):
+            return over("index", index, indexMax)
+        case .forward, .readIndexRequest:
+            return nil
+        }
+    }
+
+    /// Why this node refuses `message` from `sender` now, or nil: `refusal(of:)`, a sender
+    /// that is not another member, and answers that no state of this leader allows (an
+    /// acknowledgement of a round it has not sent, a match past its log).
+    public func refusal(of message: RaftMessage, from sender: NodeID) -> String? {
+        guard sender != node, members.contains(sender) else { return "\(sender) is not another member" }
+        if let reason = Self.refusal(of: message) { return reason }
+        if let claimed = message.term, claimed > term + Self.termJumpMax {
+            return "term \(claimed) is more than \(Self.termJumpMax) past this node's term \(term)"
+        }
+        switch message {
+        case let .appendResult(resultTerm, success, match, ackRound) where role == .leader && resultTerm == term:
+            if ackRound > round { return "acknowledges round \(ackRound), this leader is at \(round)" }
+            if success, match > lastIndex { return "matches index \(match), this leader's log ends at \(lastIndex)" }
+            return nil
+        case let .snapshotProgress(resultTerm, _, _, _, ackRound) where role == .leader && resultTerm == term:
+            return ackRound > round ? "acknowledges round \(ackRound), this leader is at \(round)" : nil
+        default:
+            return nil
+        }
+    }
+
+    /// What must hold of this instance's own state after any sequence of events, whatever its
+    /// peers send: the log numbered one by one after the snapshot, its terms never going back
+    /// nor past the current term, `snapshotIndex <= lastApplied <= commitIndex <= lastIndex`,
+    /// terms within `termMax`. Nil when all hold; otherwise what broke.
+    public func brokenInvariant() -> String? {
+        if term > Self.termMax { return "term \(term) is over \(Self.termMax)" }
+        var previousTerm = snapshot?.lastTerm ?? 0
+        for (offset, entry) in entries.enumerated() {
+            if entry.index != snapshotIndex + 1 + UInt64(offset) { return "entry \(offset) after the snapshot has index \(entry.index)" }
+            if entry.term < previousTerm || entry.term > term { return "entry \(entry.index) has term \(entry.term) after \(previousTerm), at term \(term)" }
+            previousTerm = entry.term
+        }
+        guard snapshotIndex <= lastApplied, lastApplied <= commitIndex, commitIndex <= lastIndex else {
+            return "snapshot \(snapshotIndex), applied \(lastApplied), committed \(commitIndex), last \(lastIndex) out of order"
+        }
+        if role == .leader, leader != node { return "leader of term \(term) names \(leader.map { "\($0)" } ?? "nobody") as leader" }
+        if let votedFor, !members.contains(votedFor) { return "voted for \(votedFor), not a member" }
+        return nil
+    }
+
     public mutating func receive(_ message: RaftMessage, from sender: NodeID, now: Duration) -> [Effect] {
         self.now = now
+        if let reason = refusal(of: message, from: sender) {
+            messagesRefused += 1
+            lastRefusal = "\(Mirror(reflecting: message).children.first?.label ?? "message") from \(sender): \(reason)"
+            return []
+        }
         switch message {
         case let .requestVote(term, lastLogIndex, lastLogTerm, preVote, transfer):
             return voteRequested(by: sender, term: term, lastLogIndex: lastLogIndex, lastLogTerm: lastLogTerm, preVote: preVote, transfer: transfer)

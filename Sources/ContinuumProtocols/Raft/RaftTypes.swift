@@ -672,6 +672,18 @@ public enum RaftMessage: Sendable, Equatable, BinaryCodable {
     /// follower that has applied it can answer linearizably.
     case readIndexReply(read: UInt64, index: UInt64)
 
+    /// The sender's term, for the messages that carry one.
+    public var term: UInt64? {
+        switch self {
+        case let .requestVote(term, _, _, _, _), let .vote(term, _, _), let .appendEntries(term, _, _, _, _, _, _),
+             let .appendResult(term, _, _, _), let .installSnapshot(term, _, _, _, _, _, _), let .snapshotProgress(term, _, _, _, _),
+             let .timeoutNow(term):
+            term
+        case .forward, .forwardedResult, .readIndexRequest, .readIndexReply:
+            nil
+        }
+    }
+
     public func encode(to writer: inout BinaryWriter) {
         switch self {
         case let .requestVote(term, lastLogIndex, lastLogTerm, preVote, transfer):

@@ -392,6 +392,9 @@ public struct ReplicationInstance: ProtocolInstance {
     // MARK: - Reading
 
     /// The local state of a register or derived register.
+    /// Membership updates refused as no correct peer sends them (`Membership.incarnationMax`).
+    public var membershipUpdatesRefused: Int { membership.updatesRefused }
+
     public func value(of register: String) -> AnyReplicated? { slots[register]?.state ?? derivedValues[register] }
 
     /// Threshold reads waiting for their register to grow.

@@ -6,6 +6,12 @@ import Testing
 /// rebuilds the map from both sides (`DotStore.join`), on replicas that insert, remove, and
 /// exchange deltas and whole states in random order.
 @Suite struct InPlaceJoinTests {
+    /// A map's dot index says which key holds each dot it holds, nested maps' too.
+    static func dotIndexIsConsistent<Store: DotStore>(_ store: Store) -> Bool {
+        guard let map = store as? any DotIndexed else { return true }
+        return map.isIndexConsistent
+    }
+
     /// The reference: the join as `DotStore.join` defines it, rebuilt from both sides.
     static func reference<Store: DotStore>(_ a: Causal<Store>, _ b: Causal<Store>) -> Causal<Store> {
         var context = a.context
@@ -21,6 +27,7 @@ import Testing
         #expect(replica.causal.store == expected.store, "seed \(seed)")
         #expect(replica.causal.context == expected.context, "seed \(seed)")
         #expect(changed == (replica != before), "seed \(seed): the change report")
+        #expect(dotIndexIsConsistent(replica.causal.store), "seed \(seed): the dot index")
     }
 
     @Test(arguments: 1...40)

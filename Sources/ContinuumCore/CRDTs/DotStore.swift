@@ -63,17 +63,69 @@ public struct DotFun<Value: Sendable & Equatable & Codable>: DotStore {
     }
 }
 
+/// A dot store that keeps an index of its dots.
+public protocol DotIndexed {
+    /// Whether the index is what the store holds.
+    var isIndexConsistent: Bool { get }
+}
+
 /// A map from keys to dot stores sharing one causal context: the store of an OR-set (keys to
 /// dot sets) and of an OR-map (keys to the stores of nested causal CRDTs). A key whose store
 /// becomes empty is absent.
-public struct DotMap<Key: Hashable & Sendable & Codable, Value: DotStore>: DotStore {
-    public var entries: [Key: Value]
+///
+/// It keeps which key holds each dot (a dot names one update, which wrote one key), so that a
+/// join finds the keys whose dots the other side's context removes by looking up those dots,
+/// not by looking at every key.
+public struct DotMap<Key: Hashable & Sendable & Codable, Value: DotStore>: DotStore, DotIndexed {
+    public private(set) var entries: [Key: Value]
+    /// The key that holds each dot held here.
+    private var keyOfDot: [Dot: Key]
 
-    public init(_ entries: [Key: Value] = [:]) { self.entries = entries.filter { !$0.value.isEmpty } }
+    public init(_ entries: [Key: Value] = [:]) {
+        self.entries = entries.filter { !$0.value.isEmpty }
+        keyOfDot = Self.index(self.entries)
+    }
+
+    private static func index(_ entries: [Key: Value]) -> [Dot: Key] {
+        var index: [Dot: Key] = [:]
+        for (key, value) in entries {
+            for dot in value.dots { index[dot] = key }
+        }
+        return index
+    }
+
+    public static func == (a: DotMap, b: DotMap) -> Bool { a.entries == b.entries }
+
+    private enum CodingKeys: String, CodingKey { case entries }
+
+    public init(from decoder: any Decoder) throws {
+        self.init(try decoder.container(keyedBy: CodingKeys.self).decode([Key: Value].self, forKey: .entries))
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(entries, forKey: .entries)
+    }
 
     public static var empty: DotMap { DotMap() }
     public var isEmpty: Bool { entries.isEmpty }
-    public var dots: Set<Dot> { entries.values.reduce(into: Set()) { $0.formUnion($1.dots) } }
+    public var dots: Set<Dot> { Set(keyOfDot.keys) }
+    /// How many dots the map holds.
+    public var dotCount: Int { keyOfDot.count }
+
+    /// Whether the dot index is what the entries hold, and no dot is under two keys, here and
+    /// in nested maps (for tests and decoders).
+    public var isIndexConsistent: Bool {
+        var count = 0
+        for (key, value) in entries {
+            if let nested = value as? any DotIndexed, !nested.isIndexConsistent { return false }
+            for dot in value.dots {
+                guard keyOfDot[dot] == key else { return false }
+                count += 1
+            }
+        }
+        return count == keyOfDot.count
+    }
 
     public subscript(key: Key) -> Value { entries[key] ?? .empty }
 
@@ -86,40 +138,48 @@ public struct DotMap<Key: Hashable & Sendable & Codable, Value: DotStore>: DotSt
         return DotMap(result)
     }
 
+    /// Sets the store of `key`, keeping the dot index.
+    private mutating func replace(_ key: Key, _ old: Value?, with new: Value) {
+        let before = old?.dots ?? []
+        let after = new.dots
+        for dot in before where !after.contains(dot) { keyOfDot[dot] = nil }
+        for dot in after where !before.contains(dot) { keyOfDot[dot] = key }
+        entries[key] = new.isEmpty ? nil : new
+    }
+
     /// In place, at a cost in proportion to `other` and to the dots its context names, not to
-    /// the size of `self`, unless `contextOther` may remove a dot that `self` holds under a key
-    /// `other` lacks (a remove, or a whole state): then every key here is looked at once, still
-    /// without rebuilding the map.
+    /// the size of `self`: a dot held here under a key `other` lacks is dropped when
+    /// `contextOther` has seen it, and the index says which key holds it. Only when
+    /// `contextOther` names more dots than this map holds (a whole state) is every held dot
+    /// looked at instead, once.
     public mutating func formJoin(_ other: DotMap, _ contextSelf: CausalContext, _ contextOther: CausalContext) -> Bool {
-        // A dot belongs to one key. A dot held here under a key `other` lacks is dropped only if
-        // `contextOther` has seen it; such a dot is in `contextSelf` (a store's dots are in its
-        // context) and among neither `other`'s dots nor this map's dots under `other`'s keys.
-        var scan = contextOther.dotCount > UInt64(entries.count + other.entries.count)
-        if !scan {
-            var accounted = Set<Dot>()
-            for (key, theirs) in other.entries {
-                accounted.formUnion(theirs.dots)
-                if let mine = entries[key] { accounted.formUnion(mine.dots) }
-            }
-            contextOther.forEachDot { dot in
-                if contextSelf.contains(dot) && !accounted.contains(dot) { scan = true }
-                return !scan
-            }
-        }
         var changed = false
         for (key, theirs) in other.entries {
-            var value = entries.removeValue(forKey: key) ?? .empty
-            if value.formJoin(theirs, contextSelf, contextOther) { changed = true }
-            if !value.isEmpty { entries[key] = value }
+            let mine = entries.removeValue(forKey: key)
+            var value = mine ?? .empty
+            if value.formJoin(theirs, contextSelf, contextOther) {
+                changed = true
+                replace(key, mine, with: value)
+            } else if let mine {
+                entries[key] = mine
+            }
         }
-        guard scan else { return changed }
-        var replaced: [(Key, Value)] = []
-        for (key, mine) in entries where other.entries[key] == nil && mine.dots.contains(where: contextOther.contains) {
-            replaced.append((key, Value.join(mine, contextSelf, .empty, contextOther)))
+        // Keys `other` lacks that hold a dot `contextOther` has seen: their dots are removed.
+        var removing = Set<Key>()
+        if contextOther.dotCount > UInt64(keyOfDot.count) {
+            for (dot, key) in keyOfDot where other.entries[key] == nil && contextOther.contains(dot) { removing.insert(key) }
+        } else {
+            contextOther.forEachDot { dot in
+                if let key = keyOfDot[dot], other.entries[key] == nil { removing.insert(key) }
+                return true
+            }
         }
-        for (key, value) in replaced {
+        for key in removing {
+            guard let mine = entries[key] else { continue }
+            let joined = Value.join(mine, contextSelf, .empty, contextOther)
+            guard joined != mine else { continue }
             changed = true
-            entries[key] = value.isEmpty ? nil : value
+            replace(key, mine, with: joined)
         }
         return changed
     }
@@ -208,6 +268,7 @@ extension DotMap: BinaryCodable where Key: BinaryCodable, Value: BinaryCodable {
         let entries = try [Key: Value](from: &reader)
         guard entries.values.allSatisfy({ !$0.isEmpty }) else { throw .invalid("dot map with an empty entry") }
         self.init(entries)
+        guard isIndexConsistent else { throw .invalid("dot map with a dot under two keys") }
     }
 }
 

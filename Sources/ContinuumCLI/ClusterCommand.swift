@@ -142,9 +142,15 @@ struct ClusterCommand: AsyncParsableCommand {
         @Flag(help: "Start the nodes with --fault-injection (crash points, for tests).")
         var faultInjection = false
 
+        @Option(help: "The nodes' --election-timeout in milliseconds (default: the node's, 1000).")
+        var electionTimeout: Int?
+
         func validate() throws {
             guard (1...64).contains(nodes) else { throw ValidationError("--nodes must be 1...64") }
             guard ["always", "everysec"].contains(fsync) else { throw ValidationError("--fsync must be always or everysec") }
+            if let electionTimeout, !NodeServerConfiguration.electionTimeoutRange.contains(electionTimeout) {
+                throw ValidationError("--election-timeout must be in \(NodeServerConfiguration.electionTimeoutRange) ms")
+            }
             guard basePort + nodes <= 65_535, respBasePort + nodes <= 65_535, metricsBasePort + nodes <= 65_535,
                   basePort >= 0, respBasePort >= 0, metricsBasePort >= 0 else {
                 throw ValidationError("ports out of range")
@@ -165,6 +171,7 @@ struct ClusterCommand: AsyncParsableCommand {
                 var arguments = ["node", "--id", id, "--listen", "\(host):\(basePort + index)", "--resp", "\(host):\(respBasePort + index)",
                                  "--data-dir", "\(directory)/\(id)", "--default-policy", defaultPolicy, "--fsync", fsync]
                 if faultInjection { arguments.append("--fault-injection") }
+                if let electionTimeout { arguments += ["--election-timeout", "\(electionTimeout)"] }
                 let metrics = metricsBasePort > 0 ? "\(host):\(metricsBasePort + index)" : nil
                 if let metrics { arguments += ["--metrics", metrics] }
                 for (otherOffset, other) in ids.enumerated() where other != id {

@@ -14,7 +14,7 @@ struct NodeCommand: AsyncParsableCommand {
         discussion: """
             Options may come from a JSON file (--config) with the keys id, listen, peers (an object \
             of id to host:port), resp, metrics, dataDirectory, defaultPolicy, cluster and \
-            maxClockOffsetMilliseconds, maxValueBytes, fsync, electionTimeoutMilliseconds; options on the command line override it. SIGTERM or SIGINT \
+            maxClockOffsetMilliseconds, maxValueBytes, fsync, electionTimeoutMilliseconds, metricsKeyNames; options on the command line override it. SIGTERM or SIGINT \
             shuts the node down gracefully: pending writes are made durable, connections closed.
             """)
 
@@ -57,6 +57,9 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "Milliseconds without a leader before a follower stands for election (randomized up to twice it; 100...60000, default 1000 as etcd's). Lower: faster failover, more elections when a node is busy.")
     var electionTimeout: Int?
 
+    @Flag(help: "Let /metrics name declared keys (per-register staleness); off by default, as the metrics port has no credentials.")
+    var metricsKeyNames = false
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -87,6 +90,7 @@ struct NodeCommand: AsyncParsableCommand {
         configuration.maxValueBytes = maxValueBytes ?? base?.maxValueBytes
         configuration.fsync = fsync ?? base?.fsync
         configuration.electionTimeoutMilliseconds = electionTimeout ?? base?.electionTimeoutMilliseconds
+        configuration.metricsKeyNames = metricsKeyNames || (base?.metricsKeyNames ?? false)
         _ = try configuration.validated()
         return configuration
     }

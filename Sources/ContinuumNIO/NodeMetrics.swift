@@ -18,7 +18,8 @@ import Synchronization
 ///   `serializable`; `none` for commands without a key).
 /// - `continuum_command_errors_total{policy,command,error}`: failed commands by error kind
 ///   (`unavailable`, `indeterminate`, `stale`, `wrongtype`, `err`).
-/// - `continuum_register_staleness_seconds{register,policy}`: for each register with a declared
+/// - `continuum_register_staleness_seconds{register,policy}`: only with `--metrics-key-names`
+///   (key names may be private), for each register with a declared
 ///   policy (at most `registersReportedMax`), the staleness this node can certify for its value
 ///   now; `+Inf` when it can certify none. Registers of the default policy have the figure of
 ///   their mechanism, `continuum_certified_staleness_seconds{mechanism}` (`crdt`, `raft`,

@@ -73,6 +73,9 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
     /// (randomized between this and twice this); nil: `electionTimeoutDefault`. Heartbeats go
     /// every 50 ms whatever it is.
     public var electionTimeoutMilliseconds: Int?
+    /// Whether `/metrics` names declared keys (`continuum_register_staleness_seconds{register=…}`);
+    /// off unless set, as key names may be private and the metrics port has no credentials.
+    public var metricsKeyNames: Bool?
     /// 1,000 ms, as etcd's default: a dead leader is replaced after 1 to 2 s, and a node whose
     /// heartbeats are late by less than a second (a busy or descheduled process) costs no
     /// election. At 300 ms, under 50 saturating clients on a 2-core machine, late heartbeats
@@ -171,9 +174,11 @@ public final class NodeServer: Service {
             RESPServer(node: node, configuration: respConfiguration, transport: transport,
                        metrics: configuration.metrics == nil ? nil : metrics, group: group, logger: logger)
         }
+        let keyNames = configuration.metricsKeyNames ?? false
         self.metricsServer = configuration.metrics.map { _ in
             MetricsHTTPServer(group: group, logger: logger) {
-                await metrics.render(node: node, transport: transport, declared: RedisConnection.declaredPolicies(at: node))
+                await metrics.render(node: node, transport: transport,
+                                     declared: keyNames ? RedisConnection.declaredPolicies(at: node) : [])
             }
         }
     }

@@ -13,7 +13,7 @@ final class LocalCluster {
     var servers: [NodeServer] = []
     var clients: [RESPClient] = []
 
-    init(nodes: Int = 3, defaultPolicy: String = "linearizable", maxValueBytes: Int? = nil) async throws {
+    init(nodes: Int = 3, defaultPolicy: String = "linearizable", maxValueBytes: Int? = nil, metricsKeyNames: Bool = true) async throws {
         directory = NSTemporaryDirectory() + "continuum-resp-\(UUID().uuidString)"
         var logger = Logger(label: "test")
         logger.logLevel = .error
@@ -25,6 +25,7 @@ final class LocalCluster {
                 resp: .init(host: "127.0.0.1", port: 0), metrics: .init(host: "127.0.0.1", port: 0),
                 dataDirectory: directory + "/" + name, defaultPolicy: defaultPolicy)
             configuration.maxValueBytes = maxValueBytes
+            configuration.metricsKeyNames = metricsKeyNames
             servers.append(try NodeServer(configuration: configuration, logger: logger))
         }
         for server in servers { try await server.start() }
@@ -227,6 +228,19 @@ func sample(_ page: String, _ series: String) -> Double? {
         #expect(try await c[0].send(["CONTINUUM.HEAL"]) == .ok)
 
         #expect(try await httpGet(port: port, "/other").hasPrefix("HTTP/1.1 404"))
+        await cluster.shutdown()
+    }
+
+    /// Key names may be private and the metrics port has no credentials: without
+    /// `metricsKeyNames` the page names no key, only the per-mechanism figures.
+    @Test func metricsNameNoKeyUnlessAsked() async throws {
+        let cluster = try await LocalCluster(nodes: 1, metricsKeyNames: false)
+        #expect(try await cluster.untilServed(0, ["CONTINUUM.POLICY", "user:alice:card", "available"]) == .ok)
+        #expect(try await cluster.clients[0].send(["SADD", "user:alice:card", "4111"]) == .integer(1))
+        let page = try await httpGet(port: try #require(cluster.servers[0].boundMetricsPort), "/metrics")
+        #expect(page.contains("continuum_certified_staleness_seconds"))
+        #expect(!page.contains("alice"), "a key name on the metrics page")
+        #expect(!page.contains("continuum_register_staleness_seconds{"))
         await cluster.shutdown()
     }
 }

@@ -885,8 +885,12 @@ public struct ReplicationInstance: ProtocolInstance {
         // may be adopted).
         var continuous = true
         if let senderEpoch, heard[sender]?.epoch != senderEpoch { heard[sender] = (senderEpoch, [:]) }
+        // A marker is met only by payloads heard in this incarnation of the sender: its first
+        // shipment of a register is the whole state, numbered with the deltas it had then
+        // (none after a restart: 0), so "heard up to 0" and "heard nothing" must differ.
         for marker in markers where senderEpoch != nil {
-            if (heard[sender]!.upTo[marker.register] ?? 0) < marker.upTo, configuration.plantedBug != .acknowledgeAcrossGaps { continuous = false }
+            let met = heard[sender]!.upTo[marker.register].map { $0 >= marker.upTo } ?? false
+            if !met, configuration.plantedBug != .acknowledgeAcrossGaps { continuous = false }
         }
         for (payload, delta) in decoded {
             if senderEpoch != nil {

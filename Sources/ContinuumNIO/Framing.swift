@@ -11,6 +11,11 @@ public enum Framing {
     /// Frames longer than this close the connection (a Raft snapshot must fit).
     public static let maximumPayloadBytes = 64 << 20
     public static let headerBytes = 5
+    /// The largest hello (a magic word, a version, a cluster name of at most
+    /// `clusterNameBytesMax` bytes, a node id); a listener refuses a longer first frame before
+    /// buffering it.
+    public static let helloBytesMax = 1_024
+    public static let clusterNameBytesMax = 255
     static let helloMagic: [UInt8] = Array("CNTM".utf8)
 
     public static func frame(_ payload: [UInt8], into buffer: inout ByteBuffer) {
@@ -73,15 +78,23 @@ public enum FramingError: Error, Equatable, CustomStringConvertible {
 struct FrameDecoder: ByteToMessageDecoder {
     typealias InboundOut = [UInt8]
 
+    /// The largest first frame: on a listener's connections the first frame is the hello, a
+    /// few dozen bytes, so a stranger cannot make the node buffer up to
+    /// `maximumPayloadBytes` before its hello is checked.
+    private var firstFrameBytesMax: Int?
+
+    init(firstFrameBytesMax: Int? = nil) { self.firstFrameBytesMax = firstFrameBytesMax }
+
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         guard buffer.readableBytes >= Framing.headerBytes else { return .needMoreData }
         let start = buffer.readerIndex
         let version: UInt8 = buffer.getInteger(at: start)!
         guard version == Framing.version else { throw FramingError.unsupportedVersion(version) }
         let length = Int(buffer.getInteger(at: start + 1, as: UInt32.self)!)
-        guard length <= Framing.maximumPayloadBytes else { throw FramingError.oversized(length) }
+        guard length <= firstFrameBytesMax ?? Framing.maximumPayloadBytes else { throw FramingError.oversized(length) }
         guard buffer.readableBytes >= Framing.headerBytes + length else { return .needMoreData }
         buffer.moveReaderIndex(forwardBy: Framing.headerBytes)
+        firstFrameBytesMax = nil
         let payload = buffer.readBytes(length: length)!
         context.fireChannelRead(wrapInboundOut(payload))
         return .continue

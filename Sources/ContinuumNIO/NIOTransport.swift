@@ -121,7 +121,7 @@ public final class NIOTransport: NodeTransport {
                 return channel.eventLoop.makeCompletedFuture {
                     let handler = InboundHandler(cluster: cluster, isPeer: isPeer, isBlocked: isBlocked, me: me, logger: logger,
                                                  statistics: statistics, deliver: deliver)
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(firstFrameBytesMax: Framing.helloBytesMax)))
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }

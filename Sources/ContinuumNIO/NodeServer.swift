@@ -115,6 +115,9 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
         }
         let policy = try Policy(words: defaultPolicy.split(separator: " ").map(String.init))
         guard maxClockOffsetMilliseconds >= 0 else { throw .invalidRequest("a negative clock offset bound") }
+        guard (1...Framing.clusterNameBytesMax).contains(cluster.utf8.count) else {
+            throw .invalidRequest("the cluster name has \(cluster.utf8.count) bytes; 1...\(Framing.clusterNameBytesMax) are allowed")
+        }
         if let maxValueBytes, !(1...RedisServerConfiguration.valueBytesMaxLimit).contains(maxValueBytes) {
             throw .invalidRequest("max-value-bytes \(maxValueBytes) is outside 1...\(RedisServerConfiguration.valueBytesMaxLimit)")
         }

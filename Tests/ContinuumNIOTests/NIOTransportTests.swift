@@ -88,6 +88,10 @@ final class Inbox: Sendable {
             ("random bytes", (0..<64).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }),
             ("another frame version", frame(Framing.hello(cluster: "continuum", node: a), version: 9)),
             ("an oversized frame", [Framing.version, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3]),
+            // The probe sent most of a 64 MiB first frame on four connections: 287 MB buffered
+            // before any hello was checked. A first frame past a hello's size is refused at once.
+            ("a first frame larger than a hello", [Framing.version] + withUnsafeBytes(of: UInt32(Framing.helloBytesMax + 1).bigEndian, Array.init)
+                + [UInt8](repeating: 0x41, count: 64)),
             ("a message before the hello", frame(probe.binaryEncoded())),
             ("a hello from another cluster", frame(Framing.hello(cluster: "other", node: a))),
             ("a hello from a stranger", frame(Framing.hello(cluster: "continuum", node: NodeID(9)))),

@@ -414,7 +414,8 @@ public struct RaftInstance: ProtocolInstance {
     /// What must hold of this instance's own state after any sequence of events, whatever its
     /// peers send: the log numbered one by one after the snapshot, its terms never going back
     /// nor past the current term, `snapshotIndex <= lastApplied <= commitIndex <= lastIndex`,
-    /// terms within `termMax`. Nil when all hold; otherwise what broke.
+    /// the term within `termMax` (peers may move it at most `termJumpMax` per message, so only
+    /// 2^30 hostile messages could carry it past). Nil when all hold; otherwise what broke.
     public func brokenInvariant() -> String? {
         if term > Self.termMax { return "term \(term) is over \(Self.termMax)" }
         var previousTerm = snapshot?.lastTerm ?? 0

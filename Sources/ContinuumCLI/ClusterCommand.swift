@@ -139,7 +139,7 @@ struct ClusterCommand: AsyncParsableCommand {
         @Option(help: "When the nodes acknowledge a write: always (after fsync) or everysec (fsync at least every second).")
         var fsync = "always"
 
-        @Flag(help: "Start the nodes with --fault-injection (crash points, for tests).")
+        @Flag(help: "Start the nodes with --fault-injection (CONTINUUM.PARTITION, HEAL and crash points; for tests).")
         var faultInjection = false
 
         @Option(help: "The nodes' --election-timeout in milliseconds (default: the node's, 1000).")

@@ -45,7 +45,7 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "The cluster's name; nodes of another cluster are refused.")
     var cluster: String?
 
-    @Flag(help: "Let clients arm crash points (CONTINUUM.CRASHPOINT), which end this process: for tests only.")
+    @Flag(help: "Let clients cut links (CONTINUUM.PARTITION, HEAL) and arm crash points (CONTINUUM.CRASHPOINT), which end this process: for tests only.")
     var faultInjection = false
 
     @Option(help: "The most bytes one command may carry (a value, or one SADD's members); larger ones are refused. Default 16 MiB, at most 60 MiB.")

@@ -60,7 +60,8 @@ public final class RESPServer: Sendable {
 
     /// Runs one connection's commands in order and writes their replies.
     private func serve(_ channel: any Channel, _ requests: AsyncStream<[[UInt8]]>) async {
-        let connection = RedisConnection(node: node, configuration: configuration, transport: transport, metrics: metrics)
+        let connection = RedisConnection(node: node, configuration: configuration, transport: transport, metrics: metrics,
+                                         remote: channel.remoteAddress.map { "\($0)" } ?? "?", audit: logger)
         for await request in requests {
             let outcome = await connection.execute(request)
             var buffer = channel.allocator.buffer(capacity: 64)

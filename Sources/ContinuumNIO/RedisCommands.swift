@@ -1,6 +1,7 @@
 import Continuum
 import ContinuumCore
 import ContinuumProtocols
+import Logging
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -30,7 +31,8 @@ public struct RedisServerConfiguration: Sendable {
     public var defaultPolicy: Policy
     /// The latency bound of each linearizable or serializable command.
     public var requestLatency: Duration
-    /// Whether `CONTINUUM.CRASHPOINT` may arm a crash that ends this process (tests only).
+    /// Whether fault injection is on: `CONTINUUM.PARTITION`/`HEAL` cut and restore links, and
+    /// `CONTINUUM.CRASHPOINT` may arm a crash that ends this process (tests only).
     public var faultInjection: Bool
     /// The most bytes a command's arguments may hold together (`max-value-bytes`): a value, or
     /// the members of one SADD, travels as one Raft entry or one delta, in one frame. Larger
@@ -66,11 +68,29 @@ final class RedisConnection {
     /// The policy the running command routed by (a metric label).
     private var routedPolicy: Policy?
 
-    init(node: Node, configuration: RedisServerConfiguration, transport: NIOTransport?, metrics: NodeMetrics? = nil) {
+    /// Where the client connects from, and where admin commands are written down.
+    let remote: String
+    let audit: Logger?
+
+    init(node: Node, configuration: RedisServerConfiguration, transport: NIOTransport?, metrics: NodeMetrics? = nil,
+         remote: String = "?", audit: Logger? = nil) {
         self.node = node
         self.configuration = configuration
         self.transport = transport
         self.metrics = metrics
+        self.remote = remote
+        self.audit = audit
+    }
+
+    /// Commands that change the cluster rather than a key's value: each one run is written to
+    /// the log (who, what, from where), whether it succeeds or not.
+    static let adminCommands: Set<String> = ["CONTINUUM.POLICY", "CONTINUUM.PARTITION", "CONTINUUM.HEAL", "CONTINUUM.CRASHPOINT"]
+
+    /// Cutting links is fault injection: only on nodes started with `--fault-injection`.
+    private func requireFaultInjection(_ name: String) throws {
+        guard configuration.faultInjection else {
+            throw CommandError(message: "ERR \(name) is fault injection, off on this node (start it with --fault-injection)")
+        }
     }
 
     /// The commands served (metric labels name these; anything else is `unknown`).
@@ -105,6 +125,19 @@ final class RedisConnection {
     }
 
     private func reply(_ name: String, _ arguments: [[UInt8]]) async -> RESPReply {
+        let reply = await replyUnaudited(name, arguments)
+        if let audit, Self.adminCommands.contains(name) {
+            // Arguments are names and policies (no values), each cut to 64 bytes for the log.
+            let words = arguments.prefix(8).map { String(decoding: $0.prefix(64), as: UTF8.self) }
+            audit.notice("admin command", metadata: [
+                "who": "default", "from": "\(remote)", "command": "\(name) \(words.joined(separator: " "))",
+                "outcome": "\({ if case let .error(message) = reply { message } else { "ok" } }())",
+            ])
+        }
+        return reply
+    }
+
+    private func replyUnaudited(_ name: String, _ arguments: [[UInt8]]) async -> RESPReply {
         let bytes = arguments.reduce(0) { $0 + $1.count }
         guard bytes <= configuration.valueBytesMax else {
             return .error("ERR \(name) carries \(bytes) bytes, more than max-value-bytes (\(configuration.valueBytesMax)); nothing was applied")
@@ -279,6 +312,7 @@ final class RedisConnection {
             return entry.isBottom ? .null : .bulk(entry.binaryEncoded())
         case "CONTINUUM.PARTITION":
             try need(1...Int.max)
+            try requireFaultInjection(name)
             guard let transport else { throw CommandError(message: "ERR this node has no network transport") }
             var peers: Set<NodeID> = []
             for word in arguments.map(text) {
@@ -290,6 +324,7 @@ final class RedisConnection {
             transport.block(peers)
             return .ok
         case "CONTINUUM.HEAL":
+            try requireFaultInjection(name)
             transport?.heal()
             return .ok
         case "CONTINUUM.CRASHPOINT":

@@ -13,10 +13,11 @@ final class LocalCluster {
     var servers: [NodeServer] = []
     var clients: [RESPClient] = []
 
-    init(nodes: Int = 3, defaultPolicy: String = "linearizable", maxValueBytes: Int? = nil, metricsKeyNames: Bool = true) async throws {
+    init(nodes: Int = 3, defaultPolicy: String = "linearizable", maxValueBytes: Int? = nil, metricsKeyNames: Bool = true,
+         faultInjection: Bool = true, logger given: Logger? = nil) async throws {
         directory = NSTemporaryDirectory() + "continuum-resp-\(UUID().uuidString)"
-        var logger = Logger(label: "test")
-        logger.logLevel = .error
+        var logger = given ?? Logger(label: "test")
+        if given == nil { logger.logLevel = .error }
         let names = (1...nodes).map { "n\($0)" }
         for name in names {
             var configuration = NodeServerConfiguration(
@@ -26,6 +27,7 @@ final class LocalCluster {
                 dataDirectory: directory + "/" + name, defaultPolicy: defaultPolicy)
             configuration.maxValueBytes = maxValueBytes
             configuration.metricsKeyNames = metricsKeyNames
+            configuration.faultInjection = faultInjection
             servers.append(try NodeServer(configuration: configuration, logger: logger))
         }
         for server in servers { try await server.start() }
@@ -243,6 +245,48 @@ func sample(_ page: String, _ series: String) -> Double? {
         #expect(!page.contains("continuum_register_staleness_seconds{"))
         await cluster.shutdown()
     }
+}
+
+/// Admin commands: fault injection only where it was asked for, and every one written down.
+@Suite struct AdminCommandTests {
+    @Test func partitionNeedsFaultInjectionAndAdminCommandsAreAudited() async throws {
+        let lines = CapturedLog()
+        var logger = Logger(label: "audit-test") { _ in lines }
+        logger.logLevel = .notice
+        let cluster = try await LocalCluster(nodes: 1, faultInjection: false, logger: logger)
+        #expect(try await cluster.untilServed(0, ["CONTINUUM.POLICY", "cart", "available"]) == .ok)
+        let refused = try await cluster.clients[0].send(["CONTINUUM.PARTITION", "n2"])
+        #expect(refused.description.contains("fault injection"), "\(refused)")
+        #expect(try await cluster.clients[0].send(["CONTINUUM.HEAL"]).description.contains("fault injection"))
+        #expect(try await cluster.untilServed(0, ["SET", "k", "v"]) == .ok)
+        let audit = lines.all.filter { $0.contains("admin command") }
+        #expect(audit.contains { $0.contains("CONTINUUM.POLICY cart available") && $0.contains("outcome=ok") && $0.contains("127.0.0.1") },
+                "\(audit)")
+        #expect(audit.contains { $0.contains("CONTINUUM.PARTITION n2") && $0.contains("fault injection") }, "\(audit)")
+        #expect(audit.contains { $0.contains("CONTINUUM.HEAL") })
+        #expect(!audit.contains { $0.contains("SET") }, "only admin commands are audited")
+        await cluster.shutdown()
+    }
+}
+
+/// Log lines, kept for a test to read.
+final class CapturedLog: LogHandler, @unchecked Sendable {
+    private let lock = NSLock()
+    private var lines: [String] = []
+    var logLevel: Logger.Level = .trace
+    var metadata: Logger.Metadata = [:]
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        let fields = (event.metadata ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+        lock.withLock { lines.append("\(event.message) \(fields)") }
+    }
+
+    var all: [String] { lock.withLock { lines } }
 }
 
 final class Collected: ChannelInboundHandler, @unchecked Sendable {

@@ -60,8 +60,8 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
     public var cluster: String
     /// The bound on clock offsets between nodes that freshness certificates assume.
     public var maxClockOffsetMilliseconds: Int
-    /// Whether clients may arm crash points (`CONTINUUM.CRASHPOINT`, for tests of real
-    /// processes); off unless set.
+    /// Whether clients may cut links (`CONTINUUM.PARTITION`, `HEAL`) and arm crash points
+    /// (`CONTINUUM.CRASHPOINT`), for tests of real processes; off unless set.
     public var faultInjection: Bool?
     /// The most bytes one command's arguments may hold (a value, or one SADD's members); nil:
     /// `RedisServerConfiguration.valueBytesMaxDefault` (16 MiB).

@@ -786,8 +786,6 @@ public actor Node {
     /// Whether this node leads the Raft group now.
     public var isLeader: Bool { raft?.role == .leader }
 
-    /// The Raft term, commit index and snapshot index this replica knows, and its role (for
-    /// status commands).
     /// Peer messages the protocols refused as no correct peer sends them (each changed
     /// nothing), and the last one's reason.
     public var peerMessagesRefused: (count: Int, last: String?) {
@@ -795,6 +793,8 @@ public actor Node {
         return ((raft?.messagesRefused ?? 0) + membership, raft?.lastRefusal ?? (membership > 0 ? "a membership update past the largest incarnation" : nil))
     }
 
+    /// The Raft term, commit index and snapshot index this replica knows, and its role (for
+    /// status commands).
     public var consensusStatus: (role: String, term: UInt64, commitIndex: UInt64, snapshotIndex: UInt64)? {
         raft.map { ("\($0.role)", $0.term, $0.commitIndex, $0.snapshotIndex) }
     }

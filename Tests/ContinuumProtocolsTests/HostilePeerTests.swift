@@ -158,6 +158,59 @@ import Testing
         #expect(membership.incarnation == Membership.incarnationMax)
     }
 
+    /// Transactions: random lock, prepare, decision and answer messages with edge-valued
+    /// identifiers, steps and values, from members, strangers and the node itself, to each of
+    /// three instances in turn. None may trap.
+    @Test func randomTransactionMessagesDoNotTrap() {
+        let members = [Self.n1, Self.n2, Self.n3]
+        var effects = 0
+        for seed in UInt64(1)...20 {
+            var random = DeterministicRandom(seed: seed)
+            var instances = members.map { node in
+                TransactionInstance(configuration: .init(), context: InstanceContext(node: node, members: members, random: DeterministicRandom(seed: node.rawValue)),
+                                    durable: nil)
+            }
+            for index in instances.indices { _ = instances[index].start(now: .seconds(1)) }
+            var now = Duration.seconds(1)
+            for _ in 0..<500 {
+                now += .milliseconds(Int64(random.next() % 50))
+                let target = Int(random.next() % 3)
+                let sender = ([NodeID(0), NodeID(9)] + members).randomElement(using: &random)!
+                let message = Self.hostileTransactionMessage(&random, members: members)
+                effects += instances[target].receive(message, from: sender, now: now).count
+            }
+        }
+        // The messages reach the protocol (locks granted, prepares voted, queries answered).
+        #expect(effects > 2_000, "\(effects) effects")
+    }
+
+    private static func hostileTransactionMessage(_ random: inout DeterministicRandom, members: [NodeID]) -> TransactionMessage {
+        func edge() -> UInt64 { Self.edge(&random) }
+        func flag() -> Bool { random.next() % 2 == 0 }
+        let id = TransactionID(timestamp: edge(), coordinator: ([NodeID(0), NodeID(9)] + members).randomElement(using: &random)!,
+                               sequence: random.next() % 2 == 0 ? random.next() % 4 : edge())
+        let keys = ["a", "b", ""]
+        func value() -> TransactionValue {
+            flag() ? .int(Int64(bitPattern: edge())) : .list((0..<Int(random.next() % 3)).map { _ in Int64(bitPattern: edge()) })
+        }
+        let writes = (0..<Int(random.next() % 3)).map { _ in TransactionWrite(key: keys.randomElement(using: &random)!, value: value()) }
+        switch random.next() % 9 {
+        case 0:
+            let requests = (0..<Int(random.next() % 3)).map { _ in
+                LockRequest(key: keys.randomElement(using: &random)!, mode: flag() ? .shared : .exclusive)
+            }
+            return .lock(id, step: edge(), requests)
+        case 1: return .locked(id, step: edge(), writes)
+        case 2: return .refused(id, reason: "hostile", retryable: flag())
+        case 3: return .prepare(id, writes)
+        case 4: return .prepared(id, yes: flag())
+        case 5: return .decision(id, commit: flag())
+        case 6: return .decisionApplied(id)
+        case 7: return .decisionQuery(id)
+        default: return .release(id)
+        }
+    }
+
     private static func edge(_ random: inout DeterministicRandom) -> UInt64 {
         let edges: [UInt64] = [0, 1, 2, 3, RaftInstance.termMax - 1, RaftInstance.termMax, RaftInstance.termMax + 1, .max - 1, .max]
         return random.next() % 3 == 0 ? random.next() : edges.randomElement(using: &random)!

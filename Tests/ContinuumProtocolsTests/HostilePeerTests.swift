@@ -184,6 +184,68 @@ import Testing
         #expect(effects > 2_000, "\(effects) effects")
     }
 
+    /// Replication and membership: random deltas, acknowledgements, read requests and replies
+    /// and probes with edge-valued epochs, sequence numbers, certificate times and
+    /// incarnations, between gossip ticks and pushes. None may trap.
+    @Test func randomReplicationMessagesDoNotTrap() {
+        let members = [Self.n1, Self.n2, Self.n3]
+        let bottom = AnyReplicated(GSet<UInt64>())
+        var effects = 0
+        for seed in UInt64(1)...20 {
+            var random = DeterministicRandom(seed: seed)
+            var instances = members.map { node in
+                ReplicationInstance(configuration: .init(), context: InstanceContext(node: node, members: members, random: DeterministicRandom(seed: node.rawValue)),
+                                    durable: nil)
+            }
+            var now = Duration.seconds(1)
+            for index in instances.indices {
+                _ = instances[index].start(now: now)
+                _ = instances[index].handle(.declare(id: 1, register: "r", bottom: bottom), now: now)
+            }
+            for step in 0..<400 {
+                now += .milliseconds(Int64(random.next() % 50))
+                let target = Int(random.next() % 3)
+                switch random.next() % 4 {
+                case 0: effects += instances[target].timerFired(.gossip, now: now).count
+                case 1: effects += instances[target].timerFired(.push, now: now).count
+                default:
+                    let sender = ([NodeID(0), NodeID(9)] + members).randomElement(using: &random)!
+                    let message = Self.hostileReplicationMessage(&random, members: members, value: UInt64(step))
+                    effects += instances[target].receive(message, from: sender, now: now).count
+                }
+            }
+        }
+        #expect(effects > 2_000, "\(effects) effects")
+    }
+
+    private static func hostileReplicationMessage(_ random: inout DeterministicRandom, members: [NodeID], value: UInt64) -> ReplicationMessage {
+        func edge() -> UInt64 { Self.edge(&random) }
+        func flag() -> Bool { random.next() % 2 == 0 }
+        let register = ["r", "other", ""].randomElement(using: &random)!
+        func payload() -> DeltaPayload {
+            var set = GSet<UInt64>()
+            let delta = set.insert(value)
+            let state = flag() ? AnyReplicated(delta) : AnyReplicated(GCounter())
+            let slot = RegisterSlot(generation: flag() ? 1 : max(1, edge()), typeName: state.typeName, state: state)
+            return DeltaPayload(register: register, upTo: edge(), slot: slot, isFullState: flag(), after: edge(), anchored: flag())
+        }
+        func vector() -> FreshnessVector {
+            Dictionary((([NodeID(9)] + members).map { ($0, Int64(bitPattern: edge())) }), uniquingKeysWith: { $1 })
+        }
+        func updates() -> [MembershipUpdate] {
+            [MembershipUpdate(node: ([NodeID(9)] + members).randomElement(using: &random)!,
+                              status: [MemberStatus.alive, .suspect, .unreachable].randomElement(using: &random)!, incarnation: edge())]
+        }
+        switch random.next() % 6 {
+        case 0: return .deltas(epoch: flag() ? 1 : edge(), (0..<Int(random.next() % 3)).map { _ in payload() }, certificate: flag() ? vector() : nil)
+        case 1: return .acks(epoch: flag() ? 1 : edge(), [DeltaAck(register: register, upTo: edge(), needsFullState: flag())])
+        case 2: return .readRequest(epoch: edge(), read: edge(), registers: [register])
+        case 3: return .readReply(epoch: flag() ? 1 : edge(), read: edge(), [payload()], certificate: vector())
+        case 4: return .membership(.ping(sequence: edge(), updates: updates()))
+        default: return .membership(.pingRequest(sequence: edge(), target: ([NodeID(9)] + members).randomElement(using: &random)!, updates: updates()))
+        }
+    }
+
     private static func hostileTransactionMessage(_ random: inout DeterministicRandom, members: [NodeID]) -> TransactionMessage {
         func edge() -> UInt64 { Self.edge(&random) }
         func flag() -> Bool { random.next() % 2 == 0 }

@@ -158,27 +158,44 @@ import Testing
         #expect(membership.incarnation == Membership.incarnationMax)
     }
 
-    /// Transactions: random lock, prepare, decision and answer messages with edge-valued
-    /// identifiers, steps and values, from members, strangers and the node itself, to each of
-    /// three instances in turn. None may trap.
-    @Test func randomTransactionMessagesDoNotTrap() {
-        let members = [Self.n1, Self.n2, Self.n3]
+    /// Three instances of `I`, per seed: after `setUp`, `steps` events, each on a random
+    /// instance at a later time, given a random sender (a member, a stranger, or the node
+    /// itself). Returns the effects they produced, so that a test can tell the events reached
+    /// the protocol.
+    private static func hostileRun<I: ProtocolInstance>(
+        _ configuration: I.Configuration, seeds: ClosedRange<UInt64> = 1...20, steps: Int,
+        setUp: (inout I, Duration) -> Void = { _, _ in },
+        event: (inout I, inout DeterministicRandom, _ sender: NodeID, _ step: Int, _ now: Duration) -> [I.Effect]
+    ) -> Int {
+        let members = [n1, n2, n3]
         var effects = 0
-        for seed in UInt64(1)...20 {
+        for seed in seeds {
             var random = DeterministicRandom(seed: seed)
             var instances = members.map { node in
-                TransactionInstance(configuration: .init(), context: InstanceContext(node: node, members: members, random: DeterministicRandom(seed: node.rawValue)),
-                                    durable: nil)
+                I(configuration: configuration, context: InstanceContext(node: node, members: members, random: DeterministicRandom(seed: node.rawValue)),
+                  durable: nil)
             }
-            for index in instances.indices { _ = instances[index].start(now: .seconds(1)) }
             var now = Duration.seconds(1)
-            for _ in 0..<500 {
+            for index in instances.indices {
+                _ = instances[index].start(now: now)
+                setUp(&instances[index], now)
+            }
+            for step in 0..<steps {
                 now += .milliseconds(Int64(random.next() % 50))
                 let target = Int(random.next() % 3)
                 let sender = ([NodeID(0), NodeID(9)] + members).randomElement(using: &random)!
-                let message = Self.hostileTransactionMessage(&random, members: members)
-                effects += instances[target].receive(message, from: sender, now: now).count
+                effects += event(&instances[target], &random, sender, step, now).count
             }
+        }
+        return effects
+    }
+
+    /// Transactions: random lock, prepare, decision and answer messages with edge-valued
+    /// identifiers, steps and values, from members, strangers and the node itself. None may trap.
+    @Test func randomTransactionMessagesDoNotTrap() {
+        let members = [Self.n1, Self.n2, Self.n3]
+        let effects = Self.hostileRun(TransactionInstance.Configuration(), steps: 500) { (instance: inout TransactionInstance, random, sender, _, now) in
+            instance.receive(Self.hostileTransactionMessage(&random, members: members), from: sender, now: now)
         }
         // The messages reach the protocol (locks granted, prepares voted, queries answered).
         #expect(effects > 2_000, "\(effects) effects")
@@ -190,29 +207,13 @@ import Testing
     @Test func randomReplicationMessagesDoNotTrap() {
         let members = [Self.n1, Self.n2, Self.n3]
         let bottom = AnyReplicated(GSet<UInt64>())
-        var effects = 0
-        for seed in UInt64(1)...20 {
-            var random = DeterministicRandom(seed: seed)
-            var instances = members.map { node in
-                ReplicationInstance(configuration: .init(), context: InstanceContext(node: node, members: members, random: DeterministicRandom(seed: node.rawValue)),
-                                    durable: nil)
-            }
-            var now = Duration.seconds(1)
-            for index in instances.indices {
-                _ = instances[index].start(now: now)
-                _ = instances[index].handle(.declare(id: 1, register: "r", bottom: bottom), now: now)
-            }
-            for step in 0..<400 {
-                now += .milliseconds(Int64(random.next() % 50))
-                let target = Int(random.next() % 3)
-                switch random.next() % 4 {
-                case 0: effects += instances[target].timerFired(.gossip, now: now).count
-                case 1: effects += instances[target].timerFired(.push, now: now).count
-                default:
-                    let sender = ([NodeID(0), NodeID(9)] + members).randomElement(using: &random)!
-                    let message = Self.hostileReplicationMessage(&random, members: members, value: UInt64(step))
-                    effects += instances[target].receive(message, from: sender, now: now).count
-                }
+        let effects = Self.hostileRun(ReplicationInstance.Configuration(), steps: 400, setUp: { instance, now in
+            _ = instance.handle(.declare(id: 1, register: "r", bottom: bottom), now: now)
+        }) { (instance: inout ReplicationInstance, random, sender, step, now) in
+            switch random.next() % 4 {
+            case 0: return instance.timerFired(.gossip, now: now)
+            case 1: return instance.timerFired(.push, now: now)
+            default: return instance.receive(Self.hostileReplicationMessage(&random, members: members, value: UInt64(step)), from: sender, now: now)
             }
         }
         #expect(effects > 2_000, "\(effects) effects")

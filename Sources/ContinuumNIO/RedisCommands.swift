@@ -86,10 +86,11 @@ final class RedisConnection {
     /// the log (who, what, from where), whether it succeeds or not.
     static let adminCommands: Set<String> = ["CONTINUUM.POLICY", "CONTINUUM.PARTITION", "CONTINUUM.HEAL", "CONTINUUM.CRASHPOINT"]
 
-    /// Cutting links is fault injection: only on nodes started with `--fault-injection`.
+    /// Cutting links and arming crash points are fault injection: only on nodes started with
+    /// `--fault-injection`.
     private func requireFaultInjection(_ name: String) throws {
         guard configuration.faultInjection else {
-            throw CommandError(message: "ERR \(name) is fault injection, off on this node (start it with --fault-injection)")
+            throw CommandError(message: "ERR \(name): fault injection is off on this node (start it with --fault-injection)")
         }
     }
 
@@ -329,9 +330,7 @@ final class RedisConnection {
             return .ok
         case "CONTINUUM.CRASHPOINT":
             try need(1...1)
-            guard configuration.faultInjection else {
-                throw CommandError(message: "ERR fault injection is off on this node (start it with --fault-injection)")
-            }
+            try requireFaultInjection(name)
             let word = text(arguments[0]).lowercased()
             if word == "none" {
                 await node.armCrash(nil) {}

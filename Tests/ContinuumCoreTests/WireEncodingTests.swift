@@ -53,7 +53,7 @@ import Testing
         #expect(throws: WireDecodingError.self) { try Bool(binary: [7]) }
     }
 
-    @Test func invalidStatesAreRefused() {
+    @Test func invalidStatesAreRefused() throws {
         // A dot counter of zero.
         #expect(throws: WireDecodingError.self) { try Dot(binary: [1, 0]) }
         // An OR-set whose store holds a dot its context has not seen.
@@ -63,6 +63,13 @@ import Testing
         #expect(throws: WireDecodingError.self) { try ORSet<String>(binary: writer.bytes) }
         // A duplicate set element.
         #expect(throws: WireDecodingError.self) { try Set<UInt64>(binary: [2, 1, 1]) }
+        // One dot under two keys (one update writes one key): the dot index could not say
+        // which key a remove must look at.
+        let dot = Dot(ReplicaID(1), 1)
+        let shared = DotMap<String, DotSet>(["x": DotSet([dot]), "y": DotSet([dot])]).binaryEncoded()
+        #expect(throws: WireDecodingError.invalid("dot map with a dot under two keys")) { try DotMap<String, DotSet>(binary: shared) }
+        let apart = DotMap<String, DotSet>(["x": DotSet([dot]), "y": DotSet([Dot(ReplicaID(1), 2)])])
+        #expect(try DotMap<String, DotSet>(binary: apart.binaryEncoded()) == apart)
     }
 
     @Test func decodedContextIsCompacted() throws {

@@ -83,15 +83,18 @@ public struct DotMap<Key: Hashable & Sendable & Codable, Value: DotStore>: DotSt
 
     public init(_ entries: [Key: Value] = [:]) {
         self.entries = entries.filter { !$0.value.isEmpty }
-        keyOfDot = Self.index(self.entries)
+        keyOfDot = Self.index(self.entries).index
     }
 
-    private static func index(_ entries: [Key: Value]) -> [Dot: Key] {
+    /// Which key holds each dot, and whether some dot is under two keys (which no correct
+    /// replica produces: a decoder refuses it).
+    private static func index(_ entries: [Key: Value]) -> (index: [Dot: Key], shared: Bool) {
         var index: [Dot: Key] = [:]
+        var shared = false
         for (key, value) in entries {
-            for dot in value.dots { index[dot] = key }
+            for dot in value.dots where index.updateValue(key, forKey: dot) != nil { shared = true }
         }
-        return index
+        return (index, shared)
     }
 
     public static func == (a: DotMap, b: DotMap) -> Bool { a.entries == b.entries }
@@ -114,7 +117,7 @@ public struct DotMap<Key: Hashable & Sendable & Codable, Value: DotStore>: DotSt
     public var dotCount: Int { keyOfDot.count }
 
     /// Whether the dot index is what the entries hold, and no dot is under two keys, here and
-    /// in nested maps (for tests and decoders).
+    /// in nested maps (for tests).
     public var isIndexConsistent: Bool {
         var count = 0
         for (key, value) in entries {
@@ -267,8 +270,10 @@ extension DotMap: BinaryCodable where Key: BinaryCodable, Value: BinaryCodable {
     public init(from reader: inout BinaryReader) throws(WireDecodingError) {
         let entries = try [Key: Value](from: &reader)
         guard entries.values.allSatisfy({ !$0.isEmpty }) else { throw .invalid("dot map with an empty entry") }
-        self.init(entries)
-        guard isIndexConsistent else { throw .invalid("dot map with a dot under two keys") }
+        let (index, shared) = Self.index(entries)
+        guard !shared else { throw .invalid("dot map with a dot under two keys") }
+        self.entries = entries
+        keyOfDot = index
     }
 }
 

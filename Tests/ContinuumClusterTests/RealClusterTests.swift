@@ -497,8 +497,9 @@ extension RealClusterTests {
             try await Task.sleep(for: .milliseconds(300))
             socket.close()
         }
-        // Past an election timeout: a node that adopted the term would have crashed by now.
-        try await Task.sleep(for: .seconds(2))
+        // Past the longest election timeout (twice the 1 s default): a node that adopted the term
+        // would have crashed by now.
+        try await Task.sleep(for: .seconds(2.5))
         for node in 1...3 {
             let client = try await cluster.client(node)
             #expect(try await client.send(["PING"]) == .simple("PONG"), "n\(node) stopped serving")

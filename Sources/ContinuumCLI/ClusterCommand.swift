@@ -103,6 +103,20 @@ struct ClusterCommand: AsyncParsableCommand {
         throw ValidationError("no leader elected")
     }
 
+    /// The cluster's secret, `DIR/cluster-secret` (32 random bytes, hex, readable by the owner
+    /// only), made on the first `up` and kept for later ones and restarts.
+    static func secretFile(_ directory: String) throws -> String {
+        let path = directory + "/cluster-secret"
+        if FileManager.default.fileExists(atPath: path) { return path }
+        var generator = SystemRandomNumberGenerator()
+        let hex = (0..<32).map { _ in String(UInt8.random(in: 0...255, using: &generator), radix: 16) }
+            .map { $0.count == 1 ? "0" + $0 : $0 }.joined()
+        guard FileManager.default.createFile(atPath: path, contents: Data((hex + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
+            throw ValidationError("cannot write \(path)")
+        }
+        return path
+    }
+
     static func tail(_ path: String, lines: Int = 15) -> String {
         guard let data = FileManager.default.contents(atPath: path) else { return "(no log)" }
         return String(decoding: data, as: UTF8.self).split(separator: "\n").suffix(lines).joined(separator: "\n")
@@ -164,12 +178,14 @@ struct ClusterCommand: AsyncParsableCommand {
                 throw ValidationError("a cluster is already up in \(directory); run 'continuum cluster down --data-dir \(dataDir)' first")
             }
             let executable = ClusterCommand.executable()
+            let secret = try ClusterCommand.secretFile(directory)
             let ids = (1...nodes).map { "n\($0)" }
             var record = Record(executable: executable, members: [])
             for (offset, id) in ids.enumerated() {
                 let index = offset + 1
                 var arguments = ["node", "--id", id, "--listen", "\(host):\(basePort + index)", "--resp", "\(host):\(respBasePort + index)",
-                                 "--data-dir", "\(directory)/\(id)", "--default-policy", defaultPolicy, "--fsync", fsync]
+                                 "--data-dir", "\(directory)/\(id)", "--default-policy", defaultPolicy, "--fsync", fsync,
+                                 "--cluster-secret-file", secret]
                 if faultInjection { arguments.append("--fault-injection") }
                 if let electionTimeout { arguments += ["--election-timeout", "\(electionTimeout)"] }
                 let metrics = metricsBasePort > 0 ? "\(host):\(metricsBasePort + index)" : nil

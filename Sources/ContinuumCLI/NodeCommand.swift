@@ -14,7 +14,7 @@ struct NodeCommand: AsyncParsableCommand {
         discussion: """
             Options may come from a JSON file (--config) with the keys id, listen, peers (an object \
             of id to host:port), resp, metrics, dataDirectory, defaultPolicy, cluster and \
-            maxClockOffsetMilliseconds, maxValueBytes, fsync, electionTimeoutMilliseconds, metricsKeyNames; options on the command line override it. SIGTERM or SIGINT \
+            maxClockOffsetMilliseconds, maxValueBytes, fsync, electionTimeoutMilliseconds, metricsKeyNames, clusterSecretFile, insecure; options on the command line override it. SIGTERM or SIGINT \
             shuts the node down gracefully: pending writes are made durable, connections closed.
             """)
 
@@ -60,6 +60,12 @@ struct NodeCommand: AsyncParsableCommand {
     @Flag(help: "Let /metrics name declared keys (per-register staleness); off by default, as the metrics port has no credentials.")
     var metricsKeyNames = false
 
+    @Option(help: "A file holding the cluster secret (16 to 4096 bytes), the same on every node: peers prove they hold it (HMAC-SHA256 challenge-response) before any message passes. Required to listen on an address other than loopback, unless --insecure.")
+    var clusterSecretFile: String?
+
+    @Flag(help: "Serve peers without a cluster secret on an address other than loopback: anyone who reaches the peer port can join.")
+    var insecure = false
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -91,6 +97,8 @@ struct NodeCommand: AsyncParsableCommand {
         configuration.fsync = fsync ?? base?.fsync
         configuration.electionTimeoutMilliseconds = electionTimeout ?? base?.electionTimeoutMilliseconds
         configuration.metricsKeyNames = metricsKeyNames || (base?.metricsKeyNames ?? false)
+        configuration.clusterSecretFile = clusterSecretFile ?? base?.clusterSecretFile
+        configuration.insecure = insecure || (base?.insecure ?? false)
         _ = try configuration.validated()
         return configuration
     }

@@ -9,8 +9,10 @@ import Synchronization
 
 /// TCP between the nodes of a cluster (SwiftNIO). Each node dials every peer for its own
 /// outbound messages and accepts the peers' connections for inbound ones. A connection starts
-/// with the dialer's hello (cluster name and node id); a listener closes a connection whose
-/// hello, frame or message is bad, with a logged reason, and nothing else changes. Outbound
+/// with a handshake (`PeerHandshake`: hello, challenge, proof over the cluster secret); a
+/// listener closes a connection whose handshake, frame or message is bad, or that does not
+/// finish its handshake within `handshakeTimeout`, with a logged reason, and nothing else
+/// changes. A listener holds at most `connectionsPerAddressMax` connections from one address. Outbound
 /// messages wait in a bounded queue per peer while it is unreachable (the newest are dropped
 /// when it is full: the protocols retry), and the dialer reconnects with jittered exponential
 /// backoff.
@@ -35,10 +37,23 @@ public final class NIOTransport: NodeTransport {
         public var backoffMin: Duration
         public var backoffMax: Duration
         public var connectTimeout: Duration
+        /// The cluster secret both sides of a connection must prove they hold (nil: none; see
+        /// `PeerHandshake`).
+        public var secret: [UInt8]?
+        /// A connection that has not finished its handshake by then is closed.
+        public var handshakeTimeout: Duration
+        /// Connections a listener holds from one address at once; more are closed on accept.
+        public var connectionsPerAddressMax: Int
+
+        public static let connectionsPerAddressMaxDefault = 64
 
         public init(cluster: String = "continuum", peers: [NodeID: Peer], queuedFramesMax: Int = 4_096,
                     writeBufferBytesMax: Int = 16 << 20, backoffMin: Duration = .milliseconds(50),
-                    backoffMax: Duration = .seconds(2), connectTimeout: Duration = .seconds(1)) {
+                    backoffMax: Duration = .seconds(2), connectTimeout: Duration = .seconds(1), secret: [UInt8]? = nil,
+                    handshakeTimeout: Duration = .seconds(5), connectionsPerAddressMax: Int = Configuration.connectionsPerAddressMaxDefault) {
+            self.secret = secret
+            self.handshakeTimeout = handshakeTimeout
+            self.connectionsPerAddressMax = connectionsPerAddressMax
             self.cluster = cluster
             self.peers = peers
             self.queuedFramesMax = queuedFramesMax
@@ -68,6 +83,9 @@ public final class NIOTransport: NodeTransport {
     private let blocked = Mutex<Set<NodeID>>([])
     /// Accepted connections, closed on shutdown.
     private let inbound = Mutex<[ObjectIdentifier: any Channel]>([:])
+    /// Accepted connections open now, by remote address (without the port).
+    private let inboundPerAddress = Mutex<[String: Int]>([:])
+    private let handshake: PeerHandshake
     let statistics = Counters()
 
     public init(node: NodeID, configuration: Configuration, group: any EventLoopGroup, logger: Logger = Logger(label: "continuum.transport")) {
@@ -75,6 +93,7 @@ public final class NIOTransport: NodeTransport {
         self.configuration = configuration
         self.group = group
         self.logger = logger
+        handshake = PeerHandshake(secret: configuration.secret)
         var links: [NodeID: PeerLink] = [:]
         for (peer, address) in configuration.peers where peer != node {
             links[peer] = PeerLink(peer: peer, address: address)
@@ -110,26 +129,54 @@ public final class NIOTransport: NodeTransport {
         let me = node
         let logger = self.logger
         let statistics = self.statistics
+        let handshake = self.handshake
+        let handshakeTimeout = configuration.handshakeTimeout
+        let perAddressMax = configuration.connectionsPerAddressMax
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { [self] channel in
+                let address = channel.remoteAddress?.ipAddress ?? "?"
+                let admitted = inboundPerAddress.withLock { counts in
+                    guard counts[address, default: 0] < perAddressMax else { return false }
+                    counts[address, default: 0] += 1
+                    return true
+                }
+                guard admitted else {
+                    statistics.withLock { $0.connectionsRefused += 1 }
+                    logger.debug("closing a peer connection", metadata: [
+                        "remote": "\(address)", "reason": "more than \(perAddressMax) connections from this address",
+                    ])
+                    return channel.close()
+                }
                 let key = ObjectIdentifier(channel)
                 inbound.withLock { $0[key] = channel }
-                channel.closeFuture.whenComplete { [self] _ in _ = inbound.withLock { $0.removeValue(forKey: key) } }
+                channel.closeFuture.whenComplete { [self] _ in
+                    _ = inbound.withLock { $0.removeValue(forKey: key) }
+                    inboundPerAddress.withLock { counts in
+                        counts[address, default: 1] -= 1
+                        if counts[address] == 0 { counts[address] = nil }
+                    }
+                }
                 return channel.eventLoop.makeCompletedFuture {
-                    let handler = InboundHandler(cluster: cluster, isPeer: isPeer, isBlocked: isBlocked, me: me, logger: logger,
-                                                 statistics: statistics, deliver: deliver)
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(firstFrameBytesMax: Framing.helloBytesMax)))
+                    let handler = InboundHandler(cluster: cluster, isPeer: isPeer, isBlocked: isBlocked, me: me, handshake: handshake,
+                                                 handshakeTimeout: handshakeTimeout, logger: logger, statistics: statistics, deliver: deliver)
+                    // The hello and the proof: small frames only until the handshake is done.
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(handshakeFrames: 2)))
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
             .bind(host: host, port: port).get()
         listener.withLock { $0 = channel }
-        logger.info("listening for peers", metadata: ["address": "\(host):\(channel.localAddress?.port ?? port)"])
+        logger.info("listening for peers", metadata: [
+            "address": "\(host):\(channel.localAddress?.port ?? port)", "authenticated": "\(handshake.authenticates)",
+        ])
         return channel.localAddress?.port ?? port
     }
+
+    /// The port the listener is bound to, once `listen` returned.
+    public var boundPort: Int? { listener.withLock { $0?.localAddress?.port } }
 
     /// Cuts this node off from `peers` both ways (fault injection for tests and the demo): their
     /// messages are dropped on arrival and nothing is sent to them, until `heal`.
@@ -170,28 +217,41 @@ public final class NIOTransport: NodeTransport {
     }
 
     private func connect(_ link: PeerLink) {
-        let hello = Framing.hello(cluster: configuration.cluster, node: node)
+        let nonce = PeerHandshake.freshNonce()
+        let hello = Framing.hello(cluster: configuration.cluster, node: node, to: link.peer, nonce: nonce)
         let logger = self.logger
+        let dialer = DialerHandshakeHandler(cluster: configuration.cluster, me: node, peer: link.peer, nonce: nonce, handshake: handshake,
+                                            timeout: configuration.handshakeTimeout, logger: logger) { [self] channel in
+            let flushed = link.connected(channel)
+            channel.flush()
+            statistics.withLock {
+                $0.connects += 1
+                $0.framesSent += flushed
+            }
+            logger.debug("connected", metadata: ["peer": "n\(link.peer.rawValue)"])
+        }
         ClientBootstrap(group: group)
             .connectTimeout(.nanoseconds(configuration.connectTimeout.nanoseconds))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.writeBufferWaterMark, value: .init(low: configuration.writeBufferBytesMax / 2, high: configuration.writeBufferBytesMax))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    // A listener sends one challenge and nothing else.
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(frameBytesMax: Framing.helloBytesMax)))
+                    try channel.pipeline.syncOperations.addHandler(dialer)
+                }
+            }
             .connect(host: link.address.host, port: link.address.port)
             .whenComplete { [self] result in
                 switch result {
                 case let .success(channel):
                     var frame = ByteBuffer()
                     Framing.frame(hello, into: &frame)
-                    channel.write(frame, promise: nil)
-                    let flushed = link.connected(channel)
-                    channel.flush()
-                    statistics.withLock {
-                        $0.connects += 1
-                        $0.framesSent += flushed
-                    }
-                    logger.debug("connected", metadata: ["peer": "n\(link.peer.rawValue)"])
+                    channel.writeAndFlush(frame, promise: nil)
                     channel.closeFuture.whenComplete { [self] _ in
-                        if link.disconnected(channel) { scheduleReconnect(link) }
+                        // Closed after the handshake: reconnect if frames wait. Closed during it
+                        // (refused, or no answer): try again after a backoff.
+                        if link.disconnected(channel) || !dialer.established { scheduleReconnect(link) }
                     }
                 case let .failure(error):
                     logger.debug("connect failed", metadata: ["peer": "n\(link.peer.rawValue)", "error": "\(error)"])
@@ -311,51 +371,163 @@ final class PeerLink: Sendable {
     }
 }
 
-/// The listener's side of one connection: the hello, then messages, each checked.
+/// The dialer's side of the handshake: checks the listener's challenge, sends the proof, then
+/// hands the connection to its link. Nothing else is expected from the listener.
+final class DialerHandshakeHandler: ChannelInboundHandler, @unchecked Sendable {
+    // Touched only on the channel's event loop, except `established`, which is read after close.
+    typealias InboundIn = [UInt8]
+    typealias OutboundOut = ByteBuffer
+
+    private let cluster: String
+    private let me: NodeID
+    private let peer: NodeID
+    private let nonce: [UInt8]
+    private let handshake: PeerHandshake
+    private let timeout: Duration
+    private let logger: Logger
+    private let onEstablished: (any Channel) -> Void
+    private let done = Mutex(false)
+    var established: Bool { done.withLock { $0 } }
+
+    init(cluster: String, me: NodeID, peer: NodeID, nonce: [UInt8], handshake: PeerHandshake, timeout: Duration, logger: Logger,
+         onEstablished: @escaping (any Channel) -> Void) {
+        self.cluster = cluster
+        self.me = me
+        self.peer = peer
+        self.nonce = nonce
+        self.handshake = handshake
+        self.timeout = timeout
+        self.logger = logger
+        self.onEstablished = onEstablished
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let channel = context.channel
+        context.eventLoop.scheduleTask(in: .nanoseconds(timeout.nanoseconds)) { [self] in
+            if !established { fail(channel, "no challenge within \(timeout)") }
+        }
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !established else { return fail(context.channel, "a frame after the handshake") }
+        do {
+            let challenge = try PeerHandshake.parseChallenge(unwrapInboundIn(data))
+            guard challenge.listener == peer else {
+                throw FramingError.unexpectedPeer("answered as n\(challenge.listener.rawValue), not n\(peer.rawValue)")
+            }
+            guard handshake.verify(challenge.proof, .listener, cluster: cluster, dialer: me, listener: peer, dialerNonce: nonce,
+                                   listenerNonce: challenge.nonce) else {
+                throw FramingError.unexpectedPeer("its proof does not match (another cluster secret?)")
+            }
+            let proof = handshake.proof(.dialer, cluster: cluster, dialer: me, listener: peer, dialerNonce: nonce, listenerNonce: challenge.nonce)
+            var frame = context.channel.allocator.buffer(capacity: Framing.headerBytes + proof.count)
+            Framing.frame(proof, into: &frame)
+            context.write(wrapOutboundOut(frame), promise: nil)
+            done.withLock { $0 = true }
+            onEstablished(context.channel)
+        } catch {
+            fail(context.channel, "\(error)")
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        fail(context.channel, "\(error)")
+    }
+
+    private func fail(_ channel: any Channel, _ reason: String) {
+        logger.warning("closing a connection to a peer", metadata: [
+            "peer": "n\(peer.rawValue)", "remote": "\(channel.remoteAddress.map { "\($0)" } ?? "?")", "reason": "\(reason)",
+        ])
+        channel.close(promise: nil)
+    }
+}
+
+/// The listener's side of one connection: the handshake (hello, challenge, proof), then
+/// messages, each checked. Nothing is delivered before the proof checks out.
 final class InboundHandler: ChannelInboundHandler {
     typealias InboundIn = [UInt8]
+    typealias OutboundOut = ByteBuffer
+
+    private enum State {
+        case awaitingHello
+        case awaitingProof(Framing.Hello, listenerNonce: [UInt8])
+        case established(NodeID)
+    }
 
     private let cluster: String
     private let isPeer: @Sendable (NodeID) -> Bool
     private let isBlocked: @Sendable (NodeID) -> Bool
     private let me: NodeID
+    private let handshake: PeerHandshake
+    private let handshakeTimeout: Duration
     private let logger: Logger
     private let statistics: NIOTransport.Counters
     private let deliver: @Sendable (NodeMessage, NodeID) -> Void
-    private var peer: NodeID?
+    private var state = State.awaitingHello
+    private var closed = false
 
-    init(cluster: String, isPeer: @escaping @Sendable (NodeID) -> Bool, isBlocked: @escaping @Sendable (NodeID) -> Bool, me: NodeID, logger: Logger, statistics: NIOTransport.Counters,
+    init(cluster: String, isPeer: @escaping @Sendable (NodeID) -> Bool, isBlocked: @escaping @Sendable (NodeID) -> Bool, me: NodeID,
+         handshake: PeerHandshake, handshakeTimeout: Duration, logger: Logger, statistics: NIOTransport.Counters,
          deliver: @escaping @Sendable (NodeMessage, NodeID) -> Void) {
         self.cluster = cluster
         self.isPeer = isPeer
         self.isBlocked = isBlocked
         self.me = me
+        self.handshake = handshake
+        self.handshakeTimeout = handshakeTimeout
         self.logger = logger
         self.statistics = statistics
         self.deliver = deliver
     }
 
+    func handlerAdded(context: ChannelHandlerContext) {
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.scheduleTask(in: .nanoseconds(handshakeTimeout.nanoseconds)) {
+            let (handler, context) = bound.value
+            if case .established = handler.state { return }
+            handler.refuse(context, FramingError.badHello("no handshake within \(handler.handshakeTimeout)"))
+        }
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let payload = unwrapInboundIn(data)
-        guard let peer else {
+        switch state {
+        case .awaitingHello:
             do {
                 let hello = try Framing.parseHello(payload)
                 guard hello.cluster == cluster else { throw FramingError.unexpectedPeer("cluster '\(hello.cluster)', not '\(cluster)'") }
                 guard hello.node != me, isPeer(hello.node) else {
                     throw FramingError.unexpectedPeer("n\(hello.node.rawValue) is not a peer of n\(me.rawValue)")
                 }
-                self.peer = hello.node
+                guard hello.listener == me else {
+                    throw FramingError.unexpectedPeer("it calls n\(hello.listener.rawValue), this is n\(me.rawValue)")
+                }
+                let nonce = PeerHandshake.freshNonce()
+                let proof = handshake.proof(.listener, cluster: cluster, dialer: hello.node, listener: me, dialerNonce: hello.nonce,
+                                            listenerNonce: nonce)
+                let challenge = PeerHandshake.challenge(listener: me, nonce: nonce, proof: proof)
+                var frame = context.channel.allocator.buffer(capacity: Framing.headerBytes + challenge.count)
+                Framing.frame(challenge, into: &frame)
+                context.writeAndFlush(wrapOutboundOut(frame), promise: nil)
+                state = .awaitingProof(hello, listenerNonce: nonce)
             } catch {
                 refuse(context, error)
             }
-            return
-        }
-        do {
-            let message = try NodeMessage(binary: payload)
-            statistics.withLock { $0.framesReceived += 1 }
-            if !isBlocked(peer) { deliver(message, peer) }
-        } catch {
-            refuse(context, FramingError.undecodableMessage("\(error)"))
+        case let .awaitingProof(hello, listenerNonce):
+            guard handshake.verify(payload, .dialer, cluster: cluster, dialer: hello.node, listener: me, dialerNonce: hello.nonce,
+                                   listenerNonce: listenerNonce) else {
+                return refuse(context, FramingError.unexpectedPeer("n\(hello.node.rawValue)'s proof does not match (no or another cluster secret)"))
+            }
+            state = .established(hello.node)
+        case let .established(peer):
+            do {
+                let message = try NodeMessage(binary: payload)
+                statistics.withLock { $0.framesReceived += 1 }
+                if !isBlocked(peer) { deliver(message, peer) }
+            } catch {
+                refuse(context, FramingError.undecodableMessage("\(error)"))
+            }
         }
     }
 
@@ -363,11 +535,20 @@ final class InboundHandler: ChannelInboundHandler {
         refuse(context, error)
     }
 
+    private var claimed: String {
+        switch state {
+        case .awaitingHello: "unknown"
+        case let .awaitingProof(hello, _): "n\(hello.node.rawValue) (unproven)"
+        case let .established(peer): "n\(peer.rawValue)"
+        }
+    }
+
     private func refuse(_ context: ChannelHandlerContext, _ error: any Error) {
+        guard !closed else { return }
+        closed = true
         statistics.withLock { $0.connectionsRefused += 1 }
         logger.warning("closing a peer connection", metadata: [
-            "remote": "\(context.remoteAddress.map { "\($0)" } ?? "?")", "peer": "\(peer.map { "n\($0.rawValue)" } ?? "unknown")",
-            "reason": "\(error)",
+            "remote": "\(context.remoteAddress.map { "\($0)" } ?? "?")", "peer": "\(claimed)", "reason": "\(error)",
         ])
         context.close(promise: nil)
     }

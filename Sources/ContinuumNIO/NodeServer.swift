@@ -76,6 +76,13 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
     /// Whether `/metrics` names declared keys (`continuum_register_staleness_seconds{register=…}`);
     /// off unless set, as key names may be private and the metrics port has no credentials.
     public var metricsKeyNames: Bool?
+    /// A file holding the cluster secret (16 to 4,096 bytes; a trailing newline is dropped).
+    /// Peers prove they hold it before any message passes (`PeerHandshake`); every node of a
+    /// cluster needs the same one. Nil: peers are not authenticated, allowed only on loopback
+    /// or with `insecure`.
+    public var clusterSecretFile: String?
+    /// Serve peers without authentication on an address other than loopback.
+    public var insecure: Bool?
     /// 1,000 ms, as etcd's default: a dead leader is replaced after 1 to 2 s, and a node whose
     /// heartbeats are late by less than a second (a busy or descheduled process) costs no
     /// election. At 300 ms, under 50 saturating clients on a 2-core machine, late heartbeats
@@ -125,7 +132,35 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
         if let electionTimeoutMilliseconds, !Self.electionTimeoutRange.contains(electionTimeoutMilliseconds) {
             throw .invalidRequest("election-timeout \(electionTimeoutMilliseconds) ms is outside \(Self.electionTimeoutRange) (heartbeats go every 50 ms)")
         }
+        if clusterSecretFile == nil, !(insecure ?? false), !Self.isLoopback(listen.host) {
+            throw .invalidRequest("""
+                refusing to serve peers on \(listen) without a cluster secret: anyone who reaches that port could join the \
+                cluster. Give --cluster-secret-file (the same file on every node), or --insecure to run unauthenticated anyway
+                """)
+        }
         return (me, parsed, policy)
+    }
+
+    /// Whether `host` names this machine only (127.0.0.0/8, ::1, localhost).
+    public static func isLoopback(_ host: String) -> Bool {
+        host == "localhost" || host == "::1" || host.hasPrefix("127.")
+    }
+
+    /// Reads the cluster secret file (nil: none configured).
+    public func clusterSecret() throws(ContinuumError) -> [UInt8]? {
+        guard let clusterSecretFile else { return nil }
+        guard let data = FileManager.default.contents(atPath: clusterSecretFile) else {
+            throw .invalidRequest("cannot read the cluster secret file \(clusterSecretFile)")
+        }
+        var bytes = [UInt8](data)
+        while let last = bytes.last, last == 0x0A || last == 0x0D { bytes.removeLast() }
+        guard (PeerHandshake.secretBytesMin...PeerHandshake.secretBytesMax).contains(bytes.count) else {
+            throw .invalidRequest("""
+                the cluster secret in \(clusterSecretFile) has \(bytes.count) bytes; \
+                \(PeerHandshake.secretBytesMin)...\(PeerHandshake.secretBytesMax) are allowed
+                """)
+        }
+        return bytes
     }
 
     /// The store's durability mode (nil: not a mode).
@@ -155,7 +190,8 @@ public final class NodeServer: Service {
         try FileManager.default.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true)
         let store = try SQLiteStore(path: configuration.dataDirectory + "/node.sqlite", node: me, durability: configuration.durability ?? .always)
         let transport = NIOTransport(
-            node: me, configuration: .init(cluster: configuration.cluster, peers: peers.mapValues { .init(host: $0.host, port: $0.port) }),
+            node: me, configuration: .init(cluster: configuration.cluster, peers: peers.mapValues { .init(host: $0.host, port: $0.port) },
+                                           secret: try configuration.clusterSecret()),
             group: group, logger: logger)
         let members = ([me] + peers.keys).sorted()
         let offset = Duration.milliseconds(configuration.maxClockOffsetMilliseconds)

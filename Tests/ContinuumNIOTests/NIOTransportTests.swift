@@ -27,11 +27,14 @@ final class Inbox: Sendable {
     let b = NodeID(2)
     let probe = NodeMessage.raft(.timeoutNow(term: 7))
 
-    func pair() async throws -> (NIOTransport, NIOTransport, Inbox, Int) {
+    func pair(receiverSecret: [UInt8]? = nil, senderSecret: [UInt8]? = nil, handshakeTimeout: Duration = .seconds(5),
+              connectionsPerAddressMax: Int = NIOTransport.Configuration.connectionsPerAddressMaxDefault) async throws -> (NIOTransport, NIOTransport, Inbox, Int) {
         let inbox = Inbox()
-        let receiver = NIOTransport(node: b, configuration: .init(peers: [a: .init(host: "127.0.0.1", port: 1)]), group: group)
+        let receiver = NIOTransport(node: b, configuration: .init(peers: [a: .init(host: "127.0.0.1", port: 1)], secret: receiverSecret,
+                                                                  handshakeTimeout: handshakeTimeout,
+                                                                  connectionsPerAddressMax: connectionsPerAddressMax), group: group)
         let port = try await receiver.listen(host: "127.0.0.1", port: 0) { inbox.add($0, $1) }
-        let sender = NIOTransport(node: a, configuration: .init(peers: [b: .init(host: "127.0.0.1", port: port)]), group: group)
+        let sender = NIOTransport(node: a, configuration: .init(peers: [b: .init(host: "127.0.0.1", port: port)], secret: senderSecret), group: group)
         return (sender, receiver, inbox, port)
     }
 
@@ -83,29 +86,109 @@ final class Inbox: Sendable {
 
     @Test func badFramesCloseTheirConnectionAndNothingElse() async throws {
         let (sender, receiver, inbox, port) = try await pair()
-        let hello = frame(Framing.hello(cluster: "continuum", node: a))
+        let hello = frame(Framing.hello(cluster: "continuum", node: a, to: b))
         let cases: [(String, [UInt8])] = [
             ("random bytes", (0..<64).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }),
-            ("another frame version", frame(Framing.hello(cluster: "continuum", node: a), version: 9)),
+            ("another frame version", frame(Framing.hello(cluster: "continuum", node: a, to: b), version: 9)),
             ("an oversized frame", [Framing.version, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3]),
             // The probe sent most of a 64 MiB first frame on four connections: 287 MB buffered
             // before any hello was checked. A first frame past a hello's size is refused at once.
             ("a first frame larger than a hello", [Framing.version] + withUnsafeBytes(of: UInt32(Framing.helloBytesMax + 1).bigEndian, Array.init)
                 + [UInt8](repeating: 0x41, count: 64)),
+            // The proof too: no large frame before the handshake is done.
+            ("a proof larger than a hello", hello + [Framing.version] + withUnsafeBytes(of: UInt32(Framing.helloBytesMax + 1).bigEndian, Array.init)),
             ("a message before the hello", frame(probe.binaryEncoded())),
-            ("a hello from another cluster", frame(Framing.hello(cluster: "other", node: a))),
-            ("a hello from a stranger", frame(Framing.hello(cluster: "continuum", node: NodeID(9)))),
-            ("a message that does not decode", hello + frame([0xEE, 1, 2])),
-            ("a truncated message", hello + frame(Array(probe.binaryEncoded().dropLast()))),
+            ("a hello from another cluster", frame(Framing.hello(cluster: "other", node: a, to: b))),
+            ("a hello from a stranger", frame(Framing.hello(cluster: "continuum", node: NodeID(9), to: b))),
+            ("a hello calling another node", frame(Framing.hello(cluster: "continuum", node: a, to: NodeID(3)))),
+            ("a message instead of the proof", hello + frame(probe.binaryEncoded())),
         ]
         for (name, bytes) in cases {
             #expect(try await closedAfterSending(bytes, to: port), "\(name) left the connection open")
         }
-        #expect(receiver.currentStatistics.connectionsRefused == cases.count)
+        // After a good handshake, a message that does not decode, or is cut short, closes it.
+        for (name, bytes) in [("a message that does not decode", frame([0xEE, 1, 2])),
+                              ("a truncated message", frame(Array(probe.binaryEncoded().dropLast())))] {
+            let peer = try await RawPeer.handshake(port: port, cluster: "continuum", me: a, listener: b, secret: nil)
+            #expect(try await peer.closedAfterSending(bytes), "\(name) left the connection open")
+        }
+        #expect(receiver.currentStatistics.connectionsRefused == cases.count + 2)
         // A truncated frame (the connection ends mid-frame) delivers nothing either.
         _ = try await closedAfterSending(Array(frame(probe.binaryEncoded()).prefix(4)), to: port, waitingUpTo: 10)
         #expect(inbox.all.isEmpty)
         // The listener still serves a good peer.
+        sender.send(probe.binaryEncoded(), from: a, to: b)
+        try await inbox.wait(for: 1)
+        #expect(inbox.all.count == 1)
+        await sender.shutdown()
+        await receiver.shutdown()
+    }
+
+    static let secret = Array("a cluster secret of 32 bytes....".utf8)
+
+    /// The probe's peer was accepted on a guessed cluster name and node id. With a secret, a
+    /// node that lacks it (or holds another) gets no message through, in either direction.
+    @Test func aPeerWithoutTheSecretIsRefused() async throws {
+        for senderSecret in [nil, Array("another secret, also 32 bytes...".utf8)] {
+            let (sender, receiver, inbox, port) = try await pair(receiverSecret: Self.secret, senderSecret: senderSecret)
+            for _ in 0..<5 { sender.send(probe.binaryEncoded(), from: a, to: b) }
+            // The sender finds the listener's proof wrong and hangs up before it proves anything.
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(inbox.all.isEmpty)
+            #expect(sender.currentStatistics.framesSent == 0)
+            #expect(sender.currentStatistics.connects == 0)
+            // A forger that knows the cluster name and a member's id, with a made-up proof.
+            let forger = try await RawPeer.handshake(port: port, cluster: "continuum", me: a, listener: b, secret: senderSecret,
+                                                     checkingListener: false)
+            #expect(try await forger.closedAfterSending(frame(probe.binaryEncoded())))
+            #expect(receiver.currentStatistics.connectionsRefused == 1)
+            #expect(inbox.all.isEmpty)
+            await sender.shutdown()
+            await receiver.shutdown()
+        }
+        // The same secret on both sides: messages pass.
+        let (sender, receiver, inbox, port) = try await pair(receiverSecret: Self.secret, senderSecret: Self.secret)
+        for _ in 0..<5 { sender.send(probe.binaryEncoded(), from: a, to: b) }
+        try await inbox.wait(for: 5)
+        #expect(inbox.all.count == 5)
+        let peer = try await RawPeer.handshake(port: port, cluster: "continuum", me: a, listener: b, secret: Self.secret)
+        #expect(try await !peer.closedAfterSending(frame(probe.binaryEncoded()), waitingUpTo: 20))
+        try await inbox.wait(for: 6)
+        #expect(inbox.all.count == 6)
+        await peer.close()
+        // A dialer checks the listener too: one without the secret cannot pose as a member.
+        let (impostorSender, impostor, impostorInbox, _) = try await pair(receiverSecret: nil, senderSecret: Self.secret)
+        for _ in 0..<5 { impostorSender.send(probe.binaryEncoded(), from: a, to: b) }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(impostorSender.currentStatistics.framesSent == 0)
+        #expect(impostorInbox.all.isEmpty)
+        for transport in [sender, receiver, impostorSender, impostor] { await transport.shutdown() }
+    }
+
+    @Test func aConnectionThatDoesNotFinishItsHandshakeIsClosed() async throws {
+        let (sender, receiver, _, port) = try await pair(receiverSecret: Self.secret, handshakeTimeout: .milliseconds(200))
+        let silent = try await RawPeer.connect(port: port)
+        let hello = try await RawPeer.connect(port: port)
+        hello.send(frame(Framing.hello(cluster: "continuum", node: a, to: b)))
+        for _ in 0..<100 where silent.isActive || hello.isActive { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(!silent.isActive)
+        #expect(!hello.isActive)
+        #expect(receiver.currentStatistics.connectionsRefused == 2)
+        await sender.shutdown()
+        await receiver.shutdown()
+    }
+
+    @Test func aListenerHoldsBoundedConnectionsPerAddress() async throws {
+        let (sender, receiver, inbox, _) = try await pair(connectionsPerAddressMax: 3)
+        let port = try #require(receiver.boundPort)
+        var peers: [RawPeer] = []
+        for _ in 0..<6 { peers.append(try await RawPeer.connect(port: port)) }
+        for _ in 0..<100 where peers.filter(\.isActive).count > 3 { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(peers.filter(\.isActive).count == 3)
+        #expect(receiver.currentStatistics.connectionsRefused == 3)
+        for peer in peers { await peer.close() }
+        // Closed connections free their places: a real peer gets in.
+        try await Task.sleep(for: .milliseconds(50))
         sender.send(probe.binaryEncoded(), from: a, to: b)
         try await inbox.wait(for: 1)
         #expect(inbox.all.count == 1)
@@ -152,4 +235,80 @@ final class Inbox: Sendable {
         for node in nodes { await node.stop() }
         for transport in transports { await transport.shutdown() }
     }
+}
+
+/// A raw peer connection for tests: bytes out, frames in.
+final class RawPeer: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+
+    private let received = Mutex<[UInt8]>([])
+    private let channel = Mutex<(any Channel)?>(nil)
+
+    var isActive: Bool { channel.withLock { $0?.isActive ?? false } }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        received.withLock { $0 += buffer.readableBytesView }
+    }
+
+    static func connect(port: Int) async throws -> RawPeer {
+        let peer = RawPeer()
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(peer) } }
+            .connect(host: "127.0.0.1", port: port).get()
+        peer.channel.withLock { $0 = channel }
+        return peer
+    }
+
+    func send(_ bytes: [UInt8]) { channel.withLock { $0 }?.writeAndFlush(ByteBuffer(bytes: bytes), promise: nil) }
+
+    /// The next frame's payload, waiting up to 2 s.
+    func frame() async throws -> [UInt8]? {
+        for _ in 0..<200 {
+            let payload: [UInt8]? = received.withLock { bytes in
+                guard bytes.count >= Framing.headerBytes else { return nil }
+                let length = bytes[1..<5].reduce(0) { $0 << 8 | Int($1) }
+                guard bytes.count >= Framing.headerBytes + length else { return nil }
+                defer { bytes.removeFirst(Framing.headerBytes + length) }
+                return Array(bytes[Framing.headerBytes..<(Framing.headerBytes + length)])
+            }
+            if let payload { return payload }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        return nil
+    }
+
+    static func framed(_ payload: [UInt8]) -> [UInt8] {
+        var buffer = ByteBuffer()
+        Framing.frame(payload, into: &buffer)
+        return Array(buffer.readableBytesView)
+    }
+
+    /// Connects and runs the dialer's side of the handshake with `secret` (nil: the empty key);
+    /// `checkingListener`: require the listener's proof to match.
+    static func handshake(port: Int, cluster: String, me: NodeID, listener: NodeID, secret: [UInt8]?,
+                          checkingListener: Bool = true) async throws -> RawPeer {
+        let peer = try await connect(port: port)
+        let nonce = PeerHandshake.freshNonce()
+        peer.send(framed(Framing.hello(cluster: cluster, node: me, to: listener, nonce: nonce)))
+        let challenge = try PeerHandshake.parseChallenge(try #require(await peer.frame()))
+        let keys = PeerHandshake(secret: secret)
+        if checkingListener {
+            #expect(keys.verify(challenge.proof, .listener, cluster: cluster, dialer: me, listener: listener, dialerNonce: nonce,
+                                listenerNonce: challenge.nonce))
+        }
+        peer.send(framed(keys.proof(.dialer, cluster: cluster, dialer: me, listener: listener, dialerNonce: nonce, listenerNonce: challenge.nonce)))
+        return peer
+    }
+
+    /// Sends `bytes` and says whether the other side closed the connection.
+    func closedAfterSending(_ bytes: [UInt8], waitingUpTo attempts: Int = 200) async throws -> Bool {
+        send(bytes)
+        for _ in 0..<attempts where isActive { try await Task.sleep(for: .milliseconds(10)) }
+        let closed = !isActive
+        await close()
+        return closed
+    }
+
+    func close() async { try? await channel.withLock { $0 }?.close() }
 }

@@ -469,9 +469,56 @@ extension Duration {
 }
 
 extension RealClusterTests {
-    /// The probe's frames, sent over the peer port by a process that claims to be a member (the
-    /// peer port does not authenticate yet): an `appendResult` matching index 2^64-1 used to kill
-    /// the leader, and a `requestVote` of term 2^64-1 with `transfer` crashed every node for good.
+    static func frame(_ payload: [UInt8]) -> [UInt8] {
+        [Framing.version] + withUnsafeBytes(of: UInt32(payload.count).bigEndian, Array.init) + payload
+    }
+
+    /// Connects to `node`'s peer port as `claimed` and runs the dialer's side of the handshake
+    /// with `secret` (nil: the empty key, as a stranger would).
+    static func forgedPeer(_ cluster: ProcessCluster, node: Int, claimed: Int, secret: [UInt8]?) async throws -> RawSocket {
+        let socket = try await RawSocket.connect(port: cluster.peerPort(node))
+        let nonce = PeerHandshake.freshNonce()
+        let me = NodeID(UInt64(claimed)), listener = NodeID(UInt64(node))
+        socket.send(frame(Framing.hello(cluster: "continuum", node: me, to: listener, nonce: nonce)))
+        let header = try #require(socket.receive(Framing.headerBytes))
+        let payload = try #require(socket.receive(header[1..<5].reduce(0) { $0 << 8 | Int($1) }))
+        let challenge = try PeerHandshake.parseChallenge(payload)
+        let keys = PeerHandshake(secret: secret)
+        socket.send(frame(keys.proof(.dialer, cluster: "continuum", dialer: me, listener: listener, dialerNonce: nonce,
+                                     listenerNonce: challenge.nonce)))
+        return socket
+    }
+
+    /// The probe joined a default cluster with a hello that named the cluster and a member, and
+    /// one forged `forward` frame committed `forged = pwned-by-forged-peer` on every node. Now
+    /// the peer must prove it holds the cluster secret: the same frame, after a handshake
+    /// without it, commits nothing.
+    @Test func aForgedPeerWithoutTheSecretChangesNothing() async throws {
+        let cluster = try ProcessCluster()
+        defer {
+            cluster.down()
+            cluster.remove()
+        }
+        try cluster.up()
+        let leader = try #require(try await LargeStateTests.awaitLeader(cluster))
+        let claimed = leader == 1 ? 2 : 1
+        let forward = NodeMessage.raft(.forward(request: 1, client: 1 << 40, sequence: 1,
+                                                .stringSet(key: "forged", value: Array("pwned-by-forged-peer".utf8))))
+        let socket = try await Self.forgedPeer(cluster, node: leader, claimed: claimed, secret: nil)
+        socket.send(Self.frame(forward.binaryEncoded()))
+        try await Task.sleep(for: .milliseconds(500))
+        socket.close()
+        for node in 1...3 {
+            let client = try await cluster.client(node)
+            #expect(try await client.send(["GET", "forged"]) == .null, "n\(node) took a forged write")
+            await client.close()
+        }
+        #expect(cluster.log(leader).contains("proof does not match"), "n\(leader) logged no refusal")
+    }
+
+    /// The probe's frames, sent over the peer port by a process that holds the cluster secret (a
+    /// buggy or corrupted member): an `appendResult` matching index 2^64-1 used to kill the
+    /// leader, and a `requestVote` of term 2^64-1 with `transfer` crashed every node for good.
     @Test func forgedRaftFramesAreRefusedAndCrashNothing() async throws {
         let cluster = try ProcessCluster()
         defer {
@@ -482,18 +529,14 @@ extension RealClusterTests {
         let leader = try #require(try await LargeStateTests.awaitLeader(cluster))
         let claimed = leader == 1 ? 2 : 1
         let term = try #require(await Self.info(cluster, leader, "raft_term").flatMap { UInt64($0) })
-        func frame(_ payload: [UInt8]) -> [UInt8] {
-            [Framing.version] + withUnsafeBytes(of: UInt32(payload.count).bigEndian, Array.init) + payload
-        }
+        let secret = try #require(FileManager.default.contents(atPath: cluster.directory + "/cluster-secret")).dropLast()
         let forged: [RaftMessage] = [
             .appendResult(term: term, success: true, matchIndex: .max, round: 0),
             .requestVote(term: .max, lastLogIndex: .max, lastLogTerm: .max, preVote: false, transfer: true),
         ]
         for node in 1...3 where node != claimed {
-            let socket = try await RawSocket.connect(port: cluster.peerPort(node))
-            var bytes = frame(Framing.hello(cluster: "continuum", node: NodeID(UInt64(claimed))))
-            for message in forged { bytes += frame(NodeMessage.raft(message).binaryEncoded()) }
-            socket.send(bytes)
+            let socket = try await Self.forgedPeer(cluster, node: node, claimed: claimed, secret: Array(secret))
+            socket.send(forged.flatMap { Self.frame(NodeMessage.raft($0).binaryEncoded()) })
             try await Task.sleep(for: .milliseconds(300))
             socket.close()
         }
@@ -544,6 +587,20 @@ final class RawSocket {
 
     func send(_ bytes: [UInt8]) {
         _ = bytes.withUnsafeBytes { Glibc.send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    /// Exactly `count` bytes, waiting up to 2 s (nil: fewer came).
+    func receive(_ count: Int) -> [UInt8]? {
+        var timeout = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var bytes = [UInt8](repeating: 0, count: count)
+        var filled = 0
+        while filled < count {
+            let got = bytes.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress! + filled, count - filled, 0) }
+            guard got > 0 else { return nil }
+            filled += got
+        }
+        return bytes
     }
 
     func close() { Glibc.close(descriptor) }

@@ -148,6 +148,29 @@ final class LocalCluster {
         #expect(throws: ContinuumError.self) { _ = try configuration.validated() }
     }
 
+    /// A node refuses to serve peers beyond loopback with no cluster secret, unless told
+    /// `insecure`; a secret file must hold 16 to 4,096 bytes.
+    @Test func aNodeBeyondLoopbackNeedsASecret() throws {
+        var configuration = NodeServerConfiguration(id: "n1", listen: .init(host: "0.0.0.0", port: 7001), peers: [:], resp: nil,
+                                                    dataDirectory: NSTemporaryDirectory() + "continuum-unused")
+        #expect(throws: ContinuumError.self) { _ = try configuration.validated() }
+        configuration.insecure = true
+        _ = try configuration.validated()
+        configuration.insecure = nil
+        let file = NSTemporaryDirectory() + "continuum-secret-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        configuration.clusterSecretFile = file
+        _ = try configuration.validated()
+        #expect(throws: ContinuumError.self) { _ = try configuration.clusterSecret() }  // no such file
+        FileManager.default.createFile(atPath: file, contents: Data("short\n".utf8))
+        #expect(throws: ContinuumError.self) { _ = try configuration.clusterSecret() }
+        FileManager.default.createFile(atPath: file, contents: Data("0123456789abcdef0123\n".utf8))
+        #expect(try configuration.clusterSecret() == Array("0123456789abcdef0123".utf8))
+        configuration.listen.host = "127.0.0.1"
+        configuration.clusterSecretFile = nil
+        _ = try configuration.validated()
+    }
+
     @Test func inlineCommandsPipeliningAndProtocolErrors() async throws {
         let cluster = try await LocalCluster(nodes: 1)
         let port = cluster.servers[0].boundRESPPort!

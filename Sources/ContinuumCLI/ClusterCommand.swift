@@ -76,12 +76,19 @@ struct ClusterCommand: AsyncParsableCommand {
         return process.processIdentifier
     }
 
+    /// The default user's password a node was started with (`--requirepass`), to sign in with.
+    static func credentials(_ arguments: [String]) -> Credentials? {
+        guard let index = arguments.firstIndex(of: "--requirepass"), index + 1 < arguments.count else { return nil }
+        return Credentials(password: arguments[index + 1])
+    }
+
     /// Waits until the node answers PING on its Redis port.
-    static func waitServing(_ resp: String, pid: Int32, until deadline: ContinuousClock.Instant) async throws -> RESPClient {
+    static func waitServing(_ resp: String, pid: Int32, credentials: Credentials?, until deadline: ContinuousClock.Instant) async throws -> RESPClient {
         let address = try NodeServerConfiguration.Address(parsing: resp)
         while ContinuousClock.now < deadline {
             guard isAlive(pid) else { throw ValidationError("the node process \(pid) exited") }
-            if let client = try? await RESPClient.connect(host: address.host, port: address.port, timeout: .milliseconds(200)),
+            if let client = try? await RESPClient.connect(host: address.host, port: address.port, timeout: .milliseconds(200),
+                                                          credentials: credentials),
                (try? await client.send(["PING"])) == .simple("PONG") {
                 return client
             }
@@ -159,6 +166,9 @@ struct ClusterCommand: AsyncParsableCommand {
         @Option(help: "The nodes' --election-timeout in milliseconds (default: the node's, 1000).")
         var electionTimeout: Int?
 
+        @Option(help: "The default user's password on every node (--requirepass): clients must AUTH first.")
+        var requirepass: String?
+
         func validate() throws {
             guard (1...64).contains(nodes) else { throw ValidationError("--nodes must be 1...64") }
             guard ["always", "everysec"].contains(fsync) else { throw ValidationError("--fsync must be always or everysec") }
@@ -188,6 +198,7 @@ struct ClusterCommand: AsyncParsableCommand {
                                  "--cluster-secret-file", secret]
                 if faultInjection { arguments.append("--fault-injection") }
                 if let electionTimeout { arguments += ["--election-timeout", "\(electionTimeout)"] }
+                if let requirepass { arguments += ["--requirepass", requirepass] }
                 let metrics = metricsBasePort > 0 ? "\(host):\(metricsBasePort + index)" : nil
                 if let metrics { arguments += ["--metrics", metrics] }
                 for (otherOffset, other) in ids.enumerated() where other != id {
@@ -203,7 +214,8 @@ struct ClusterCommand: AsyncParsableCommand {
             var clients: [RESPClient] = []
             do {
                 for member in record.members {
-                    clients.append(try await ClusterCommand.waitServing(member.resp, pid: member.pid, until: deadline))
+                    clients.append(try await ClusterCommand.waitServing(member.resp, pid: member.pid, credentials: credentials(member.arguments),
+                                                                       until: deadline))
                 }
                 try await ClusterCommand.waitLeader(clients, until: deadline)
             } catch {
@@ -290,7 +302,8 @@ struct ClusterCommand: AsyncParsableCommand {
             let pid = try ClusterCommand.launch(record.executable, member.arguments, log: "\(selection.directory)/\(member.id)/node.log")
             record.members[index].pid = pid
             try record.save(selection.directory)
-            let client = try await ClusterCommand.waitServing(member.resp, pid: pid, until: .now + .seconds(timeout))
+            let client = try await ClusterCommand.waitServing(member.resp, pid: pid, credentials: ClusterCommand.credentials(member.arguments),
+                                                              until: .now + .seconds(timeout))
             await client.close()
             print(member.line(pid: pid))
         }

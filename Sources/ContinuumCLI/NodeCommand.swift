@@ -14,7 +14,7 @@ struct NodeCommand: AsyncParsableCommand {
         discussion: """
             Options may come from a JSON file (--config) with the keys id, listen, peers (an object \
             of id to host:port), resp, metrics, dataDirectory, defaultPolicy, cluster and \
-            maxClockOffsetMilliseconds, maxValueBytes, fsync, electionTimeoutMilliseconds, metricsKeyNames, clusterSecretFile, insecure; options on the command line override it. SIGTERM or SIGINT \
+            maxClockOffsetMilliseconds, maxValueBytes, fsync, electionTimeoutMilliseconds, metricsKeyNames, clusterSecretFile, insecure, requirePassword, aclFile; options on the command line override it. SIGTERM or SIGINT \
             shuts the node down gracefully: pending writes are made durable, connections closed.
             """)
 
@@ -63,8 +63,14 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "A file holding the cluster secret (16 to 4096 bytes), the same on every node: peers prove they hold it (HMAC-SHA256 challenge-response) before any message passes. Required to listen on an address other than loopback, unless --insecure.")
     var clusterSecretFile: String?
 
-    @Flag(help: "Serve peers without a cluster secret on an address other than loopback: anyone who reaches the peer port can join.")
+    @Flag(help: "Serve peers without a cluster secret on an address other than loopback (anyone who reaches the peer port can join), and clients beyond loopback while the default user has no password (protected mode off).")
     var insecure = false
+
+    @Option(help: "The default user's password, as Redis's requirepass: clients must AUTH first (NOAUTH otherwise).")
+    var requirepass: String?
+
+    @Option(help: "A file of users in Redis's ACL syntax (user NAME on #<sha256>|>password ~pattern +@read|write|admin|connection policies:available,...), loaded at start.")
+    var aclFile: String?
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
@@ -99,6 +105,9 @@ struct NodeCommand: AsyncParsableCommand {
         configuration.metricsKeyNames = metricsKeyNames || (base?.metricsKeyNames ?? false)
         configuration.clusterSecretFile = clusterSecretFile ?? base?.clusterSecretFile
         configuration.insecure = insecure || (base?.insecure ?? false)
+        configuration.requirePassword = requirepass ?? base?.requirePassword
+        configuration.aclFile = aclFile ?? base?.aclFile
+        _ = try configuration.accessControl()
         _ = try configuration.validated()
         return configuration
     }
@@ -131,6 +140,12 @@ struct ClientCommand: AsyncParsableCommand {
     @Option(help: "The node's Redis-protocol port.")
     var port = 6401
 
+    @Option(help: "Sign in as this user (with --password).")
+    var user = "default"
+
+    @Option(help: "The password to sign in with (AUTH) before the command.")
+    var password: String?
+
     @Argument(help: "The command and its arguments.")
     var command: [String]
 
@@ -138,7 +153,7 @@ struct ClientCommand: AsyncParsableCommand {
         guard !command.isEmpty else { throw ValidationError("no command") }
         let client: RESPClient
         do {
-            client = try await RESPClient.connect(host: host, port: port)
+            client = try await RESPClient.connect(host: host, port: port, credentials: password.map { Credentials(user: user, password: $0) })
         } catch {
             throw ValidationError("cannot connect to \(host):\(port): \(error)")
         }

@@ -43,8 +43,12 @@ public actor ContinuumClient {
         /// joined into what it reads next, wherever it reads (read-your-writes, monotonic reads).
         /// The client keeps one state per register it used.
         public var session: Bool = true
+        /// Who to sign in as on every connection (nil: the default user, no `AUTH`).
+        public var credentials: Credentials?
 
-        public init(connectTimeout: Duration = .seconds(2), replyTimeout: Duration = .seconds(10), session: Bool = true) {
+        public init(connectTimeout: Duration = .seconds(2), replyTimeout: Duration = .seconds(10), session: Bool = true,
+                    credentials: Credentials? = nil) {
+            self.credentials = credentials
             self.connectTimeout = connectTimeout
             self.replyTimeout = replyTimeout
             self.session = session
@@ -217,7 +221,7 @@ public actor ContinuumClient {
         let configuration = self.configuration
         let attempt = Task {
             try? await RESPClient.connect(host: address.host, port: address.port, timeout: configuration.connectTimeout,
-                                          replyTimeout: configuration.replyTimeout)
+                                          replyTimeout: configuration.replyTimeout, credentials: configuration.credentials)
         }
         connecting = attempt
         let made = await attempt.value
@@ -253,6 +257,7 @@ public actor ContinuumClient {
             }
             return .stalenessBoundUnmet(best: Int64(rest[open.upperBound..<close]).map { .nanoseconds($0) })
         case "WRONGTYPE": return .typeMismatch(register: register, declared: rest, requested: type.isEmpty ? "this operation" : type)
+        case "NOAUTH", "NOPERM", "WRONGPASS": return .notPermitted(message)
         default: return .invalidRequest(message)
         }
     }

@@ -18,8 +18,24 @@ public final class RESPClient: Sendable {
         self.replyTimeout = replyTimeout
     }
 
+    /// Connects; with `credentials`, signs in (`AUTH user password`) before returning and
+    /// fails with the server's refusal (`WRONGPASS ...`) when it is refused.
     public static func connect(host: String, port: Int, timeout: Duration = .seconds(2), replyTimeout: Duration = .seconds(10),
+                               credentials: Credentials? = nil,
                                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> RESPClient {
+        let client = try await connectUnauthenticated(host: host, port: port, timeout: timeout, replyTimeout: replyTimeout, group: group)
+        if let credentials {
+            let reply = try await client.send(["AUTH", credentials.user, credentials.password])
+            guard reply == .ok else {
+                await client.close()
+                throw RESPClientError(description: "\(host):\(port) refused the credentials of '\(credentials.user)': \(reply)")
+            }
+        }
+        return client
+    }
+
+    private static func connectUnauthenticated(host: String, port: Int, timeout: Duration, replyTimeout: Duration,
+                                               group: any EventLoopGroup) async throws -> RESPClient {
         let handler = ReplyHandler()
         let channel = try await ClientBootstrap(group: group)
             .connectTimeout(.nanoseconds(timeout.nanoseconds))
@@ -75,6 +91,17 @@ public final class RESPClient: Sendable {
 
     public func close() async {
         try? await channel.close()
+    }
+}
+
+/// A user name and password for `AUTH` (the user `default` for Redis's `requirepass`).
+public struct Credentials: Sendable, Equatable {
+    public var user: String
+    public var password: String
+
+    public init(user: String = "default", password: String) {
+        self.user = user
+        self.password = password
     }
 }
 

@@ -71,6 +71,9 @@ public enum ContinuumError: Error, Equatable, Sendable, CustomStringConvertible 
     case stalenessBoundUnmet(best: Duration?)
     /// The request itself is malformed (an empty list of service levels, say).
     case invalidRequest(String)
+    /// The client has not signed in, or its user may not run this command, touch this key or
+    /// use this policy (`NOAUTH`, `NOPERM`, `WRONGPASS` on the Redis protocol).
+    case notPermitted(String)
 
     public var description: String {
         switch self {
@@ -90,6 +93,7 @@ public enum ContinuumError: Error, Equatable, Sendable, CustomStringConvertible 
         case let .stalenessBoundUnmet(best):
             "staleness bound unmet within the latency bound; best certified staleness: \(best?.shortDescription ?? "none")"
         case let .invalidRequest(reason): "invalid request: \(reason)"
+        case let .notPermitted(reason): "not permitted: \(reason)"
         }
     }
 }

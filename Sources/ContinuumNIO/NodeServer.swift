@@ -81,8 +81,13 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
     /// cluster needs the same one. Nil: peers are not authenticated, allowed only on loopback
     /// or with `insecure`.
     public var clusterSecretFile: String?
-    /// Serve peers without authentication on an address other than loopback.
+    /// Serve peers without authentication on an address other than loopback, and clients
+    /// beyond loopback while the default user has no password (protected mode off).
     public var insecure: Bool?
+    /// The default user's password, as Redis's `requirepass`: clients must `AUTH` first.
+    public var requirePassword: String?
+    /// A file of users in Redis's ACL syntax (a subset; see `AccessControl`), loaded at start.
+    public var aclFile: String?
     /// 1,000 ms, as etcd's default: a dead leader is replaced after 1 to 2 s, and a node whose
     /// heartbeats are late by less than a second (a busy or descheduled process) costs no
     /// election. At 300 ms, under 50 saturating clients on a 2-core machine, late heartbeats
@@ -144,6 +149,19 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
     /// Whether `host` names this machine only (127.0.0.0/8, ::1, localhost).
     public static func isLoopback(_ host: String) -> Bool {
         host == "localhost" || host == "::1" || host.hasPrefix("127.")
+    }
+
+    /// The users: the ACL file's, with `requirePassword` set on `default`.
+    public func accessControl() throws(ContinuumError) -> AccessControl {
+        var text: String?
+        if let aclFile {
+            guard let data = FileManager.default.contents(atPath: aclFile) else { throw .invalidRequest("cannot read the ACL file \(aclFile)") }
+            text = String(decoding: data, as: UTF8.self)
+        }
+        if let requirePassword, !(1...AccessControl.passwordBytesMax).contains(requirePassword.utf8.count) {
+            throw .invalidRequest("requirepass must have 1...\(AccessControl.passwordBytesMax) bytes")
+        }
+        return try AccessControl(aclFile: text, requirePassword: requirePassword.map { Array($0.utf8) })
     }
 
     /// Reads the cluster secret file (nil: none configured).
@@ -209,6 +227,8 @@ public final class NodeServer: Service {
             defaultPolicy: policy, faultInjection: configuration.faultInjection ?? false,
             valueBytesMax: configuration.maxValueBytes ?? RedisServerConfiguration.valueBytesMaxDefault)
         respConfiguration.fsync = store.durability.rawValue
+        respConfiguration.access = try configuration.accessControl()
+        respConfiguration.protectedMode = !(configuration.insecure ?? false)
         self.resp = configuration.resp.map { _ in
             RESPServer(node: node, configuration: respConfiguration, transport: transport,
                        metrics: configuration.metrics == nil ? nil : metrics, group: group, logger: logger)

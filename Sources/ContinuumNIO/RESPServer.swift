@@ -62,6 +62,14 @@ public final class RESPServer: Sendable {
     private func serve(_ channel: any Channel, _ requests: AsyncStream<[[UInt8]]>) async {
         let connection = RedisConnection(node: node, configuration: configuration, transport: transport, metrics: metrics,
                                          remote: channel.remoteAddress.map { "\($0)" } ?? "?", audit: logger)
+        if configuration.protectedMode, !configuration.access.requiresAuthentication, !Self.isLoopback(channel.remoteAddress) {
+            logger.info("refused a client in protected mode", metadata: ["from": "\(channel.remoteAddress.map { "\($0)" } ?? "?")"])
+            var buffer = channel.allocator.buffer(capacity: 256)
+            RESPReply.error(Self.protectedModeRefusal).encode(into: &buffer, resp3: false)
+            try? await channel.writeAndFlush(buffer)
+            try? await channel.close()
+            return
+        }
         for await request in requests {
             let outcome = await connection.execute(request)
             var buffer = channel.allocator.buffer(capacity: 64)
@@ -76,6 +84,23 @@ public final class RESPServer: Sendable {
                 return
             }
         }
+    }
+
+    static let protectedModeRefusal = """
+        DENIED Continuum is running in protected mode: the default user has no password, so only loopback clients are \
+        served. Set one (--requirepass, or an ACL file with --acl-file), or start the node with --insecure to serve \
+        everyone without a password.
+        """
+
+    /// Whether a client connects from this machine (127.0.0.0/8, ::1, or IPv4-mapped loopback).
+    static func isLoopback(_ address: SocketAddress?) -> Bool {
+        guard let ip = address?.ipAddress else { return address?.protocol == .unix }
+        return ip.hasPrefix("127.") || ip == "::1" || ip.hasPrefix("::ffff:127.")
+    }
+
+    /// `isLoopback` of an IP address as text (for tests on machines with no other address).
+    public static func isLoopbackForTests(_ ip: String) -> Bool {
+        isLoopback(try? SocketAddress(ipAddress: ip, port: 0))
     }
 
     public func shutdown() async {

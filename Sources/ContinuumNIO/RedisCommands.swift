@@ -40,6 +40,12 @@ public struct RedisServerConfiguration: Sendable {
     public var valueBytesMax: Int
     /// The store's durability mode, as INFO reports it (`fsync:always` or `fsync:everysec`).
     public var fsync = "always"
+    /// The users and what each may do; by default one user, `default`, with every right and
+    /// no password.
+    public var access: AccessControl = try! AccessControl()
+    /// Protected mode, as Redis's: while the default user needs no password, only loopback
+    /// clients are served; others are answered `-DENIED` and disconnected.
+    public var protectedMode = true
 
     /// The default `valueBytesMax`, 16 MiB (Redis allows 512 MB; a Continuum value must fit a
     /// peer frame of 64 MiB with its entry around it).
@@ -71,6 +77,8 @@ final class RedisConnection {
     /// Where the client connects from, and where admin commands are written down.
     let remote: String
     let audit: Logger?
+    /// Who the client signed in as (nil: nobody yet, and the default user needs a password).
+    private(set) var user: AccessUser?
 
     init(node: Node, configuration: RedisServerConfiguration, transport: NIOTransport?, metrics: NodeMetrics? = nil,
          remote: String = "?", audit: Logger? = nil) {
@@ -80,6 +88,48 @@ final class RedisConnection {
         self.metrics = metrics
         self.remote = remote
         self.audit = audit
+        user = configuration.access.requiresAuthentication ? nil : configuration.access.defaultUser
+    }
+
+    /// Keys that begin with this are the cluster's own registers (the policy catalogue): no
+    /// client command may name them, whatever its rights.
+    static let reservedPrefix = "continuum."
+
+    /// Refuses the command unless the client's user may run it on these keys under their
+    /// policies (and under any policy the command names).
+    private func authorize(_ name: String, _ arguments: [[UInt8]]) throws {
+        guard let spec = CommandSpec.table[name] else { return }  // unknown: answered as such
+        guard let user else {
+            guard CommandSpec.alwaysAllowed.contains(name) else { throw CommandError(message: "NOAUTH Authentication required.") }
+            return
+        }
+        guard user.mayRun(name) else {
+            throw CommandError(message: "NOPERM User \(user.name) has no permissions to run the '\(name.lowercased())' command")
+        }
+        let keys: ArraySlice<[UInt8]> = switch spec.keys {
+        case .none: []
+        case .first: arguments.prefix(1)
+        case .all: arguments[...]
+        }
+        for key in keys.map(text) {
+            guard !key.hasPrefix(Self.reservedPrefix) else {
+                throw CommandError(message: "ERR keys beginning '\(Self.reservedPrefix)' are the cluster's own; no command may name them")
+            }
+            guard user.mayTouch(key: key) else { throw CommandError(message: "NOPERM No permissions to access a key") }
+            let policy = node.policies.policy(of: key) ?? configuration.defaultPolicy
+            guard user.mayUse(policy: policy) else {
+                throw CommandError(message: "NOPERM User \(user.name) may not use policy \(policy.kind) (key '\(key)')")
+            }
+        }
+        // A policy the command names: a declaration, or a read's override.
+        let named: ArraySlice<[UInt8]> = switch name {
+        case "CONTINUUM.POLICY", "CONTINUUM.GET", "CONTINUUM.READ": arguments.dropFirst()
+        case "CONTINUUM.DECLARE": arguments.dropFirst(2)
+        default: []
+        }
+        if let policy = try? Policy(words: named.map(text)), !user.mayUse(policy: policy) {
+            throw CommandError(message: "NOPERM User \(user.name) may not use policy \(policy.kind)")
+        }
     }
 
     /// Commands that change the cluster rather than a key's value: each one run is written to
@@ -95,12 +145,7 @@ final class RedisConnection {
     }
 
     /// The commands served (metric labels name these; anything else is `unknown`).
-    static let commands: Set<String> = [
-        "PING", "ECHO", "HELLO", "SELECT", "CLIENT", "COMMAND", "CONFIG", "INFO", "QUIT", "GET", "SET", "INCR", "DECR",
-        "INCRBY", "DECRBY", "DEL", "SADD", "SREM", "SMEMBERS", "SCARD", "SISMEMBER", "CONTINUUM.POLICY", "CONTINUUM.GET",
-        "CONTINUUM.PARTITION", "CONTINUUM.HEAL", "CONTINUUM.CRASHPOINT", "CONTINUUM.DECLARE", "CONTINUUM.APPLY", "CONTINUUM.READ",
-        "CONTINUUM.DECLARATION",
-    ]
+    static let commands: Set<String> = Set(CommandSpec.table.keys)
 
     enum Outcome {
         case reply(RESPReply)
@@ -126,12 +171,18 @@ final class RedisConnection {
     }
 
     private func reply(_ name: String, _ arguments: [[UInt8]]) async -> RESPReply {
-        let reply = await replyUnaudited(name, arguments)
+        let reply: RESPReply
+        do {
+            try authorize(name, arguments)
+            reply = await replyUnaudited(name, arguments)
+        } catch {
+            reply = .error((error as? CommandError)?.message ?? "ERR \(error)")
+        }
         if let audit, Self.adminCommands.contains(name) {
             // Arguments are names and policies (no values), each cut to 64 bytes for the log.
             let words = arguments.prefix(8).map { String(decoding: $0.prefix(64), as: UTF8.self) }
             audit.notice("admin command", metadata: [
-                "who": "default", "from": "\(remote)", "command": "\(name) \(words.joined(separator: " "))",
+                "who": "\(user?.name ?? "(not signed in)")", "from": "\(remote)", "command": "\(name) \(words.joined(separator: " "))",
                 "outcome": "\({ if case let .error(message) = reply { message } else { "ok" } }())",
             ])
         }
@@ -168,6 +219,7 @@ final class RedisConnection {
         case .indeterminate: "INDETERMINATE \(error)"
         case let .stalenessBoundUnmet(best): "STALE \(error) [best_ns=\(best.map { "\($0.nanoseconds)" } ?? "none")]"
         case .typeMismatch, .wrongPolicy: "WRONGTYPE \(error)"
+        case let .notPermitted(reason): "NOPERM \(reason)"
         default: "ERR \(error)"
         }
     }
@@ -212,6 +264,22 @@ final class RedisConnection {
             return .bulk(arguments[0])
         case "HELLO":
             return try hello(arguments)
+        case "AUTH":
+            try need(1...2)
+            try signIn(arguments.count == 2 ? text(arguments[0]) : "default", arguments[arguments.count - 1])
+            return .ok
+        case "ACL":
+            try need(1...Int.max)
+            switch text(arguments[0]).uppercased() {
+            case "WHOAMI": return .bulk(user?.name ?? "default")
+            case "CAT": return .array(CommandSpec.Category.allCases.map { .bulk($0.rawValue) })
+            case "LIST":
+                guard user?.isAdmin == true else {
+                    throw CommandError(message: "NOPERM User \(user?.name ?? "default") has no permissions to run the 'acl|list' command")
+                }
+                return .array(configuration.access.users.values.sorted { $0.name < $1.name }.map { .bulk($0.rule) })
+            default: throw CommandError(message: "ERR ACL \(text(arguments[0])): WHOAMI, CAT and LIST are supported")
+            }
         case "SELECT":
             try need(1...1)
             guard text(arguments[0]) == "0" else { throw CommandError(message: "ERR DB index is out of range") }
@@ -352,14 +420,41 @@ final class RedisConnection {
         }
     }
 
+    /// Signs in as `name` (`AUTH`, `HELLO ... AUTH`); a refusal leaves the connection as it was.
+    private func signIn(_ name: String, _ password: [UInt8]) throws {
+        guard let signed = configuration.access.authenticate(name, password) else {
+            audit?.info("refused credentials", metadata: ["user": "\(name.prefix(64))", "from": "\(remote)"])
+            throw CommandError(message: "WRONGPASS invalid username-password pair or user is disabled.")
+        }
+        user = signed
+    }
+
+    /// `HELLO [protover [AUTH username password] [SETNAME clientname]]`.
     private func hello(_ arguments: [[UInt8]]) throws -> RESPReply {
+        var wantsRESP3 = resp3
         if let version = arguments.first {
             switch text(version) {
-            case "2": resp3 = false
-            case "3": resp3 = true
+            case "2": wantsRESP3 = false
+            case "3": wantsRESP3 = true
             default: throw CommandError(message: "NOPROTO unsupported protocol version")
             }
         }
+        var index = 1
+        while index < arguments.count {
+            switch text(arguments[index]).uppercased() {
+            case "AUTH" where index + 2 < arguments.count:
+                try signIn(text(arguments[index + 1]), arguments[index + 2])
+                index += 3
+            case "SETNAME" where index + 1 < arguments.count:
+                index += 2
+            default:
+                throw CommandError(message: "ERR Syntax error in HELLO option '\(text(arguments[index]))'")
+            }
+        }
+        guard user != nil else {
+            throw CommandError(message: "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
+        }
+        resp3 = wantsRESP3
         return .map([(.bulk("server"), .bulk("continuum")), (.bulk("version"), .bulk("0.1.0")),
                      (.bulk("proto"), .integer(resp3 ? 3 : 2)), (.bulk("id"), .integer(Int64(node.id.rawValue))),
                      (.bulk("mode"), .bulk("cluster")), (.bulk("role"), .bulk("master")), (.bulk("modules"), .array([]))])
@@ -616,6 +711,12 @@ final class RedisConnection {
             throw CommandError(message: "ERR the declaration does not decode: \(error)")
         }
         guard !entry.isBottom else { return }
+        // A carried declaration names a policy like CONTINUUM.POLICY does: the user must be
+        // allowed it.
+        if let user, let words = entry.value, words != "default",
+           let policy = try? Policy(words: words.split(separator: " ").map(String.init)), !user.mayUse(policy: policy) {
+            throw CommandError(message: "NOPERM User \(user.name) may not use policy \(policy.kind)")
+        }
         if await declarations()[key] == entry { return }
         let delta = Catalogue([key: entry])
         try await node.declare(Self.catalogue, as: Catalogue.self).update { map, _ in

@@ -14,7 +14,8 @@ final class LocalCluster {
     var clients: [RESPClient] = []
 
     init(nodes: Int = 3, defaultPolicy: String = "linearizable", maxValueBytes: Int? = nil, metricsKeyNames: Bool = true,
-         faultInjection: Bool = true, logger given: Logger? = nil) async throws {
+         faultInjection: Bool = true, logger given: Logger? = nil, respHost: String = "127.0.0.1", credentials: Credentials? = nil,
+         configure: (inout NodeServerConfiguration) -> Void = { _ in }) async throws {
         directory = NSTemporaryDirectory() + "continuum-resp-\(UUID().uuidString)"
         var logger = given ?? Logger(label: "test")
         if given == nil { logger.logLevel = .error }
@@ -23,11 +24,12 @@ final class LocalCluster {
             var configuration = NodeServerConfiguration(
                 id: name, listen: .init(host: "127.0.0.1", port: 0),
                 peers: Dictionary(uniqueKeysWithValues: names.filter { $0 != name }.map { ($0, .init(host: "127.0.0.1", port: 1)) }),
-                resp: .init(host: "127.0.0.1", port: 0), metrics: .init(host: "127.0.0.1", port: 0),
+                resp: .init(host: respHost, port: 0), metrics: .init(host: "127.0.0.1", port: 0),
                 dataDirectory: directory + "/" + name, defaultPolicy: defaultPolicy)
             configuration.maxValueBytes = maxValueBytes
             configuration.metricsKeyNames = metricsKeyNames
             configuration.faultInjection = faultInjection
+            configure(&configuration)
             servers.append(try NodeServer(configuration: configuration, logger: logger))
         }
         for server in servers { try await server.start() }
@@ -36,7 +38,9 @@ final class LocalCluster {
                 await server.transport.setAddress(of: NodeID(UInt64(index + 1)), .init(host: "127.0.0.1", port: other.boundPeerPort!))
             }
         }
-        for server in servers { clients.append(try await RESPClient.connect(host: "127.0.0.1", port: server.boundRESPPort!)) }
+        for server in servers {
+            clients.append(try await RESPClient.connect(host: "127.0.0.1", port: server.boundRESPPort!, credentials: credentials))
+        }
     }
 
     /// Retries while the cluster has no leader yet.

@@ -194,9 +194,10 @@ import Glibc
             let port = cluster.servers[0].boundRESPPort!
             #expect(try await cluster.clients[0].send(["PING"]) == .simple("PONG"), "loopback is served")
             let remote = try await RESPClient.connect(host: outside, port: port)
-            let reply = try await remote.send(requirePassword == nil ? ["PING"] : ["AUTH", requirePassword!])
+            // Refused, the server writes DENIED and closes at once: the PING may find it closed.
+            let reply = try? await remote.send(requirePassword == nil ? ["PING"] : ["AUTH", requirePassword!])
             if requirePassword == nil, !insecure {
-                #expect(reply.description.contains("DENIED"), "\(reply)")
+                #expect(reply == nil || reply!.description.contains("DENIED"), "\(String(describing: reply))")
                 for _ in 0..<100 where remote.isActive { try await Task.sleep(for: .milliseconds(10)) }
                 #expect(!remote.isActive)
             } else {

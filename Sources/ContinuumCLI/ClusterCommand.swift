@@ -44,6 +44,8 @@ struct ClusterCommand: AsyncParsableCommand {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             try encoder.encode(self).write(to: URL(fileURLWithPath: Record.path(directory)))
+            // It holds the nodes' arguments, a --requirepass password among them.
+            try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: Record.path(directory))
         }
     }
 

@@ -14,7 +14,7 @@ struct NodeCommand: AsyncParsableCommand {
         discussion: """
             Options may come from a JSON file (--config) with the keys id, listen, peers (an object \
             of id to host:port), resp, metrics, dataDirectory, defaultPolicy, cluster and \
-            maxClockOffsetMilliseconds, maxValueBytes, fsync, electionTimeoutMilliseconds, metricsKeyNames, clusterSecretFile, insecure, requirePassword, aclFile; options on the command line override it. SIGTERM or SIGINT \
+            maxClockOffsetMilliseconds, maxValueBytes, fsync, electionTimeoutMilliseconds, metricsKeyNames, clusterSecretFile, insecure, requirePassword, aclFile, maxClients, clientIdleTimeoutSeconds, clientOutputBufferBytes; options on the command line override it. SIGTERM or SIGINT \
             shuts the node down gracefully: pending writes are made durable, connections closed.
             """)
 
@@ -72,6 +72,15 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "A file of users in Redis's ACL syntax (user NAME on #<sha256>|>password ~pattern +@read|write|admin|connection policies:available,...), loaded at start.")
     var aclFile: String?
 
+    @Option(help: "Connected Redis-protocol clients at most (default 10000); one more is answered '-ERR max number of clients reached'.")
+    var maxclients: Int?
+
+    @Option(help: "Seconds a client may send nothing before it is disconnected (default 0: never, as Redis).")
+    var timeout: Int?
+
+    @Option(help: "Unread reply bytes a client may have waiting before it is disconnected (default 64 MiB, 1 MiB...1 GiB).")
+    var clientOutputBufferLimit: Int?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -107,6 +116,9 @@ struct NodeCommand: AsyncParsableCommand {
         configuration.insecure = insecure || (base?.insecure ?? false)
         configuration.requirePassword = requirepass ?? base?.requirePassword
         configuration.aclFile = aclFile ?? base?.aclFile
+        configuration.maxClients = maxclients ?? base?.maxClients
+        configuration.clientIdleTimeoutSeconds = timeout ?? base?.clientIdleTimeoutSeconds
+        configuration.clientOutputBufferBytes = clientOutputBufferLimit ?? base?.clientOutputBufferBytes
         _ = try configuration.accessControl()
         _ = try configuration.validated()
         return configuration

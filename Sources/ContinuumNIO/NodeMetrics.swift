@@ -194,17 +194,50 @@ public final class MetricsHTTPServer: Sendable {
         self.logger = logger
     }
 
-    /// Listens on `host:port` (0: any free port); returns the bound port.
+    /// Limits of the metrics port: a scraper sends one short GET; anything much larger is not one.
+    public static let headerBytesMax = 8 << 10
+    public static let headerFieldsMax = 64
+    public static let connectionsMax = 256
+    public static let idleTimeout = TimeAmount.seconds(30)
+
+    private let open = OpenCount()
+
+    final class OpenCount: Sendable {
+        private let count = Mutex(0)
+        func withLock<T>(_ body: (inout Int) -> T) -> T { count.withLock { body(&$0) } }
+    }
+
+    /// Listens on `host:port` (0: any free port); returns the bound port. Requests with headers
+    /// past `headerBytesMax` or `headerFieldsMax` are answered 431 or 400 and closed, connections past
+    /// `connectionsMax` are closed on accept, and a connection idle for `idleTimeout` is closed.
     @discardableResult
     public func listen(host: String, port: Int) async throws -> Int {
         let render = self.render
+        let open = self.open
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(MetricsRequestHandler(render: render))
+                let admitted = open.withLock { count in
+                    guard count < Self.connectionsMax else { return false }
+                    count += 1
+                    return true
+                }
+                guard admitted else { return channel.close() }
+                channel.closeFuture.whenComplete { _ in open.withLock { $0 -= 1 } }
+                return channel.eventLoop.makeCompletedFuture {
+                    var limits = NIOHTTPDecoderLimitConfiguration()
+                    limits.maxHeaderFieldSize = Self.headerBytesMax
+                    limits.maxHeaderListSize = Self.headerBytesMax
+                    limits.maxHeaderFieldCount = Self.headerFieldsMax
+                    let responses = HTTPResponseEncoder()
+                    let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(IdleStateHandler(allTimeout: Self.idleTimeout))
+                    try sync.addHandler(responses)
+                    try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits)))
+                    try sync.addHandler(HTTPServerPipelineHandler())
+                    try sync.addHandler(HTTPServerProtocolErrorHandler())
+                    try sync.addHandler(MetricsRequestHandler(render: render))
                 }
             }
             .bind(host: host, port: port).get()
@@ -255,6 +288,20 @@ final class MetricsRequestHandler: ChannelInboundHandler {
                 handler.respond(context, head, status: .ok, body: body)
             }
         }
+    }
+
+    /// A request past the limits (or not HTTP): answered 400 by the error handler before this,
+    /// then closed.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     private func respond(_ context: ChannelHandlerContext, _ request: HTTPRequestHead, status: HTTPResponseStatus, body: [UInt8]) {

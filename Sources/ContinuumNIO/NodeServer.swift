@@ -88,6 +88,17 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
     public var requirePassword: String?
     /// A file of users in Redis's ACL syntax (a subset; see `AccessControl`), loaded at start.
     public var aclFile: String?
+    /// Connected Redis-protocol clients at most (nil: 10,000).
+    public var maxClients: Int?
+    /// Seconds a client may send nothing before it is disconnected (nil or 0: never, as Redis's
+    /// default `timeout 0`).
+    public var clientIdleTimeoutSeconds: Int?
+    /// Unread reply bytes a client may have waiting before it is disconnected (nil: 64 MiB).
+    public var clientOutputBufferBytes: Int?
+
+    public static let maxClientsRange = 1...1_000_000
+    public static let clientIdleTimeoutRange = 0...86_400
+    public static let clientOutputBufferRange = (1 << 20)...(1 << 30)
     /// 1,000 ms, as etcd's default: a dead leader is replaced after 1 to 2 s, and a node whose
     /// heartbeats are late by less than a second (a busy or descheduled process) costs no
     /// election. At 300 ms, under 50 saturating clients on a 2-core machine, late heartbeats
@@ -136,6 +147,15 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
         guard durability != nil else { throw .invalidRequest("fsync '\(fsync ?? "")' is not always or everysec") }
         if let electionTimeoutMilliseconds, !Self.electionTimeoutRange.contains(electionTimeoutMilliseconds) {
             throw .invalidRequest("election-timeout \(electionTimeoutMilliseconds) ms is outside \(Self.electionTimeoutRange) (heartbeats go every 50 ms)")
+        }
+        if let maxClients, !Self.maxClientsRange.contains(maxClients) {
+            throw .invalidRequest("maxclients \(maxClients) is outside \(Self.maxClientsRange)")
+        }
+        if let clientIdleTimeoutSeconds, !Self.clientIdleTimeoutRange.contains(clientIdleTimeoutSeconds) {
+            throw .invalidRequest("timeout \(clientIdleTimeoutSeconds) s is outside \(Self.clientIdleTimeoutRange) (0: never)")
+        }
+        if let clientOutputBufferBytes, !Self.clientOutputBufferRange.contains(clientOutputBufferBytes) {
+            throw .invalidRequest("client-output-buffer-limit \(clientOutputBufferBytes) is outside \(Self.clientOutputBufferRange) bytes")
         }
         if clusterSecretFile == nil, !(insecure ?? false), !Self.isLoopback(listen.host) {
             throw .invalidRequest("""
@@ -229,6 +249,9 @@ public final class NodeServer: Service {
         respConfiguration.fsync = store.durability.rawValue
         respConfiguration.access = try configuration.accessControl()
         respConfiguration.protectedMode = !(configuration.insecure ?? false)
+        respConfiguration.clientsMax = configuration.maxClients ?? RedisServerConfiguration.clientsMaxDefault
+        respConfiguration.idleTimeout = configuration.clientIdleTimeoutSeconds.flatMap { $0 > 0 ? .seconds($0) : nil }
+        respConfiguration.outputBufferBytesMax = configuration.clientOutputBufferBytes ?? RedisServerConfiguration.outputBufferBytesMaxDefault
         self.resp = configuration.resp.map { _ in
             RESPServer(node: node, configuration: respConfiguration, transport: transport,
                        metrics: configuration.metrics == nil ? nil : metrics, group: group, logger: logger)

@@ -19,6 +19,15 @@ public final class RESPServer: Sendable {
     private let logger: Logger
     private let channel = Mutex<(any Channel)?>(nil)
     private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
+    /// Clients refused because `clientsMax` were connected, and clients disconnected for an
+    /// output buffer past its limit.
+    let refusedClients = Atomic<Int>(0)
+    let overflowedClients = Atomic<Int>(0)
+
+    /// Clients connected now.
+    public var connectedClients: Int { connections.withLock { $0.count } }
+    public var clientsRefused: Int { refusedClients.load(ordering: .relaxed) }
+    public var clientsOverflowed: Int { overflowedClients.load(ordering: .relaxed) }
     /// Commands a connection may have waiting (pipelined); a client that sends more without
     /// reading its replies is answered with an error and disconnected.
     public static let pipelinedCommandsMax = 10_000
@@ -36,17 +45,34 @@ public final class RESPServer: Sendable {
     /// Listens on `host:port` (0: any free port); returns the bound port.
     @discardableResult
     public func listen(host: String, port: Int) async throws -> Int {
+        let configuration = self.configuration
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 512)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.writeBufferWaterMark, value: .init(low: configuration.outputBufferBytesMax / 2,
+                                                                    high: configuration.outputBufferBytesMax))
             .childChannelInitializer { [self] channel in
                 let key = ObjectIdentifier(channel)
-                connections.withLock { $0[key] = channel }
+                let admitted = connections.withLock { connections in
+                    guard connections.count < configuration.clientsMax else { return false }
+                    connections[key] = channel
+                    return true
+                }
+                guard admitted else {
+                    // Refused before anything is read or a task started: the answer, then close.
+                    refusedClients.add(1, ordering: .relaxed)
+                    return channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(RefuseOnActive(reply: .error("ERR max number of clients reached")))
+                    }
+                }
                 channel.closeFuture.whenComplete { [self] _ in _ = connections.withLock { $0.removeValue(forKey: key) } }
                 let (stream, continuation) = AsyncStream<[[UInt8]]>.makeStream(bufferingPolicy: .bufferingOldest(Self.pipelinedCommandsMax))
                 Task { await serve(channel, stream) }
                 return channel.eventLoop.makeCompletedFuture {
+                    if let idle = configuration.idleTimeout {
+                        try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: .nanoseconds(idle.nanoseconds)))
+                    }
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RESPRequestDecoder()))
                     try channel.pipeline.syncOperations.addHandler(RESPRequestHandler(continuation: continuation, logger: logger))
                 }
@@ -77,6 +103,20 @@ public final class RESPServer: Sendable {
             case let .reply(reply):
                 reply.encode(into: &buffer, resp3: connection.resp3)
                 channel.writeAndFlush(buffer, promise: nil)
+                if !channel.isWritable {
+                    // More than `outputBufferBytesMax` of replies wait for a client that does not
+                    // read them (writability flips on the event loop: look again there).
+                    let overflowed = try? await channel.eventLoop.submit { !channel.isWritable }.get()
+                    if overflowed == true {
+                        overflowedClients.add(1, ordering: .relaxed)
+                        logger.warning("closing a client connection", metadata: [
+                            "from": "\(connection.remote)",
+                            "reason": "more than \(configuration.outputBufferBytesMax) bytes of replies unread (output buffer limit)",
+                        ])
+                        try? await channel.close()
+                        return
+                    }
+                }
             case let .replyAndClose(reply):
                 reply.encode(into: &buffer, resp3: connection.resp3)
                 try? await channel.writeAndFlush(buffer)
@@ -138,6 +178,16 @@ final class RESPRequestHandler: ChannelInboundHandler {
         context.fireChannelInactive()
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
+            continuation.finish()
+            logger.info("closing an idle client connection", metadata: ["from": "\(context.remoteAddress.map { "\($0)" } ?? "?")"])
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         continuation.finish()
         logger.info("closing a client connection", metadata: ["reason": "\(error)"])
@@ -147,4 +197,23 @@ final class RESPRequestHandler: ChannelInboundHandler {
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
     }
+}
+
+/// Answers one reply as soon as the connection is up, then closes it (a client past `maxclients`).
+final class RefuseOnActive: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let reply: RESPReply
+
+    init(reply: RESPReply) { self.reply = reply }
+
+    func channelActive(context: ChannelHandlerContext) {
+        var buffer = context.channel.allocator.buffer(capacity: 64)
+        reply.encode(into: &buffer, resp3: false)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 }

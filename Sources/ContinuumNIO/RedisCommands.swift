@@ -46,6 +46,17 @@ public struct RedisServerConfiguration: Sendable {
     /// Protected mode, as Redis's: while the default user needs no password, only loopback
     /// clients are served; others are answered `-DENIED` and disconnected.
     public var protectedMode = true
+    /// Connected clients at most (Redis's `maxclients`); one more is answered
+    /// `-ERR max number of clients reached` and disconnected.
+    public var clientsMax = RedisServerConfiguration.clientsMaxDefault
+    /// A client that sends nothing for this long is disconnected (Redis's `timeout`; nil: never).
+    public var idleTimeout: Duration?
+    /// Reply bytes waiting for a client that does not read them, at most (Redis's
+    /// `client-output-buffer-limit` hard limit); past it the client is disconnected.
+    public var outputBufferBytesMax = RedisServerConfiguration.outputBufferBytesMaxDefault
+
+    public static let clientsMaxDefault = 10_000
+    public static let outputBufferBytesMaxDefault = 64 << 20
 
     /// The default `valueBytesMax`, 16 MiB (Redis allows 512 MB; a Continuum value must fit a
     /// peer frame of 64 MiB with its entry around it).

@@ -1,4 +1,5 @@
 import ArgumentParser
+import ContinuumCore
 import ContinuumNIO
 import Foundation
 
@@ -84,13 +85,20 @@ struct ClusterCommand: AsyncParsableCommand {
         return Credentials(password: arguments[index + 1])
     }
 
+    /// The CA a node was started with (`--tls-ca`), for clients to trust.
+    static func clientTLS(_ arguments: [String]) -> ClientTLS? {
+        guard let index = arguments.firstIndex(of: "--tls-ca"), index + 1 < arguments.count else { return nil }
+        return ClientTLS(ca: arguments[index + 1])
+    }
+
     /// Waits until the node answers PING on its Redis port.
-    static func waitServing(_ resp: String, pid: Int32, credentials: Credentials?, until deadline: ContinuousClock.Instant) async throws -> RESPClient {
+    static func waitServing(_ resp: String, pid: Int32, arguments: [String], until deadline: ContinuousClock.Instant) async throws -> RESPClient {
+        let credentials = credentials(arguments), tls = clientTLS(arguments)
         let address = try NodeServerConfiguration.Address(parsing: resp)
         while ContinuousClock.now < deadline {
             guard isAlive(pid) else { throw ValidationError("the node process \(pid) exited") }
             if let client = try? await RESPClient.connect(host: address.host, port: address.port, timeout: .milliseconds(200),
-                                                          credentials: credentials),
+                                                          credentials: credentials, tls: tls),
                (try? await client.send(["PING"])) == .simple("PONG") {
                 return client
             }
@@ -171,6 +179,9 @@ struct ClusterCommand: AsyncParsableCommand {
         @Option(help: "The default user's password on every node (--requirepass): clients must AUTH first.")
         var requirepass: String?
 
+        @Flag(help: "TLS on every port: makes a throwaway CA and node certificates in DIR/tls (ca.pem is what clients trust), mutual TLS between nodes.")
+        var tls = false
+
         func validate() throws {
             guard (1...64).contains(nodes) else { throw ValidationError("--nodes must be 1...64") }
             guard ["always", "everysec"].contains(fsync) else { throw ValidationError("--fsync must be always or everysec") }
@@ -192,6 +203,8 @@ struct ClusterCommand: AsyncParsableCommand {
             let executable = ClusterCommand.executable()
             let secret = try ClusterCommand.secretFile(directory)
             let ids = (1...nodes).map { "n\($0)" }
+            let certificates = tls ? try LocalCertificates.write(to: directory + "/tls", nodes: (1...nodes).map { NodeID(UInt64($0)) }, host: host)
+                : [:]
             var record = Record(executable: executable, members: [])
             for (offset, id) in ids.enumerated() {
                 let index = offset + 1
@@ -201,6 +214,9 @@ struct ClusterCommand: AsyncParsableCommand {
                 if faultInjection { arguments.append("--fault-injection") }
                 if let electionTimeout { arguments += ["--election-timeout", "\(electionTimeout)"] }
                 if let requirepass { arguments += ["--requirepass", requirepass] }
+                if let files = certificates[NodeID(UInt64(index))] {
+                    arguments += ["--tls-cert", files.certificate, "--tls-key", files.key, "--tls-ca", files.ca]
+                }
                 let metrics = metricsBasePort > 0 ? "\(host):\(metricsBasePort + index)" : nil
                 if let metrics { arguments += ["--metrics", metrics] }
                 for (otherOffset, other) in ids.enumerated() where other != id {
@@ -216,7 +232,7 @@ struct ClusterCommand: AsyncParsableCommand {
             var clients: [RESPClient] = []
             do {
                 for member in record.members {
-                    clients.append(try await ClusterCommand.waitServing(member.resp, pid: member.pid, credentials: credentials(member.arguments),
+                    clients.append(try await ClusterCommand.waitServing(member.resp, pid: member.pid, arguments: member.arguments,
                                                                        until: deadline))
                 }
                 try await ClusterCommand.waitLeader(clients, until: deadline)
@@ -229,6 +245,11 @@ struct ClusterCommand: AsyncParsableCommand {
             }
             for client in clients { await client.close() }
             for member in record.members { print(member.line(pid: member.pid)) }
+            if tls {
+                let port = respBasePort + 1
+                print("TLS on: redis-cli --tls --cacert \(directory)/tls/ca.pem -h \(host) -p \(port)"
+                      + " (or continuum client --tls-ca \(directory)/tls/ca.pem --port \(port) ...)")
+            }
         }
     }
 
@@ -304,7 +325,7 @@ struct ClusterCommand: AsyncParsableCommand {
             let pid = try ClusterCommand.launch(record.executable, member.arguments, log: "\(selection.directory)/\(member.id)/node.log")
             record.members[index].pid = pid
             try record.save(selection.directory)
-            let client = try await ClusterCommand.waitServing(member.resp, pid: pid, credentials: ClusterCommand.credentials(member.arguments),
+            let client = try await ClusterCommand.waitServing(member.resp, pid: pid, arguments: member.arguments,
                                                               until: .now + .seconds(timeout))
             await client.close()
             print(member.line(pid: pid))

@@ -14,7 +14,7 @@ struct NodeCommand: AsyncParsableCommand {
         discussion: """
             Options may come from a JSON file (--config) with the keys id, listen, peers (an object \
             of id to host:port), resp, metrics, dataDirectory, defaultPolicy, cluster and \
-            maxClockOffsetMilliseconds, maxValueBytes, fsync, electionTimeoutMilliseconds, metricsKeyNames, clusterSecretFile, insecure, requirePassword, aclFile, maxClients, clientIdleTimeoutSeconds, clientOutputBufferBytes; options on the command line override it. SIGTERM or SIGINT \
+            maxClockOffsetMilliseconds, maxValueBytes, fsync, electionTimeoutMilliseconds, metricsKeyNames, clusterSecretFile, insecure, requirePassword, aclFile, maxClients, clientIdleTimeoutSeconds, clientOutputBufferBytes, tlsCertificateFile, tlsKeyFile, tlsCAFile; options on the command line override it. SIGTERM or SIGINT \
             shuts the node down gracefully: pending writes are made durable, connections closed.
             """)
 
@@ -72,6 +72,15 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "A file of users in Redis's ACL syntax (user NAME on #<sha256>|>password ~pattern +@read|write|admin|connection policies:available,...), loaded at start.")
     var aclFile: String?
 
+    @Option(help: "This node's certificate (PEM): TLS on the Redis, metrics and peer ports (with --tls-key and --tls-ca). Its DNS names must include n<id>.")
+    var tlsCert: String?
+
+    @Option(help: "This node's private key (PEM).")
+    var tlsKey: String?
+
+    @Option(help: "The CA (PEM) that signs every node's certificate: peers must present a certificate it signed (mutual TLS).")
+    var tlsCa: String?
+
     @Option(help: "Connected Redis-protocol clients at most (default 10000); one more is answered '-ERR max number of clients reached'.")
     var maxclients: Int?
 
@@ -117,6 +126,9 @@ struct NodeCommand: AsyncParsableCommand {
         configuration.requirePassword = requirepass ?? base?.requirePassword
         configuration.aclFile = aclFile ?? base?.aclFile
         configuration.maxClients = maxclients ?? base?.maxClients
+        configuration.tlsCertificateFile = tlsCert ?? base?.tlsCertificateFile
+        configuration.tlsKeyFile = tlsKey ?? base?.tlsKeyFile
+        configuration.tlsCAFile = tlsCa ?? base?.tlsCAFile
         configuration.clientIdleTimeoutSeconds = timeout ?? base?.clientIdleTimeoutSeconds
         configuration.clientOutputBufferBytes = clientOutputBufferLimit ?? base?.clientOutputBufferBytes
         _ = try configuration.accessControl()
@@ -158,6 +170,9 @@ struct ClientCommand: AsyncParsableCommand {
     @Option(help: "The password to sign in with (AUTH) before the command.")
     var password: String?
 
+    @Option(help: "Connect over TLS, trusting this CA (PEM), e.g. DIR/tls/ca.pem of 'cluster up --tls'.")
+    var tlsCa: String?
+
     @Argument(help: "The command and its arguments.")
     var command: [String]
 
@@ -165,7 +180,8 @@ struct ClientCommand: AsyncParsableCommand {
         guard !command.isEmpty else { throw ValidationError("no command") }
         let client: RESPClient
         do {
-            client = try await RESPClient.connect(host: host, port: port, credentials: password.map { Credentials(user: user, password: $0) })
+            client = try await RESPClient.connect(host: host, port: port, credentials: password.map { Credentials(user: user, password: $0) },
+                                                  tls: tlsCa.map(ClientTLS.init(ca:)))
         } catch {
             throw ValidationError("cannot connect to \(host):\(port): \(error)")
         }

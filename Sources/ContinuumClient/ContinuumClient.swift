@@ -45,10 +45,13 @@ public actor ContinuumClient {
         public var session: Bool = true
         /// Who to sign in as on every connection (nil: the default user, no `AUTH`).
         public var credentials: Credentials?
+        /// TLS to every node (nil: plain TCP).
+        public var tls: ClientTLS?
 
         public init(connectTimeout: Duration = .seconds(2), replyTimeout: Duration = .seconds(10), session: Bool = true,
-                    credentials: Credentials? = nil) {
+                    credentials: Credentials? = nil, tls: ClientTLS? = nil) {
             self.credentials = credentials
+            self.tls = tls
             self.connectTimeout = connectTimeout
             self.replyTimeout = replyTimeout
             self.session = session
@@ -221,7 +224,8 @@ public actor ContinuumClient {
         let configuration = self.configuration
         let attempt = Task {
             try? await RESPClient.connect(host: address.host, port: address.port, timeout: configuration.connectTimeout,
-                                          replyTimeout: configuration.replyTimeout, credentials: configuration.credentials)
+                                          replyTimeout: configuration.replyTimeout, credentials: configuration.credentials,
+                                          tls: configuration.tls)
         }
         connecting = attempt
         let made = await attempt.value

@@ -2,6 +2,7 @@ import ContinuumCore
 import DequeModule
 import NIOCore
 import NIOPosix
+import NIOSSL
 import Synchronization
 
 /// A small Redis-protocol client: one connection, commands answered in order. For scripts
@@ -21,9 +22,10 @@ public final class RESPClient: Sendable {
     /// Connects; with `credentials`, signs in (`AUTH user password`) before returning and
     /// fails with the server's refusal (`WRONGPASS ...`) when it is refused.
     public static func connect(host: String, port: Int, timeout: Duration = .seconds(2), replyTimeout: Duration = .seconds(10),
-                               credentials: Credentials? = nil,
+                               credentials: Credentials? = nil, tls: ClientTLS? = nil,
                                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> RESPClient {
-        let client = try await connectUnauthenticated(host: host, port: port, timeout: timeout, replyTimeout: replyTimeout, group: group)
+        let client = try await connectUnauthenticated(host: host, port: port, timeout: timeout, replyTimeout: replyTimeout, tls: tls,
+                                                      group: group)
         if let credentials {
             let reply = try await client.send(["AUTH", credentials.user, credentials.password])
             guard reply == .ok else {
@@ -34,14 +36,20 @@ public final class RESPClient: Sendable {
         return client
     }
 
-    private static func connectUnauthenticated(host: String, port: Int, timeout: Duration, replyTimeout: Duration,
+    private static func connectUnauthenticated(host: String, port: Int, timeout: Duration, replyTimeout: Duration, tls: ClientTLS?,
                                                group: any EventLoopGroup) async throws -> RESPClient {
         let handler = ReplyHandler()
+        let context = try tls?.context()
+        // An address is checked against the certificate's IP addresses, a name against its DNS names.
+        let serverName = (try? SocketAddress(ipAddress: host, port: 0)) == nil ? host : nil
         let channel = try await ClientBootstrap(group: group)
             .connectTimeout(.nanoseconds(timeout.nanoseconds))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let context {
+                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: context, serverHostname: serverName))
+                    }
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RESPReplyDecoder()))
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
@@ -91,6 +99,22 @@ public final class RESPClient: Sendable {
 
     public func close() async {
         try? await channel.close()
+    }
+}
+
+/// TLS for a client: the PEM file of the certificate authority it trusts. The server's
+/// certificate must chain to it and name the host dialled (a DNS name, or an IP address).
+public struct ClientTLS: Sendable, Equatable {
+    public var ca: String
+
+    public init(ca: String) { self.ca = ca }
+
+    func context() throws -> NIOSSLContext {
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(ca))
+        configuration.certificateVerification = .fullVerification
+        configuration.minimumTLSVersion = .tlsv12
+        return try NIOSSLContext(configuration: configuration)
     }
 }
 

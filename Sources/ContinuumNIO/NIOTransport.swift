@@ -5,6 +5,7 @@ import DequeModule
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import Synchronization
 
 /// TCP between the nodes of a cluster (SwiftNIO). Each node dials every peer for its own
@@ -44,13 +45,18 @@ public final class NIOTransport: NodeTransport {
         public var handshakeTimeout: Duration
         /// Connections a listener holds from one address at once; more are closed on accept.
         public var connectionsPerAddressMax: Int
+        /// Mutual TLS on every connection (nil: plain TCP): each side's certificate must chain to
+        /// the CA and name the node it speaks for.
+        public var tls: NodeTLS?
 
         public static let connectionsPerAddressMaxDefault = 64
 
         public init(cluster: String = "continuum", peers: [NodeID: Peer], queuedFramesMax: Int = 4_096,
                     writeBufferBytesMax: Int = 16 << 20, backoffMin: Duration = .milliseconds(50),
                     backoffMax: Duration = .seconds(2), connectTimeout: Duration = .seconds(1), secret: [UInt8]? = nil,
-                    handshakeTimeout: Duration = .seconds(5), connectionsPerAddressMax: Int = Configuration.connectionsPerAddressMaxDefault) {
+                    handshakeTimeout: Duration = .seconds(5), connectionsPerAddressMax: Int = Configuration.connectionsPerAddressMaxDefault,
+                    tls: NodeTLS? = nil) {
+            self.tls = tls
             self.secret = secret
             self.handshakeTimeout = handshakeTimeout
             self.connectionsPerAddressMax = connectionsPerAddressMax
@@ -132,6 +138,7 @@ public final class NIOTransport: NodeTransport {
         let handshake = self.handshake
         let handshakeTimeout = configuration.handshakeTimeout
         let perAddressMax = configuration.connectionsPerAddressMax
+        let tls = configuration.tls
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -161,7 +168,9 @@ public final class NIOTransport: NodeTransport {
                 }
                 return channel.eventLoop.makeCompletedFuture {
                     let handler = InboundHandler(cluster: cluster, isPeer: isPeer, isBlocked: isBlocked, me: me, handshake: handshake,
-                                                 handshakeTimeout: handshakeTimeout, logger: logger, statistics: statistics, deliver: deliver)
+                                                 handshakeTimeout: handshakeTimeout, requiresCertificate: tls != nil, logger: logger,
+                                                 statistics: statistics, deliver: deliver)
+                    if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.peerServer)) }
                     // The hello and the proof: small frames only until the handshake is done.
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(handshakeFrames: 2)))
                     try channel.pipeline.syncOperations.addHandler(handler)
@@ -234,8 +243,13 @@ public final class NIOTransport: NodeTransport {
             .connectTimeout(.nanoseconds(configuration.connectTimeout.nanoseconds))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.writeBufferWaterMark, value: .init(low: configuration.writeBufferBytesMax / 2, high: configuration.writeBufferBytesMax))
-            .channelInitializer { channel in
+            .channelInitializer { [tls = configuration.tls, peer = link.peer] channel in
                 channel.eventLoop.makeCompletedFuture {
+                    // The listener's certificate must name the node called.
+                    if let tls {
+                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls.peerClient,
+                                                                                               serverHostname: "n\(peer.rawValue)"))
+                    }
                     // A listener sends one challenge and nothing else.
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(frameBytesMax: Framing.helloBytesMax)))
                     try channel.pipeline.syncOperations.addHandler(dialer)
@@ -461,6 +475,7 @@ final class InboundHandler: ChannelInboundHandler {
     private let me: NodeID
     private let handshake: PeerHandshake
     private let handshakeTimeout: Duration
+    private let requiresCertificate: Bool
     private let logger: Logger
     private let statistics: NIOTransport.Counters
     private let deliver: @Sendable (NodeMessage, NodeID) -> Void
@@ -468,8 +483,9 @@ final class InboundHandler: ChannelInboundHandler {
     private var closed = false
 
     init(cluster: String, isPeer: @escaping @Sendable (NodeID) -> Bool, isBlocked: @escaping @Sendable (NodeID) -> Bool, me: NodeID,
-         handshake: PeerHandshake, handshakeTimeout: Duration, logger: Logger, statistics: NIOTransport.Counters,
-         deliver: @escaping @Sendable (NodeMessage, NodeID) -> Void) {
+         handshake: PeerHandshake, handshakeTimeout: Duration, requiresCertificate: Bool = false, logger: Logger,
+         statistics: NIOTransport.Counters, deliver: @escaping @Sendable (NodeMessage, NodeID) -> Void) {
+        self.requiresCertificate = requiresCertificate
         self.cluster = cluster
         self.isPeer = isPeer
         self.isBlocked = isBlocked
@@ -502,6 +518,16 @@ final class InboundHandler: ChannelInboundHandler {
                 }
                 guard hello.listener == me else {
                     throw FramingError.unexpectedPeer("it calls n\(hello.listener.rawValue), this is n\(me.rawValue)")
+                }
+                if requiresCertificate {
+                    // Mutual TLS checked the chain; the certificate must also name the node claimed.
+                    let certificate = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self).peerCertificate
+                    let named = certificate.flatMap(NodeTLS.node(named:))
+                    guard named == hello.node else {
+                        throw FramingError.unexpectedPeer("""
+                            its certificate names \(named.map { "n\($0.rawValue)" } ?? "no node"), its hello n\(hello.node.rawValue)
+                            """)
+                    }
                 }
                 let nonce = PeerHandshake.freshNonce()
                 let proof = handshake.proof(.listener, cluster: cluster, dialer: hello.node, listener: me, dialerNonce: hello.nonce,

@@ -5,6 +5,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import Prometheus
 import Synchronization
 
@@ -188,7 +189,11 @@ public final class MetricsHTTPServer: Sendable {
     private let logger: Logger
     private let channel = Mutex<(any Channel)?>(nil)
 
-    public init(group: any EventLoopGroup, logger: Logger, render: @escaping @Sendable () async -> [UInt8]) {
+    /// TLS on every connection (nil: plain HTTP).
+    private let tls: NIOSSLContext?
+
+    public init(group: any EventLoopGroup, logger: Logger, tls: NIOSSLContext? = nil, render: @escaping @Sendable () async -> [UInt8]) {
+        self.tls = tls
         self.render = render
         self.group = group
         self.logger = logger
@@ -214,6 +219,7 @@ public final class MetricsHTTPServer: Sendable {
     public func listen(host: String, port: Int) async throws -> Int {
         let render = self.render
         let open = self.open
+        let tls = self.tls
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -232,6 +238,7 @@ public final class MetricsHTTPServer: Sendable {
                     limits.maxHeaderFieldCount = Self.headerFieldsMax
                     let responses = HTTPResponseEncoder()
                     let sync = channel.pipeline.syncOperations
+                    if let tls { try sync.addHandler(NIOSSLServerHandler(context: tls)) }
                     try sync.addHandler(IdleStateHandler(allTimeout: Self.idleTimeout))
                     try sync.addHandler(responses)
                     try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits)))
@@ -243,7 +250,7 @@ public final class MetricsHTTPServer: Sendable {
             .bind(host: host, port: port).get()
         self.channel.withLock { $0 = channel }
         let bound = channel.localAddress?.port ?? port
-        logger.info("serving metrics", metadata: ["address": "http://\(host):\(bound)/metrics"])
+        logger.info("serving metrics", metadata: ["address": "\(tls == nil ? "http" : "https")://\(host):\(bound)/metrics"])
         return bound
     }
 

@@ -88,6 +88,12 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
     public var requirePassword: String?
     /// A file of users in Redis's ACL syntax (a subset; see `AccessControl`), loaded at start.
     public var aclFile: String?
+    /// This node's certificate, private key and the cluster's CA, PEM files (all three or
+    /// none): TLS on the Redis, metrics and peer ports, mutual on the peer port, where a peer's
+    /// certificate must name the node id it claims.
+    public var tlsCertificateFile: String?
+    public var tlsKeyFile: String?
+    public var tlsCAFile: String?
     /// Connected Redis-protocol clients at most (nil: 10,000).
     public var maxClients: Int?
     /// Seconds a client may send nothing before it is disconnected (nil or 0: never, as Redis's
@@ -157,10 +163,15 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
         if let clientOutputBufferBytes, !Self.clientOutputBufferRange.contains(clientOutputBufferBytes) {
             throw .invalidRequest("client-output-buffer-limit \(clientOutputBufferBytes) is outside \(Self.clientOutputBufferRange) bytes")
         }
-        if clusterSecretFile == nil, !(insecure ?? false), !Self.isLoopback(listen.host) {
+        let tlsSet = [tlsCertificateFile, tlsKeyFile, tlsCAFile].filter { $0 != nil }.count
+        guard tlsSet == 0 || tlsSet == 3 else {
+            throw .invalidRequest("TLS needs a certificate, a key and a CA file (--tls-cert, --tls-key, --tls-ca), or none")
+        }
+        if clusterSecretFile == nil, tlsSet == 0, !(insecure ?? false), !Self.isLoopback(listen.host) {
             throw .invalidRequest("""
-                refusing to serve peers on \(listen) without a cluster secret: anyone who reaches that port could join the \
-                cluster. Give --cluster-secret-file (the same file on every node), or --insecure to run unauthenticated anyway
+                refusing to serve peers on \(listen) without a cluster secret or TLS: anyone who reaches that port could join \
+                the cluster. Give --cluster-secret-file (the same file on every node) or --tls-cert/--tls-key/--tls-ca, or \
+                --insecure to run unauthenticated anyway
                 """)
         }
         return (me, parsed, policy)
@@ -169,6 +180,12 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
     /// Whether `host` names this machine only (127.0.0.0/8, ::1, localhost).
     public static func isLoopback(_ host: String) -> Bool {
         host == "localhost" || host == "::1" || host.hasPrefix("127.")
+    }
+
+    /// The TLS files (nil: no TLS).
+    public var tlsFiles: TLSFiles? {
+        guard let tlsCertificateFile, let tlsKeyFile, let tlsCAFile else { return nil }
+        return TLSFiles(certificate: tlsCertificateFile, key: tlsKeyFile, ca: tlsCAFile)
     }
 
     /// The users: the ACL file's, with `requirePassword` set on `default`.
@@ -227,9 +244,15 @@ public final class NodeServer: Service {
         self.group = group
         try FileManager.default.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true)
         let store = try SQLiteStore(path: configuration.dataDirectory + "/node.sqlite", node: me, durability: configuration.durability ?? .always)
+        let tls: NodeTLS?
+        do {
+            tls = try configuration.tlsFiles.map(NodeTLS.init)
+        } catch {
+            throw ContinuumError.invalidRequest("TLS: \(error)")
+        }
         let transport = NIOTransport(
             node: me, configuration: .init(cluster: configuration.cluster, peers: peers.mapValues { .init(host: $0.host, port: $0.port) },
-                                           secret: try configuration.clusterSecret()),
+                                           secret: try configuration.clusterSecret(), tls: tls),
             group: group, logger: logger)
         let members = ([me] + peers.keys).sorted()
         let offset = Duration.milliseconds(configuration.maxClockOffsetMilliseconds)
@@ -254,11 +277,11 @@ public final class NodeServer: Service {
         respConfiguration.outputBufferBytesMax = configuration.clientOutputBufferBytes ?? RedisServerConfiguration.outputBufferBytesMaxDefault
         self.resp = configuration.resp.map { _ in
             RESPServer(node: node, configuration: respConfiguration, transport: transport,
-                       metrics: configuration.metrics == nil ? nil : metrics, group: group, logger: logger)
+                       metrics: configuration.metrics == nil ? nil : metrics, tls: tls?.server, group: group, logger: logger)
         }
         let keyNames = configuration.metricsKeyNames ?? false
         self.metricsServer = configuration.metrics.map { _ in
-            MetricsHTTPServer(group: group, logger: logger) {
+            MetricsHTTPServer(group: group, logger: logger, tls: tls?.server) {
                 await metrics.render(node: node, transport: transport,
                                      declared: keyNames ? RedisConnection.declaredPolicies(at: node) : [])
             }

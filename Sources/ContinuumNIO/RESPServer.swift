@@ -3,6 +3,7 @@ import ContinuumCore
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import Synchronization
 
 /// A Redis-protocol (RESP2 and RESP3) server for one node, so that `redis-cli`,
@@ -32,8 +33,12 @@ public final class RESPServer: Sendable {
     /// reading its replies is answered with an error and disconnected.
     public static let pipelinedCommandsMax = 10_000
 
+    /// TLS on every connection (nil: plain TCP).
+    private let tls: NIOSSLContext?
+
     public init(node: Node, configuration: RedisServerConfiguration, transport: NIOTransport?, metrics: NodeMetrics? = nil,
-                group: any EventLoopGroup, logger: Logger = Logger(label: "continuum.resp")) {
+                tls: NIOSSLContext? = nil, group: any EventLoopGroup, logger: Logger = Logger(label: "continuum.resp")) {
+        self.tls = tls
         self.node = node
         self.metrics = metrics
         self.configuration = configuration
@@ -46,6 +51,7 @@ public final class RESPServer: Sendable {
     @discardableResult
     public func listen(host: String, port: Int) async throws -> Int {
         let configuration = self.configuration
+        let tls = self.tls
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 512)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -63,6 +69,7 @@ public final class RESPServer: Sendable {
                     // Refused before anything is read or a task started: the answer, then close.
                     refusedClients.add(1, ordering: .relaxed)
                     return channel.eventLoop.makeCompletedFuture {
+                        if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
                         try channel.pipeline.syncOperations.addHandler(RefuseOnActive(reply: .error("ERR max number of clients reached")))
                     }
                 }
@@ -70,6 +77,7 @@ public final class RESPServer: Sendable {
                 let (stream, continuation) = AsyncStream<[[UInt8]]>.makeStream(bufferingPolicy: .bufferingOldest(Self.pipelinedCommandsMax))
                 Task { await serve(channel, stream) }
                 return channel.eventLoop.makeCompletedFuture {
+                    if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
                     if let idle = configuration.idleTimeout {
                         try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: .nanoseconds(idle.nanoseconds)))
                     }
@@ -80,7 +88,7 @@ public final class RESPServer: Sendable {
             .bind(host: host, port: port).get()
         self.channel.withLock { $0 = channel }
         let bound = channel.localAddress?.port ?? port
-        logger.info("serving the Redis protocol", metadata: ["address": "\(host):\(bound)"])
+        logger.info("serving the Redis protocol", metadata: ["address": "\(host):\(bound)", "tls": "\(tls != nil)"])
         return bound
     }
 

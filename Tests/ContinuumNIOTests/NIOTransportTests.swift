@@ -1,4 +1,5 @@
 import Continuum
+import Foundation
 import ContinuumCore
 import ContinuumNIO
 import ContinuumProtocols
@@ -163,6 +164,42 @@ final class Inbox: Sendable {
         #expect(impostorSender.currentStatistics.framesSent == 0)
         #expect(impostorInbox.all.isEmpty)
         for transport in [sender, receiver, impostorSender, impostor] { await transport.shutdown() }
+    }
+
+    /// Mutual TLS between peers: a certificate from another CA is refused, and so is one from the
+    /// right CA that names another node than the hello claims.
+    @Test func tlsPeersNeedACertificateOfTheClusterCAThatNamesThem() async throws {
+        let directory = NSTemporaryDirectory() + "continuum-tls-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let nodes = [NodeID(1), NodeID(2), NodeID(3)]
+        let cluster = try LocalCertificates.write(to: directory + "/cluster", nodes: nodes)
+        let other = try LocalCertificates.write(to: directory + "/other", nodes: nodes)
+        func run(sender files: TLSFiles) async throws -> (delivered: Int, refused: Int) {
+            let inbox = Inbox()
+            let receiver = NIOTransport(node: b, configuration: .init(peers: [a: .init(host: "127.0.0.1", port: 1)], secret: Self.secret,
+                                                                      tls: try NodeTLS(cluster[b]!)), group: group)
+            let port = try await receiver.listen(host: "127.0.0.1", port: 0) { inbox.add($0, $1) }
+            let sender = NIOTransport(node: a, configuration: .init(peers: [b: .init(host: "127.0.0.1", port: port)], secret: Self.secret,
+                                                                    tls: try NodeTLS(files)), group: group)
+            for _ in 0..<3 { sender.send(probe.binaryEncoded(), from: a, to: b) }
+            for _ in 0..<100 where inbox.all.count < 3 && receiver.currentStatistics.connectionsRefused == 0 {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            try await Task.sleep(for: .milliseconds(200))
+            let outcome = (inbox.all.count, receiver.currentStatistics.connectionsRefused)
+            await sender.shutdown()
+            await receiver.shutdown()
+            return outcome
+        }
+        let good = try await run(sender: cluster[a]!)
+        #expect(good.delivered == 3 && good.refused == 0)
+        let foreign = try await run(sender: other[a]!)
+        #expect(foreign.delivered == 0, "a certificate of another CA got messages through")
+        #expect(foreign.refused >= 1)
+        // n3's certificate, from the right CA, on a connection whose hello claims n1.
+        let impostor = try await run(sender: cluster[NodeID(3)]!)
+        #expect(impostor.delivered == 0, "a certificate naming n3 spoke for n1")
+        #expect(impostor.refused >= 1)
     }
 
     @Test func aConnectionThatDoesNotFinishItsHandshakeIsClosed() async throws {

@@ -193,9 +193,13 @@ final class Inbox: Sendable {
         }
         let good = try await run(sender: cluster[a]!)
         #expect(good.delivered == 3 && good.refused == 0)
-        let foreign = try await run(sender: other[a]!)
+        // Another CA's certificate for n1, on a dialer that trusts the cluster's CA (so only the
+        // listener's check stands between it and the cluster).
+        let foreign = try await run(sender: TLSFiles(certificate: other[a]!.certificate, key: other[a]!.key, ca: cluster[a]!.ca))
         #expect(foreign.delivered == 0, "a certificate of another CA got messages through")
         #expect(foreign.refused >= 1)
+        // A node of another cluster altogether: its dialer does not trust the listener either.
+        #expect(try await run(sender: other[a]!).delivered == 0)
         // n3's certificate, from the right CA, on a connection whose hello claims n1.
         let impostor = try await run(sender: cluster[NodeID(3)]!)
         #expect(impostor.delivered == 0, "a certificate naming n3 spoke for n1")

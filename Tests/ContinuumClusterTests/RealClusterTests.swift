@@ -562,6 +562,63 @@ extension RealClusterTests {
     }
 }
 
+extension RealClusterTests {
+    /// Runs redis-cli with `arguments`; its output and whether it succeeded.
+    static func redisCLI(_ arguments: [String]) throws -> (output: String, ok: Bool) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["redis-cli"] + arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (output.trimmingCharacters(in: .whitespacesAndNewlines), process.terminationStatus == 0)
+    }
+
+    /// `cluster up --tls`: redis-cli with the cluster's CA talks to every node (the nodes reach
+    /// each other over mutual TLS: a write through one is read through another); with another
+    /// CA, or without TLS, it gets nowhere.
+    @Test func aTLSClusterServesRedisCliThatTrustsItsCA() async throws {
+        let cluster = try ProcessCluster()
+        defer {
+            cluster.down()
+            cluster.remove()
+        }
+        let printed = try cluster.up(["--tls", "--default-policy", "linearizable"])
+        let ca = cluster.directory + "/tls/ca.pem"
+        #expect(printed.contains("redis-cli --tls --cacert \(ca)"), "\(printed)")
+        let tls = ["--tls", "--cacert", ca, "-h", "127.0.0.1"]
+        var written = false
+        for _ in 0..<100 where !written {
+            written = try Self.redisCLI(tls + ["-p", "\(cluster.respPort(1))", "SET", "secured", "yes"]).output == "OK"
+            if !written { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        #expect(written)
+        #expect(try Self.redisCLI(tls + ["-p", "\(cluster.respPort(3))", "GET", "secured"]).output == "yes")
+        // The Swift client over TLS.
+        let client = try await RESPClient.connect(host: "127.0.0.1", port: cluster.respPort(2), tls: ClientTLS(ca: ca))
+        #expect(try await client.send(["GET", "secured"]) == .bulk("yes"))
+        await client.close()
+        // Another CA: the handshake fails, nothing is served.
+        let elsewhere = NSTemporaryDirectory() + "continuum-other-ca-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: elsewhere) }
+        _ = try LocalCertificates.write(to: elsewhere, nodes: [NodeID(1)])
+        let wrongCA = try Self.redisCLI(["--tls", "--cacert", elsewhere + "/ca.pem", "-h", "127.0.0.1", "-p", "\(cluster.respPort(1))",
+                                         "SET", "secured", "no"])
+        #expect(!wrongCA.output.contains("OK"), "\(wrongCA.output)")
+        await #expect(throws: (any Error).self) {
+            let client = try await RESPClient.connect(host: "127.0.0.1", port: cluster.respPort(1), tls: ClientTLS(ca: elsewhere + "/ca.pem"))
+            _ = try await client.send(["PING"])
+        }
+        // No TLS at all.
+        let plain = try Self.redisCLI(["-h", "127.0.0.1", "-p", "\(cluster.respPort(1))", "SET", "secured", "no"])
+        #expect(!plain.output.hasPrefix("OK"), "\(plain.output)")
+        #expect(try Self.redisCLI(tls + ["-p", "\(cluster.respPort(2))", "GET", "secured"]).output == "yes", "a refused client wrote")
+    }
+}
+
 /// A plain blocking TCP socket, for bytes no well-behaved client would send.
 final class RawSocket {
     private let descriptor: Int32

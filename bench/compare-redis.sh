@@ -13,6 +13,7 @@
 #   REQUESTS=20000 bench/compare-redis.sh           # shorter
 #   FSYNC=everysec bench/compare-redis.sh           # Continuum's durability mode (default: always)
 #   SYSTEMS="redis-everysec available" bench/compare-redis.sh
+#   SYSTEMS="redis-everysec available available-tls" bench/compare-redis.sh   # the cost of TLS (cluster up --tls)
 #   CONTINUUM=/tmp/continuum-before bench/compare-redis.sh   # a saved binary, not a fresh build
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +47,8 @@ cleanup() {
 }
 trap cleanup EXIT
 results="$work/results.csv"
+# redis-cli and redis-benchmark options for a cluster serving TLS (available-tls, linearizable-tls).
+TLSARGS=()
 : > "$results"
 
 # run SYSTEM PORT KEYS: one redis-benchmark pass per test, appended to the results as
@@ -53,7 +56,7 @@ results="$work/results.csv"
 run() {
     local system=$1 port=$2 keys=$3 random=()
     [[ "$keys" == "one" ]] || random=(-r "$KEYSPACE")
-    redis-benchmark -p "$port" -c "$CLIENTS" -n "$REQUESTS" -t "$TESTS" "${random[@]}" --csv -q 2> /dev/null |
+    redis-benchmark "${TLSARGS[@]}" -p "$port" -c "$CLIENTS" -n "$REQUESTS" -t "$TESTS" "${random[@]}" --csv -q 2> /dev/null |
         tr -d '"' | awk -F, -v s="$system" -v k="$keys" 'NR > 1 && $1 != "" {
             split($1, t, ":"); printf "%s,%s,%s,%d,%s,%s\n", s, k, tolower(t[1]), $2, $5, $7; fflush() }' | tee -a "$results"
 }
@@ -64,10 +67,10 @@ run() {
 setsize() {
     local system=$1 port=$2
     seq 0 999 | awk -v n="$SETSIZE" '{ printf "SADD large"; for (i = $1; i < n; i += 1000) printf " m%d", i; printf "\n" }' |
-        redis-cli -p "$port" > /dev/null
-    echo "filled 'large' with $(redis-cli -p "$port" SCARD large) members"
+        redis-cli "${TLSARGS[@]}" -p "$port" > /dev/null
+    echo "filled 'large' with $(redis-cli "${TLSARGS[@]}" -p "$port" SCARD large) members"
     for key in empty large; do
-        redis-benchmark -p "$port" -c "$CLIENTS" -n "$REQUESTS" -r 100000000 --csv -q SADD "$key" "x__rand_int__" 2> /dev/null |
+        redis-benchmark "${TLSARGS[@]}" -p "$port" -c "$CLIENTS" -n "$REQUESTS" -r 100000000 --csv -q SADD "$key" "x__rand_int__" 2> /dev/null |
             tr -d '"' | awk -F, -v s="$system" -v k="$key" 'NR > 1 && $1 != "" {
                 printf "%s,set-%s,sadd,%d,%s,%s\n", s, k, $2, $5, $7; fflush() }' | tee -a "$results"
     done
@@ -76,7 +79,7 @@ setsize() {
 terms() {
     local line=""
     for port in 16701 16702 16703; do
-        line+="$(redis-cli -p "$port" INFO 2> /dev/null | tr -d '\r' | awk -F: '$1 == "raft_term" { print $2 }') "
+        line+="$(redis-cli "${TLSARGS[@]}" -p "$port" INFO 2> /dev/null | tr -d '\r' | awk -F: '$1 == "raft_term" { print $2 }') "
     done
     echo "$line"
 }
@@ -96,19 +99,26 @@ for system in $SYSTEMS; do
         setsize "$system" 16399
         kill "$redis_pid"; wait "$redis_pid" 2> /dev/null || true; redis_pid=
         ;;
-    available | linearizable)
+    available | linearizable | available-tls | linearizable-tls)
+        tls=()
+        TLSARGS=()
+        if [[ "$system" == *-tls ]]; then
+            tls=(--tls)
+            TLSARGS=(--tls --cacert "$work/continuum/tls/ca.pem")
+        fi
         $continuum cluster up --nodes 3 --data-dir "$work/continuum" --base-port 17300 --resp-base-port 16700 \
-            --metrics-base-port 0 --default-policy "$system" --fsync "$FSYNC" > /dev/null
+            --metrics-base-port 0 --default-policy "${system%-tls}" --fsync "$FSYNC" "${tls[@]}" > /dev/null
         before=$(terms)
         run "$system" 16701 one
         run "$system" 16701 many
         setsize "$system" 16701
         after=$(terms)
-        staleness=$(redis-cli -p 16701 INFO | tr -d '\r' | awk -F: '$1 == "certified_staleness_available_ms" { print $2 }')
+        staleness=$(redis-cli "${TLSARGS[@]}" -p 16701 INFO | tr -d '\r' | awk -F: '$1 == "certified_staleness_available_ms" { print $2 }')
         echo "raft terms (n1 n2 n3) before: $before after: $after; certified available staleness at n1 after: ${staleness} ms"
         echo "$system,terms,$before,$after" >> "$work/terms.csv"
         $continuum cluster down --data-dir "$work/continuum" > /dev/null
         rm -rf "$work/continuum"
+        TLSARGS=()
         ;;
     *) echo "unknown system $system"; exit 2 ;;
     esac

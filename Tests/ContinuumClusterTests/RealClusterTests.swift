@@ -64,8 +64,14 @@ final class ProcessCluster: Sendable {
     func respPort(_ node: Int) -> Int { respBasePort + node }
     func peerPort(_ node: Int) -> Int { basePort + node }
 
+    /// How `client` connects: with TLS (trusting the cluster's CA) and signed in, when the
+    /// cluster was started so.
+    let clientTLS = Mutex<ClientTLS?>(nil)
+    let credentials = Mutex<Credentials?>(nil)
+
     func client(_ node: Int) async throws -> RESPClient {
-        try await RESPClient.connect(host: "127.0.0.1", port: respPort(node), timeout: .milliseconds(500))
+        try await RESPClient.connect(host: "127.0.0.1", port: respPort(node), timeout: .milliseconds(500),
+                                     credentials: credentials.withLock { $0 }, tls: clientTLS.withLock { $0 })
     }
 
     /// The node that says it leads, if any.
@@ -432,13 +438,20 @@ extension Duration {
         await client.close()
     }
 
-    @Test func randomBytesAndTruncatedFramesLeaveNodesServing() async throws {
+    /// Random bytes and truncated frames on the peer and Redis ports, plain and (`secured`) into
+    /// TLS handshakes of a cluster with a password; then random commands inside an
+    /// authenticated TLS session and before signing in.
+    @Test(arguments: [false, true]) func randomBytesAndTruncatedFramesLeaveNodesServing(secured: Bool) async throws {
         let cluster = try ProcessCluster()
         defer {
             cluster.down()
             cluster.remove()
         }
-        try cluster.up()
+        try cluster.up(secured ? ["--tls", "--requirepass", "fuzz-password"] : [])
+        if secured {
+            cluster.clientTLS.withLock { $0 = ClientTLS(ca: cluster.directory + "/tls/ca.pem") }
+            cluster.credentials.withLock { $0 = Credentials(password: "fuzz-password") }
+        }
         var generator = SystemRandomNumberGenerator()
         for round in 0..<40 {
             for port in [cluster.peerPort(1), cluster.respPort(1)] {
@@ -451,6 +464,23 @@ extension Duration {
                 socket.close()
             }
         }
+        // Random commands of random bytes, in a signed-in session and in one that is not (when
+        // the cluster has a password: every one of those must be refused).
+        let signedIn = try await cluster.client(1)
+        let signedOut = try await RESPClient.connect(host: "127.0.0.1", port: cluster.respPort(1), tls: cluster.clientTLS.withLock { $0 })
+        let names = ["GET", "SET", "DEL", "SADD", "INCR", "CONTINUUM.POLICY", "CONTINUUM.APPLY", "HELLO", "AUTH", "ACL", "CLIENT"]
+        for _ in 0..<200 {
+            var command = [Array((names.randomElement(using: &generator) ?? "GET").utf8)]
+            for _ in 0..<Int.random(in: 0...4, using: &generator) {
+                command.append((0..<Int.random(in: 0...24, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) })
+            }
+            _ = try? await signedIn.send(command)
+            if secured, let reply = try? await signedOut.send(command), command[0] != Array("AUTH".utf8), command[0] != Array("HELLO".utf8) {
+                #expect(reply.description.contains("NOAUTH"), "an unauthenticated \(String(decoding: command[0], as: UTF8.self)) got \(reply)")
+            }
+        }
+        await signedIn.close()
+        await signedOut.close()
         for node in 1...3 {
             let client = try await cluster.client(node)
             #expect(try await client.send(["PING"]) == .simple("PONG"), "n\(node) stopped serving")

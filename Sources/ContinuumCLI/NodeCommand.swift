@@ -14,7 +14,7 @@ struct NodeCommand: AsyncParsableCommand {
         discussion: """
             Options may come from a JSON file (--config) with the keys id, listen, peers (an object \
             of id to host:port), resp, metrics, dataDirectory, defaultPolicy, cluster and \
-            maxClockOffsetMilliseconds, maxValueBytes, fsync, electionTimeoutMilliseconds, metricsKeyNames, clusterSecretFile, insecure, requirePassword, aclFile, maxClients, clientIdleTimeoutSeconds, clientOutputBufferBytes, tlsCertificateFile, tlsKeyFile, tlsCAFile; options on the command line override it. SIGTERM or SIGINT \
+            maxClockOffsetMilliseconds, maxValueBytes, fsync, electionTimeoutMilliseconds, metricsKeyNames, clusterSecretFile, insecure, requirePassword, aclFile, maxClients, clientIdleTimeoutSeconds, clientOutputBufferBytes, tlsCertificateFile, tlsKeyFile, tlsCAFile, protoMaxBulkLen, maxArguments, maxInlineBytes, maxPeerConnectionsPerAddress; options on the command line override it. SIGTERM or SIGINT \
             shuts the node down gracefully: pending writes are made durable, connections closed.
             """)
 
@@ -81,6 +81,18 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "The CA (PEM) that signs every node's certificate: peers must present a certificate it signed (mutual TLS).")
     var tlsCa: String?
 
+    @Option(help: "Bytes of one bulk string at most (1024...67108864, default 64 MiB; Redis's proto-max-bulk-len).")
+    var protoMaxBulkLen: Int?
+
+    @Option(help: "Arguments of one command at most (default 1048576).")
+    var maxArguments: Int?
+
+    @Option(help: "Bytes of one inline command at most (default 65536).")
+    var maxInlineBytes: Int?
+
+    @Option(help: "Peer connections accepted from one address at once (default 64).")
+    var maxPeerConnectionsPerAddress: Int?
+
     @Option(help: "Connected Redis-protocol clients at most (default 10000); one more is answered '-ERR max number of clients reached'.")
     var maxclients: Int?
 
@@ -126,6 +138,10 @@ struct NodeCommand: AsyncParsableCommand {
         configuration.requirePassword = requirepass ?? base?.requirePassword
         configuration.aclFile = aclFile ?? base?.aclFile
         configuration.maxClients = maxclients ?? base?.maxClients
+        configuration.protoMaxBulkLen = protoMaxBulkLen ?? base?.protoMaxBulkLen
+        configuration.maxArguments = maxArguments ?? base?.maxArguments
+        configuration.maxInlineBytes = maxInlineBytes ?? base?.maxInlineBytes
+        configuration.maxPeerConnectionsPerAddress = maxPeerConnectionsPerAddress ?? base?.maxPeerConnectionsPerAddress
         configuration.tlsCertificateFile = tlsCert ?? base?.tlsCertificateFile
         configuration.tlsKeyFile = tlsKey ?? base?.tlsKeyFile
         configuration.tlsCAFile = tlsCa ?? base?.tlsCAFile

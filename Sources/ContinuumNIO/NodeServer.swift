@@ -102,6 +102,26 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
     /// Unread reply bytes a client may have waiting before it is disconnected (nil: 64 MiB).
     public var clientOutputBufferBytes: Int?
 
+    /// A bulk string's bytes at most (Redis's `proto-max-bulk-len`; nil: 64 MiB).
+    public var protoMaxBulkLen: Int?
+    /// Arguments of one command at most (nil: 1,048,576).
+    public var maxArguments: Int?
+    /// Bytes of one inline command at most (nil: 64 KiB).
+    public var maxInlineBytes: Int?
+    /// Peer connections a node accepts from one address at once (nil: 64).
+    public var maxPeerConnectionsPerAddress: Int?
+
+    public static let maxPeerConnectionsPerAddressRange = 1...10_000
+
+    /// The request limits, defaults filled in.
+    public var requestLimits: RESPLimits {
+        var limits = RESPLimits()
+        limits.bulkBytes = protoMaxBulkLen ?? limits.bulkBytes
+        limits.arguments = maxArguments ?? limits.arguments
+        limits.inlineBytes = maxInlineBytes ?? limits.inlineBytes
+        return limits
+    }
+
     public static let maxClientsRange = 1...1_000_000
     public static let clientIdleTimeoutRange = 0...86_400
     public static let clientOutputBufferRange = (1 << 20)...(1 << 30)
@@ -162,6 +182,17 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
         }
         if let clientOutputBufferBytes, !Self.clientOutputBufferRange.contains(clientOutputBufferBytes) {
             throw .invalidRequest("client-output-buffer-limit \(clientOutputBufferBytes) is outside \(Self.clientOutputBufferRange) bytes")
+        }
+        let limits = requestLimits
+        guard RESPLimits.bulkBytesRange.contains(limits.bulkBytes), RESPLimits.argumentsRange.contains(limits.arguments),
+              RESPLimits.inlineBytesRange.contains(limits.inlineBytes) else {
+            throw .invalidRequest("""
+                request limits outside their ranges: proto-max-bulk-len \(RESPLimits.bulkBytesRange), \
+                max-arguments \(RESPLimits.argumentsRange), max-inline-bytes \(RESPLimits.inlineBytesRange)
+                """)
+        }
+        if let maxPeerConnectionsPerAddress, !Self.maxPeerConnectionsPerAddressRange.contains(maxPeerConnectionsPerAddress) {
+            throw .invalidRequest("max-peer-connections-per-address \(maxPeerConnectionsPerAddress) is outside \(Self.maxPeerConnectionsPerAddressRange)")
         }
         let tlsSet = [tlsCertificateFile, tlsKeyFile, tlsCAFile].filter { $0 != nil }.count
         guard tlsSet == 0 || tlsSet == 3 else {
@@ -252,7 +283,10 @@ public final class NodeServer: Service {
         }
         let transport = NIOTransport(
             node: me, configuration: .init(cluster: configuration.cluster, peers: peers.mapValues { .init(host: $0.host, port: $0.port) },
-                                           secret: try configuration.clusterSecret(), tls: tls),
+                                           secret: try configuration.clusterSecret(),
+                                           connectionsPerAddressMax: configuration.maxPeerConnectionsPerAddress
+                                               ?? NIOTransport.Configuration.connectionsPerAddressMaxDefault,
+                                           tls: tls),
             group: group, logger: logger)
         let members = ([me] + peers.keys).sorted()
         let offset = Duration.milliseconds(configuration.maxClockOffsetMilliseconds)
@@ -273,6 +307,7 @@ public final class NodeServer: Service {
         respConfiguration.access = try configuration.accessControl()
         respConfiguration.protectedMode = !(configuration.insecure ?? false)
         respConfiguration.clientsMax = configuration.maxClients ?? RedisServerConfiguration.clientsMaxDefault
+        respConfiguration.requestLimits = configuration.requestLimits
         respConfiguration.idleTimeout = configuration.clientIdleTimeoutSeconds.flatMap { $0 > 0 ? .seconds($0) : nil }
         respConfiguration.outputBufferBytesMax = configuration.clientOutputBufferBytes ?? RedisServerConfiguration.outputBufferBytesMaxDefault
         self.resp = configuration.resp.map { _ in

@@ -6,9 +6,17 @@ import ContinuumClient
 struct RESPRequestDecoder: ByteToMessageDecoder {
     typealias InboundOut = [[UInt8]]
 
+    /// The default limits: arguments of one command, bytes of one bulk string (stricter than
+    /// Redis's 512 MB `proto-max-bulk-len`: a value must fit a 64 MiB peer frame), bytes of one
+    /// inline command.
     static let argumentsMax = 1 << 20
     static let bulkBytesMax = 64 << 20
     static let inlineBytesMax = 64 << 10
+
+    /// The limits this decoder holds a client to (see `RESPLimits`).
+    let limits: RESPLimits
+
+    init(limits: RESPLimits = RESPLimits()) { self.limits = limits }
 
     /// The array being received: how many arguments are still to come, and those that came.
     /// Each argument is consumed from the buffer as it completes, so a command that arrives in
@@ -42,7 +50,7 @@ struct RESPRequestDecoder: ByteToMessageDecoder {
             }
             guard let header = try line(buffer, &cursor, limit: 32) else { return nil }
             let count = try Self.number(header.dropFirst(), what: "multibulk length")
-            guard count <= Self.argumentsMax else { throw RESPProtocolError(reason: "invalid multibulk length") }
+            guard count <= limits.arguments else { throw RESPProtocolError(reason: "invalid multibulk length") }
             buffer.moveReaderIndex(to: cursor)
             guard count > 0 else { return [] }
             var arguments: [[UInt8]] = []
@@ -56,7 +64,7 @@ struct RESPRequestDecoder: ByteToMessageDecoder {
                 throw RESPProtocolError(reason: "expected '$', got '\(lengthLine.first.map { String(UnicodeScalar($0)) } ?? "")'")
             }
             let length = try Self.number(lengthLine.dropFirst(), what: "bulk length")
-            guard (0...Self.bulkBytesMax).contains(length) else { throw RESPProtocolError(reason: "invalid bulk length") }
+            guard (0...limits.bulkBytes).contains(length) else { throw RESPProtocolError(reason: "invalid bulk length") }
             // The length line is read again when the bulk is not all here: at most 32 bytes.
             guard buffer.writerIndex - cursor >= length + 2 else { return nil }
             guard buffer.getInteger(at: cursor + length, as: UInt8.self) == UInt8(ascii: "\r"),
@@ -108,7 +116,7 @@ struct RESPRequestDecoder: ByteToMessageDecoder {
     /// `Host:`) closes the connection before anything after it runs, as Redis does: a web page
     /// can make a browser send such a request to this port, with Redis commands in its body.
     private mutating func parseInline(_ buffer: ByteBuffer, _ cursor: inout Int) throws(RESPProtocolError) -> [[UInt8]]? {
-        guard let text = try line(buffer, &cursor, limit: Self.inlineBytesMax) else { return nil }
+        guard let text = try line(buffer, &cursor, limit: limits.inlineBytes) else { return nil }
         let words = text.split(whereSeparator: { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }).map(Array.init)
         if let first = words.first.map({ String(decoding: $0, as: UTF8.self).lowercased() }),
            first == "post" || first == "host:" || words.last.map({ String(decoding: $0.prefix(5), as: UTF8.self) }) == "HTTP/" {
@@ -116,4 +124,19 @@ struct RESPRequestDecoder: ByteToMessageDecoder {
         }
         return words
     }
+}
+
+/// The limits on one client request (Redis's `proto-max-bulk-len` and its fixed multibulk and
+/// inline limits), each refused with a protocol error that closes only that connection, before
+/// anything of the refused size is allocated.
+public struct RESPLimits: Sendable, Equatable {
+    public var arguments = RESPRequestDecoder.argumentsMax
+    public var bulkBytes = RESPRequestDecoder.bulkBytesMax
+    public var inlineBytes = RESPRequestDecoder.inlineBytesMax
+
+    public init() {}
+
+    public static let argumentsRange = 1...(1 << 24)
+    public static let bulkBytesRange = 1_024...RESPRequestDecoder.bulkBytesMax
+    public static let inlineBytesRange = 1_024...(1 << 20)
 }

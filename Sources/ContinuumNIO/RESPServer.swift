@@ -81,7 +81,7 @@ public final class RESPServer: Sendable {
                     if let idle = configuration.idleTimeout {
                         try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: .nanoseconds(idle.nanoseconds)))
                     }
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RESPRequestDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RESPRequestDecoder(limits: configuration.requestLimits)))
                     try channel.pipeline.syncOperations.addHandler(RESPRequestHandler(continuation: continuation, logger: logger))
                 }
             }

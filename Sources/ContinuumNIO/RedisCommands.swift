@@ -55,6 +55,9 @@ public struct RedisServerConfiguration: Sendable {
     /// `client-output-buffer-limit` hard limit); past it the client is disconnected.
     public var outputBufferBytesMax = RedisServerConfiguration.outputBufferBytesMaxDefault
 
+    /// The limits on one request's shape: arguments, bulk bytes, inline bytes.
+    public var requestLimits = RESPLimits()
+
     public static let clientsMaxDefault = 10_000
     public static let outputBufferBytesMaxDefault = 64 << 20
 

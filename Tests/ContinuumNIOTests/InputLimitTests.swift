@@ -97,11 +97,42 @@ import Testing
         await cluster.shutdown()
     }
 
+    /// Each request limit is an option: past it, a protocol error closes that connection only.
+    @Test func requestLimitsAreOptions() async throws {
+        let cluster = try await LocalCluster(nodes: 1, defaultPolicy: "available") {
+            $0.protoMaxBulkLen = 1_024
+            $0.maxArguments = 3
+            $0.maxInlineBytes = 1_024
+        }
+        let port = cluster.servers[0].boundRESPPort!
+        let within = "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1000\r\n" + String(repeating: "v", count: 1_000) + "\r\n"
+        let cases = [
+            ("a bulk past proto-max-bulk-len", "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1025\r\n", "invalid bulk length"),
+            ("more arguments than max-arguments", "*4\r\n", "invalid multibulk length"),
+            ("an inline command past max-inline-bytes", "SET k " + String(repeating: "w", count: 1_100), "too big"),
+        ]
+        for (name, request, error) in cases {
+            let (channel, collected) = try await Self.raw(port)
+            try await channel.writeAndFlush(ByteBuffer(string: request))
+            try await Self.waitClosed(channel)
+            #expect(!channel.isActive, "\(name) left the connection open")
+            #expect(collected.text.contains(error), "\(name): \(collected.text)")
+        }
+        let (channel, collected) = try await Self.raw(port)
+        try await channel.writeAndFlush(ByteBuffer(string: within))
+        for _ in 0..<200 where collected.text.isEmpty { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(collected.text == "+OK\r\n")
+        try await channel.close()
+        #expect(try await cluster.clients[0].send(["GET", "k"]) == .bulk(Array(repeating: UInt8(ascii: "v"), count: 1_000)))
+        await cluster.shutdown()
+    }
+
     @Test func limitsOutsideTheirRangesAreRefused() throws {
         var configuration = NodeServerConfiguration(id: "n1", listen: .init(host: "127.0.0.1", port: 0), peers: [:], resp: nil,
                                                     dataDirectory: NSTemporaryDirectory() + "continuum-unused")
         for change in [{ (c: inout NodeServerConfiguration) in c.maxClients = 0 }, { $0.clientIdleTimeoutSeconds = -1 },
-                       { $0.clientOutputBufferBytes = 1_000 }, { $0.maxClients = 2_000_000 }] {
+                       { $0.clientOutputBufferBytes = 1_000 }, { $0.maxClients = 2_000_000 }, { $0.protoMaxBulkLen = 10 },
+                       { $0.maxArguments = 0 }, { $0.maxInlineBytes = 1 << 30 }, { $0.maxPeerConnectionsPerAddress = 0 }] {
             var changed = configuration
             change(&changed)
             #expect(throws: ContinuumError.self) { _ = try changed.validated() }

@@ -651,15 +651,10 @@ final class RedisConnection {
     private func setChange(_ key: String, _ members: [String], insert: Bool) async throws -> Int64 {
         switch policy(of: key) {
         case .linearizable:
-            // Each operation returns the set right after it: the next one's "before". (Under
-            // concurrent writers the count, as in Redis across commands, is of this client's view.)
-            var before = try await self.members(key)
-            var changed: Int64 = 0
-            for member in members {
-                let operation: CRDTOperation = insert ? .setInsert(member) : .setRemove(member)
-                guard case let .crdt(.set(after)?) = try await consensus(.crdt(key: key, operation)) else { throw CommandError.wrongType }
-                if before.contains(member) != insert { changed += 1 }
-                before = after.elements
+            // One log entry for all the members; the state machine counts what changed when it
+            // applies it, so nothing is read first and nothing of the set comes back.
+            guard case let .count(changed) = try await consensus(.setChange(key: key, members: members, insert: insert)) else {
+                throw CommandError.wrongType
             }
             return changed
         case .serializable:

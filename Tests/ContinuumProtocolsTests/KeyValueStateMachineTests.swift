@@ -39,6 +39,41 @@ import Testing
             #expect(try KeyValueResult(binary: result.binaryEncoded()) == result)
         }
     }
+
+    /// Linearizable SADD/SREM: one entry for all members, counted when it applies; the same set
+    /// as member-by-member CRDT operations give, and nothing of the set in the result.
+    @Test mutating func aSetChangeCountsWhatItChanged() throws {
+        #expect(apply(.setChange(key: "s", members: ["a"], insert: false)) == .count(0), "SREM on an absent set")
+        #expect(machine.crdts["s"] == nil, "and creates nothing")
+        #expect(apply(.setChange(key: "s", members: ["a", "b", "a"], insert: true)) == .count(2))
+        #expect(apply(.setChange(key: "s", members: ["b", "c"], insert: true)) == .count(1))
+        #expect(apply(.setChange(key: "s", members: ["a", "z"], insert: false)) == .count(1))
+        guard case let .set(set)? = machine.crdts["s"] else {
+            Issue.record("no set")
+            return
+        }
+        #expect(set.elements == ["b", "c"])
+        var reference = KeyValueStateMachine()
+        var sequence: UInt64 = 0
+        for operation: CRDTOperation in [.setInsert("a"), .setInsert("b"), .setInsert("a"), .setInsert("b"), .setInsert("c"), .setRemove("a")] {
+            sequence += 1
+            _ = reference.apply(LogCommand(client: 9, sequence: sequence, operation: .crdt(key: "s", operation)))
+        }
+        // The same members as one CRDT operation per member (a member already present gets no
+        // new dot: in log order nothing is concurrent, so a re-insert would only grow the state).
+        guard case let .set(expected)? = reference.crdts["s"] else {
+            Issue.record("no reference set")
+            return
+        }
+        #expect(expected.elements == set.elements)
+        _ = apply(.crdt(key: "n", .counterAdd(1)))
+        #expect(apply(.setChange(key: "n", members: ["x"], insert: true)) == .crdtKindMismatch)
+        let operation = KeyValueOperation.setChange(key: "s", members: ["m", ""], insert: true)
+        #expect(try KeyValueOperation(binary: operation.binaryEncoded()) == operation)
+        #expect(try KeyValueOperation(binary: KeyValueOperation.setChange(key: "s", members: [], insert: false).binaryEncoded())
+                == .setChange(key: "s", members: [], insert: false))
+        #expect(try KeyValueStateMachine(binary: machine.binaryEncoded()) == machine)
+    }
 }
 
 /// CRDT operations: their text form round-trips, and the delta a mutation returns, joined into

@@ -188,6 +188,10 @@ public enum KeyValueOperation: Sendable, Equatable, BinaryCodable, CustomStringC
     case stringAdd(key: String, amount: Int64)
     /// Removes the keys from every namespace (strings, integers, CRDTs); counts those that existed.
     case delete(keys: [String])
+    /// Inserts (or removes) members of the add-wins set under `key` in one entry; the result is
+    /// how many were absent (present) when it applied, so the caller reads nothing first and
+    /// nothing of the set travels back.
+    case setChange(key: String, members: [String], insert: Bool)
 
     /// About the bytes of the operation's encoding: its keys and values, plus 16 per key.
     public var approximateBytes: Int {
@@ -195,6 +199,7 @@ public enum KeyValueOperation: Sendable, Equatable, BinaryCodable, CustomStringC
         case let .stringSet(key, value): key.utf8.count + (value?.count ?? 0) + 16
         case let .crdt(key, .setInsert(member)), let .crdt(key, .setRemove(member)): key.utf8.count + member.utf8.count + 16
         case let .delete(keys): keys.reduce(0) { $0 + $1.utf8.count + 16 }
+        case let .setChange(key, members, _): members.reduce(key.utf8.count + 16) { $0 + $1.utf8.count + 8 }
         default: key.utf8.count + 16
         }
     }
@@ -202,7 +207,7 @@ public enum KeyValueOperation: Sendable, Equatable, BinaryCodable, CustomStringC
     public var key: String {
         switch self {
         case let .read(key), let .write(key, _), let .compareAndSet(key, _, _), let .crdt(key, _), let .crdtRead(key),
-             let .stringSet(key, _), let .stringGet(key), let .stringAdd(key, _): key
+             let .stringSet(key, _), let .stringGet(key), let .stringAdd(key, _), let .setChange(key, _, _): key
         case let .delete(keys): keys.first ?? ""
         }
     }
@@ -225,6 +230,7 @@ public enum KeyValueOperation: Sendable, Equatable, BinaryCodable, CustomStringC
         case let .stringGet(key): "get \(key)"
         case let .stringAdd(key, amount): "incrby \(key) \(amount)"
         case let .delete(keys): "delete \(keys)"
+        case let .setChange(key, members, insert): "\(insert ? "insert" : "remove") \(members.count) members \(key)"
         }
     }
 
@@ -263,6 +269,11 @@ public enum KeyValueOperation: Sendable, Equatable, BinaryCodable, CustomStringC
         case let .delete(keys):
             writer.writeByte(8)
             keys.encode(to: &writer)
+        case let .setChange(key, members, insert):
+            writer.writeByte(9)
+            key.encode(to: &writer)
+            members.encode(to: &writer)
+            writer.writeByte(insert ? 1 : 0)
         }
     }
 
@@ -277,6 +288,13 @@ public enum KeyValueOperation: Sendable, Equatable, BinaryCodable, CustomStringC
         case 6: self = .stringGet(key: try String(from: &reader))
         case 7: self = .stringAdd(key: try String(from: &reader), amount: try Int64(from: &reader))
         case 8: self = .delete(keys: try [String](from: &reader))
+        case 9:
+            let key = try String(from: &reader), members = try [String](from: &reader)
+            switch try reader.readByte() {
+            case 0: self = .setChange(key: key, members: members, insert: false)
+            case 1: self = .setChange(key: key, members: members, insert: true)
+            case let flag: throw .invalid("set change flag \(flag)")
+            }
         case let tag: throw .invalid("key-value operation tag \(tag)")
         }
     }
@@ -528,6 +546,27 @@ public struct KeyValueStateMachine: Sendable, Equatable, BinaryCodable {
                     setString(key, Array(String(sum).utf8))
                     result = .integer(sum)
                 }
+            }
+        case let .setChange(key, members, insert):
+            // In place: the set leaves the dictionary while it changes, so nothing else holds its
+            // storage and no member is copied.
+            switch crdts[key] {
+            case nil where !insert:
+                result = .count(0)
+            case nil, .set?:
+                let existed = crdts[key] != nil
+                var set: ORSet<String>
+                if case let .set(existing)? = crdts.removeValue(forKey: key) { set = existing } else { set = ORSet() }
+                var changed: Int64 = 0
+                for member in members where set.contains(member) != insert {
+                    changed += 1
+                    _ = insert ? set.insert(member, replica: CRDTOperation.logReplica) : set.remove(member)
+                }
+                crdts[key] = .set(set)
+                if !existed { approximateBytes += Self.bytes(crdt: key) }  // the accounting counts keys, not members
+                result = .count(changed)
+            default:
+                result = .crdtKindMismatch
             }
         case let .delete(keys):
             var removed: Int64 = 0

@@ -793,6 +793,9 @@ public actor Node {
         return ((raft?.messagesRefused ?? 0) + membership, raft?.lastRefusal ?? (membership > 0 ? "a membership update past the largest incarnation" : nil))
     }
 
+    /// The leader this replica knows of now (itself when it leads; nil: none, or no consensus).
+    public var knownLeader: NodeID? { raft?.leader }
+
     /// The Raft term, commit index and snapshot index this replica knows, and its role (for
     /// status commands).
     public var consensusStatus: (role: String, term: UInt64, commitIndex: UInt64, snapshotIndex: UInt64)? {

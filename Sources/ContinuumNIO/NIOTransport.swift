@@ -184,6 +184,11 @@ public final class NIOTransport: NodeTransport {
         return channel.localAddress?.port ?? port
     }
 
+    /// The peers this node has a connection to now, past its handshake (its own messages go out).
+    public var connectedPeers: Set<NodeID> {
+        Set(links.withLock { links in links.filter { $0.value.isConnected }.map(\.key) })
+    }
+
     /// The port the listener is bound to, once `listen` returned.
     public var boundPort: Int? { listener.withLock { $0?.localAddress?.port } }
 
@@ -323,6 +328,8 @@ final class PeerLink: Sendable {
             return .queuedNeedsConnect
         }
     }
+
+    var isConnected: Bool { state.withLock { $0.channel != nil } }
 
     /// The connection is up: sends the queued frames (unflushed) and returns how many.
     func connected(_ channel: any Channel) -> Int {

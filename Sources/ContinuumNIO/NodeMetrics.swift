@@ -192,8 +192,15 @@ public final class MetricsHTTPServer: Sendable {
     /// TLS on every connection (nil: plain HTTP).
     private let tls: NIOSSLContext?
 
-    public init(group: any EventLoopGroup, logger: Logger, tls: NIOSSLContext? = nil, render: @escaping @Sendable () async -> [UInt8]) {
+    /// Answers `/health` and `/ready`: whether the node is so, and why (nil: not served).
+    private let probe: (@Sendable (Probe) async -> (ok: Bool, reason: String))?
+
+    public enum Probe: String, Sendable { case health, ready }
+
+    public init(group: any EventLoopGroup, logger: Logger, tls: NIOSSLContext? = nil,
+                probe: (@Sendable (Probe) async -> (ok: Bool, reason: String))? = nil, render: @escaping @Sendable () async -> [UInt8]) {
         self.tls = tls
+        self.probe = probe
         self.render = render
         self.group = group
         self.logger = logger
@@ -220,6 +227,7 @@ public final class MetricsHTTPServer: Sendable {
         let render = self.render
         let open = self.open
         let tls = self.tls
+        let probe = self.probe
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -244,7 +252,7 @@ public final class MetricsHTTPServer: Sendable {
                     try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits)))
                     try sync.addHandler(HTTPServerPipelineHandler())
                     try sync.addHandler(HTTPServerProtocolErrorHandler())
-                    try sync.addHandler(MetricsRequestHandler(render: render))
+                    try sync.addHandler(MetricsRequestHandler(render: render, probe: probe))
                 }
             }
             .bind(host: host, port: port).get()
@@ -268,9 +276,14 @@ final class MetricsRequestHandler: ChannelInboundHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     private let render: @Sendable () async -> [UInt8]
+    private let probe: (@Sendable (MetricsHTTPServer.Probe) async -> (ok: Bool, reason: String))?
     private var request: HTTPRequestHead?
 
-    init(render: @escaping @Sendable () async -> [UInt8]) { self.render = render }
+    init(render: @escaping @Sendable () async -> [UInt8],
+         probe: (@Sendable (MetricsHTTPServer.Probe) async -> (ok: Bool, reason: String))? = nil) {
+        self.render = render
+        self.probe = probe
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
@@ -284,8 +297,16 @@ final class MetricsRequestHandler: ChannelInboundHandler {
                 respond(context, head, status: .methodNotAllowed, body: Array("only GET\n".utf8))
                 return
             }
+            if let probe, let which = MetricsHTTPServer.Probe(rawValue: String(path.dropFirst())), path.hasPrefix("/") {
+                let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+                context.eventLoop.makeFutureWithTask { await probe(which) }.whenSuccess { answer in
+                    let (handler, context) = bound.value
+                    handler.respond(context, head, status: answer.ok ? .ok : .serviceUnavailable, body: Array((answer.reason + "\n").utf8))
+                }
+                return
+            }
             guard path == "/metrics" else {
-                respond(context, head, status: .notFound, body: Array("metrics are at /metrics\n".utf8))
+                respond(context, head, status: .notFound, body: Array("metrics are at /metrics (and /health, /ready)\n".utf8))
                 return
             }
             let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)

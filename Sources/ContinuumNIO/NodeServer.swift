@@ -315,11 +315,45 @@ public final class NodeServer: Service {
                        metrics: configuration.metrics == nil ? nil : metrics, tls: tls?.server, group: group, logger: logger)
         }
         let keyNames = configuration.metricsKeyNames ?? false
+        let defaultPolicy = policy
+        let peerCount = peers.count
         self.metricsServer = configuration.metrics.map { _ in
-            MetricsHTTPServer(group: group, logger: logger, tls: tls?.server) {
+            MetricsHTTPServer(group: group, logger: logger, tls: tls?.server, probe: { which in
+                await Self.probe(which, node: node, transport: transport, defaultPolicy: defaultPolicy, peers: peerCount)
+            }) {
                 await metrics.render(node: node, transport: transport,
                                      declared: keyNames ? RedisConnection.declaredPolicies(at: node) : [])
             }
+        }
+    }
+
+    /// The version `continuum --version`, INFO and HELLO report.
+    public static let version = "0.1.0"
+
+    /// `/health`: the process answers and its store has not failed. `/ready`: the node can serve
+    /// its default policy now: `available` whenever healthy; `bounded` when the staleness it can
+    /// certify is within the bound; `linearizable` when it knows a leader; `serializable` when it
+    /// is connected to every peer (a transaction needs every replica).
+    static func probe(_ which: MetricsHTTPServer.Probe, node: Node, transport: NIOTransport, defaultPolicy: Policy,
+                      peers: Int) async -> (ok: Bool, reason: String) {
+        if let failure = await node.storageError { return (false, "the store failed: \(failure)") }
+        guard which == .ready else { return (true, "ok") }
+        switch defaultPolicy {
+        case .available:
+            return (true, "ready: available")
+        case let .bounded(staleness, _):
+            guard let bound = staleness else { return (true, "ready: bounded, no staleness bound") }
+            guard let certified = await node.certifiedStaleness.available, certified <= bound else {
+                return (false, "not ready: the staleness it can certify is past \(bound)")
+            }
+            return (true, "ready: bounded, certified staleness \(certified)")
+        case .linearizable:
+            guard let leader = await node.knownLeader else { return (false, "not ready: no leader known") }
+            return (true, "ready: linearizable, leader n\(leader.rawValue)")
+        case .serializable:
+            let connected = transport.connectedPeers.count
+            guard connected == peers else { return (false, "not ready: connected to \(connected) of \(peers) peers") }
+            return (true, "ready: serializable, every replica reachable")
         }
     }
 

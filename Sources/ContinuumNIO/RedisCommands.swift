@@ -469,7 +469,7 @@ final class RedisConnection {
             throw CommandError(message: "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
         }
         resp3 = wantsRESP3
-        return .map([(.bulk("server"), .bulk("continuum")), (.bulk("version"), .bulk("0.1.0")),
+        return .map([(.bulk("server"), .bulk("continuum")), (.bulk("version"), .bulk(NodeServer.version)),
                      (.bulk("proto"), .integer(resp3 ? 3 : 2)), (.bulk("id"), .integer(Int64(node.id.rawValue))),
                      (.bulk("mode"), .bulk("cluster")), (.bulk("role"), .bulk("master")), (.bulk("modules"), .array([]))])
     }
@@ -477,7 +477,7 @@ final class RedisConnection {
     private func info() async throws -> String {
         let status = await node.consensusStatus
         let staleness = await node.certifiedStaleness
-        var lines = ["# Server", "redis_version:7.0.0", "continuum_version:0.1.0", "continuum_node:n\(node.id.rawValue)",
+        var lines = ["# Server", "redis_version:7.0.0", "continuum_version:\(NodeServer.version)", "continuum_node:n\(node.id.rawValue)",
                      "# Continuum", "default_policy:\(configuration.defaultPolicy.words.joined(separator: " "))"]
         lines.append("fsync:\(configuration.fsync)")
         lines.append("storage_compactions_pending:\(await node.compactionsPending)")

@@ -275,6 +275,39 @@ func sample(_ page: String, _ series: String) -> Double? {
 }
 
 /// Admin commands: fault injection only where it was asked for, and every one written down.
+@Suite(.timeLimit(.minutes(1))) struct HealthTests {
+    /// `/health` while the store is well; `/ready` once the node can serve its default policy:
+    /// a linearizable node alone of three (no leader possible) is healthy and not ready, a
+    /// serializable one not connected to its peers neither, an available one is.
+    @Test func healthAndReadinessFollowTheDefaultPolicy() async throws {
+        for (policy, ready) in [("linearizable", false), ("serializable", false), ("available", true)] {
+            let directory = NSTemporaryDirectory() + "continuum-health-\(UUID().uuidString)"
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            var configuration = NodeServerConfiguration(
+                id: "n1", listen: .init(host: "127.0.0.1", port: 0),
+                peers: ["n2": .init(host: "127.0.0.1", port: 1), "n3": .init(host: "127.0.0.1", port: 1)],
+                resp: nil, metrics: .init(host: "127.0.0.1", port: 0), dataDirectory: directory, defaultPolicy: policy)
+            configuration.electionTimeoutMilliseconds = 100
+            var logger = Logger(label: "test")
+            logger.logLevel = .error
+            let server = try NodeServer(configuration: configuration, logger: logger)
+            try await server.start()
+            let port = server.boundMetricsPort!
+            try await Task.sleep(for: .milliseconds(500))  // past a few election timeouts
+            #expect(try await httpGet(port: port, "/health").hasPrefix("HTTP/1.1 200"), "\(policy)")
+            let readiness = try await httpGet(port: port, "/ready")
+            #expect(readiness.hasPrefix(ready ? "HTTP/1.1 200" : "HTTP/1.1 503"), "\(policy): \(readiness)")
+            await server.stop()
+        }
+        // A single node leads itself: ready under linearizable.
+        let cluster = try await LocalCluster(nodes: 1)
+        _ = try await cluster.untilServed(0, ["SET", "k", "v"])
+        let readiness = try await httpGet(port: cluster.servers[0].boundMetricsPort!, "/ready")
+        #expect(readiness.hasPrefix("HTTP/1.1 200") && readiness.contains("leader n1"), "\(readiness)")
+        await cluster.shutdown()
+    }
+}
+
 @Suite struct AdminCommandTests {
     @Test func partitionNeedsFaultInjectionAndAdminCommandsAreAudited() async throws {
         let lines = CapturedLog()

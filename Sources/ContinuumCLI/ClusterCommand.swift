@@ -125,9 +125,7 @@ struct ClusterCommand: AsyncParsableCommand {
     static func secretFile(_ directory: String) throws -> String {
         let path = directory + "/cluster-secret"
         if FileManager.default.fileExists(atPath: path) { return path }
-        var generator = SystemRandomNumberGenerator()
-        let hex = (0..<32).map { _ in String(UInt8.random(in: 0...255, using: &generator), radix: 16) }
-            .map { $0.count == 1 ? "0" + $0 : $0 }.joined()
+        let hex = Hex.encode(PeerHandshake.freshNonce())
         guard FileManager.default.createFile(atPath: path, contents: Data((hex + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
             throw ValidationError("cannot write \(path)")
         }

@@ -103,6 +103,12 @@ public struct AccessUser: Sendable, Equatable {
         policies.map { $0.contains(policy.kind) } ?? true
     }
 
+    /// Every command, every key, every policy (the default user unless configured otherwise):
+    /// nothing to check per command but the reserved keys.
+    public var isUnrestricted: Bool {
+        policies == nil && keyPatterns.contains("*") && commands.count == CommandSpec.table.count
+    }
+
     /// Admin: may run every admin command.
     public var isAdmin: Bool { CommandSpec.commands(in: .admin).isSubset(of: commands) }
 
@@ -110,7 +116,7 @@ public struct AccessUser: Sendable, Equatable {
     public var rule: String {
         var words = ["user", name, enabled ? "on" : "off"]
         if noPassword { words.append("nopass") }
-        words += passwordDigests.map { "#" + $0.map { String($0, radix: 16) }.map { $0.count == 1 ? "0" + $0 : $0 }.joined() }.sorted()
+        words += passwordDigests.map { "#" + Hex.encode($0) }.sorted()
         words += keyPatterns.map { "~" + $0 }
         let all = Set(CommandSpec.table.keys)
         if commands == all {
@@ -210,7 +216,7 @@ public struct AccessControl: Sendable {
                 user.noPassword = false
             } else if rule.hasPrefix("#") {
                 let hex = Array(lower.utf8.dropFirst())
-                guard hex.count == 64, let digest = Self.bytes(hex: hex) else {
+                guard hex.count == 64, let digest = Hex.decode(hex) else {
                     throw .invalidRequest("'\(rule)' is not '#' and 64 hex digits (a SHA-256 digest)")
                 }
                 user.passwordDigests.insert(digest)
@@ -244,7 +250,18 @@ public struct AccessControl: Sendable {
         }
     }
 
-    static func bytes(hex: [UInt8]) -> [UInt8]? {
+}
+
+/// Lower-case hexadecimal: password digests in ACL files, the cluster secret `cluster up` writes.
+public enum Hex {
+    public static func encode(_ bytes: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        return String(decoding: bytes.flatMap { [digits[Int($0 >> 4)], digits[Int($0 & 15)]] }, as: UTF8.self)
+    }
+
+    /// The bytes of an even number of lower-case hex digits (nil: anything else).
+    public static func decode(_ hex: [UInt8]) -> [UInt8]? {
+        guard hex.count % 2 == 0 else { return nil }
         func nibble(_ c: UInt8) -> UInt8? {
             switch c {
             case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")

@@ -208,9 +208,10 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
         return (me, parsed, policy)
     }
 
-    /// Whether `host` names this machine only (127.0.0.0/8, ::1, localhost).
+    /// Whether `host` names this machine only (127.0.0.0/8, ::1, IPv4-mapped loopback,
+    /// localhost): where a node may listen without a secret, and whom protected mode serves.
     public static func isLoopback(_ host: String) -> Bool {
-        host == "localhost" || host == "::1" || host.hasPrefix("127.")
+        host == "localhost" || host == "::1" || host.hasPrefix("127.") || host.hasPrefix("::ffff:127.")
     }
 
     /// The TLS files (nil: no TLS).

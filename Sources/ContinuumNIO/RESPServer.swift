@@ -140,15 +140,10 @@ public final class RESPServer: Sendable {
         everyone without a password.
         """
 
-    /// Whether a client connects from this machine (127.0.0.0/8, ::1, or IPv4-mapped loopback).
+    /// Whether a client connects from this machine (a Unix socket, or a loopback address).
     static func isLoopback(_ address: SocketAddress?) -> Bool {
         guard let ip = address?.ipAddress else { return address?.protocol == .unix }
-        return ip.hasPrefix("127.") || ip == "::1" || ip.hasPrefix("::ffff:127.")
-    }
-
-    /// `isLoopback` of an IP address as text (for tests on machines with no other address).
-    public static func isLoopbackForTests(_ ip: String) -> Bool {
-        isLoopback(try? SocketAddress(ipAddress: ip, port: 0))
+        return NodeServerConfiguration.isLoopback(ip)
     }
 
     public func shutdown() async {

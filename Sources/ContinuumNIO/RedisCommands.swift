@@ -92,7 +92,11 @@ final class RedisConnection {
     let remote: String
     let audit: Logger?
     /// Who the client signed in as (nil: nobody yet, and the default user needs a password).
-    private(set) var user: AccessUser?
+    private(set) var user: AccessUser? {
+        didSet { unrestricted = user?.isUnrestricted ?? false }
+    }
+    /// Whether `user` may do everything: worked out once at sign-in, not per command.
+    private var unrestricted = false
 
     init(node: Node, configuration: RedisServerConfiguration, transport: NIOTransport?, metrics: NodeMetrics? = nil,
          remote: String = "?", audit: Logger? = nil) {
@@ -102,7 +106,9 @@ final class RedisConnection {
         self.metrics = metrics
         self.remote = remote
         self.audit = audit
-        user = configuration.access.requiresAuthentication ? nil : configuration.access.defaultUser
+        let initial = configuration.access.requiresAuthentication ? nil : configuration.access.defaultUser
+        user = initial
+        unrestricted = initial?.isUnrestricted ?? false  // didSet does not run in init
     }
 
     /// Keys that begin with this are the cluster's own registers (the policy catalogue): no
@@ -125,10 +131,12 @@ final class RedisConnection {
         case .first: arguments.prefix(1)
         case .all: arguments[...]
         }
+        for key in keys where key.starts(with: Self.reservedPrefix.utf8) {
+            throw CommandError(message: "ERR keys beginning '\(Self.reservedPrefix)' are the cluster's own; no command may name them")
+        }
+        // Everyone's default: no pattern, catalogue lookup or policy parse per command.
+        if unrestricted { return }
         for key in keys.map(text) {
-            guard !key.hasPrefix(Self.reservedPrefix) else {
-                throw CommandError(message: "ERR keys beginning '\(Self.reservedPrefix)' are the cluster's own; no command may name them")
-            }
             guard user.mayTouch(key: key) else { throw CommandError(message: "NOPERM No permissions to access a key") }
             let policy = node.policies.policy(of: key) ?? configuration.defaultPolicy
             guard user.mayUse(policy: policy) else {

@@ -69,6 +69,10 @@ public final class SQLiteStore: NodeStorage {
         self.durability = durability
         var configuration = Configuration()
         configuration.journalMode = .wal
+        // Another connection to the file may hold its write lock for a moment (the previous
+        // life of a node stopped in this process finishing a flush it dropped): wait for it
+        // rather than fail the write.
+        configuration.busyMode = .timeout(5)
         let synchronous = durability == .always ? "FULL" : "NORMAL"
         configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = \(synchronous)") }
         configuration.label = "continuum-store-n\(node.rawValue)"

@@ -192,6 +192,28 @@ final class TemporaryDirectory {
         }
     }
 
+    /// A node stopped and started again in one process (the tests, an embedded cluster) opens
+    /// its store while the previous life may still be finishing a flush: the new store waits for
+    /// the write lock instead of failing with "database is locked" (seen once in a suite run).
+    @Test func aWriteWaitsForAnotherConnectionsWriteLock() async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("n1.db")
+        let store = try SQLiteStore(path: path, node: node)
+        let other = try DatabaseQueue(path: path)
+        let locked = DispatchSemaphore(value: 0)
+        let holder = Thread {
+            try? other.inTransaction(.immediate) { _ in
+                locked.signal()
+                Thread.sleep(forTimeInterval: 0.3)
+                return .commit
+            }
+        }
+        holder.start()
+        locked.wait()
+        try await store.persist([.raft(RaftDurableState(term: 2, votedFor: NodeID(3)))])
+        #expect(try store.load().raft?.term == 2)
+    }
+
     @Test func aNodeRestartedOnItsStoreKeepsEverythingItAcknowledged() async throws {
         let directory = try TemporaryDirectory()
         let members = [NodeID(1), NodeID(2), NodeID(3)]

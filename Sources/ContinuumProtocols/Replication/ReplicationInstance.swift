@@ -183,6 +183,10 @@ public struct ReplicationInstance: ProtocolInstance {
         var entries: [(sequence: UInt64, delta: RegisterSlot, source: NodeID?)] = []
         var lastSequence: UInt64 = 0
         var headFirst: UInt64 = 1
+        /// The register was created here in this incarnation with its first delta (declared,
+        /// or first received): while nothing is dropped (`headFirst` 1), the join of the
+        /// entries is its whole state at this node. A register restored from the store is not.
+        var wholeHistory = false
 
         enum Interval {
             /// Every delta after the acknowledgement came from the peer itself.
@@ -211,6 +215,14 @@ public struct ReplicationInstance: ProtocolInstance {
         mutating func drop(upTo floor: UInt64) {
             entries.removeAll { $0.sequence <= floor }
             headFirst = entries.first?.sequence ?? lastSequence + 1
+        }
+
+        /// What a peer that never acknowledged this register needs: the join of every delta
+        /// that did not come from it, when the buffer still holds the register's whole history
+        /// here. Deltas that came from the peer are durable there (it sent them), so a register
+        /// that came from the peer is not sent back to it; otherwise the whole state.
+        func intervalForNewcomer(_ peer: NodeID) -> Interval {
+            wholeHistory ? interval(after: 0, for: peer) : .unavailable
         }
 
         /// The join of the deltas after `acknowledged` that did not come from `peer`.
@@ -509,7 +521,7 @@ public struct ReplicationInstance: ProtocolInstance {
         }
         let slot = RegisterSlot(generation: generation, typeName: bottom.typeName, state: bottom.bottom)
         slots[register] = slot
-        return applyLocal(register, delta: slot, whole: true) + [.output(.completed(id: id, register: register, .success(slot.state)))]
+        return applyLocal(register, delta: slot, whole: true, creating: true) + [.output(.completed(id: id, register: register, .success(slot.state)))]
             + push(register)
     }
 
@@ -535,14 +547,14 @@ public struct ReplicationInstance: ProtocolInstance {
         } catch {
             let failure: [Effect] = [.output(.completed(id: id, register: register, .failure(.mutationRefused("\(error)"))))]
             // The declaration stands, as a declare followed by a refused update would leave it.
-            return declared ? applyLocal(register, delta: slots[register]!, whole: true) + failure + push(register) : failure
+            return declared ? applyLocal(register, delta: slots[register]!, whole: true, creating: true) + failure + push(register) : failure
         }
         precondition(slots[register]!.state!.typeName == typeName && delta.typeName == typeName, "mutation of '\(register)' changed its type")
         let reply: AnyReplicated? = bottom == nil ? slots[register]!.state : delta
         // A bottom delta changed nothing (a mutator returns the delta of what it changed).
         guard declared || !delta.isBottom else { return [.output(.completed(id: id, register: register, .success(reply)))] }
         let deltaSlot = declared ? slots[register]! : RegisterSlot(generation: generation, typeName: typeName, state: delta)
-        return applyLocal(register, delta: deltaSlot, whole: declared) + [.output(.completed(id: id, register: register, .success(reply)))]
+        return applyLocal(register, delta: deltaSlot, whole: declared, creating: declared) + [.output(.completed(id: id, register: register, .success(reply)))]
             + push(register)
     }
 
@@ -731,8 +743,8 @@ public struct ReplicationInstance: ProtocolInstance {
 
     /// After a local change of `register` (already in `slots`): buffers `delta`, persists, and
     /// reacts.
-    private mutating func applyLocal(_ register: String, delta: RegisterSlot, whole: Bool) -> [Effect] {
-        buffer(delta, for: register, from: nil)
+    private mutating func applyLocal(_ register: String, delta: RegisterSlot, whole: Bool, creating: Bool = false) -> [Effect] {
+        buffer(delta, for: register, from: nil, creating: creating)
         var patch = ReplicaDurableState(incarnation: epoch, slots: [:])
         record(register, delta: whole ? nil : delta, in: &patch)
         var effects: [Effect] = [.persist(patch)]
@@ -760,9 +772,11 @@ public struct ReplicationInstance: ProtocolInstance {
         patch.deltas[register] = nil
     }
 
-    private mutating func buffer(_ delta: RegisterSlot, for register: String, from source: NodeID?) {
+    /// `creating`: `delta` is the register's whole state, new here (declared, or first
+    /// received): a buffer made now holds its whole history.
+    private mutating func buffer(_ delta: RegisterSlot, for register: String, from source: NodeID?, creating: Bool = false) {
         // In place: a copy of the buffer would cost its length on every update.
-        let overflow = buffers[register, default: DeltaBuffer()].append(delta, from: source, keeping: configuration.deltaBufferMax)
+        let overflow = buffers[register, default: DeltaBuffer(wholeHistory: creating)].append(delta, from: source, keeping: configuration.deltaBufferMax)
         if overflow { statistics.bufferOverflows += 1 }
         // Over a copy of the keys: iterating the dictionary itself while changing its values
         // would copy every set.
@@ -907,14 +921,15 @@ public struct ReplicationInstance: ProtocolInstance {
             if payload.isFullState { statistics.fullStatesReceived += 1 } else { statistics.deltaPayloadsReceived += 1 }
             // Joined in place: a delta costs about its own size, whatever the register's.
             let grew: Bool
-            if slots[payload.register] == nil {
+            let creating = slots[payload.register] == nil
+            if creating {
                 slots[payload.register] = delta
                 grew = true
             } else {
                 grew = (try? slots[payload.register]!.formJoin(delta)) ?? false
             }
             guard grew else { continue }
-            buffer(delta, for: payload.register, from: sender)
+            buffer(delta, for: payload.register, from: sender, creating: creating)
             record(payload.register, delta: payload.isFullState ? nil : delta, in: &patch)
             changed.insert(payload.register)
         }
@@ -952,6 +967,7 @@ public struct ReplicationInstance: ProtocolInstance {
                 continue
             }
             var shipped = inFlight[peer]?[register]
+            var wholeState = false
             if let current = shipped, retransmit, now - current.since >= configuration.retransmitInterval { shipped = nil }
             let payload: DeltaPayload
             if let shipped, shipped.upTo >= buffer.lastSequence {
@@ -962,7 +978,8 @@ public struct ReplicationInstance: ProtocolInstance {
                 // After what was shipped (not anchored), or after the acknowledgement.
                 let base = shipped?.upTo ?? acknowledgedUpTo
                 let anchored = shipped == nil
-                switch base.map({ buffer.interval(after: $0, for: peer) }) ?? .unavailable {
+                let interval = base.map { buffer.interval(after: $0, for: peer) } ?? buffer.intervalForNewcomer(peer)
+                switch interval {
                 case .nothingNew where anchored:
                     // Everything pending came from the peer itself, which is durable there.
                     acknowledged[peer, default: [:]][register] = buffer.lastSequence
@@ -973,6 +990,10 @@ public struct ReplicationInstance: ProtocolInstance {
                     // The rest came from the peer; what was shipped before is on its way.
                     guard retransmit else { continue }
                     payload = .marker(register: register, upTo: shipped!.upTo)
+                case let .deltas(interval) where base == nil:
+                    // Typed, as a whole state is (the peer may not know the register), and
+                    // anchored at the start of the register's history.
+                    payload = DeltaPayload(register: register, upTo: buffer.lastSequence, slot: interval, isFullState: true)
                 case let .deltas(interval):
                     payload = DeltaPayload(register: register, upTo: buffer.lastSequence, slot: interval, isFullState: false,
                                            after: base!, anchored: anchored)
@@ -982,6 +1003,7 @@ public struct ReplicationInstance: ProtocolInstance {
                         continue
                     }
                     payload = DeltaPayload(register: register, upTo: buffer.lastSequence, slot: slot, isFullState: true)
+                    wholeState = true
                 }
             }
             let size = payload.binaryEncoded().count
@@ -993,7 +1015,7 @@ public struct ReplicationInstance: ProtocolInstance {
             payloads.append(payload)
             if payload.isMarker { continue }
             inFlight[peer, default: [:]][register] = (buffer.lastSequence, payload.anchored ? now : shipped!.since)
-            if payload.isFullState { statistics.fullStatesSent += 1 } else { statistics.deltaPayloadsSent += 1 }
+            if wholeState { statistics.fullStatesSent += 1 } else { statistics.deltaPayloadsSent += 1 }
             if configuration.plantedBug == .forgetUnacknowledgedDeltas {
                 acknowledged[peer, default: [:]][register] = buffer.lastSequence
                 behind[peer]?.remove(register)

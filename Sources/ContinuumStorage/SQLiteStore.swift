@@ -191,10 +191,16 @@ public final class SQLiteStore: NodeStorage {
 
     public func persist(_ patches: [DurablePatch]) async throws {
         do {
-            try await queue.write { db in
+            // The replication patches of a batch are joined first (they touch only their own
+            // tables): a register written many times in one batch is written once, and the
+            // incarnation once, not once per update.
+            var replication: ReplicaDurableState?
+            for case let .replication(patch) in patches { ReplicationInstance.accumulate(patch, into: &replication) }
+            try await queue.write { [replication] db in
+                if let replication { try Self.apply(replication, db) }
                 for patch in patches {
                     switch patch {
-                    case let .replication(patch): try Self.apply(patch, db)
+                    case .replication: continue
                     case let .raft(patch): try Self.apply(patch, db)
                     case let .transactions(patch): try Self.apply(patch, db)
                     }

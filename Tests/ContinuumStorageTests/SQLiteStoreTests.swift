@@ -149,6 +149,30 @@ final class TemporaryDirectory {
         #expect(expected.replication?.incarnation == 3)
     }
 
+    /// One batch of every patch (group commit joins the replication patches before writing
+    /// them) leaves what the patches one by one leave.
+    @Test func oneBatchPersistsWhatThePatchesOneByOnePersist() async throws {
+        let directory = try TemporaryDirectory()
+        var expected = NodeDurableState()
+        for patch in patches { expected.apply(patch) }
+        let store = try SQLiteStore(path: directory.file("n1.db"), node: node)
+        try await store.persist(patches)
+        #expect(try store.load() == expected)
+        // A whole state after deltas in the same batch drops them; deltas after it stay.
+        let counter = RegisterSlot(generation: 1, typeName: replicableTypeName(GCounter.self), state: AnyReplicated(GCounter()))
+        var count = GCounter()
+        let one = RegisterSlot(generation: 1, typeName: counter.typeName, state: AnyReplicated(count.increment(by: 1, replica: ReplicaID(1))))
+        let batch: [DurablePatch] = [
+            .replication(ReplicaDurableState(incarnation: 4, slots: [:], deltas: ["b": [EncodedSlot(one)]])),
+            .replication(ReplicaDurableState(incarnation: 4, slots: ["b": EncodedSlot(counter)])),
+            .replication(ReplicaDurableState(incarnation: 4, slots: [:], deltas: ["b": [EncodedSlot(one)], "c": [EncodedSlot(one)]])),
+        ]
+        for patch in batch { expected.apply(patch) }
+        try await store.persist(batch)
+        #expect(try store.load() == expected)
+        #expect(expected.replication?.deltas["b"]?.count == 1)
+    }
+
     @Test func aForeignDatabaseIsRefusedAndLeftUntouched() throws {
         let directory = try TemporaryDirectory()
         let path = directory.file("other.db")

@@ -203,6 +203,42 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         for node in [n1, n2, n3] { #expect(harness.value("a", at: node, as: GCounter.self)?.value == 1) }
     }
 
+    /// A relay that adds nothing tells the receiver what the relaying peer holds: n3, which
+    /// had n1's updates already, does not relay them back to n2 that just relayed them to it.
+    /// Nothing is lost by it: every replica converges, also when the relay is the only path.
+    @Test func aRelayThatAddsNothingSparesTheRelayBack() {
+        var harness = Harness(nodes: 3)
+        for key in ["a", "b"] {
+            _ = harness.update(key, at: n1, declaring: true) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
+        }
+        harness.deliverAll()
+        // Existing registers: deltas, not whole states.
+        for key in ["a", "b"] {
+            _ = harness.update(key, at: n1, declaring: true) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
+        }
+        harness.deliverAll()
+        func payloads(from node: NodeID, to peer: NodeID, _ effects: [ReplicationInstance.Effect]) -> Int {
+            var count = 0
+            for case let .send(to, .deltas(_, payloads, _)) in effects where to == peer { count += payloads.filter { !$0.isMarker }.count }
+            return count
+        }
+        let relay = harness.instances[n2]!.timerFired(.gossip, now: .zero)
+        #expect(payloads(from: n2, to: n3, relay) == 2, "n2 relays n1's deltas to n3")
+        harness.carryOut(relay, at: n2)
+        harness.deliverAll()
+        let back = harness.instances[n3]!.timerFired(.gossip, now: .zero)
+        #expect(payloads(from: n3, to: n2, back) == 0, "n3 learnt that n2 holds them")
+        harness.carryOut(back, at: n3)
+        harness.deliverAll()
+        for node in [n1, n2, n3] { #expect(harness.value("b", at: node, as: GCounter.self)?.value == 2) }
+        // The relay is still there when it is the only path: n1's link to n3 is cut.
+        _ = harness.update("a", at: n1, declaring: true) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
+        harness.deliverAll { from, to, _ in (from == n1 && to == n3) || (from == n3 && to == n1) }
+        harness.gossip(n2)
+        harness.deliverAll { from, to, _ in (from == n1 && to == n3) || (from == n3 && to == n1) }
+        #expect(harness.value("a", at: n3, as: GCounter.self)?.value == 3)
+    }
+
     /// A register restored from the store has history the delta buffer never saw: a peer that
     /// never acknowledged it gets the whole state, not the join of the deltas since the restart.
     @Test func aRestoredRegisterGoesWholeToAPeerThatNeverAcknowledgedIt() {

@@ -928,7 +928,10 @@ public struct ReplicationInstance: ProtocolInstance {
             } else {
                 grew = (try? slots[payload.register]!.formJoin(delta)) ?? false
             }
-            guard grew else { continue }
+            guard grew else {
+                learn(payload.register, heldBy: sender, delta)
+                continue
+            }
             buffer(delta, for: payload.register, from: sender, creating: creating)
             record(payload.register, delta: payload.isFullState ? nil : delta, in: &patch)
             changed.insert(payload.register)
@@ -939,6 +942,28 @@ public struct ReplicationInstance: ProtocolInstance {
             effects += reactToChange(of: changed)
         }
         return (effects, acks, resync.isEmpty && continuous)
+    }
+
+    /// `peer` sent `held`, which added nothing here: it holds it durably (a node sends only what
+    /// it persisted). When `held` covers every delta still pending for the peer, the peer needs
+    /// none of them: they count as acknowledged. In a full mesh this stops the second relay of
+    /// each update (n2 and n3 both received n1's delta; the one that relays it to the other
+    /// first spares the other its relay back).
+    private mutating func learn(_ register: String, heldBy peer: NodeID, _ held: RegisterSlot) {
+        guard let buffer = buffers[register] else { return }
+        let acked = acknowledged[peer]?[register]
+        if let acked, acked >= buffer.lastSequence { return }
+        // A peer that never acknowledged needs the whole state unless the buffer holds the
+        // register's whole history; deltas dropped after the acknowledgement cannot be checked.
+        guard acked != nil || buffer.wholeHistory, buffer.headFirst <= (acked ?? 0) + 1 else { return }
+        for entry in buffer.entries where entry.sequence > (acked ?? 0) && entry.source != peer {
+            var joined = held
+            guard let grew = try? joined.formJoin(entry.delta), !grew else { return }
+        }
+        acknowledged[peer, default: [:]][register] = buffer.lastSequence
+        inFlight[peer]?[register] = nil
+        behind[peer]?.remove(register)
+        collectGarbage(register)
     }
 
     /// A batch for `peer` of every register in `registers` whose deltas it has not acknowledged.

@@ -145,6 +145,13 @@ public struct ReplicableTypeCatalog: Sendable {
 
     public func contains(_ typeName: String) -> Bool { bottoms[typeName] != nil }
 
+    /// The catalogue's own copy of `typeName` (nil: unknown type). A name read from the wire
+    /// or the store is a new string each time; slots keep this one, shared by all the registers
+    /// of a type, instead (about 64 bytes less per register held).
+    public func canonical(_ typeName: String) -> String? {
+        bottoms.index(forKey: typeName).map { bottoms[$0].value.typeName }
+    }
+
     /// Decodes `bytes` as the type named `typeName`.
     public func decode(typeName: String, _ bytes: [UInt8]) throws(WireDecodingError) -> AnyReplicated {
         guard let bottom = bottoms[typeName] else { throw .invalid("unknown replicable type \(typeName)") }

@@ -90,7 +90,7 @@ public struct EncodedSlot: Sendable, Equatable, BinaryCodable {
 
     public func decode(with catalog: ReplicableTypeCatalog) throws(WireDecodingError) -> RegisterSlot {
         guard generation >= 1 else { throw .invalid("register generation 0") }
-        guard catalog.contains(typeName) else { throw .invalid("unknown register type \(typeName)") }
+        guard let typeName = catalog.canonical(typeName) else { throw .invalid("unknown register type \(typeName)") }
         return RegisterSlot(generation: generation, typeName: typeName,
                             state: try bytes.map { bytes throws(WireDecodingError) in try catalog.decode(typeName: typeName, bytes) })
     }

@@ -214,6 +214,8 @@ public struct ReplicationInstance: ProtocolInstance {
         /// Drops the entries numbered up to `floor` (acknowledged by every neighbour).
         mutating func drop(upTo floor: UInt64) {
             entries.removeAll { $0.sequence <= floor }
+            // An idle register keeps no buffer storage (removeAll(where:) keeps the capacity).
+            if entries.isEmpty { entries = [] }
             headFirst = entries.first?.sequence ?? lastSequence + 1
         }
 

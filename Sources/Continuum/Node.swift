@@ -14,6 +14,8 @@ public actor Node {
     public nonisolated let policies = PolicyCatalogue()
     /// How long calls into this actor wait, as sampled by the process that runs it.
     public nonisolated let responsiveness = ResponsivenessProbe()
+    /// The same, for a call at the priority of consensus messages and timers.
+    public nonisolated let consensusResponsiveness = ResponsivenessProbe()
     private let members: [NodeID]
     private let configuration: ReplicationInstance.Configuration
     private let raftConfiguration: RaftInstance.Configuration
@@ -555,7 +557,7 @@ public actor Node {
         }
         switch effect {
         case let .send(to, message):
-            transport.send(NodeMessage.transaction(message).binaryEncoded(), from: id, to: to)
+            transport.send(NodeMessage.transaction(message).binaryEncoded(), from: id, to: to, lane: .transactions)
         case .persist:
             preconditionFailure("patches are flushed, not performed")
         case let .setTimer(timer, after):
@@ -829,11 +831,14 @@ public actor Node {
     private func performRaft(_ effect: RaftInstance.Effect) {
         switch effect {
         case let .send(to, message):
-            transport.send(NodeMessage.raft(message).binaryEncoded(), from: id, to: to)
+            transport.send(NodeMessage.raft(message).binaryEncoded(), from: id, to: to, lane: .consensus)
         case .persist:
             preconditionFailure("patches are flushed, not performed")
         case let .setTimer(timer, after):
-            raftTimers.set(timer, after: after) { [weak self] timer, generation in await self?.fireRaft(timer, generation: generation) }
+            // Heartbeats and elections go ahead of client work waiting for the actor.
+            raftTimers.set(timer, after: after, priority: .high) { [weak self] timer, generation in
+                await self?.fireRaft(timer, generation: generation)
+            }
         case let .cancelTimer(timer):
             raftTimers.cancel(timer)
         case let .output(.reply(requestID, outcome)):
@@ -898,7 +903,7 @@ public actor Node {
     private func perform(_ effect: ReplicationInstance.Effect) {
         switch effect {
         case let .send(to, message):
-            transport.send(NodeMessage.replication(message).binaryEncoded(), from: id, to: to)
+            transport.send(NodeMessage.replication(message).binaryEncoded(), from: id, to: to, lane: .replication)
         case .persist:
             preconditionFailure("patches are flushed, not performed")
         case let .setTimer(timer, after):

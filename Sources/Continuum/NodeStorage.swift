@@ -57,6 +57,20 @@ extension NodeStorage {
 /// `Node.deliver(_:from:)`. Sending never blocks and may drop (the protocols retry).
 public protocol NodeTransport: Sendable {
     func send(_ bytes: [UInt8], from: NodeID, to: NodeID)
+    /// Sends a message of one mechanism. A transport may give each lane its own connection, so
+    /// that one mechanism's traffic (a burst of CRDT deltas) never queues ahead of another's (a
+    /// Raft heartbeat), nor fills a buffer that drops the other's frames.
+    func send(_ bytes: [UInt8], from: NodeID, to: NodeID, lane: TransportLane)
+}
+
+extension NodeTransport {
+    /// One lane for all: the messages keep the order they were sent in.
+    public func send(_ bytes: [UInt8], from: NodeID, to: NodeID, lane: TransportLane) { send(bytes, from: from, to: to) }
+}
+
+/// The mechanism a message belongs to, for transports that keep them apart.
+public enum TransportLane: Int, Sendable, CaseIterable {
+    case replication, consensus, transactions
 }
 
 /// A node's clock: a monotonic time since an epoch that the cluster's nodes share (for

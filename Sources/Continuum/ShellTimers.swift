@@ -6,13 +6,15 @@ struct ShellTimers<Timer: Hashable & Sendable> {
     private var tasks: [Timer: Task<Void, Never>] = [:]
     private var nextGeneration: UInt64 = 0
 
-    /// Schedules `timer`; `fire` is called with it and its generation after `delay`.
-    mutating func set(_ timer: Timer, after delay: Duration, fire: @escaping @Sendable (Timer, UInt64) async -> Void) {
+    /// Schedules `timer`; `fire` is called with it and its generation after `delay`, from a task
+    /// of `priority` (the node's actor runs waiting jobs of higher priority first).
+    mutating func set(_ timer: Timer, after delay: Duration, priority: TaskPriority? = nil,
+                      fire: @escaping @Sendable (Timer, UInt64) async -> Void) {
         nextGeneration += 1
         let generation = nextGeneration
         generations[timer] = generation
         tasks[timer]?.cancel()
-        tasks[timer] = Task {
+        tasks[timer] = Task(priority: priority) {
             try? await Task.sleep(for: delay)
             guard !Task.isCancelled else { return }
             await fire(timer, generation)

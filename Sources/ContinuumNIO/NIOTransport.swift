@@ -9,7 +9,11 @@ import NIOSSL
 import Synchronization
 
 /// TCP between the nodes of a cluster (SwiftNIO). Each node dials every peer for its own
-/// outbound messages and accepts the peers' connections for inbound ones. A connection starts
+/// outbound messages, one connection per mechanism (`TransportLane`: replication, consensus,
+/// transactions), opened when the first message of the lane goes out, and accepts the peers'
+/// connections for inbound ones. Lanes keep mechanisms apart on the wire: a Raft heartbeat
+/// never waits behind megabytes of CRDT deltas in one socket buffer, and deltas that fill
+/// their lane's buffer drop only deltas. A connection starts
 /// with a handshake (`PeerHandshake`: hello, challenge, proof over the cluster secret); a
 /// listener closes a connection whose handshake, frame or message is bad, or that does not
 /// finish its handshake within `handshakeTimeout`, with a logged reason, and nothing else
@@ -83,7 +87,8 @@ public final class NIOTransport: NodeTransport {
     public let configuration: Configuration
     private let group: any EventLoopGroup
     private let logger: Logger
-    private let links: Mutex<[NodeID: PeerLink]>
+    /// Each peer's links, one per lane (indexed by the lane's raw value).
+    private let links: Mutex<[NodeID: [PeerLink]]>
     private let listener = Mutex<(any Channel)?>(nil)
     /// Peers cut off by fault injection: nothing is sent to them or taken from them.
     private let blocked = Mutex<Set<NodeID>>([])
@@ -100,9 +105,9 @@ public final class NIOTransport: NodeTransport {
         self.group = group
         self.logger = logger
         handshake = PeerHandshake(secret: configuration.secret)
-        var links: [NodeID: PeerLink] = [:]
+        var links: [NodeID: [PeerLink]] = [:]
         for (peer, address) in configuration.peers where peer != node {
-            links[peer] = PeerLink(peer: peer, address: address)
+            links[peer] = TransportLane.allCases.map { PeerLink(peer: peer, address: address, lane: $0) }
         }
         self.links = Mutex(links)
     }
@@ -111,10 +116,10 @@ public final class NIOTransport: NodeTransport {
     public func setAddress(of peer: NodeID, _ address: Peer) async {
         guard peer != node else { return }
         let old = links.withLock { links in
-            defer { links[peer] = PeerLink(peer: peer, address: address) }
-            return links[peer]
+            defer { links[peer] = TransportLane.allCases.map { PeerLink(peer: peer, address: address, lane: $0) } }
+            return links[peer] ?? []
         }
-        await old?.close()
+        for link in old { await link.close() }
     }
 
     public var currentStatistics: Statistics { statistics.withLock { $0 } }
@@ -186,7 +191,7 @@ public final class NIOTransport: NodeTransport {
 
     /// The peers this node has a connection to now, past its handshake (its own messages go out).
     public var connectedPeers: Set<NodeID> {
-        Set(links.withLock { links in links.filter { $0.value.isConnected }.map(\.key) })
+        Set(links.withLock { links in links.filter { $0.value.contains { $0.isConnected } }.map(\.key) })
     }
 
     /// The port the listener is bound to, once `listen` returned.
@@ -203,11 +208,15 @@ public final class NIOTransport: NodeTransport {
     public var blockedPeers: Set<NodeID> { blocked.withLock { $0 } }
 
     public func send(_ bytes: [UInt8], from: NodeID, to: NodeID) {
+        send(bytes, from: from, to: to, lane: .replication)
+    }
+
+    public func send(_ bytes: [UInt8], from: NodeID, to: NodeID, lane: TransportLane) {
         if blocked.withLock({ $0.contains(to) }) {
             statistics.withLock { $0.framesDropped += 1 }
             return
         }
-        guard let link = links.withLock({ $0[to] }) else { return }
+        guard let link = links.withLock({ $0[to]?[lane.rawValue] }) else { return }
         var frame = ByteBuffer()
         frame.reserveCapacity(Framing.headerBytes + bytes.count)
         Framing.frame(bytes, into: &frame)
@@ -227,7 +236,7 @@ public final class NIOTransport: NodeTransport {
         }
         try? await channel?.close()
         for accepted in inbound.withLock({ Array($0.values) }) { try? await accepted.close() }
-        for link in links.withLock({ Array($0.values) }) { await link.close() }
+        for link in links.withLock({ Array($0.values.joined()) }) { await link.close() }
     }
 
     private func connect(_ link: PeerLink) {
@@ -305,11 +314,13 @@ final class PeerLink: Sendable {
 
     let peer: NodeID
     let address: NIOTransport.Peer
+    let lane: TransportLane
     private let state = Mutex(State())
 
-    init(peer: NodeID, address: NIOTransport.Peer) {
+    init(peer: NodeID, address: NIOTransport.Peer, lane: TransportLane) {
         self.peer = peer
         self.address = address
+        self.lane = lane
     }
 
     func enqueue(_ frame: ByteBuffer, queuedMax: Int, writeBufferMax: Int) -> Outcome {

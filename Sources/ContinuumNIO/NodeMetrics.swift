@@ -155,6 +155,9 @@ public final class NodeMetrics: Sendable {
         let probe = node.responsiveness.current
         gauge("continuum_node_wait_seconds").record(Self.seconds(probe.last))
         gauge("continuum_node_wait_max_seconds").record(Self.seconds(probe.maximum))
+        let consensus = node.consensusResponsiveness.current
+        gauge("continuum_node_wait_consensus_seconds").record(Self.seconds(consensus.last))
+        gauge("continuum_node_wait_consensus_max_seconds").record(Self.seconds(consensus.maximum))
         if let replication = await node.replicationStatistics {
             advance("continuum_replication_delta_payloads_sent_total", to: replication.deltaPayloadsSent)
             advance("continuum_replication_full_states_sent_total", to: replication.fullStatesSent)

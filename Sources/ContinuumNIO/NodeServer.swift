@@ -370,7 +370,12 @@ public final class NodeServer: Service {
         let node = self.node
         try await node.start()
         let peerPort = try await transport.listen(host: configuration.listen.host, port: configuration.listen.port) { message, from in
-            Task { await node.deliver(message, from: from) }
+            // Consensus messages go ahead of client work and deltas waiting for the node's actor.
+            if case .raft = message {
+                Task(priority: .high) { await node.deliver(message, from: from) }
+            } else {
+                Task { await node.deliver(message, from: from) }
+            }
         }
         ports.withLock { $0.peer = peerPort }
         if let resp, let address = configuration.resp {
@@ -404,6 +409,17 @@ public final class NodeServer: Service {
         try await start()
         let node = self.node
         let failure: String?
+        // The same probe at the priority of consensus messages and timers: what a Raft
+        // heartbeat waits for the actor while client work queues (it goes ahead of it).
+        let consensusProbe = Task(priority: .high) {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(200))
+                let asked = ContinuousClock.now
+                _ = await node.storageError
+                node.consensusResponsiveness.record(ContinuousClock.now - asked)
+            }
+        }
+        defer { consensusProbe.cancel() }
         do {
             let logger = self.logger
             failure = try await cancelWhenGracefulShutdown {

@@ -496,6 +496,9 @@ final class RedisConnection {
         lines.append("peer_messages_refused:\(await node.peerMessagesRefused.count)")
         let probe = node.responsiveness.current
         lines += ["node_wait_ms:\(probe.last.nanoseconds / 1_000_000)", "node_wait_max_ms:\(probe.maximum.nanoseconds / 1_000_000)"]
+        let consensus = node.consensusResponsiveness.current
+        lines += ["node_wait_consensus_ms:\(consensus.last.nanoseconds / 1_000_000)",
+                  "node_wait_consensus_max_ms:\(consensus.maximum.nanoseconds / 1_000_000)"]
         if let replication = await node.replicationStatistics {
             lines += ["replication_deltas_sent:\(replication.deltaPayloadsSent)", "replication_full_states_sent:\(replication.fullStatesSent)",
                       "replication_deltas_received:\(replication.deltaPayloadsReceived)",

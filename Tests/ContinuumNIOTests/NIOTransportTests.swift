@@ -67,6 +67,28 @@ final class Inbox: Sendable {
         await back.shutdown()
     }
 
+    /// Each mechanism has its own connection and queue: a peer that cannot be reached while
+    /// CRDT deltas pile up past the queue's bound loses deltas, not the Raft message sent
+    /// after them (with one connection for all, the full queue dropped it).
+    @Test func deltasThatFillTheirLaneDropNoConsensusMessage() async throws {
+        let placeholder = NIOTransport(node: b, configuration: .init(peers: [a: .init(host: "127.0.0.1", port: 1)]), group: group)
+        let port = try await placeholder.listen(host: "127.0.0.1", port: 0) { _, _ in }
+        await placeholder.shutdown()
+        let sender = NIOTransport(node: a, configuration: .init(peers: [b: .init(host: "127.0.0.1", port: port)], queuedFramesMax: 10), group: group)
+        let delta = NodeMessage.replication(.acks(epoch: 1, []))
+        for _ in 0..<50 { sender.send(delta.binaryEncoded(), from: a, to: b, lane: .replication) }
+        sender.send(probe.binaryEncoded(), from: a, to: b, lane: .consensus)
+        let inbox = Inbox()
+        let receiver = NIOTransport(node: b, configuration: .init(peers: [a: .init(host: "127.0.0.1", port: 1)]), group: group)
+        try await receiver.listen(host: "127.0.0.1", port: port) { inbox.add($0, $1) }
+        try await inbox.wait(for: 11)
+        #expect(inbox.all.filter { $0.0 == probe }.count == 1, "the consensus message arrived")
+        #expect(inbox.all.filter { $0.0 == delta }.count == 10, "deltas past their lane's bound were dropped")
+        #expect(sender.currentStatistics.connects == 2, "one connection per lane used")
+        await sender.shutdown()
+        await receiver.shutdown()
+    }
+
     /// Opens a raw connection, writes `bytes`, and says whether the listener closed it.
     func closedAfterSending(_ bytes: [UInt8], to port: Int, waitingUpTo attempts: Int = 200) async throws -> Bool {
         let channel = try await ClientBootstrap(group: group).connect(host: "127.0.0.1", port: port).get()

@@ -115,6 +115,15 @@ for system in $SYSTEMS; do
         after=$(terms)
         staleness=$(redis-cli "${TLSARGS[@]}" -p 16701 INFO | tr -d '\r' | awk -F: '$1 == "certified_staleness_available_ms" { print $2 }')
         echo "raft terms (n1 n2 n3) before: $before after: $after; certified available staleness at n1 after: ${staleness} ms"
+        # How long a call into each node's actor waited at most: at the priority of client work,
+        # and at the priority of consensus messages and timers (which go ahead of client work).
+        waits=""
+        for port in 16701 16702 16703; do
+            waits+="$(redis-cli "${TLSARGS[@]}" -p "$port" INFO 2> /dev/null | tr -d '\r' |
+                awk -F: '$1 == "node_wait_max_ms" { c = $2 } $1 == "node_wait_consensus_max_ms" { r = $2 } END { printf "%s/%s ", c, r }')"
+        done
+        echo "largest actor wait (ms, client/consensus priority) at n1 n2 n3: $waits"
+        echo "$system,waits,$waits" >> "$work/terms.csv"
         echo "$system,terms,$before,$after" >> "$work/terms.csv"
         $continuum cluster down --data-dir "$work/continuum" > /dev/null
         rm -rf "$work/continuum"

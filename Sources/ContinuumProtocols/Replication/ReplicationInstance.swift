@@ -64,7 +64,14 @@ public struct ReplicationStatistics: Sendable, Equatable {
 /// is behind on, oldest first), in batches of at most `batchBytesMax` bytes. Deltas that came
 /// from the neighbor itself are not sent back. Past `deltaBufferMax` deltas, the two oldest are
 /// joined into one, so a slow neighbour gets a larger delta, not the whole state. A neighbor that
-/// is new or restarted gets the whole state instead. Deltas are dropped once every neighbor has
+/// never acknowledged a register gets the join of every delta of it that did not come from that
+/// neighbour, when the buffer still holds the register's whole history here (it was created in
+/// this incarnation and nothing was dropped; a register that came from the neighbour is not sent
+/// back), else the whole state (a restarted node's registers, a new neighbour after garbage
+/// collection). A payload that adds nothing here tells what its sender holds: the deltas pending
+/// for the sender that it covers count as acknowledged, so a full mesh relays each update once,
+/// not twice (Enes et al., "Efficient Synchronization of State-based CRDTs", 2019, measure how
+/// much redundant state plain delta propagation sends over meshes). Deltas are dropped once every neighbor has
 /// acknowledged them; an unreachable node stops being a neighbor and gets the whole state when
 /// it returns. A node writes deltas to its store, and a register's whole state once the deltas
 /// written since the last one would outgrow it.

@@ -292,6 +292,32 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
     /// and gossip ticks do not ship it again until `fullStateRetransmitInterval` has passed
     /// without an acknowledgement: a large register is not resent to a slow peer on every
     /// update.
+    /// A shipment that stays unacknowledged is sent again after the retransmit interval, then
+    /// after twice and four times it (markers in between): a neighbour slow to join a large
+    /// state is not sent it again every interval. Once it arrives, all is acknowledged.
+    @Test func unacknowledgedShipmentsBackOffUpToFourIntervals() {
+        var harness = Harness(nodes: 2)  // gossip every 200 ms: retransmit interval 1 s
+        harness.declare("count", GCounter.self, at: [n1, n2])
+        harness.deliverAll()
+        _ = harness.update("count", at: n1) { (counter: inout GCounter, replica) in counter.increment(by: 3, replica: replica) }
+        harness.inFlight.removeAll()  // the push is lost
+        var resentAt: [Int] = []
+        for second in 1...11 {
+            harness.now = .seconds(second)
+            harness.gossip(n1)
+            let resent = harness.inFlight.contains { entry in
+                if case let .deltas(_, payloads, _) = entry.message { payloads.contains { !$0.isMarker } } else { false }
+            }
+            if resent { resentAt.append(second) }
+            harness.inFlight.removeAll()  // lost too
+        }
+        #expect(resentAt == [1, 3, 7, 11], "resent after 1, 2, 4 and 4 intervals")
+        harness.now = .seconds(15)
+        harness.gossip(n1)
+        harness.deliverAll()
+        #expect(harness.value("count", at: n2, as: GCounter.self)?.value == 3)
+    }
+
     @Test func aWholeStateInFlightIsNotShippedAgainOnEveryUpdate() {
         var harness = Harness(nodes: 2, configuration: .init(gossipInterval: .milliseconds(100), retransmitInterval: .seconds(1)))
         harness.declare("big", ORSet<String>.self, at: [n1])

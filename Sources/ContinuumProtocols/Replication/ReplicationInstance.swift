@@ -287,9 +287,14 @@ public struct ReplicationInstance: ProtocolInstance {
     /// Shipped to a neighbour and not acknowledged yet: the last sequence number shipped, and
     /// when the shipment that the later ones build on (from the acknowledgement, or whole)
     /// went. Later shipments carry only the deltas after `upTo`, until `retransmitInterval`
-    /// has passed: then a tick ships again from the acknowledgement. Entries go once the
-    /// neighbour acknowledges them.
-    private var inFlight: [NodeID: [String: (upTo: UInt64, since: Duration)]] = [:]
+    /// has passed: then a tick ships again from the acknowledgement. Each shipment again
+    /// without an acknowledgement doubles the wait (`retries`, up to 4 times the interval): a
+    /// neighbour that takes longer than the interval to join a large state is not sent it again
+    /// and again, which kept it busier still. Entries go once the neighbour acknowledges them.
+    private var inFlight: [NodeID: [String: (upTo: UInt64, since: Duration, retries: Int)]] = [:]
+    /// The wait before shipping a register again doubles at most this many times (to 4
+    /// retransmit intervals).
+    static let retransmitBackoffDoublings = 2
     /// For each sender's incarnation, the highest sequence number of each register's deltas
     /// this node holds without a gap (what it may acknowledge after a push that is not
     /// anchored at an acknowledgement).
@@ -965,9 +970,15 @@ public struct ReplicationInstance: ProtocolInstance {
         // A peer that never acknowledged needs the whole state unless the buffer holds the
         // register's whole history; deltas dropped after the acknowledgement cannot be checked.
         guard acked != nil || buffer.wholeHistory, buffer.headFirst <= (acked ?? 0) + 1 else { return }
+        // The pending deltas joined first, then one join into a copy of `held`: one copy of a
+        // payload that may be a large state, not one per pending delta.
+        var pending: RegisterSlot?
         for entry in buffer.entries where entry.sequence > (acked ?? 0) && entry.source != peer {
+            if pending == nil { pending = entry.delta } else { guard (try? pending!.formJoin(entry.delta)) != nil else { return } }
+        }
+        if let pending {
             var joined = held
-            guard let grew = try? joined.formJoin(entry.delta), !grew else { return }
+            guard let grew = try? joined.formJoin(pending), !grew else { return }
         }
         acknowledged[peer, default: [:]][register] = buffer.lastSequence
         inFlight[peer]?[register] = nil
@@ -1002,7 +1013,12 @@ public struct ReplicationInstance: ProtocolInstance {
             }
             var shipped = inFlight[peer]?[register]
             var wholeState = false
-            if let current = shipped, retransmit, now - current.since >= configuration.retransmitInterval { shipped = nil }
+            var retries = 0
+            if let current = shipped, retransmit,
+               now - current.since >= configuration.retransmitInterval * (1 << min(current.retries, Self.retransmitBackoffDoublings)) {
+                shipped = nil
+                retries = current.retries + 1
+            }
             let payload: DeltaPayload
             if let shipped, shipped.upTo >= buffer.lastSequence {
                 // Everything is on its way.
@@ -1048,7 +1064,8 @@ public struct ReplicationInstance: ProtocolInstance {
             bytes += size
             payloads.append(payload)
             if payload.isMarker { continue }
-            inFlight[peer, default: [:]][register] = (buffer.lastSequence, payload.anchored ? now : shipped!.since)
+            inFlight[peer, default: [:]][register] = payload.anchored ? (buffer.lastSequence, now, retries)
+                : (buffer.lastSequence, shipped!.since, shipped!.retries)
             if wholeState { statistics.fullStatesSent += 1 } else { statistics.deltaPayloadsSent += 1 }
             if configuration.plantedBug == .forgetUnacknowledgedDeltas {
                 acknowledged[peer, default: [:]][register] = buffer.lastSequence

@@ -71,9 +71,9 @@ public struct ReplicationStatistics: Sendable, Equatable {
 /// collection). A payload that adds nothing here tells what its sender holds: the deltas pending
 /// for the sender that it covers count as acknowledged, so a full mesh relays each update once,
 /// not twice (Enes et al., "Efficient Synchronization of State-based CRDTs", 2019, measure how
-/// much redundant state plain delta propagation sends over meshes). Deltas are dropped once every neighbor has
-/// acknowledged them; an unreachable node stops being a neighbor and gets the whole state when
-/// it returns. A node writes deltas to its store, and a register's whole state once the deltas
+/// much redundant state plain delta propagation sends over meshes). Deltas are dropped once
+/// every neighbor has acknowledged them; an unreachable node stops being a neighbor and gets
+/// the whole state when it returns. A node writes deltas to its store, and a register's whole state once the deltas
 /// written since the last one would outgrow it.
 /// Acknowledgements name the sender's incarnation (`epoch`), so that an acknowledgement for a
 /// previous life never drops a delta of this one.

@@ -251,7 +251,7 @@ public final class NIOTransport: NodeTransport {
                 $0.connects += 1
                 $0.framesSent += flushed
             }
-            logger.debug("connected", metadata: ["peer": "n\(link.peer.rawValue)"])
+            logger.debug("connected", metadata: ["peer": "n\(link.peer.rawValue)", "lane": "\(link.lane)"])
         }
         ClientBootstrap(group: group)
             .connectTimeout(.nanoseconds(configuration.connectTimeout.nanoseconds))
@@ -282,7 +282,7 @@ public final class NIOTransport: NodeTransport {
                         if link.disconnected(channel) || !dialer.established { scheduleReconnect(link) }
                     }
                 case let .failure(error):
-                    logger.debug("connect failed", metadata: ["peer": "n\(link.peer.rawValue)", "error": "\(error)"])
+                    logger.debug("connect failed", metadata: ["peer": "n\(link.peer.rawValue)", "lane": "\(link.lane)", "error": "\(error)"])
                     scheduleReconnect(link)
                 }
             }

@@ -371,11 +371,8 @@ public final class NodeServer: Service {
         try await node.start()
         let peerPort = try await transport.listen(host: configuration.listen.host, port: configuration.listen.port) { message, from in
             // Consensus messages go ahead of client work and deltas waiting for the node's actor.
-            if case .raft = message {
-                Task(priority: .high) { await node.deliver(message, from: from) }
-            } else {
-                Task { await node.deliver(message, from: from) }
-            }
+            let priority: TaskPriority? = if case .raft = message { .high } else { nil }
+            Task(priority: priority) { await node.deliver(message, from: from) }
         }
         ports.withLock { $0.peer = peerPort }
         if let resp, let address = configuration.resp {

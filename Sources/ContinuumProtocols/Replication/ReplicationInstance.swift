@@ -73,7 +73,8 @@ public struct ReplicationStatistics: Sendable, Equatable {
 /// not twice (Enes et al., "Efficient Synchronization of State-based CRDTs", 2019, measure how
 /// much redundant state plain delta propagation sends over meshes). Deltas are dropped once
 /// every neighbor has acknowledged them; an unreachable node stops being a neighbor and gets
-/// the whole state when it returns. A node writes deltas to its store, and a register's whole state once the deltas
+/// the whole state when it returns. A node writes deltas to its store, and a register's whole
+/// state once the deltas
 /// written since the last one would outgrow it.
 /// Acknowledgements name the sender's incarnation (`epoch`), so that an acknowledgement for a
 /// previous life never drops a delta of this one.
@@ -395,15 +396,16 @@ public struct ReplicationInstance: ProtocolInstance {
             knownMembers: configuration.seeds == nil ? context.peers : [], configuration: configuration.membership)
     }
 
+    /// In place: a batch of n patches costs their size, not n copies of what came before
+    /// (group commit joins every batch's patches with it).
     public static func accumulate(_ patch: ReplicaDurableState, into durable: inout ReplicaDurableState?) {
-        var merged = durable ?? ReplicaDurableState(incarnation: 0, slots: [:])
-        merged.incarnation = max(merged.incarnation, patch.incarnation)
+        if durable == nil { durable = ReplicaDurableState(incarnation: 0, slots: [:]) }
+        durable!.incarnation = max(durable!.incarnation, patch.incarnation)
         for (name, slot) in patch.slots {
-            merged.slots[name] = slot
-            merged.deltas[name] = nil
+            durable!.slots[name] = slot
+            durable!.deltas[name] = nil
         }
-        for (name, deltas) in patch.deltas { merged.deltas[name, default: []] += deltas }
-        durable = merged
+        for (name, deltas) in patch.deltas { durable!.deltas[name, default: []] += deltas }
     }
 
     public static func trafficClass(of message: ReplicationMessage) -> String {
@@ -967,16 +969,15 @@ public struct ReplicationInstance: ProtocolInstance {
         guard let buffer = buffers[register] else { return }
         let acked = acknowledged[peer]?[register]
         if let acked, acked >= buffer.lastSequence { return }
-        // A peer that never acknowledged needs the whole state unless the buffer holds the
-        // register's whole history; deltas dropped after the acknowledgement cannot be checked.
-        guard acked != nil || buffer.wholeHistory, buffer.headFirst <= (acked ?? 0) + 1 else { return }
-        // The pending deltas joined first, then one join into a copy of `held`: one copy of a
-        // payload that may be a large state, not one per pending delta.
-        var pending: RegisterSlot?
-        for entry in buffer.entries where entry.sequence > (acked ?? 0) && entry.source != peer {
-            if pending == nil { pending = entry.delta } else { guard (try? pending!.formJoin(entry.delta)) != nil else { return } }
-        }
-        if let pending {
+        // What a ship to the peer would carry now: none of it, if `held` covers it (one join
+        // into one copy of `held`). Deltas dropped after the acknowledgement (or a history the
+        // buffer does not hold, for a peer that never acknowledged) cannot be checked.
+        switch acked.map({ buffer.interval(after: $0, for: peer) }) ?? buffer.intervalForNewcomer(peer) {
+        case .unavailable:
+            return
+        case .nothingNew:
+            break
+        case let .deltas(pending):
             var joined = held
             guard let grew = try? joined.formJoin(pending), !grew else { return }
         }

@@ -5,7 +5,8 @@
 # node's resident memory before and after and the bytes per key, kills one node with kill -9,
 # restarts it on its store, and prints how long until it answers, how long until it holds
 # every key it should (a sample of SAMPLE keys read at that node with CONTINUUM.GET ... available),
-# and its memory then.
+# and its memory then. Before the cluster, redis-server (no persistence) gets the same number of
+# 16-byte values (DEBUG POPULATE) and its resident memory per key is printed, side by side.
 #
 #   bench/many-keys.sh                       # 1,000,000 keys
 #   KEYS=100000 bench/many-keys.sh           # shorter
@@ -17,10 +18,11 @@ SAMPLE=${SAMPLE:-1000}
 FSYNC=${FSYNC:-everysec}
 VICTIM=${VICTIM:-n2}
 
-for tool in redis-cli; do
+for tool in redis-server redis-cli; do
     if ! command -v "$tool" > /dev/null; then
         echo "installing redis-tools (apt-get)"
-        apt-get install -y redis-tools > /dev/null 2>&1 || { apt-get update > /dev/null && apt-get install -y redis-tools > /dev/null; }
+        apt-get install -y redis-server redis-tools > /dev/null 2>&1 ||
+            { apt-get update > /dev/null && apt-get install -y redis-server redis-tools > /dev/null; }
     fi
 done
 if [[ -z "${CONTINUUM:-}" ]]; then swift build -c release --product continuum 2>&1 | tail -1; fi
@@ -32,9 +34,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
+rss() { awk '/VmRSS/ { print $2 * 1024 }' "/proc/$1/status"; }
+redis-server --port 16499 --save "" --appendonly no --enable-debug-command yes --daemonize no > /dev/null 2>&1 &
+redis_pid=$!
+for _ in $(seq 50); do redis-cli -p 16499 PING > /dev/null 2>&1 && break; sleep 0.1; done
+redis_before=$(rss "$redis_pid")
+redis-cli -p 16499 DEBUG POPULATE "$KEYS" bench 16 > /dev/null
+redis_after=$(rss "$redis_pid")
+echo "redis-server resident: $((redis_before / 1048576)) MiB before, $((redis_after / 1048576)) MiB after $KEYS keys:" \
+    "$(((redis_after - redis_before) / KEYS)) bytes per key"
+kill "$redis_pid"; wait "$redis_pid" 2> /dev/null || true
+
 $continuum cluster up --nodes 3 --data-dir "$work" --default-policy available --fsync "$FSYNC" > /dev/null
 pids() { python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); print(" ".join(n["id"] + "=" + str(n["pid"]) for n in c["members"]))' "$work/cluster.json"; }
-rss() { awk '/VmRSS/ { print $2 * 1024 }' "/proc/$1/status"; }
 declare -A before
 for entry in $(pids); do before[${entry%%=*}]=$(rss "${entry#*=}"); done
 start=$(date +%s.%N)

@@ -144,3 +144,39 @@ extension Duration {
         return "\(nanoseconds / 1_000) µs"
     }
 }
+
+/// A receipt in binary, as it crosses the wire to a network client (the RESP server's
+/// `CONTINUUM.READ` answer): the client decodes it as the server built it.
+extension ReadReceipt: BinaryCodable {
+    public func encode(to writer: inout BinaryWriter) {
+        switch guarantee {
+        case .linearizable: writer.writeByte(0)
+        case let .bounded(bound): writer.writeByte(1); bound.nanoseconds.encode(to: &writer)
+        case .local: writer.writeByte(2)
+        }
+        staleness.map(\.nanoseconds).encode(to: &writer)
+        switch version {
+        case let .logIndex(index): writer.writeByte(0); index.encode(to: &writer)
+        case let .stateDigest(digest): writer.writeByte(1); digest.encode(to: &writer)
+        }
+        replicas.encode(to: &writer)
+        level.encode(to: &writer)
+    }
+
+    public init(from reader: inout BinaryReader) throws(WireDecodingError) {
+        let guarantee: DeliveredGuarantee = switch try reader.readByte() {
+        case 0: .linearizable
+        case 1: .bounded(staleness: .nanoseconds(try Int64(from: &reader)))
+        case 2: .local
+        case let tag: throw .invalid("delivered guarantee tag \(tag)")
+        }
+        let staleness = try Int64?(from: &reader).map { Duration.nanoseconds($0) }
+        let version: ReadVersion = switch try reader.readByte() {
+        case 0: .logIndex(try UInt64(from: &reader))
+        case 1: .stateDigest(try UInt64(from: &reader))
+        case let tag: throw .invalid("read version tag \(tag)")
+        }
+        self.init(guarantee: guarantee, staleness: staleness, version: version, replicas: try [ReplicaID](from: &reader),
+                  level: try Int(from: &reader))
+    }
+}

@@ -248,57 +248,31 @@ public actor ContinuumClient {
         await old?.close()
     }
 
-    /// The error a node's reply names.
+    /// The error a node's reply names: the typed error the node threw, read back from its line
+    /// (`ContinuumError.replyLine`).
     static func error(_ message: String, register: String, type: String) -> ContinuumError {
-        let (kind, rest) = message.firstIndex(of: " ").map { (String(message[..<$0]), String(message[message.index(after: $0)...])) }
-            ?? (message, "")
-        switch kind {
-        case "UNAVAILABLE": return .unavailable(rest.hasPrefix("unavailable: ") ? String(rest.dropFirst(13)) : rest)
-        case "INDETERMINATE": return .indeterminate
-        case "STALE":
-            guard let open = rest.firstRange(of: "[best_ns="), let close = rest[open.upperBound...].firstIndex(of: "]") else {
-                return .stalenessBoundUnmet(best: nil)
-            }
-            return .stalenessBoundUnmet(best: Int64(rest[open.upperBound..<close]).map { .nanoseconds($0) })
-        case "WRONGTYPE": return .typeMismatch(register: register, declared: rest, requested: type.isEmpty ? "this operation" : type)
-        case "NOAUTH", "NOPERM", "WRONGPASS": return .notPermitted(message)
-        default: return .invalidRequest(message)
+        let error = ContinuumError(replyLine: message)
+        // A WRONGTYPE line without Continuum's tail (another server's) names no register: it is
+        // the one this command asked about.
+        if case let .typeMismatch("", declared, "") = error {
+            return .typeMismatch(register: register, declared: declared, requested: type.isEmpty ? "this operation" : type)
         }
+        return error
     }
 
-    /// A `CONTINUUM.READ` reply's state and receipt.
+    /// A `CONTINUUM.READ` reply's state and receipt: `[state, description, receipt]`, the state
+    /// and the receipt in binary.
     static func decodeRead(_ reply: RESPReply) throws(ContinuumError) -> (LogCRDT?, ReadReceipt) {
-        guard case let .array(fields) = reply, fields.count == 8, case let .bulk(guaranteeName) = fields[2],
-              case let .bulk(versionText) = fields[5], case let .array(replicaFields) = fields[6], case let .integer(level) = fields[7] else {
+        guard case let .array(fields) = reply, fields.count == 3, case let .bulk(bytes) = fields[2] else {
             throw .invalidRequest("unexpected CONTINUUM.READ reply \(reply)")
         }
-        let state = try decodeState(fields[0])
-        func duration(_ field: RESPReply) -> Duration? {
-            if case let .integer(nanoseconds) = field { return .nanoseconds(nanoseconds) }
-            return nil
+        do {
+            return (try decodeState(fields[0]), try ReadReceipt(binary: bytes))
+        } catch let error as ContinuumError {
+            throw error
+        } catch {
+            throw .invalidRequest("the read receipt does not decode: \(error)")
         }
-        let guarantee: DeliveredGuarantee
-        switch String(decoding: guaranteeName, as: UTF8.self) {
-        case "linearizable": guarantee = .linearizable
-        case "bounded":
-            guard let bound = duration(fields[3]) else { throw .invalidRequest("a bounded read without its bound") }
-            guarantee = .bounded(staleness: bound)
-        default: guarantee = .local
-        }
-        let words = String(decoding: versionText, as: UTF8.self).split(separator: " ")
-        let version: ReadVersion
-        switch (words.first, words.count == 2 ? UInt64(words[1]) : nil) {
-        case ("log"?, let index?): version = .logIndex(index)
-        case ("state"?, let digest?): version = .stateDigest(digest)
-        default: throw .invalidRequest("unexpected version '\(String(decoding: versionText, as: UTF8.self))'")
-        }
-        var replicas: [ReplicaID] = []
-        for field in replicaFields {
-            guard case let .integer(raw) = field else { throw .invalidRequest("unexpected replica \(field)") }
-            replicas.append(ReplicaID(UInt64(bitPattern: raw)))
-        }
-        return (state, ReadReceipt(guarantee: guarantee, staleness: duration(fields[4]), version: version, replicas: replicas,
-                                   level: Int(level)))
     }
 
     static func decodeState(_ field: RESPReply) throws(ContinuumError) -> LogCRDT? {
@@ -335,56 +309,6 @@ extension LogCRDT {
             return nil
         }
     }
-}
-
-/// The register types a `ContinuumClient` declares: the CRDTs every policy stores.
-public protocol RemoteRegisterValue: Lattice, Sendable {
-    /// The type's name in `CONTINUUM.DECLARE`.
-    static var kind: String { get }
-    /// The value in `state`, nil when it holds another type.
-    init?(_ state: LogCRDT)
-    /// The value as a register state of the Raft log's CRDT namespace.
-    var logState: LogCRDT { get }
-}
-
-extension PNCounter: RemoteRegisterValue {
-    public static var kind: String { "counter" }
-    public init?(_ state: LogCRDT) {
-        guard case let .counter(counter) = state else { return nil }
-        self = counter
-    }
-
-    public var logState: LogCRDT { .counter(self) }
-}
-
-extension ORSet<String>: RemoteRegisterValue {
-    public static var kind: String { "set" }
-    public init?(_ state: LogCRDT) {
-        guard case let .set(set) = state else { return nil }
-        self = set
-    }
-
-    public var logState: LogCRDT { .set(self) }
-}
-
-extension EWFlag: RemoteRegisterValue {
-    public static var kind: String { "flag" }
-    public init?(_ state: LogCRDT) {
-        guard case let .flag(flag) = state else { return nil }
-        self = flag
-    }
-
-    public var logState: LogCRDT { .flag(self) }
-}
-
-extension MaxRegister<UInt64>: RemoteRegisterValue {
-    public static var kind: String { "max" }
-    public init?(_ state: LogCRDT) {
-        guard case let .max(register) = state else { return nil }
-        self = register
-    }
-
-    public var logState: LogCRDT { .max(self) }
 }
 
 /// A register in a remote cluster, used under its declared policy (as `Register` and

@@ -26,25 +26,18 @@ public struct CommandSpec: Sendable {
 
     public var category: Category
     public var keys: Keys
+    /// Where the policy words the command names begin, if it names one (a declaration, or a
+    /// read's override): the user must be allowed that policy too.
+    public var namedPolicyAt: Int?
 
-    /// The commands served, by upper-case name.
-    public static let table: [String: CommandSpec] = {
-        var table: [String: CommandSpec] = [:]
-        for name in ["PING", "ECHO", "HELLO", "AUTH", "SELECT", "CLIENT", "COMMAND", "CONFIG", "INFO", "QUIT", "ACL"] {
-            table[name] = CommandSpec(category: .connection, keys: .none)
-        }
-        for name in ["GET", "SMEMBERS", "SCARD", "SISMEMBER", "CONTINUUM.GET", "CONTINUUM.READ", "CONTINUUM.DECLARATION"] {
-            table[name] = CommandSpec(category: .read, keys: .first)
-        }
-        for name in ["SET", "INCR", "DECR", "INCRBY", "DECRBY", "SADD", "SREM", "CONTINUUM.POLICY", "CONTINUUM.DECLARE", "CONTINUUM.APPLY"] {
-            table[name] = CommandSpec(category: .write, keys: .first)
-        }
-        table["DEL"] = CommandSpec(category: .write, keys: .all)
-        for name in ["CONTINUUM.PARTITION", "CONTINUUM.HEAL", "CONTINUUM.CRASHPOINT"] {
-            table[name] = CommandSpec(category: .admin, keys: .none)
-        }
-        return table
-    }()
+    public init(category: Category, keys: Keys, namedPolicyAt: Int? = nil) {
+        self.category = category
+        self.keys = keys
+        self.namedPolicyAt = namedPolicyAt
+    }
+
+    /// The commands served, by upper-case name (the front end's command table).
+    public static let table: [String: CommandSpec] = RedisCommandTable.entries.mapValues(\.spec)
 
     /// The commands in `category`.
     public static func commands(in category: Category) -> Set<String> {

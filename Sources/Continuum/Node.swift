@@ -166,10 +166,21 @@ public actor Node {
     /// it does not exist, and returns a handle to it on this node. A CRDT register is
     /// `available` or `bounded(staleness:latency:)`; under `bounded`, the handle's `read()`
     /// answers under that bound (the CRDT underneath is the same, and `read(_:)` overrides).
+    ///
+    /// A `PNCounter`, `ORSet<String>`, `EWFlag` or `MaxRegister<UInt64>` may also be declared
+    /// `linearizable`: it then lives in the Raft log, which applies its operations in log order
+    /// (`Register.apply(_:)`), and reads go through the log. Declaring it reads the log, so it
+    /// needs a leader, and a register the log holds as another kind is refused.
     public func declare<Value: Replicable>(_ name: String, as type: Value.Type, policy: Policy = .available) async throws(ContinuumError) -> Register<Value> {
         switch policy {
         case .available, .bounded: break
-        case .linearizable, .serializable: throw .wrongPolicy(register: name, declared: policy)
+        case .linearizable:
+            guard let kind = RegisterKind(type: Value.self) else { throw .wrongPolicy(register: name, declared: policy) }
+            guard (1...ReplicationInstance.registerNameBytesMax).contains(name.utf8.count) else { throw .invalidName(name) }
+            var caller = RouterCaller()
+            _ = try await ConsensusBackend(router: Router(node: self, defaultPolicy: .linearizable)).run(.declare(key: name, kind: kind), as: &caller)
+            return Register(name: name, node: self, policy: policy)
+        case .serializable: throw .wrongPolicy(register: name, declared: policy)
         }
         if let problem = FreshnessGate.validate(policy.serviceLevels) { throw .invalidRequest(problem) }
         _ = try await perform { .declare(id: $0, register: name, bottom: AnyReplicated(Value.bottom)) }.get()

@@ -23,16 +23,44 @@ public struct Register<Value: Replicable>: Sendable {
     /// Applies a delta mutator locally and returns the new state once it is applied and
     /// persisted (in memory-only mode, applied). Never waits for the network. The mutator must
     /// return the delta it produced; throwing from it refuses the update (`ContinuumError.refused`).
+    /// A `linearizable` register changes only by operations the log can order (`apply(_:)`): a
+    /// closure cannot be replicated, and `update` is refused there.
     @discardableResult
     public func update(_ mutate: @escaping @Sendable (inout Value, ReplicaID) throws -> Value) async throws(ContinuumError) -> Value {
-        try await node.update(name, mutate)
+        if policy == .linearizable { throw Self.closureRefused(name) }
+        return try await node.update(name, mutate)
+    }
+
+    /// Threshold reads, change streams and dataflow follow a replica's local state: the
+    /// available mechanism's, not the log's.
+    static func availableOnly(_ name: String) -> ContinuumError {
+        .invalidRequest("'\(name)' is linearizable: threshold reads and dataflow follow available registers only")
+    }
+
+    static func closureRefused(_ name: String) -> ContinuumError {
+        .invalidRequest("'\(name)' is linearizable: it changes by operations the Raft log orders (apply(_:)), not by closures")
+    }
+
+    /// Under `linearizable`, the state the log holds for this register.
+    private var consensus: ConsensusBackend { ConsensusBackend(router: Router(node: node, defaultPolicy: .linearizable)) }
+
+    /// A state the log gave, as `Value` (nil: bottom).
+    private func typed(_ state: LogCRDT?) throws(ContinuumError) -> Value {
+        guard let state else { return Value.bottom }
+        guard let kind = Value.self as? any RemoteRegisterValue.Type, let value = kind.init(state) as? Value else {
+            throw .typeMismatch(register: name, declared: "\(RegisterKind(state))", requested: replicableTypeName(Value.self))
+        }
+        return value
     }
 
     /// The state under the handle's policy: the local state at once when `available`; under
     /// `bounded(staleness: S, latency: L)`, a state no older than S within L, or
     /// `stalenessBoundUnmet`. `read(_:)` says what was delivered.
     public func read() async throws(ContinuumError) -> Value {
-        if case .bounded = policy { return try await read(policy).value }
+        switch policy {
+        case .bounded, .linearizable: return try await read(policy).value
+        case .available, .serializable: break
+        }
         return try await node.read(name, as: Value.self)
     }
 
@@ -42,6 +70,13 @@ public struct Register<Value: Replicable>: Sendable {
     /// and fails with `stalenessBoundUnmet` at L otherwise. An available register cannot give
     /// a linearizable or serializable read (`wrongPolicy`).
     public func read(_ policy: Policy) async throws(ContinuumError) -> ReadResult<Value> {
+        if self.policy == .linearizable {
+            var caller = RouterCaller()
+            guard case let .state(state, receipt?) = try await consensus.run(.read(key: name, policy: policy), as: &caller) else {
+                throw .invalidRequest("a read without its receipt")
+            }
+            return ReadResult(value: try typed(state), receipt: receipt)
+        }
         switch policy {
         case .available, .bounded: return try await read(levels: policy.serviceLevels)
         case .linearizable, .serializable: throw .wrongPolicy(register: name, declared: .available)
@@ -52,6 +87,11 @@ public struct Register<Value: Replicable>: Sendable {
     /// 20 ms, else staleness ≤ 5 s within 50 ms, else whatever is local"; the result names the
     /// level it met. Derived registers ask for their inputs and carry the weakest certificate.
     public func read(levels: [ServiceLevel]) async throws(ContinuumError) -> ReadResult<Value> {
+        if policy == .linearizable {
+            let answer = try await node.raftBoundedRead(.crdtRead(key: name), levels: levels, minimumIndex: 0).get()
+            guard case let .crdt(state) = answer.result else { throw .typeMismatch(register: name, declared: "another kind", requested: "a CRDT") }
+            return ReadResult(value: try typed(state), receipt: answer.receipt)
+        }
         let answer = try await node.boundedRead(name, levels: levels).get()
         guard let typed = answer.state.unwrap(as: Value.self) else {
             throw .typeMismatch(register: name, declared: answer.state.typeName, requested: replicableTypeName(Value.self))
@@ -63,13 +103,15 @@ public struct Register<Value: Replicable>: Sendable {
     /// it (Lasp's monotone threshold read). Fails with `timedOut` after `timeout`, and with
     /// `cancelled` when the calling task is cancelled.
     public func read(atLeast threshold: Value, timeout: Duration? = nil) async throws(ContinuumError) -> Value {
-        try await node.read(name, atLeast: threshold, timeout: timeout)
+        if policy == .linearizable { throw Self.availableOnly(name) }
+        return try await node.read(name, atLeast: threshold, timeout: timeout)
     }
 
     /// Waits until `condition` holds for the local state, and returns that state. Meant for
     /// monotone conditions (once true, true for every larger state), such as "the counter's
     /// value is at least 5", which a lattice threshold cannot say.
     public func read(until condition: @escaping @Sendable (Value) -> Bool, timeout: Duration? = nil) async throws(ContinuumError) -> Value {
+        if policy == .linearizable { throw Self.availableOnly(name) }
         let stream = await changes()
         let watch = Task<Value?, Never> {
             for await state in stream where condition(state) { return state }
@@ -109,7 +151,14 @@ public struct Register<Value: Replicable>: Sendable {
 
     /// Deletes the register cluster-wide. The deletion replicates as a small tombstone and the
     /// state is dropped everywhere; declaring the name again starts afresh.
-    public func delete() async throws(ContinuumError) { try await node.delete(name) }
+    public func delete() async throws(ContinuumError) {
+        if policy == .linearizable {
+            var caller = RouterCaller()
+            _ = try await consensus.log(.delete(keys: [name]), as: &caller)
+            return
+        }
+        try await node.delete(name)
+    }
 
     // MARK: - Dataflow (Lasp combinators)
 
@@ -176,5 +225,23 @@ extension Register {
     public func fold<Output: Replicable>(_ name: String, _ contribution: @escaping @Sendable (Value.Element) -> Output) async throws(ContinuumError)
         -> Register<Output> where Value: SetLattice {
         try await map(name) { set in set.elements.reduce(Output.bottom) { $0.join(contribution($1)) } }
+    }
+}
+
+extension Register where Value: RemoteRegisterValue {
+    /// Applies a CRDT operation under the handle's policy and returns the state right after:
+    /// under `linearizable` one Raft log entry (the log applies the operations of every node in
+    /// one order), under `available` and `bounded` a local update, merged by anti-entropy.
+    @discardableResult
+    public func apply(_ operation: CRDTOperation) async throws(ContinuumError) -> Value {
+        let answer: RegisterAnswer
+        if policy == .linearizable {
+            var caller = RouterCaller()
+            answer = try await consensus.run(.apply(key: name, operation: operation), as: &caller)
+        } else {
+            answer = try await AvailableBackend(node: node).run(.apply(key: name, operation: operation), declared: policy)
+        }
+        guard case let .state(state, _) = answer else { throw .invalidRequest("unexpected answer \(answer)") }
+        return try typed(state)
     }
 }

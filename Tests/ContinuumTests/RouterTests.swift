@@ -95,3 +95,50 @@ import Testing
         return counter
     }
 }
+
+/// `declare(_:as:policy:)` for every policy its mechanism can serve.
+@Suite(.timeLimit(.minutes(1))) struct LinearizableCRDTDeclarationTests {
+    @Test func aCounterDeclaredLinearizableCountsInLogOrderAtEveryNode() async throws {
+        let cluster = await EmbeddedCluster(nodes: 3)
+        let first = try await LinearizableRegisterTests().untilAvailable {
+            try await cluster.node(1).declare("votes", as: PNCounter.self, policy: .linearizable)
+        }
+        let second = try await cluster.node(2).declare("votes", as: PNCounter.self, policy: .linearizable)
+        #expect(try await first.apply(.counterAdd(4)).value == 4)
+        #expect(try await second.apply(.counterAdd(3)).value == 7, "node 2 applies after node 1's entry")
+        let read = try await cluster.node(3).declare("votes", as: PNCounter.self, policy: .linearizable).read(.linearizable)
+        #expect(read.value.value == 7 && read.guarantee == .linearizable)
+        guard case .logIndex = read.version else {
+            Issue.record("a linearizable read reported \(read.version)")
+            return
+        }
+        // Nothing of it is in the nodes' available registers.
+        await #expect(throws: ContinuumError.notDeclared(register: "votes")) {
+            try await cluster.node(1).register("votes", as: PNCounter.self).read()
+        }
+        // Closures cannot be ordered by the log; another kind of register under the name is refused.
+        await #expect(throws: ContinuumError.self) { try await first.update { counter, replica in counter.add(1, replica: replica) } }
+        await #expect(throws: ContinuumError.self) { try await cluster.node(1).declare("votes", as: ORSet<String>.self, policy: .linearizable) }
+        // Types the log cannot hold still answer `wrongPolicy`.
+        await #expect(throws: ContinuumError.wrongPolicy(register: "g", declared: .linearizable)) {
+            try await cluster.node(1).declare("g", as: GSet<String>.self, policy: .linearizable)
+        }
+        try await first.delete()
+        #expect(try await second.read().value == 0)
+        await cluster.shutdown()
+    }
+
+    @Test func aSetDeclaredLinearizableIsTheSameRegisterTheRouterServes() async throws {
+        let cluster = await EmbeddedCluster(nodes: 3)
+        let tags = try await LinearizableRegisterTests().untilAvailable {
+            try await cluster.node(1).declare("tags", as: ORSet<String>.self, policy: .linearizable)
+        }
+        _ = try await tags.apply(.setInsert("a"))
+        _ = try await tags.apply(.setInsert("b"))
+        let router = Router(node: cluster.node(2), defaultPolicy: .linearizable)
+        var caller = RouterCaller()
+        #expect(try await router.run(.changeSet(key: "tags", members: ["b", "c"], insert: true), as: &caller) == .integer(1))
+        #expect(try await tags.read().elements == ["a", "b", "c"])
+        await cluster.shutdown()
+    }
+}

@@ -76,3 +76,16 @@ extension MaxRegister<UInt64>: RemoteRegisterValue {
 
     public var logState: LogCRDT { .max(self) }
 }
+
+extension RegisterKind {
+    /// The kind of register `type` is, if the Raft log can hold it.
+    public init?(type: Any.Type) {
+        switch type {
+        case is PNCounter.Type: self = .counter
+        case is ORSet<String>.Type: self = .set
+        case is EWFlag.Type: self = .flag
+        case is MaxRegister<UInt64>.Type: self = .max
+        default: return nil
+        }
+    }
+}

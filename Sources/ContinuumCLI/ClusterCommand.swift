@@ -91,7 +91,10 @@ struct ClusterCommand: AsyncParsableCommand {
         return ClientTLS(ca: arguments[index + 1])
     }
 
-    /// Waits until the node answers PING on its Redis port.
+    /// Waits until the node answers PING on its Redis port, and checks that the answer comes
+    /// from the process just started (`process_id` in INFO), not from another one that holds
+    /// the port (a cluster left up on the same ports: its node would answer, and the new one
+    /// exit).
     static func waitServing(_ resp: String, pid: Int32, arguments: [String], until deadline: ContinuousClock.Instant) async throws -> RESPClient {
         let credentials = credentials(arguments), tls = clientTLS(arguments)
         let address = try NodeServerConfiguration.Address(parsing: resp)
@@ -100,6 +103,16 @@ struct ClusterCommand: AsyncParsableCommand {
             if let client = try? await RESPClient.connect(host: address.host, port: address.port, timeout: .milliseconds(200),
                                                           credentials: credentials, tls: tls),
                (try? await client.send(["PING"])) == .simple("PONG") {
+                if case let .bulk(bytes)? = try? await client.send(["INFO"]),
+                   let line = String(decoding: bytes, as: UTF8.self).split(separator: "\r\n").first(where: { $0.hasPrefix("process_id:") }),
+                   let answering = Int32(line.dropFirst("process_id:".count)), answering != pid {
+                    await client.close()
+                    throw ValidationError("""
+                        \(resp) is answered by another process (pid \(answering)), not by the node just started (pid \(pid)): \
+                        is another cluster up on these ports? Stop it ('continuum cluster down --data-dir DIR') or choose other \
+                        ports (--base-port, --resp-base-port)
+                        """)
+                }
                 return client
             }
             try await Task.sleep(for: .milliseconds(50))

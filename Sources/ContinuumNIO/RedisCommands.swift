@@ -2,6 +2,11 @@ import Continuum
 import ContinuumCore
 import ContinuumProtocols
 import Logging
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// The Redis commands a node serves, routed by each key's policy: the policy declared for it
 /// with `CONTINUUM.POLICY`, else the server's default. Declarations live in an available
@@ -286,7 +291,8 @@ final class RedisConnection {
     func info() async throws -> String {
         let status = await node.consensusStatus
         let staleness = await node.certifiedStaleness
-        var lines = ["# Server", "redis_version:7.0.0", "continuum_version:\(NodeServer.version)", "continuum_node:n\(node.id.rawValue)",
+        var lines = ["# Server", "redis_version:7.0.0", "continuum_version:\(NodeServer.version)", "process_id:\(getpid())",
+                     "continuum_node:n\(node.id.rawValue)",
                      "# Continuum", "default_policy:\(configuration.defaultPolicy.words.joined(separator: " "))"]
         lines.append("fsync:\(configuration.fsync)")
         lines.append("storage_compactions_pending:\(await node.compactionsPending)")

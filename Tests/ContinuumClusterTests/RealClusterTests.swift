@@ -426,6 +426,30 @@ extension Duration {
         await client?.close()
     }
 
+    /// A second cluster started on the ports of one that is up fails and says why, rather than
+    /// reporting the other cluster's nodes as its own.
+    @Test func aClusterOnPortsInUseIsRefused() async throws {
+        let running = try ProcessCluster()
+        let second = try ProcessCluster()  // the same ports (they come from this process's id)
+        defer {
+            second.down()
+            second.remove()
+            running.down()
+            running.remove()
+        }
+        try running.up()
+        do {
+            try second.up()
+            Issue.record("a second cluster came up on ports in use")
+        } catch {
+            #expect("\(error)".contains("another process"), "\(error)")
+        }
+        // The first cluster still serves.
+        let client = try await running.client(1)
+        #expect(try await client.send(["PING"]) == .simple("PONG"))
+        await client.close()
+    }
+
     @Test func crashPointsNeedFaultInjection() async throws {
         let cluster = try ProcessCluster()
         defer {

@@ -73,6 +73,12 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
     /// (randomized between this and twice this); nil: `electionTimeoutDefault`. Heartbeats go
     /// every 50 ms whatever it is.
     public var electionTimeoutMilliseconds: Int?
+    /// How long a node gathers local changes of available registers before it ships them to
+    /// its neighbours (one batch per neighbour). Writes are acknowledged after the local store
+    /// either way; this only delays replication, by at most this much. Measured on one key
+    /// with 50 clients (5 alternating rounds against no delay): SET median 17,774 against
+    /// 14,388 requests/s, INCR 21,349 against 14,654; no difference with 100,000 keys.
+    public static let replicationPushDelay = Duration.milliseconds(2)
     /// Whether `/metrics` names declared keys (`continuum_register_staleness_seconds{register=…}`);
     /// off unless set, as key names may be private and the metrics port has no credentials.
     public var metricsKeyNames: Bool?
@@ -293,7 +299,11 @@ public final class NodeServer: Service {
         let offset = Duration.milliseconds(configuration.maxClockOffsetMilliseconds)
         let node = Node(
             id: me, members: members,
-            configuration: .init(gossipInterval: .milliseconds(100), freshness: .init(maxClockOffset: offset)),
+            configuration: {
+                var replication = ReplicationInstance.Configuration(gossipInterval: .milliseconds(100), freshness: .init(maxClockOffset: offset))
+                replication.pushDelay = NodeServerConfiguration.replicationPushDelay
+                return replication
+            }(),
             raftConfiguration: .init(electionTimeoutMin: .milliseconds(configuration.electionTimeoutMilliseconds ?? NodeServerConfiguration.electionTimeoutDefault),
                                      heartbeatInterval: .milliseconds(50), maxClockOffset: offset),
             storage: store, transport: transport, seed: UInt64.random(in: 1...UInt64.max), clock: .wall())

@@ -108,6 +108,9 @@ public struct ReplicationInstance: ProtocolInstance {
         /// large delta or state to a peer that is still joining the previous copy; it sends a
         /// marker that lets the peer check it has received it.
         public var retransmitInterval: Duration
+        /// How long the push timer waits after the first local change before it ships: the
+        /// changes made meanwhile share one batch per neighbour (zero: the next turn).
+        public var pushDelay: Duration = .zero
         public var membership: Membership.Configuration
         public var catalog: ReplicableTypeCatalog
         /// Nodes to join through; nil for a static cluster where every member is known at start.
@@ -1091,7 +1094,7 @@ public struct ReplicationInstance: ProtocolInstance {
     /// updates, and one join of each register's deltas, not one per update).
     private mutating func push(_ register: String) -> [Effect] {
         guard unpushed.insert(register).inserted, unpushed.count == 1 else { return [] }
-        return [.setTimer(.push, after: .zero)]
+        return [.setTimer(.push, after: configuration.pushDelay)]
     }
 
     /// Drops the deltas of `register` that every neighbor has acknowledged.

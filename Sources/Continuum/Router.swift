@@ -35,6 +35,18 @@ public enum RegisterCommand: Sendable, Equatable {
         }
     }
 
+    /// About the bytes the command carries: its keys, value and members.
+    public var approximateBytes: Int {
+        switch self {
+        case let .set(key, value): key.utf8.count + value.count
+        case let .delete(keys): keys.reduce(0) { $0 + $1.utf8.count }
+        case let .changeSet(key, members, _): members.reduce(key.utf8.count) { $0 + $1.utf8.count }
+        case let .contains(key, member): key.utf8.count + member.utf8.count
+        case let .apply(key, .setInsert(member)), let .apply(key, .setRemove(member)): key.utf8.count + member.utf8.count
+        default: key.utf8.count
+        }
+    }
+
     /// Whether the command changes state (a write), rather than reading it.
     public var isWrite: Bool {
         switch self {
@@ -98,11 +110,20 @@ public struct Router: Sendable {
     public var defaultPolicy: Policy
     /// The latency bound of each linearizable or serializable command.
     public var requestLatency: Duration
+    /// The most bytes one command may carry (`RegisterCommand.approximateBytes`): it travels as
+    /// one Raft entry or one delta, in one peer frame. Larger commands are refused, and nothing
+    /// is applied.
+    public var commandBytesMax: Int
 
-    public init(node: Node, defaultPolicy: Policy, requestLatency: Duration = .seconds(2)) {
+    /// The default `commandBytesMax`, 16 MiB (a peer frame holds 64 MiB).
+    public static let commandBytesMaxDefault = 16 << 20
+
+    public init(node: Node, defaultPolicy: Policy, requestLatency: Duration = .seconds(2),
+                commandBytesMax: Int = Router.commandBytesMaxDefault) {
         self.node = node
         self.defaultPolicy = defaultPolicy
         self.requestLatency = requestLatency
+        self.commandBytesMax = commandBytesMax
     }
 
     /// The policy `key` routes by: its declaration, else the default.
@@ -112,6 +133,10 @@ public struct Router: Sendable {
 
     /// Runs `command` under its register's policy (each key's, for `delete`).
     public func run(_ command: RegisterCommand, as caller: inout RouterCaller) async throws(ContinuumError) -> RegisterAnswer {
+        let bytes = command.approximateBytes
+        guard bytes <= commandBytesMax else {
+            throw .invalidRequest("the command carries \(bytes) bytes, more than \(commandBytesMax); nothing was applied")
+        }
         if case let .delete(keys) = command { return .integer(try await delete(keys, as: &caller)) }
         let declared = policy(of: command.key)
         switch declared {

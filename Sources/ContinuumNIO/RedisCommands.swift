@@ -104,7 +104,8 @@ final class RedisConnection {
          remote: String = "?", audit: Logger? = nil) {
         self.node = node
         self.configuration = configuration
-        router = Router(node: node, defaultPolicy: configuration.defaultPolicy, requestLatency: configuration.requestLatency)
+        router = Router(node: node, defaultPolicy: configuration.defaultPolicy, requestLatency: configuration.requestLatency,
+                        commandBytesMax: configuration.valueBytesMax)
         self.transport = transport
         self.metrics = metrics
         self.remote = remote

@@ -68,6 +68,23 @@ import Testing
         await cluster.shutdown()
     }
 
+    /// A command larger than the router's limit is refused before anything is applied.
+    @Test func aCommandPastItsLimitChangesNothing() async throws {
+        let cluster = await EmbeddedCluster(nodes: 3)
+        let router = Router(node: cluster.node(1), defaultPolicy: .available, commandBytesMax: 1_024)
+        var caller = RouterCaller()
+        await #expect(throws: ContinuumError.self) {
+            try await router.run(.set(key: "big", value: Array(repeating: 7, count: 2_000)), as: &caller)
+        }
+        await #expect(throws: ContinuumError.self) {
+            try await router.run(.changeSet(key: "tags", members: (0..<200).map { "member \($0)" }, insert: true), as: &caller)
+        }
+        #expect(try await router.run(.get(key: "big"), as: &caller) == .bytes(nil, receipt: nil))
+        #expect(try await router.run(.count(key: "tags"), as: &caller) == .integer(0))
+        #expect(try await router.run(.set(key: "small", value: Array(repeating: 7, count: 1_000)), as: &caller) == .done)
+        await cluster.shutdown()
+    }
+
     /// A CRDT declared `linearizable` lives in the Raft log and answers with the log's receipt.
     @Test func aCRDTDeclaredLinearizableIsAppliedInLogOrder() async throws {
         let cluster = await EmbeddedCluster(nodes: 3)

@@ -643,4 +643,24 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         for message in messages { #expect(try MembershipMessage(binary: message.binaryEncoded()) == message) }
         #expect(throws: WireDecodingError.self) { try MembershipMessage(binary: [9]) }
     }
+
+    /// A payload's size is counted without encoding it, to the byte.
+    @Test func payloadSizesAreCountedExactly() throws {
+        var set = ORSet<String>()
+        for index in 0..<300 { set.insert("member \(index) é", replica: ReplicaID(UInt64(index % 3))) }
+        let slot = RegisterSlot(generation: 1, typeName: replicableTypeName(ORSet<String>.self), state: AnyReplicated(set))
+        let tombstone = RegisterSlot(generation: 200, typeName: "t", state: nil)
+        let long = String(repeating: "r", count: 200)
+        let payloads: [DeltaPayload] = [
+            .marker(register: "k", upTo: 0), .marker(register: long, upTo: 1 << 40),
+            DeltaPayload(register: "k", upTo: 7, slot: slot, isFullState: true),
+            DeltaPayload(register: long, upTo: 300, slot: slot, isFullState: false, after: 128, anchored: false),
+            DeltaPayload(register: "gone", upTo: 1, slot: tombstone, isFullState: true),
+            DeltaPayload(register: "gone", upTo: 1 << 20, slot: tombstone, isFullState: false, after: 1 << 14),
+        ]
+        for payload in payloads {
+            #expect(payload.encodedByteCount == payload.binaryEncoded().count)
+            #expect(try DeltaPayload(binary: payload.binaryEncoded()) == payload)
+        }
+    }
 }

@@ -54,6 +54,20 @@ public struct BinaryWriter: Sendable {
         bytes.append(UInt8(rest))
     }
 
+    /// The bytes `writeVarint(value)` writes.
+    public static func varintSize(_ value: UInt64) -> Int {
+        var size = 1
+        var rest = value
+        while rest >= 0x80 {
+            size += 1
+            rest >>= 7
+        }
+        return size
+    }
+
+    /// The bytes `writeBytes` writes for `count` bytes (or a string of `count` UTF-8 bytes).
+    public static func countedSize(_ count: Int) -> Int { varintSize(UInt64(count)) + count }
+
     public mutating func writeZigZag(_ value: Int64) {
         writeVarint(UInt64(bitPattern: (value << 1) ^ (value >> 63)))
     }
@@ -216,7 +230,8 @@ extension Double: BinaryCodable {
 }
 
 extension String: BinaryCodable {
-    public func encode(to writer: inout BinaryWriter) { writer.writeBytes(Array(utf8)) }
+    /// The UTF-8 bytes are appended from the string's own storage, not from a copy.
+    public func encode(to writer: inout BinaryWriter) { writer.writeBytes(utf8) }
     public init(from reader: inout BinaryReader) throws(WireDecodingError) {
         let raw = try reader.readBytes()
         guard let string = String(validating: raw, as: UTF8.self) else { throw .invalid("string is not UTF-8") }

@@ -1060,7 +1060,7 @@ public struct ReplicationInstance: ProtocolInstance {
                     wholeState = true
                 }
             }
-            let size = payload.binaryEncoded().count
+            let size = payload.encodedByteCount
             if bytes + size > configuration.batchBytesMax, !payloads.isEmpty {
                 complete = false
                 break

@@ -68,6 +68,17 @@ public struct DeltaPayload: Sendable, Equatable, BinaryCodable {
         }
     }
 
+    /// The bytes `encode(to:)` writes, counted without encoding (a shipment sizes its batch by
+    /// them; encoding each payload to count it copied its state once more).
+    public var encodedByteCount: Int {
+        var size = BinaryWriter.countedSize(register.utf8.count)
+        size += BinaryWriter.varintSize(upTo) + BinaryWriter.varintSize(after) + 1  // anchored
+        size += BinaryWriter.varintSize(generation)
+        size += 1 + (typeName.map { BinaryWriter.countedSize($0.utf8.count) } ?? 0)
+        size += 1 + (bytes.map { BinaryWriter.countedSize($0.count) } ?? 0)
+        return size
+    }
+
     public func encode(to writer: inout BinaryWriter) {
         register.encode(to: &writer)
         writer.writeVarint(upTo)

@@ -133,12 +133,17 @@ public struct Router: Sendable {
 
     /// Runs `command` under its register's policy (each key's, for `delete`).
     public func run(_ command: RegisterCommand, as caller: inout RouterCaller) async throws(ContinuumError) -> RegisterAnswer {
+        try await run(command, declared: policy(of: command.key), as: &caller)
+    }
+
+    /// Runs `command` under `declared`, the policy of its key as `policy(of:)` gave it (for a
+    /// caller that looked it up already, to label the command, say).
+    public func run(_ command: RegisterCommand, declared: Policy, as caller: inout RouterCaller) async throws(ContinuumError) -> RegisterAnswer {
         let bytes = command.approximateBytes
         guard bytes <= commandBytesMax else {
             throw .invalidRequest("the command carries \(bytes) bytes, more than \(commandBytesMax); nothing was applied")
         }
         if case let .delete(keys) = command { return .integer(try await delete(keys, as: &caller)) }
-        let declared = policy(of: command.key)
         switch declared {
         case .linearizable: return try await ConsensusBackend(router: self).run(command, as: &caller)
         case .available, .bounded: return try await AvailableBackend(node: node).run(command, declared: declared)
@@ -194,8 +199,8 @@ public struct Router: Sendable {
     /// `key`'s entry in this node's catalogue register (bottom when nobody declared it here):
     /// what a client carries to a node that has not heard of the declaration yet.
     public func declaration(of key: String) async -> LWWRegister<String> {
-        let catalogue = try? await node.register(PolicyCatalogue.register, as: PolicyCatalogue.State.self).read()
-        return catalogue?[key] ?? LWWRegister()
+        // Looked at in place: one entry, not a copy of the whole catalogue per command.
+        (try? await node.inspect(PolicyCatalogue.register, as: PolicyCatalogue.State.self) { $0[key] }) ?? LWWRegister()
     }
 
     /// Joins a declaration a client carried (an entry with its own timestamp: a newer one here
@@ -213,7 +218,8 @@ public struct Router: Sendable {
         .typeMismatch(register: key, declared: declared, requested: requested)
     }
 
-    static let notAnInteger = ContinuumError.invalidRequest("value is not an integer or out of range")
+    /// Redis's words for an integer argument or value that is not one.
+    public static let notAnInteger = ContinuumError.invalidRequest("value is not an integer or out of range")
 }
 
 // MARK: - Backends

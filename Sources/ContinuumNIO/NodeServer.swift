@@ -299,11 +299,8 @@ public final class NodeServer: Service {
         let offset = Duration.milliseconds(configuration.maxClockOffsetMilliseconds)
         let node = Node(
             id: me, members: members,
-            configuration: {
-                var replication = ReplicationInstance.Configuration(gossipInterval: .milliseconds(100), freshness: .init(maxClockOffset: offset))
-                replication.pushDelay = NodeServerConfiguration.replicationPushDelay
-                return replication
-            }(),
+            configuration: .init(gossipInterval: .milliseconds(100), freshness: .init(maxClockOffset: offset),
+                                 pushDelay: NodeServerConfiguration.replicationPushDelay),
             raftConfiguration: .init(electionTimeoutMin: .milliseconds(configuration.electionTimeoutMilliseconds ?? NodeServerConfiguration.electionTimeoutDefault),
                                      heartbeatInterval: .milliseconds(50), maxClockOffset: offset),
             storage: store, transport: transport, seed: UInt64.random(in: 1...UInt64.max), clock: .wall())

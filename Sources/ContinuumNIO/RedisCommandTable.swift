@@ -53,7 +53,7 @@ enum RedisCommandTable {
         register("INCRBY", 2...2, .write, parse: { .add(key: text($0[0]), amount: try decimal($0[1])) }, format: integer),
         register("DECRBY", 2...2, .write, parse: {
             let amount = try decimal($0[1])
-            guard amount != .min else { throw notAnInteger }
+            guard amount != .min else { throw Router.notAnInteger }
             return .add(key: text($0[0]), amount: -amount)
         }, format: integer),
         register("DEL", 1...Int.max, .write, keys: .all, parse: { .delete(keys: $0.map(text)) }, format: integer),
@@ -213,10 +213,8 @@ enum RedisCommandTable {
 
     static func text(_ bytes: [UInt8]) -> String { String(decoding: bytes, as: UTF8.self) }
 
-    static let notAnInteger = ContinuumError.invalidRequest("value is not an integer or out of range")
-
     static func decimal(_ bytes: [UInt8]) throws(ContinuumError) -> Int64 {
-        guard let value = KeyValueStateMachine.decimal(text(bytes)) else { throw notAnInteger }
+        guard let value = KeyValueStateMachine.decimal(text(bytes)) else { throw Router.notAnInteger }
         return value
     }
 

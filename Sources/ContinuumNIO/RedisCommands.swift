@@ -121,8 +121,8 @@ final class RedisConnection {
 
     /// Refuses the command unless the client's user may run it on these keys under their
     /// policies (and under any policy the command names).
-    private func authorize(_ name: String, _ arguments: [[UInt8]]) throws {
-        guard let spec = RedisCommandTable.entries[name]?.spec else { return }  // unknown: answered as such
+    private func authorize(_ name: String, _ entry: RedisCommandEntry?, _ arguments: [[UInt8]]) throws {
+        guard let spec = entry?.spec else { return }  // unknown: answered as such
         guard let user else {
             guard CommandSpec.alwaysAllowed.contains(name) else { throw CommandError(message: "NOAUTH Authentication required.") }
             return
@@ -154,9 +154,6 @@ final class RedisConnection {
         }
     }
 
-    /// The commands served (metric labels name these; anything else is `unknown`).
-    static let commands: Set<String> = Set(RedisCommandTable.entries.keys)
-
     enum Outcome {
         case reply(RESPReply)
         case replyAndClose(RESPReply)
@@ -165,30 +162,32 @@ final class RedisConnection {
     func execute(_ arguments: [[UInt8]]) async -> Outcome {
         let name = String(decoding: arguments[0], as: UTF8.self).uppercased()
         if name == "QUIT" { return .replyAndClose(.ok) }
-        guard let metrics else { return .reply(await reply(name, Array(arguments.dropFirst()))) }
+        // Looked up once per command: access control, the audit log and the run read it.
+        let entry = RedisCommandTable.entries[name]
+        guard let metrics else { return .reply(await reply(name, entry, Array(arguments.dropFirst()))) }
         routedPolicy = nil
         let clock = ContinuousClock()
         let start = clock.now
-        let reply = await reply(name, Array(arguments.dropFirst()))
+        let reply = await reply(name, entry, Array(arguments.dropFirst()))
         let failure: String? = if case let .error(message) = reply {
             message.prefix { $0 != " " }.lowercased()
         } else {
             nil
         }
-        metrics.recordCommand(Self.commands.contains(name) ? name.lowercased() : "unknown", policy: routedPolicy?.kind ?? "none",
+        metrics.recordCommand(entry != nil ? name.lowercased() : "unknown", policy: routedPolicy?.kind ?? "none",
                               duration: clock.now - start, error: failure)
         return .reply(reply)
     }
 
-    private func reply(_ name: String, _ arguments: [[UInt8]]) async -> RESPReply {
+    private func reply(_ name: String, _ entry: RedisCommandEntry?, _ arguments: [[UInt8]]) async -> RESPReply {
         let reply: RESPReply
         do {
-            try authorize(name, arguments)
-            reply = await replyUnaudited(name, arguments)
+            try authorize(name, entry, arguments)
+            reply = await replyUnaudited(name, entry, arguments)
         } catch {
             reply = .error((error as? CommandError)?.message ?? "ERR \(error)")
         }
-        if let audit, RedisCommandTable.entries[name]?.audited == true {
+        if let audit, entry?.audited == true {
             // Arguments are names and policies (no values), each cut to 64 bytes for the log.
             let words = arguments.prefix(8).map { String(decoding: $0.prefix(64), as: UTF8.self) }
             audit.notice("admin command", metadata: [
@@ -199,8 +198,8 @@ final class RedisConnection {
         return reply
     }
 
-    private func replyUnaudited(_ name: String, _ arguments: [[UInt8]]) async -> RESPReply {
-        guard let entry = RedisCommandTable.entries[name] else { return .error("ERR unknown command '\(name.lowercased())'") }
+    private func replyUnaudited(_ name: String, _ entry: RedisCommandEntry?, _ arguments: [[UInt8]]) async -> RESPReply {
+        guard let entry else { return .error("ERR unknown command '\(name.lowercased())'") }
         guard entry.arguments.contains(arguments.count) else { return .error(CommandError.arity(name).message) }
         let bytes = arguments.reduce(0) { $0 + $1.count }
         guard bytes <= configuration.valueBytesMax else {
@@ -223,18 +222,20 @@ final class RedisConnection {
         static func arity(_ name: String) -> CommandError { CommandError(message: "ERR wrong number of arguments for '\(name.lowercased())' command") }
     }
 
-    func text(_ bytes: [UInt8]) -> String { String(decoding: bytes, as: UTF8.self) }
+    func text(_ bytes: [UInt8]) -> String { RedisCommandTable.text(bytes) }
 
     /// This connection's client number for linearizable writes (`CLIENT ID`).
     func clientID() async -> UInt64 { await caller.identity(at: node) }
 
     /// Runs a register command through the router, under the connection's identity.
     func route(_ command: RegisterCommand) async throws(ContinuumError) -> RegisterAnswer {
+        // One catalogue lookup: the metric's label and the route.
+        let declared = router.policy(of: command.key)
         routedPolicy = switch command {
         case let .get(_, policy?, _), let .read(_, policy?): policy
-        default: router.policy(of: command.key)
+        default: declared
         }
-        return try await router.run(command, as: &caller)
+        return try await router.run(command, declared: declared, as: &caller)
     }
 
     /// The client's user may use `policy` (a declaration a client carried, say).

@@ -74,8 +74,7 @@ public struct ReplicationStatistics: Sendable, Equatable {
 /// much redundant state plain delta propagation sends over meshes). Deltas are dropped once
 /// every neighbor has acknowledged them; an unreachable node stops being a neighbor and gets
 /// the whole state when it returns. A node writes deltas to its store, and a register's whole
-/// state once the deltas
-/// written since the last one would outgrow it.
+/// state once the deltas written since the last one would outgrow it.
 /// Acknowledgements name the sender's incarnation (`epoch`), so that an acknowledgement for a
 /// previous life never drops a delta of this one.
 ///
@@ -110,7 +109,7 @@ public struct ReplicationInstance: ProtocolInstance {
         public var retransmitInterval: Duration
         /// How long the push timer waits after the first local change before it ships: the
         /// changes made meanwhile share one batch per neighbour (zero: the next turn).
-        public var pushDelay: Duration = .zero
+        public var pushDelay: Duration
         public var membership: Membership.Configuration
         public var catalog: ReplicableTypeCatalog
         /// Nodes to join through; nil for a static cluster where every member is known at start.
@@ -120,7 +119,8 @@ public struct ReplicationInstance: ProtocolInstance {
         public init(gossipInterval: Duration = .milliseconds(200), ringNeighbors: Int = 2,
                     deltaBufferMax: Int = 128, batchBytesMax: Int = 64 * 1024, thresholdReadsMax: Int = 10_000,
                     boundedReadsMax: Int = 10_000, freshness: FreshnessGate.Configuration = .init(), certificateHeartbeats: Bool = true,
-                    retransmitInterval: Duration? = nil, membership: Membership.Configuration = .init(), catalog: ReplicableTypeCatalog = .standard,
+                    retransmitInterval: Duration? = nil, pushDelay: Duration = .zero, membership: Membership.Configuration = .init(),
+                    catalog: ReplicableTypeCatalog = .standard,
                     seeds: [NodeID]? = nil, plantedBug: PlantedReplicationBug? = nil) {
             precondition(gossipInterval > .zero && ringNeighbors >= 1 && deltaBufferMax >= 1 && batchBytesMax >= 1)
             self.gossipInterval = gossipInterval
@@ -132,6 +132,7 @@ public struct ReplicationInstance: ProtocolInstance {
             self.freshness = freshness
             self.certificateHeartbeats = certificateHeartbeats
             self.retransmitInterval = retransmitInterval ?? gossipInterval * 5
+            self.pushDelay = pushDelay
             self.membership = membership
             self.catalog = catalog
             self.seeds = seeds

@@ -86,6 +86,23 @@ final class ProcessCluster: Sendable {
         return nil
     }
 
+    /// Waits up to 5 s until every node routes `key` under `policy` (`CONTINUUM.POLICY key`
+    /// answers it): a declaration reaches the other nodes by anti-entropy, and until then they
+    /// route the key under the default policy. Says whether all of them did.
+    func awaitDeclaration(of key: String, as policy: String) async throws -> Bool {
+        for node in 1...nodes {
+            let client = try await client(node)
+            var routed = false
+            for _ in 0..<100 where !routed {
+                routed = try await client.send(["CONTINUUM.POLICY", key]) == .bulk(policy)
+                if !routed { try await Task.sleep(for: .milliseconds(50)) }
+            }
+            await client.close()
+            guard routed else { return false }
+        }
+        return true
+    }
+
     func log(_ node: Int) -> String {
         String(decoding: FileManager.default.contents(atPath: "\(directory)/n\(node)/node.log") ?? Data(), as: UTF8.self)
     }
@@ -189,6 +206,11 @@ extension Duration {
         #expect(try await admin.send(["CONTINUUM.POLICY", "cart", "available"]) == .ok)
         #expect(try await admin.send(["CONTINUUM.POLICY", "balance", "serializable"]) == .ok)
         #expect(try await admin.send(["CONTINUUM.POLICY", "counter", "serializable"]) == .ok)
+        // Before any client uses them through another node (else a first INCR may run under the
+        // default policy, linearizable, and count as an acknowledged serializable increment).
+        for (key, policy) in [("cart", "available"), ("balance", "serializable"), ("counter", "serializable")] {
+            #expect(try await cluster.awaitDeclaration(of: key, as: policy), "a node never learned that \(key) is \(policy)")
+        }
 
         let recorder = Recorder()
         let end = ContinuousClock.now + .seconds(6)
@@ -315,16 +337,7 @@ extension Duration {
         let n1 = try await cluster.client(1)
         #expect(try await n1.send(["CONTINUUM.POLICY", "acct", "serializable"]) == .ok)
         // The declaration reaches n2 and n3 by gossip; wait until both route acct as serializable.
-        for node in 2...3 {
-            let client = try await cluster.client(node)
-            var routed = false
-            for _ in 0..<100 where !routed {
-                routed = try await client.send(["CONTINUUM.POLICY", "acct"]) == .bulk("serializable")
-                if !routed { try await Task.sleep(for: .milliseconds(50)) }
-            }
-            #expect(routed, "n\(node) never learned the declaration")
-            await client.close()
-        }
+        #expect(try await cluster.awaitDeclaration(of: "acct", as: "serializable"), "a node never learned the declaration")
         var acknowledged: Int64 = 0
         for _ in 0..<3 {
             for _ in 0..<100 {

@@ -37,7 +37,9 @@ let package = Package(
     targets: [
         .target(name: "ContinuumCore"),
         .target(name: "ContinuumProtocols", dependencies: ["ContinuumCore"]),
-        .target(name: "Continuum", dependencies: ["ContinuumCore", "ContinuumProtocols"]),
+        .target(name: "Continuum", dependencies: [
+            "ContinuumCore", "ContinuumProtocols", .product(name: "DequeModule", package: "swift-collections"),
+        ]),
         .target(
             name: "ContinuumClient",
             dependencies: [

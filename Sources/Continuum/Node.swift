@@ -16,6 +16,9 @@ public actor Node {
     public nonisolated let responsiveness = ResponsivenessProbe()
     /// The same, for a call at the priority of consensus messages and timers.
     public nonisolated let consensusResponsiveness = ResponsivenessProbe()
+    /// Where the actor's jobs run (see `init`).
+    public nonisolated let executor: NodeExecutor
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
     private let members: [NodeID]
     private let configuration: ReplicationInstance.Configuration
     private let raftConfiguration: RaftInstance.Configuration
@@ -70,11 +73,14 @@ public actor Node {
 
     /// A node of the cluster `members`, keeping its state in `storage` and talking through
     /// `transport` (which hands inbound messages to `deliver(_:from:)`). `clock` must share its
-    /// epoch with the other nodes' clocks: freshness certificates compare their times. Call
-    /// `start()` to run it.
+    /// epoch with the other nodes' clocks: freshness certificates compare their times. The
+    /// actor runs on `executor` (nil: a Dispatch queue of its own); a server passes the event
+    /// loop of its client connections. Call `start()` to run it.
     public init(id: NodeID, members: [NodeID], configuration: ReplicationInstance.Configuration,
                 raftConfiguration: RaftInstance.Configuration, transactionConfiguration: TransactionInstance.Configuration? = nil,
-                storage: any NodeStorage, transport: any NodeTransport, seed: UInt64, clock: NodeClock) {
+                storage: any NodeStorage, transport: any NodeTransport, seed: UInt64, clock: NodeClock,
+                executor: NodeExecutor? = nil) {
+        self.executor = executor ?? NodeExecutor(label: "continuum.node.\(id)")
         self.id = id
         self.members = members
         self.configuration = configuration

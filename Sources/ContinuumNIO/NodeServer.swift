@@ -297,13 +297,15 @@ public final class NodeServer: Service {
             group: group, logger: logger)
         let members = ([me] + peers.keys).sorted()
         let offset = Duration.milliseconds(configuration.maxClockOffsetMilliseconds)
+        let nodeLoop = group.next()
         let node = Node(
             id: me, members: members,
             configuration: .init(gossipInterval: .milliseconds(100), freshness: .init(maxClockOffset: offset),
                                  pushDelay: NodeServerConfiguration.replicationPushDelay),
             raftConfiguration: .init(electionTimeoutMin: .milliseconds(configuration.electionTimeoutMilliseconds ?? NodeServerConfiguration.electionTimeoutDefault),
                                      heartbeatInterval: .milliseconds(50), maxClockOffset: offset),
-            storage: store, transport: transport, seed: UInt64.random(in: 1...UInt64.max), clock: .wall())
+            storage: store, transport: transport, seed: UInt64.random(in: 1...UInt64.max), clock: .wall(),
+            executor: NodeExecutor(loop: nodeLoop))
         self.node = node
         self.transport = transport
         let metrics = NodeMetrics()
@@ -320,7 +322,7 @@ public final class NodeServer: Service {
         respConfiguration.outputBufferBytesMax = configuration.clientOutputBufferBytes ?? RedisServerConfiguration.outputBufferBytesMaxDefault
         self.resp = configuration.resp.map { _ in
             RESPServer(node: node, configuration: respConfiguration, transport: transport,
-                       metrics: configuration.metrics == nil ? nil : metrics, tls: tls?.server, group: group, logger: logger)
+                       metrics: configuration.metrics == nil ? nil : metrics, tls: tls?.server, group: nodeLoop, logger: logger)
         }
         let keyNames = configuration.metricsKeyNames ?? false
         let defaultPolicy = policy

@@ -9,7 +9,10 @@ import Synchronization
 /// A Redis-protocol (RESP2 and RESP3) server for one node, so that `redis-cli`,
 /// `redis-benchmark` and every language's Redis client can use the cluster (see
 /// `RedisServerConfiguration` for the commands). Each connection's commands run one at a time
-/// in arrival order (pipelining keeps its order); connections run concurrently.
+/// in arrival order (pipelining keeps its order); connections run concurrently. A server
+/// passes the event loop of the node's actor as `group` (`NodeServer` does): then a command is
+/// read, applied and answered on that one thread, its connection's command loop a task whose
+/// nonisolated code runs on the channel's loop (`LoopTaskExecutor`).
 public final class RESPServer: Sendable {
     public let node: Node
     public let configuration: RedisServerConfiguration
@@ -75,7 +78,7 @@ public final class RESPServer: Sendable {
                 }
                 channel.closeFuture.whenComplete { [self] _ in _ = connections.withLock { $0.removeValue(forKey: key) } }
                 let (stream, continuation) = AsyncStream<[[UInt8]]>.makeStream(bufferingPolicy: .bufferingOldest(Self.pipelinedCommandsMax))
-                Task { await serve(channel, stream) }
+                Task(executorPreference: LoopTaskExecutor(channel.eventLoop)) { [self] in await serve(channel, stream) }
                 return channel.eventLoop.makeCompletedFuture {
                     if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
                     if let idle = configuration.idleTimeout {

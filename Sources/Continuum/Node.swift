@@ -737,13 +737,19 @@ public actor Node {
         batchesStarted += 1
         let storage = self.storage
         let incarnation = self.incarnation
-        Task { [weak self] in
-            do {
-                try await storage.persist(patches)
-                await self?.flushed(effects, incarnation: incarnation)
-            } catch {
-                // Nothing that depends on these patches may go out: stop as a crash would.
-                await self?.storageFailed(error, incarnation: incarnation)
+        let executor = self.executor
+        storage.persist(patches) { [weak self] error in
+            // Back on the node's thread straight from the store's (no task in between).
+            guard let node = self else { return }
+            executor.run {
+                node.assumeIsolated { node in
+                    if let error {
+                        // Nothing that depends on these patches may go out: stop as a crash would.
+                        node.storageFailed(error, incarnation: incarnation)
+                    } else {
+                        node.flushed(effects, incarnation: incarnation)
+                    }
+                }
             }
         }
     }

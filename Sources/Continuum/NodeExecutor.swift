@@ -38,6 +38,12 @@ public final class NodeExecutor: SerialExecutor, Sendable {
                   checkIsolated: { dispatchPrecondition(condition: .onQueue(queue)) })
     }
 
+    /// Runs `body` on the executor's thread, between jobs, ahead of the lanes' order: for work
+    /// that isolates itself with `assumeIsolated` (a store's completion), without a task.
+    public func run(_ body: @escaping @Sendable () -> Void) {
+        schedule(body)
+    }
+
     /// Jobs waiting to run now (urgent and normal).
     public var jobsWaiting: Int { queues.withLock { $0.urgent.count + $0.normal.count } }
 

@@ -39,6 +39,9 @@ public protocol NodeStorage: Sendable {
     func load() throws -> NodeDurableState
     /// Makes `patches` durable, in order and all together, before returning.
     func persist(_ patches: [DurablePatch]) async throws
+    /// The same, calling `completion` (with nil, or the error) once they are durable, on any
+    /// thread. A store whose writes run on a thread of its own calls it from there.
+    func persist(_ patches: [DurablePatch], then completion: @escaping @Sendable ((any Error)?) -> Void)
     /// For stores that persist at once without blocking (memory): persists and returns true.
     /// Others return false and get `persist`.
     func persistImmediately(_ patches: [DurablePatch]) -> Bool
@@ -50,6 +53,16 @@ public protocol NodeStorage: Sendable {
 
 extension NodeStorage {
     public func persistImmediately(_ patches: [DurablePatch]) -> Bool { false }
+    public func persist(_ patches: [DurablePatch], then completion: @escaping @Sendable ((any Error)?) -> Void) {
+        Task {
+            do {
+                try await persist(patches)
+                completion(nil)
+            } catch {
+                completion(error)
+            }
+        }
+    }
     public func persistInBackground(_ patch: DurablePatch) async throws { try await persist([patch]) }
 }
 

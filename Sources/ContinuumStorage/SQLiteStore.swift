@@ -190,24 +190,41 @@ public final class SQLiteStore: NodeStorage {
     }
 
     public func persist(_ patches: [DurablePatch]) async throws {
+        let replication = Self.joinedReplication(patches)
         do {
-            // The replication patches of a batch are joined first (they touch only their own
-            // tables): a register written many times in one batch is written once, and the
-            // incarnation once, not once per update.
-            var replication: ReplicaDurableState?
-            for case let .replication(patch) in patches { ReplicationInstance.accumulate(patch, into: &replication) }
-            try await queue.write { [replication] db in
-                if let replication { try Self.apply(replication, db) }
-                for patch in patches {
-                    switch patch {
-                    case .replication: continue
-                    case let .raft(patch): try Self.apply(patch, db)
-                    case let .transactions(patch): try Self.apply(patch, db)
-                    }
-                }
-            }
+            try await queue.write { [replication] db in try Self.write(patches, replication: replication, db) }
         } catch {
             throw StorageError.io("\(error)")
+        }
+    }
+
+    /// The same, calling `completion` on the store's writer thread once the batch is written:
+    /// the node hops back to its own thread from there, not through the task pool.
+    public func persist(_ patches: [DurablePatch], then completion: @escaping @Sendable ((any Error)?) -> Void) {
+        // Joined on the writer's thread, not the caller's (the node's).
+        queue.asyncWrite({ db in try Self.write(patches, replication: Self.joinedReplication(patches), db) },
+                         completion: { _, result in
+                             if case let .failure(error) = result { completion(StorageError.io("\(error)")) } else { completion(nil) }
+                         })
+    }
+
+    /// The replication patches of a batch, joined (they touch only their own tables): a
+    /// register written many times in one batch is written once, and the incarnation once, not
+    /// once per update.
+    private static func joinedReplication(_ patches: [DurablePatch]) -> ReplicaDurableState? {
+        var replication: ReplicaDurableState?
+        for case let .replication(patch) in patches { ReplicationInstance.accumulate(patch, into: &replication) }
+        return replication
+    }
+
+    private static func write(_ patches: [DurablePatch], replication: ReplicaDurableState?, _ db: Database) throws {
+        if let replication { try apply(replication, db) }
+        for patch in patches {
+            switch patch {
+            case .replication: continue
+            case let .raft(patch): try apply(patch, db)
+            case let .transactions(patch): try apply(patch, db)
+            }
         }
     }
 

@@ -238,6 +238,37 @@ final class TemporaryDirectory {
         #expect(try store.load().raft?.term == 2)
     }
 
+    /// A batch the store fails to commit acknowledges nothing: the node stops as a crash would
+    /// (the write is refused inside SQLite by a trigger planted through another connection).
+    @Test(arguments: [SQLiteStore.Durability.always, .everysec])
+    func aWriteWhoseBatchFailsToCommitIsNeverAcknowledged(_ durability: SQLiteStore.Durability) async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("n1.db")
+        let node = Node(id: NodeID(1), members: [NodeID(1)], configuration: EmbeddedCluster.embeddedConfiguration,
+                        raftConfiguration: EmbeddedCluster.embeddedRaftConfiguration,
+                        storage: try SQLiteStore(path: path, node: NodeID(1), durability: durability), transport: InMemoryNetwork(),
+                        seed: 1, clock: NodeClock(epoch: ContinuousClock().now))
+        try await node.start()
+        let cart = try await node.declare("cart", as: GSet<String>.self)
+        try await cart.update { set, _ in set.insert("tea") }
+        let other = try DatabaseQueue(path: path)
+        try await other.write { db in
+            for table in ["replica_slots", "replica_deltas"] {
+                try db.execute(sql: "CREATE TRIGGER refuse_\(table) BEFORE INSERT ON \(table) BEGIN SELECT RAISE(ABORT, 'planted failure'); END")
+            }
+        }
+        await #expect(throws: (any Error).self, "acknowledged a write its store refused") {
+            try await cart.update { set, _ in set.insert("jam") }
+        }
+        #expect(await !node.isRunning)
+        try await other.write { db in
+            for table in ["replica_slots", "replica_deltas"] { try db.execute(sql: "DROP TRIGGER refuse_\(table)") }
+        }
+        try await node.start()
+        #expect(try await node.register("cart", as: GSet<String>.self).read().elements == ["tea"])
+        await node.stop()
+    }
+
     @Test func aNodeRestartedOnItsStoreKeepsEverythingItAcknowledged() async throws {
         let directory = try TemporaryDirectory()
         let members = [NodeID(1), NodeID(2), NodeID(3)]

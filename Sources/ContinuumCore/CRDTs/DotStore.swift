@@ -110,7 +110,13 @@ public struct DotMap<Key: Hashable & Sendable & Codable, Value: DotStore>: DotSt
         try container.encode(entries, forKey: .entries)
     }
 
-    public static var empty: DotMap { DotMap() }
+    /// Without `init`'s filtering and indexing: a join builds a bottom value per call.
+    public static var empty: DotMap { DotMap(entries: [:], keyOfDot: [:]) }
+
+    private init(entries: [Key: Value], keyOfDot: [Dot: Key]) {
+        self.entries = entries
+        self.keyOfDot = keyOfDot
+    }
     public var isEmpty: Bool { entries.isEmpty }
     public var dots: Set<Dot> { Set(keyOfDot.keys) }
     /// How many dots the map holds.
@@ -200,7 +206,14 @@ public struct Causal<Store: DotStore>: Lattice {
         self.context = context
     }
 
-    public static var bottom: Causal { Causal() }
+    /// Without `init`'s check of every dot (an empty store has none): every in-place join of a
+    /// causal CRDT builds one (`CausalCRDT.formJoinReportingChange`).
+    public static var bottom: Causal { Causal(checked: .empty, context: CausalContext()) }
+
+    private init(checked store: Store, context: CausalContext) {
+        self.store = store
+        self.context = context
+    }
 
     public mutating func formJoin(_ other: Causal) { _ = formJoinReportingChange(other) }
 

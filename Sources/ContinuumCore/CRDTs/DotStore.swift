@@ -208,9 +208,9 @@ public struct Causal<Store: DotStore>: Lattice {
 
     /// Without `init`'s check of every dot (an empty store has none): every in-place join of a
     /// causal CRDT builds one (`CausalCRDT.formJoinReportingChange`).
-    public static var bottom: Causal { Causal(checked: .empty, context: CausalContext()) }
+    public static var bottom: Causal { Causal(unchecked: .empty, context: CausalContext()) }
 
-    private init(checked store: Store, context: CausalContext) {
+    private init(unchecked store: Store, context: CausalContext) {
         self.store = store
         self.context = context
     }

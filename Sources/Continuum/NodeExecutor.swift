@@ -14,6 +14,8 @@ public final class NodeExecutor: SerialExecutor, Sendable {
     private let schedule: @Sendable (@escaping @Sendable () -> Void) -> Void
     private let isolation: @Sendable () -> Void
     private let queues = Mutex<Lanes>(Lanes())
+    /// Jobs at this priority or above go to the urgent lane.
+    private static let urgentPriority = JobPriority(TaskPriority.high).rawValue
 
     private struct Lanes: ~Copyable {
         var urgent = Deque<UnownedJob>()
@@ -38,8 +40,9 @@ public final class NodeExecutor: SerialExecutor, Sendable {
                   checkIsolated: { dispatchPrecondition(condition: .onQueue(queue)) })
     }
 
-    /// Runs `body` on the executor's thread, between jobs, ahead of the lanes' order: for work
-    /// that isolates itself with `assumeIsolated` (a store's completion), without a task.
+    /// Runs `body` on the executor's thread, between drains (in the host's order, not a
+    /// lane's): for work that isolates itself with `assumeIsolated` (a store's completion),
+    /// without a task.
     public func run(_ body: @escaping @Sendable () -> Void) {
         schedule(body)
     }
@@ -48,7 +51,7 @@ public final class NodeExecutor: SerialExecutor, Sendable {
     public var jobsWaiting: Int { queues.withLock { $0.urgent.count + $0.normal.count } }
 
     public func enqueue(_ job: consuming ExecutorJob) {
-        let urgent = job.priority.rawValue >= JobPriority(TaskPriority.high).rawValue
+        let urgent = job.priority.rawValue >= Self.urgentPriority
         let job = UnownedJob(job)
         let first = queues.withLock { lanes in
             if urgent { lanes.urgent.append(job) } else { lanes.normal.append(job) }

@@ -190,16 +190,15 @@ public final class SQLiteStore: NodeStorage {
     }
 
     public func persist(_ patches: [DurablePatch]) async throws {
-        let replication = Self.joinedReplication(patches)
-        do {
-            try await queue.write { [replication] db in try Self.write(patches, replication: replication, db) }
-        } catch {
-            throw StorageError.io("\(error)")
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            persist(patches) { error in
+                if let error { continuation.resume(throwing: error) } else { continuation.resume() }
+            }
         }
     }
 
-    /// The same, calling `completion` on the store's writer thread once the batch is written:
-    /// the node hops back to its own thread from there, not through the task pool.
+    /// The one write path: `completion` runs on the store's writer thread once the batch is
+    /// written, so a node hops back to its own thread from there, not through the task pool.
     public func persist(_ patches: [DurablePatch], then completion: @escaping @Sendable ((any Error)?) -> Void) {
         // Joined on the writer's thread, not the caller's (the node's).
         queue.asyncWrite({ db in try Self.write(patches, replication: Self.joinedReplication(patches), db) },

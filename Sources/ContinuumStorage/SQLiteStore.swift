@@ -24,13 +24,16 @@ public enum StorageError: Error, Equatable, CustomStringConvertible {
     }
 }
 
-/// A node's durable state in one SQLite database (through GRDB), in WAL mode. With
-/// `Durability.always` (the default), `synchronous = FULL`: a transaction is on disk when its
-/// commit returns. With `Durability.everysec`, `synchronous = NORMAL` and a checkpoint every
-/// second: a commit is in the operating system's hands when it returns (it survives the
-/// process's crash, kill -9 included), and on disk within about a second (a power loss or a
-/// crash of the operating system may lose the last second of acknowledged writes, as Redis's
-/// `appendfsync everysec` may). The Raft log is one
+/// A node's durable state in one SQLite database (through GRDB), in WAL mode with
+/// `synchronous = FULL`. With `Durability.always` (the default) each batch of patches is one
+/// transaction, on disk when its commit returns. With `Durability.everysec` a batch is one
+/// record appended to a `PatchLog` next to the database: in the operating system's hands when
+/// `write(2)` returns (it survives the process's crash, kill -9 included), fsynced at least
+/// once a second (a power loss or a crash of the operating system may lose the last second of
+/// acknowledged writes, as Redis's `appendfsync everysec` may). Every `logSegmentBytes` the log
+/// starts a new segment and applies the closed one to the database in one transaction (a
+/// register written many times in it is written once); opening a store, in either mode,
+/// applies the segments a crash left behind. The Raft log is one
 /// row per entry (appends and truncations touch only the rows they change); hard state (term
 /// and vote) one small row, rewritten only when it changes; the snapshot in 4 MiB chunk rows of
 /// its own, written when a snapshot is taken or installed and never by a vote (a compaction
@@ -61,10 +64,13 @@ public final class SQLiteStore: NodeStorage {
     public let path: String
     public let durability: Durability
     private let queue: DatabaseQueue
+    /// `everysec`: where batches go first.
+    let log: PatchLog?
     private let syncer: Task<Void, Never>?
 
-    /// Opens (or creates) the store of node `node` at `path`.
-    public init(path: String, node: NodeID, durability: Durability = .always) throws(StorageError) {
+    /// Opens (or creates) the store of node `node` at `path`. `logSegmentBytes`: under
+    /// `everysec`, how large a log segment grows before it is applied to the database.
+    public init(path: String, node: NodeID, durability: Durability = .always, logSegmentBytes: Int = 16 << 20) throws(StorageError) {
         self.path = path
         self.durability = durability
         var configuration = Configuration()
@@ -73,8 +79,8 @@ public final class SQLiteStore: NodeStorage {
         // life of a node stopped in this process finishing a flush it dropped): wait for it
         // rather than fail the write.
         configuration.busyMode = .timeout(5)
-        let synchronous = durability == .always ? "FULL" : "NORMAL"
-        configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = \(synchronous)") }
+        // A log segment is deleted once it is applied: that transaction must be on disk first.
+        configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
         configuration.label = "continuum-store-n\(node.rawValue)"
         let exists = FileManager.default.fileExists(atPath: path)
         // Look before writing: a journal-mode change would already write to a foreign file.
@@ -83,12 +89,29 @@ public final class SQLiteStore: NodeStorage {
             let queue = try DatabaseQueue(path: path, configuration: configuration)
             try queue.write { db in try Self.createSchema(db, node: node) }
             self.queue = queue
-            // everysec: a checkpoint fsyncs the write-ahead log (and copies it into the database)
-            // once a second.
-            syncer = durability == .always ? nil : Task.detached(priority: .utility) {
+            let applied = try Self.applyLeftoverSegments(basePath: path, queue)
+            guard durability == .everysec else {
+                log = nil
+                syncer = nil
+                return
+            }
+            let log = try PatchLog(basePath: path, after: applied, rotationBytes: max(logSegmentBytes, 1),
+                                   label: "continuum-log-n\(node.rawValue)") { log, segment in
+                queue.asyncWrite({ db in try Self.applySegment(segment, basePath: path, newest: false, db) },
+                                 completion: { _, result in
+                                     if case let .failure(error) = result {
+                                         log.fail(error as? StorageError ?? .io("applying \(PatchLog.segmentPath(path, segment)): \(error)"))
+                                     } else {
+                                         try? FileManager.default.removeItem(atPath: PatchLog.segmentPath(path, segment))
+                                     }
+                                 })
+            }
+            self.log = log
+            syncer = Task.detached(priority: .utility) { [weak log] in
                 while !Task.isCancelled {
                     try? await Task.sleep(for: .seconds(1))
-                    _ = try? await queue.writeWithoutTransaction { db in try db.checkpoint(.passive) }
+                    guard let log else { return }
+                    log.sync()
                 }
             }
         } catch let error as StorageError {
@@ -96,6 +119,30 @@ public final class SQLiteStore: NodeStorage {
         } catch {
             throw .io("\(error)")
         }
+    }
+
+    /// Applies the log segments on disk that the database does not have yet (a crash, or a
+    /// stop, left them), oldest first, each in one transaction that also records it as applied,
+    /// and deletes them. Returns the number of the last one applied.
+    private static func applyLeftoverSegments(basePath: String, _ queue: DatabaseQueue) throws -> UInt64 {
+        var applied = try queue.read { db in
+            try String.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'log_applied_through'").flatMap { UInt64($0) } ?? 0
+        }
+        let segments = try PatchLog.segments(basePath: basePath)
+        for segment in segments where segment > applied {
+            try queue.write { db in try applySegment(segment, basePath: basePath, newest: segment == segments.last, db) }
+            applied = segment
+        }
+        for segment in segments { try FileManager.default.removeItem(atPath: PatchLog.segmentPath(basePath, segment)) }
+        return max(applied, segments.last ?? 0)
+    }
+
+    /// Applies log segment `segment` to the database and records it as applied, in the caller's
+    /// transaction: its replication patches joined, the others in order.
+    private static func applySegment(_ segment: UInt64, basePath: String, newest: Bool, _ db: Database) throws {
+        let patches = try PatchLog.read(basePath: basePath, segment: segment, newest: newest).flatMap { $0 }
+        try write(patches, replication: joinedReplication(patches), db)
+        try db.execute(sql: "INSERT OR REPLACE INTO meta (key, value) VALUES ('log_applied_through', ?)", arguments: ["\(segment)"])
     }
 
     /// Refuses a file that is not an empty database or this node's store, opening it read-only.
@@ -178,10 +225,17 @@ public final class SQLiteStore: NodeStorage {
 
     public func load() throws -> NodeDurableState {
         do {
-            return try queue.read { db in
+            // The database is the whole state once every segment is applied: the current one is
+            // closed, and the read below queues behind its application.
+            try log?.rotateNow()
+            let state = try queue.read { db in
                 NodeDurableState(replication: try Self.loadReplication(db), raft: try Self.loadRaft(db),
                                  transactions: try Self.loadTransactions(db))
             }
+            // A segment that failed to apply is not in what was read (it stays on disk, and the
+            // next opening of the store applies it).
+            try log?.check()
+            return state
         } catch let error as StorageError {
             throw error
         } catch {
@@ -200,6 +254,7 @@ public final class SQLiteStore: NodeStorage {
     /// The one write path: `completion` runs on the store's writer thread once the batch is
     /// written, so a node hops back to its own thread from there, not through the task pool.
     public func persist(_ patches: [DurablePatch], then completion: @escaping @Sendable ((any Error)?) -> Void) {
+        if let log { return log.append(patches, then: completion) }
         // Joined on the writer's thread, not the caller's (the node's).
         queue.asyncWrite({ db in try Self.write(patches, replication: Self.joinedReplication(patches), db) },
                          completion: { _, result in
@@ -280,6 +335,9 @@ public final class SQLiteStore: NodeStorage {
     /// A compaction is written in pieces, one transaction per chunk, so that the node's other
     /// batches (which replies wait for) go in between; the last transaction makes it the snapshot.
     public func persistInBackground(_ patch: DurablePatch) async throws {
+        // The log keeps the order of everything in it: a snapshot written around it would be
+        // overtaken by the older entries of a segment applied after it.
+        if log != nil { return try await persist([patch]) }
         guard case let .raft(raft) = patch, raft.compaction, let snapshot = raft.snapshot else { return try await persist([patch]) }
         do {
             let bytes = snapshot.binaryEncoded()

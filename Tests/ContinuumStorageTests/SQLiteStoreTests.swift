@@ -86,9 +86,10 @@ final class TemporaryDirectory {
 
     /// A compaction written in the background replaces only an older snapshot, keeps the log
     /// after it and never touches the hard state.
-    @Test func aBackgroundCompactionReplacesOnlyAnOlderSnapshot() async throws {
+    @Test(arguments: [SQLiteStore.Durability.always, .everysec])
+    func aBackgroundCompactionReplacesOnlyAnOlderSnapshot(_ durability: SQLiteStore.Durability) async throws {
         let directory = try TemporaryDirectory()
-        let store = try SQLiteStore(path: directory.file("n1.db"), node: node)
+        let store = try SQLiteStore(path: directory.file("n1.db"), node: node, durability: durability)
         try await store.persist([.raft(RaftDurableState(term: 3, votedFor: NodeID(2), entries: (1...10).map { entry($0, term: 1) }))])
         let state = Self.stateMachine(megabytes: 5)  // more than one 4 MiB chunk
         let five = RaftSnapshot(lastIndex: 5, lastTerm: 1, state: state)
@@ -131,11 +132,12 @@ final class TemporaryDirectory {
         #expect(oldRow == nil, "the old row no longer holds the snapshot")
     }
 
-    @Test func whatItPersistsIsWhatTheInstancesAccumulateAndSurvivesReopening() async throws {
+    @Test(arguments: [SQLiteStore.Durability.always, .everysec])
+    func whatItPersistsIsWhatTheInstancesAccumulateAndSurvivesReopening(_ durability: SQLiteStore.Durability) async throws {
         let directory = try TemporaryDirectory()
         var expected = NodeDurableState()
         do {
-            let store = try SQLiteStore(path: directory.file("n1.db"), node: node)
+            let store = try SQLiteStore(path: directory.file("n1.db"), node: node, durability: durability)
             #expect(try store.load() == NodeDurableState(), "a new store holds nothing")
             for (index, patch) in patches.enumerated() {
                 try await store.persist([patch])
@@ -143,7 +145,7 @@ final class TemporaryDirectory {
                 #expect(try store.load() == expected, "after patch \(index)")
             }
         }
-        let reopened = try SQLiteStore(path: directory.file("n1.db"), node: node)
+        let reopened = try SQLiteStore(path: directory.file("n1.db"), node: node, durability: durability)
         #expect(try reopened.load() == expected)
         #expect(expected.raft?.entries.map(\.index) == [3, 4], "truncated at 4, compacted through 2")
         #expect(expected.replication?.incarnation == 3)
@@ -151,11 +153,12 @@ final class TemporaryDirectory {
 
     /// One batch of every patch (group commit joins the replication patches before writing
     /// them) leaves what the patches one by one leave.
-    @Test func oneBatchPersistsWhatThePatchesOneByOnePersist() async throws {
+    @Test(arguments: [SQLiteStore.Durability.always, .everysec])
+    func oneBatchPersistsWhatThePatchesOneByOnePersist(_ durability: SQLiteStore.Durability) async throws {
         let directory = try TemporaryDirectory()
         var expected = NodeDurableState()
         for patch in patches { expected.apply(patch) }
-        let store = try SQLiteStore(path: directory.file("n1.db"), node: node)
+        let store = try SQLiteStore(path: directory.file("n1.db"), node: node, durability: durability)
         try await store.persist(patches)
         #expect(try store.load() == expected)
         // A whole state after deltas in the same batch drops them; deltas after it stay.
@@ -240,8 +243,9 @@ final class TemporaryDirectory {
 
     /// A batch the store fails to commit acknowledges nothing: the node stops as a crash would
     /// (the write is refused inside SQLite by a trigger planted through another connection).
-    @Test(arguments: [SQLiteStore.Durability.always, .everysec])
-    func aWriteWhoseBatchFailsToCommitIsNeverAcknowledged(_ durability: SQLiteStore.Durability) async throws {
+    /// (`everysec` writes to its log first: `PatchLogTests` plant failures there.)
+    @Test func aWriteWhoseBatchFailsToCommitIsNeverAcknowledged() async throws {
+        let durability = SQLiteStore.Durability.always
         let directory = try TemporaryDirectory()
         let path = directory.file("n1.db")
         let node = Node(id: NodeID(1), members: [NodeID(1)], configuration: EmbeddedCluster.embeddedConfiguration,

@@ -400,6 +400,18 @@ public actor Node {
         deliver(message, from: sender)
     }
 
+    /// Whether `message` goes ahead of client work and deltas waiting for the node (a shell
+    /// delivers it from a task of priority `.high`): consensus, and the failure detector. A
+    /// SWIM probe that waited behind seconds of deltas made a busy replica look dead, and its
+    /// neighbours then dropped the deltas it had not acknowledged and sent it whole states,
+    /// which kept it busier still.
+    public nonisolated static func isUrgent(_ message: NodeMessage) -> Bool {
+        switch message {
+        case .raft, .replication(.membership): true
+        case .replication, .transaction: false
+        }
+    }
+
     /// A decoded message from the network.
     public func deliver(_ message: NodeMessage, from sender: NodeID) {
         switch message {
@@ -926,11 +938,17 @@ public actor Node {
     private func perform(_ effect: ReplicationInstance.Effect) {
         switch effect {
         case let .send(to, message):
-            transport.send(NodeMessage.replication(message).binaryEncoded(), from: id, to: to, lane: .replication)
+            let lane: TransportLane = if case .membership = message { .membership } else { .replication }
+            transport.send(NodeMessage.replication(message).binaryEncoded(), from: id, to: to, lane: lane)
         case .persist:
             preconditionFailure("patches are flushed, not performed")
         case let .setTimer(timer, after):
-            timers.set(timer, after: after) { [weak self] timer, generation in await self?.fire(timer, generation: generation) }
+            // The failure detector's timers go ahead of client work and deltas, as its messages
+            // do (`Node.isUrgent`): a busy node is slow, not dead.
+            let priority: TaskPriority? = if case .membership = timer { .high } else { nil }
+            timers.set(timer, after: after, priority: priority) { [weak self] timer, generation in
+                await self?.fire(timer, generation: generation)
+            }
         case let .cancelTimer(timer):
             timers.cancel(timer)
         case let .output(output):

@@ -81,9 +81,11 @@ extension NodeTransport {
     public func send(_ bytes: [UInt8], from: NodeID, to: NodeID, lane: TransportLane) { send(bytes, from: from, to: to) }
 }
 
-/// The mechanism a message belongs to, for transports that keep them apart.
+/// The mechanism a message belongs to, for transports that keep them apart. `membership` is
+/// the failure detector (SWIM probes): it must measure whether a node is alive, not how many
+/// deltas wait ahead of the probe.
 public enum TransportLane: Int, Sendable, CaseIterable {
-    case replication, consensus, transactions
+    case replication, consensus, transactions, membership
 }
 
 /// A node's clock: a monotonic time since an epoch that the cluster's nodes share (for

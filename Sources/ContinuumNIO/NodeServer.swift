@@ -379,8 +379,9 @@ public final class NodeServer: Service {
         let node = self.node
         try await node.start()
         let peerPort = try await transport.listen(host: configuration.listen.host, port: configuration.listen.port) { message, from in
-            // Consensus messages go ahead of client work and deltas waiting for the node's actor.
-            let priority: TaskPriority? = if case .raft = message { .high } else { nil }
+            // Consensus and failure detection go ahead of client work and deltas waiting for the
+            // node's actor.
+            let priority: TaskPriority? = Node.isUrgent(message) ? .high : nil
             Task(priority: priority) { await node.deliver(message, from: from) }
         }
         ports.withLock { $0.peer = peerPort }

@@ -239,6 +239,28 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         #expect(harness.value("a", at: n3, as: GCounter.self)?.value == 3)
     }
 
+    /// A relay that adds nothing counts as an acknowledgement only of what it covers: n3 sends
+    /// n1 n2's increment, which n1 already holds, while n1's own increment is still pending for
+    /// n3; n1 ships it to n3 again once its retransmit interval has passed.
+    @Test func aRelayCoveringLessThanWhatIsPendingAcknowledgesNothing() {
+        var harness = Harness(nodes: 3)
+        harness.declare("c", GCounter.self, at: [n1, n2, n3])
+        harness.deliverAll()
+        _ = harness.update("c", at: n2) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
+        harness.deliverAll()
+        _ = harness.update("c", at: n1) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
+        harness.deliverAll { _, to, _ in to == n3 }  // n1's increment reaches n2 only
+        let relay = harness.instances[n3]!.timerFired(.gossip, now: .zero)
+        let toN1 = relay.contains { if case let .send(n1, .deltas(_, payloads, _)) = $0 { payloads.contains { !$0.isMarker } } else { false } }
+        #expect(toN1, "n3 relays n2's increment to n1")
+        harness.carryOut(relay, at: n3)
+        harness.deliverAll { _, to, _ in to == n3 }
+        harness.now = .seconds(2)  // past the retransmit interval
+        harness.gossip(n1)
+        harness.deliverAll { from, to, _ in from == n2 && to == n3 }  // only n1 can bring it
+        #expect(harness.value("c", at: n3, as: GCounter.self)?.value == 2)
+    }
+
     /// A register restored from the store has history the delta buffer never saw: a peer that
     /// never acknowledged it gets the whole state, not the join of the deltas since the restart.
     @Test func aRestoredRegisterGoesWholeToAPeerThatNeverAcknowledgedIt() {

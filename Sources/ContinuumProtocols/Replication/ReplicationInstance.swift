@@ -985,17 +985,17 @@ public struct ReplicationInstance: ProtocolInstance {
         guard let buffer = buffers[register] else { return }
         let acked = acknowledged[peer]?[register]
         if let acked, acked >= buffer.lastSequence { return }
-        // What a ship to the peer would carry now: none of it, if `held` covers it (one join
-        // into one copy of `held`). Deltas dropped after the acknowledgement (or a history the
-        // buffer does not hold, for a peer that never acknowledged) cannot be checked.
-        switch acked.map({ buffer.interval(after: $0, for: peer) }) ?? buffer.intervalForNewcomer(peer) {
-        case .unavailable:
-            return
-        case .nothingNew:
-            break
-        case let .deltas(pending):
-            var joined = held
-            guard let grew = try? joined.formJoin(pending), !grew else { return }
+        // What a ship to the peer would carry now: none of it, if `held` covers it, that is if
+        // every pending delta is below `held` (their join is, exactly then). Checked delta by
+        // delta, oldest first, stopping at the first one `held` lacks: a small relay against a
+        // large pending join fails at once, where joining them cost the join's size on every
+        // relay (about 60% of a replica's time under SADD into one set). Deltas dropped after
+        // the acknowledgement (or a history the buffer does not hold, for a peer that never
+        // acknowledged) cannot be checked.
+        let base = acked ?? 0
+        guard !buffer.entries.isEmpty, buffer.headFirst <= base + 1, acked != nil || buffer.wholeHistory else { return }
+        for entry in buffer.entries where entry.sequence > base && entry.source != peer {
+            guard entry.delta.isBelowOrEqual(held) else { return }
         }
         acknowledged[peer, default: [:]][register] = buffer.lastSequence
         inFlight[peer]?[register] = nil

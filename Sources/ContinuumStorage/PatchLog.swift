@@ -134,6 +134,10 @@ final class PatchLog: @unchecked Sendable {
             for patch in patches { patch.encode(to: &writer) }
             var record = writer.bytes
             let length = record.count - 8
+            // A record the reader would refuse is never written (nothing is acknowledged).
+            guard length <= Self.maximumRecordBytes else {
+                return completion(StorageError.io("a batch of \(length) bytes exceeds the log's record limit of \(Self.maximumRecordBytes)"))
+            }
             let checksum = record.withUnsafeBytes { CRC32.checksum(UnsafeRawBufferPointer(rebasing: $0[8...])) }
             for index in 0..<4 {
                 record[index] = UInt8(truncatingIfNeeded: UInt32(length) >> (8 * index))

@@ -10,7 +10,7 @@ import Synchronization
 
 /// TCP between the nodes of a cluster (SwiftNIO). Each node dials every peer for its own
 /// outbound messages, one connection per mechanism (`TransportLane`: replication, consensus,
-/// transactions), opened when the first message of the lane goes out, and accepts the peers'
+/// transactions, membership), opened when the first message of the lane goes out, and accepts the peers'
 /// connections for inbound ones. Lanes keep mechanisms apart on the wire: a Raft heartbeat
 /// never waits behind megabytes of CRDT deltas in one socket buffer, and deltas that fill
 /// their lane's buffer drop only deltas. A connection starts

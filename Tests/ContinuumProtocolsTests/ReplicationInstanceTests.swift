@@ -261,6 +261,20 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         #expect(harness.value("c", at: n3, as: GCounter.self)?.value == 2)
     }
 
+    /// A push computes a register's pending join once for all neighbours only when every delta
+    /// in it was made here: n1 holds n2's increment (which n3 never got) and makes its own; its
+    /// push sends n2 only its own, and n3 both.
+    @Test func aJoinSharedAcrossNeighboursHoldsOnlyLocalDeltas() {
+        var harness = Harness(nodes: 3)
+        harness.declare("c", GCounter.self, at: [n1, n2, n3])
+        harness.deliverAll()
+        _ = harness.update("c", at: n2) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
+        harness.deliverAll { from, to, _ in from == n2 && to == n3 }
+        _ = harness.update("c", at: n1) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
+        harness.deliverAll { from, to, _ in from == n2 && to == n3 }
+        #expect(harness.value("c", at: n3, as: GCounter.self)?.value == 2, "n1's push carried n2's increment to n3")
+    }
+
     /// A register restored from the store has history the delta buffer never saw: a peer that
     /// never acknowledged it gets the whole state, not the join of the deltas since the restart.
     @Test func aRestoredRegisterGoesWholeToAPeerThatNeverAcknowledgedIt() {

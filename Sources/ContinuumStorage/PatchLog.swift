@@ -36,6 +36,15 @@ final class PatchLog: @unchecked Sendable {
     /// Set once a segment could not be compacted: the log refuses every later batch, so that a
     /// later segment is never applied past one that was not.
     private let failure = Mutex<StorageError?>(nil)
+    /// Closed segments not yet applied to the database, at most: past it, closing a segment
+    /// waits for an application to finish, and so do the appends behind it (backpressure on
+    /// acknowledgements, and a bound on the disk the log takes: about this many segments plus
+    /// the one being written).
+    static let pendingSegmentsMax = 4
+    /// Guards `pendingSegments` (a condition, not a semaphore: the log may go away with
+    /// applications still running).
+    private let pendingChanged = NSCondition()
+    private var pendingSegments = 0
     /// Testing: the next append writes half its record, then fails as a full disk would.
     let plantedWriteFailure = Atomic<Bool>(false)
 
@@ -145,7 +154,7 @@ final class PatchLog: @unchecked Sendable {
             }
             var written = 0
             var error: StorageError?
-            if plantedWriteFailure.exchange(false, ordering: .relaxed) {
+            if plantedWriteFailure.load(ordering: .relaxed), plantedWriteFailure.exchange(false, ordering: .relaxed) {
                 written = record.count / 2
                 _ = record.withUnsafeBytes { Foundation.write(descriptor, $0.baseAddress, written) }
                 error = .io("planted write failure after \(written) of \(record.count) bytes")
@@ -202,8 +211,20 @@ final class PatchLog: @unchecked Sendable {
         if let failed = failure.withLock({ $0 }) { throw failed }
     }
 
-    /// Records that a segment could not be compacted: later batches are refused.
-    func fail(_ error: StorageError) { failure.withLock { if $0 == nil { $0 = error } } }
+    /// A closed segment was applied, or failed to be (`compact` calls one or the other).
+    func compacted() {
+        pendingChanged.lock()
+        pendingSegments -= 1
+        pendingChanged.signal()
+        pendingChanged.unlock()
+    }
+
+    /// Records that a segment could not be applied: later batches are refused (and the
+    /// segment no longer counts as pending).
+    func fail(_ error: StorageError) {
+        failure.withLock { if $0 == nil { $0 = error } }
+        compacted()
+    }
 
     private func rotate() throws(StorageError) {
         guard fsync(descriptor) == 0 else { throw .io("fsync of \(Self.segmentPath(basePath, segment)): errno \(errno)") }
@@ -211,6 +232,10 @@ final class PatchLog: @unchecked Sendable {
         descriptor = -1
         let closed = segment
         try openNextSegment()
+        pendingChanged.lock()
+        while pendingSegments >= Self.pendingSegmentsMax { pendingChanged.wait() }
+        pendingSegments += 1
+        pendingChanged.unlock()
         compact(self, closed)
     }
 

@@ -103,6 +103,7 @@ public final class SQLiteStore: NodeStorage {
                                          log.fail(error as? StorageError ?? .io("applying \(PatchLog.segmentPath(path, segment)): \(error)"))
                                      } else {
                                          try? FileManager.default.removeItem(atPath: PatchLog.segmentPath(path, segment))
+                                         log.compacted()
                                      }
                                  })
             }

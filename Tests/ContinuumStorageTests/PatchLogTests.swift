@@ -2,6 +2,7 @@ import Continuum
 import ContinuumCore
 import ContinuumProtocols
 @testable import ContinuumStorage
+import Dispatch
 import Foundation
 import GRDB
 import Testing
@@ -168,6 +169,36 @@ import Testing
         var expected = NodeDurableState()
         expected.apply(patch)
         #expect(try SQLiteStore(path: image.file("n1.db"), node: node, durability: .everysec).load() == expected)
+    }
+
+    /// While the database cannot take the closed segments (another connection holds its write
+    /// lock), at most `pendingSegmentsMax` of them wait: closing one more waits, and so do the
+    /// batches behind it, until the lock goes. Nothing is lost.
+    @Test func closedSegmentsWaitingForTheDatabaseAreBounded() async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("n1.db")
+        let store = try SQLiteStore(path: path, node: node, durability: .everysec, logSegmentBytes: 64)
+        let other = try DatabaseQueue(path: path)
+        let locked = DispatchSemaphore(value: 0)
+        let holder = Thread {
+            try? other.inTransaction(.immediate) { _ in
+                locked.signal()
+                Thread.sleep(forTimeInterval: 0.5)
+                return .commit
+            }
+        }
+        holder.start()
+        locked.wait()
+        var expected = NodeDurableState()
+        var most = 0
+        for term in UInt64(1)...24 {
+            let patch = DurablePatch.raft(RaftDurableState(term: term, votedFor: NodeID(2), entries: [SQLiteStoreTests().entry(term, term: term)]))
+            try await store.persist([patch])
+            expected.apply(patch)
+            most = max(most, try segments(directory).count)
+        }
+        #expect(most <= PatchLog.pendingSegmentsMax + 1, "\(most) segments on disk at once")
+        #expect(try store.load() == expected)
     }
 
     /// Where the last record of a segment starts.

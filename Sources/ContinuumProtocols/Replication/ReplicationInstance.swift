@@ -239,10 +239,14 @@ public struct ReplicationInstance: ProtocolInstance {
             wholeHistory ? interval(after: 0, for: peer) : .unavailable
         }
 
-        /// Whether every delta after `acknowledged` was made here (none came from a
-        /// neighbour): then the interval after it is the same for every neighbour.
-        func isLocal(after acknowledged: UInt64) -> Bool {
-            !entries.contains { $0.sequence > acknowledged && $0.source != nil }
+        /// Whether the interval after `acknowledged` is worth keeping for the other
+        /// neighbours: it joins more than one delta (one delta is not computed, only copied),
+        /// and every delta in it was made here (none came from a neighbour), so it is the same
+        /// for every neighbour.
+        func isSharedJoin(after acknowledged: UInt64) -> Bool {
+            guard let last = entries.last, last.sequence > acknowledged, entries.count >= 2,
+                  entries[entries.count - 2].sequence > acknowledged else { return false }
+            return !entries.contains { $0.sequence > acknowledged && $0.source != nil }
         }
 
         /// The join of the deltas after `acknowledged` that did not come from `peer`.
@@ -305,7 +309,9 @@ public struct ReplicationInstance: ProtocolInstance {
     private var inFlight: [NodeID: [String: (upTo: UInt64, since: Duration, retries: Int)]] = [:]
     /// Within one push or tick, the join of a register's deltas after a sequence number when
     /// they were all made here: the same for every neighbour acknowledged up to that number,
-    /// so it is computed once, not once per neighbour (13% of a one-key SADD's writer).
+    /// so it is computed once, not once per neighbour (13% of a one-key SADD's writer). Only
+    /// joins of two deltas or more are kept: a push of many registers with one delta each
+    /// would pay two lookups per register to save a copy.
     typealias SharedJoins = [String: (after: UInt64, interval: DeltaBuffer.Interval)]
     /// The wait before shipping a register again doubles at most this many times (to 4
     /// retransmit intervals).
@@ -1047,11 +1053,11 @@ public struct ReplicationInstance: ProtocolInstance {
                 let base = shipped?.upTo ?? acknowledgedUpTo
                 let anchored = shipped == nil
                 let interval: DeltaBuffer.Interval
-                if let base, let shared = joins[register], shared.after == base {
+                if let base, !joins.isEmpty, let shared = joins[register], shared.after == base {
                     interval = shared.interval
                 } else {
                     interval = base.map { buffer.interval(after: $0, for: peer) } ?? buffer.intervalForNewcomer(peer)
-                    if let base, case .deltas = interval, buffer.isLocal(after: base) { joins[register] = (base, interval) }
+                    if let base, case .deltas = interval, buffer.isSharedJoin(after: base) { joins[register] = (base, interval) }
                 }
                 switch interval {
                 case .nothingNew where anchored:

@@ -28,7 +28,9 @@ final class PatchLog: @unchecked Sendable {
     private let queue: DispatchQueue
     /// Hands a closed segment's number to compaction (called on the log's queue, in order).
     private let compact: @Sendable (PatchLog, UInt64) -> Void
-    // Confined to `queue`.
+    /// Guards the current segment (appends run on their caller's thread; syncs and closed
+    /// segments on `queue`).
+    private let lock = NSLock()
     private var descriptor: Int32 = -1
     private var segment: UInt64
     private var segmentBytes = 0
@@ -36,10 +38,10 @@ final class PatchLog: @unchecked Sendable {
     /// Set once a segment could not be compacted: the log refuses every later batch, so that a
     /// later segment is never applied past one that was not.
     private let failure = Mutex<StorageError?>(nil)
-    /// Closed segments not yet applied to the database, at most: past it, closing a segment
-    /// waits for an application to finish, and so do the appends behind it (backpressure on
-    /// acknowledgements, and a bound on the disk the log takes: about this many segments plus
-    /// the one being written).
+    /// Closed segments not yet applied to the database, at most: the append that closes a
+    /// segment returns only once fewer wait, so the appends behind it wait too (on the node's
+    /// thread: backpressure on acknowledgements, and a bound on the disk the log takes: this
+    /// many segments plus the one being written).
     static let pendingSegmentsMax = 4
     /// Guards `pendingSegments` (a condition, not a semaphore: the log may go away with
     /// applications still running).
@@ -56,7 +58,7 @@ final class PatchLog: @unchecked Sendable {
         self.compact = compact
         queue = DispatchQueue(label: label)
         segment = after
-        try openNextSegment()
+        try openNextSegment(syncNow: true)
     }
 
     deinit {
@@ -131,78 +133,110 @@ final class PatchLog: @unchecked Sendable {
         return batches
     }
 
-    /// Appends `patches` as one record; `completion` runs on the log's thread once `write(2)`
-    /// returned for all of it (nil), or with the error (the segment is cut back to where it
-    /// was, so the log stays readable and the batch counts as never written).
-    func append(_ patches: [DurablePatch], then completion: @escaping @Sendable ((any Error)?) -> Void) {
-        queue.async { [self] in
-            if let failed = failure.withLock({ $0 }) { return completion(failed) }
-            var writer = BinaryWriter()
-            writer.writeRaw([0, 0, 0, 0, 0, 0, 0, 0])
-            writer.writeVarint(UInt64(patches.count))
-            for patch in patches { patch.encode(to: &writer) }
-            var record = writer.bytes
-            let length = record.count - 8
-            // A record the reader would refuse is never written (nothing is acknowledged).
-            guard length <= Self.maximumRecordBytes else {
-                return completion(StorageError.io("a batch of \(length) bytes exceeds the log's record limit of \(Self.maximumRecordBytes)"))
-            }
-            let checksum = record.withUnsafeBytes { CRC32.checksum(UnsafeRawBufferPointer(rebasing: $0[8...])) }
-            for index in 0..<4 {
-                record[index] = UInt8(truncatingIfNeeded: UInt32(length) >> (8 * index))
-                record[4 + index] = UInt8(truncatingIfNeeded: checksum >> (8 * index))
-            }
-            var written = 0
-            var error: StorageError?
-            if plantedWriteFailure.load(ordering: .relaxed), plantedWriteFailure.exchange(false, ordering: .relaxed) {
-                written = record.count / 2
-                _ = record.withUnsafeBytes { Foundation.write(descriptor, $0.baseAddress, written) }
-                error = .io("planted write failure after \(written) of \(record.count) bytes")
-            }
-            while error == nil, written < record.count {
-                let result = record.withUnsafeBytes { Foundation.write(descriptor, $0.baseAddress! + written, record.count - written) }
-                if result < 0 {
-                    if errno == EINTR { continue }
-                    error = .io("writing \(Self.segmentPath(basePath, segment)): errno \(errno)")
-                } else {
-                    written += result
-                }
-            }
-            if let error {
-                if ftruncate(descriptor, off_t(segmentBytes)) != 0 {
-                    failure.withLock { $0 = .io("a failed write could not be cut back from \(Self.segmentPath(basePath, segment)): errno \(errno)") }
-                }
-                return completion(error)
-            }
-            segmentBytes += record.count
-            unsynced = true
-            if segmentBytes >= rotationBytes {
-                do throws(StorageError) { try rotate() } catch { failure.withLock { $0 = error } }
-            }
-            completion(nil)
+    /// Appends `patches` as one record, on the caller's thread (a node's own: a write to the
+    /// operating system's cache costs less than the two thread hops a writer thread of the
+    /// log's own cost, which kept a 3-node cluster's cores half idle). `completion` runs before
+    /// this returns, once `write(2)` returned for all of the record (nil), or with the error
+    /// (the segment is cut back to where it was, so the log stays readable and the batch
+    /// counts as never written). A record that fills the segment closes it: its fsync and its
+    /// application run on the log's queue; while more than `pendingSegmentsMax` closed segments
+    /// wait for the database, the append returns only once one is applied.
+    func append(_ patches: [DurablePatch], then completion: (StorageError?) -> Void) {
+        var writer = BinaryWriter()
+        writer.writeRaw([0, 0, 0, 0, 0, 0, 0, 0])
+        writer.writeVarint(UInt64(patches.count))
+        for patch in patches { patch.encode(to: &writer) }
+        var record = writer.bytes
+        let length = record.count - 8
+        // A record the reader would refuse is never written (nothing is acknowledged).
+        guard length <= Self.maximumRecordBytes else {
+            return completion(.io("a batch of \(length) bytes exceeds the log's record limit of \(Self.maximumRecordBytes)"))
+        }
+        let checksum = record.withUnsafeBytes { CRC32.checksum(UnsafeRawBufferPointer(rebasing: $0[8...])) }
+        for index in 0..<4 {
+            record[index] = UInt8(truncatingIfNeeded: UInt32(length) >> (8 * index))
+            record[4 + index] = UInt8(truncatingIfNeeded: checksum >> (8 * index))
+        }
+        lock.lock()
+        let outcome = write(record)
+        lock.unlock()
+        if case .success(true) = outcome { waitForPendingSegments() }
+        switch outcome {
+        case .success: completion(nil)
+        case let .failure(error): completion(error)
         }
     }
 
-    /// Fsyncs what was written since the last sync (the once-a-second sync of `everysec`).
+    /// Writes `record` at the end of the current segment, closing the segment once it is full
+    /// (true). Called with `lock` held.
+    private func write(_ record: [UInt8]) -> Result<Bool, StorageError> {
+        if let failed = failure.withLock({ $0 }) { return .failure(failed) }
+        var written = 0
+        var error: StorageError?
+        if plantedWriteFailure.load(ordering: .relaxed), plantedWriteFailure.exchange(false, ordering: .relaxed) {
+            written = record.count / 2
+            _ = record.withUnsafeBytes { Foundation.write(descriptor, $0.baseAddress, written) }
+            error = .io("planted write failure after \(written) of \(record.count) bytes")
+        }
+        while error == nil, written < record.count {
+            let result = record.withUnsafeBytes { Foundation.write(descriptor, $0.baseAddress! + written, record.count - written) }
+            if result < 0 {
+                if errno == EINTR { continue }
+                error = .io("writing \(Self.segmentPath(basePath, segment)): errno \(errno)")
+            } else {
+                written += result
+            }
+        }
+        if let error {
+            if ftruncate(descriptor, off_t(segmentBytes)) != 0 {
+                failure.withLock { $0 = .io("a failed write could not be cut back from \(Self.segmentPath(basePath, segment)): errno \(errno)") }
+            }
+            return .failure(error)
+        }
+        segmentBytes += record.count
+        unsynced = true
+        guard segmentBytes >= rotationBytes else { return .success(false) }
+        do throws(StorageError) { try rotate() } catch { failure.withLock { $0 = error } }
+        return .success(true)
+    }
+
+    /// Fsyncs what was written since the last sync (the once-a-second sync of `everysec`), on
+    /// the log's queue: appends go on meanwhile (a descriptor is closed only by a job of that
+    /// queue, so the one read here stays open until the fsync returns).
     func sync() {
         queue.async { [self] in
-            guard unsynced else { return }
-            if fsync(descriptor) == 0 { unsynced = false }
+            lock.lock()
+            let open = descriptor, dirty = unsynced
+            unsynced = false
+            lock.unlock()
+            guard dirty, open >= 0 else { return }
+            if fsync(open) != 0 {
+                lock.lock()
+                if descriptor == open { unsynced = true }
+                lock.unlock()
+            }
         }
     }
 
     /// Closes the current segment (if it holds a record) and hands it to compaction; returns
     /// once that is enqueued, so work the compactor's queue takes afterwards sees it applied.
     func rotateNow() throws(StorageError) {
-        let result = queue.sync { () -> Result<Void, StorageError> in
-            guard segmentBytes > Self.marker.count else { return .success(()) }
-            do throws(StorageError) { try rotate() } catch {
+        lock.lock()
+        var outcome: Result<Bool, StorageError> = .success(false)
+        if segmentBytes > Self.marker.count {
+            do throws(StorageError) {
+                try rotate()
+                outcome = .success(true)
+            } catch {
                 failure.withLock { if $0 == nil { $0 = error } }
-                return .failure(error)
+                outcome = .failure(error)
             }
-            return .success(())
         }
-        try result.get()
+        lock.unlock()
+        let rotated = try outcome.get()
+        if rotated { waitForPendingSegments() }
+        // The closed segment's fsync and hand-over are queued: wait for them.
+        queue.sync {}
         try check()
     }
 
@@ -226,31 +260,63 @@ final class PatchLog: @unchecked Sendable {
         compacted()
     }
 
-    private func rotate() throws(StorageError) {
-        guard fsync(descriptor) == 0 else { throw .io("fsync of \(Self.segmentPath(basePath, segment)): errno \(errno)") }
-        close(descriptor)
-        descriptor = -1
-        let closed = segment
-        try openNextSegment()
+    /// Blocks while `pendingSegmentsMax` closed segments wait for the database, so the next
+    /// rotation makes at most that many (called without `lock`, so the queue that hands
+    /// segments over is never held up).
+    private func waitForPendingSegments() {
         pendingChanged.lock()
         while pendingSegments >= Self.pendingSegmentsMax { pendingChanged.wait() }
-        pendingSegments += 1
         pendingChanged.unlock()
-        compact(self, closed)
     }
 
-    private func openNextSegment() throws(StorageError) {
+    /// Closes the current segment and opens the next one (with `lock` held). The closed
+    /// segment is fsynced, closed and handed to compaction on the log's queue, in order; the
+    /// new one's marker and name are fsynced there too, before any later sync.
+    private func rotate() throws(StorageError) {
+        let closing = descriptor, closed = segment
+        descriptor = -1
+        pendingChanged.lock()
+        pendingSegments += 1
+        pendingChanged.unlock()
+        queue.async { [self] in
+            guard fsync(closing) == 0 else {
+                let error = StorageError.io("fsync of \(Self.segmentPath(basePath, closed)): errno \(errno)")
+                close(closing)
+                return fail(error)
+            }
+            close(closing)
+            compact(self, closed)
+        }
+        try openNextSegment(syncNow: false)
+    }
+
+    /// Creates the next segment with its marker. `syncNow`: its marker and name are on disk
+    /// when this returns; otherwise the log's queue fsyncs them (under `everysec`, a record in
+    /// the new segment may be lost in the second after its write, as any record may).
+    private func openNextSegment(syncNow: Bool) throws(StorageError) {
         segment += 1
         let path = Self.segmentPath(basePath, segment)
         let opened = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o644)
         guard opened >= 0 else { throw .io("cannot create \(path): errno \(errno)") }
         let written = Self.marker.withUnsafeBytes { Foundation.write(opened, $0.baseAddress, Self.marker.count) }
-        // The marker and the file's name are on disk before any record is acknowledged in it.
-        let directory = open(URL(fileURLWithPath: path).deletingLastPathComponent().path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        defer { if directory >= 0 { close(directory) } }
-        guard written == Self.marker.count, fsync(opened) == 0, directory >= 0, fsync(directory) == 0 else {
+        guard written == Self.marker.count else {
             close(opened)
             throw .io("cannot start \(path): errno \(errno)")
+        }
+        let directoryPath = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        let syncMarker: @Sendable () -> StorageError? = {
+            let directory = open(directoryPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            defer { if directory >= 0 { close(directory) } }
+            guard fsync(opened) == 0, directory >= 0, fsync(directory) == 0 else { return .io("cannot start \(path): errno \(errno)") }
+            return nil
+        }
+        if syncNow {
+            if let error = syncMarker() {
+                close(opened)
+                throw error
+            }
+        } else {
+            queue.async { [self] in if let error = syncMarker() { failure.withLock { if $0 == nil { $0 = error } } } }
         }
         descriptor = opened
         segmentBytes = Self.marker.count

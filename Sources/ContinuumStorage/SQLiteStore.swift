@@ -255,7 +255,7 @@ public final class SQLiteStore: NodeStorage {
     /// The one write path: `completion` runs on the store's writer thread once the batch is
     /// written, so a node hops back to its own thread from there, not through the task pool.
     public func persist(_ patches: [DurablePatch], then completion: @escaping @Sendable ((any Error)?) -> Void) {
-        if let log { return log.append(patches, then: completion) }
+        if let log { return log.append(patches) { completion($0) } }
         // Joined on the writer's thread, not the caller's (the node's).
         queue.asyncWrite({ db in try Self.write(patches, replication: Self.joinedReplication(patches), db) },
                          completion: { _, result in

@@ -96,8 +96,9 @@ public struct CausalContext: Lattice, Hashable, BinaryCodable, CustomStringConve
             cloud.insert(dot)
             touched.insert(dot.replica)
         }
-        // Dots that the joined vector now covers, or that became contiguous with it.
-        cloud = cloud.filter { $0.counter > versionVector[$0.replica] }
+        // Dots that the joined vector now covers, or that became contiguous with it (an empty
+        // cloud, the common case, is not rebuilt).
+        if !cloud.isEmpty { cloud = cloud.filter { $0.counter > versionVector[$0.replica] } }
         for replica in touched { absorbCloud(of: replica) }
     }
 

@@ -90,11 +90,40 @@ public struct BinaryWriter: Sendable {
 
     public mutating func write<T: BinaryCodable>(_ value: T) { value.encode(to: &self) }
 
-    /// Writes elements in a canonical order: sorted by their own encodings.
-    public mutating func writeCanonical<S: Sequence>(_ elements: S) where S.Element: BinaryCodable {
-        let encoded = elements.map { $0.binaryEncoded() }.sorted { $0.lexicographicallyPrecedes($1) }
-        writeVarint(UInt64(encoded.count))
-        for element in encoded { bytes.append(contentsOf: element) }
+    /// Writes elements in a canonical order: sorted by their own encodings. The elements are
+    /// encoded one after another into one buffer and their ranges sorted (not one array per
+    /// element); a single element is written in place (a delta of one update is the common case).
+    public mutating func writeCanonical<C: Collection>(_ elements: C) where C.Element: BinaryCodable {
+        writeVarint(UInt64(elements.count))
+        if elements.count <= 1 {
+            for element in elements { element.encode(to: &self) }
+            return
+        }
+        var scratch = BinaryWriter()
+        var ranges: [Range<Int>] = []
+        ranges.reserveCapacity(elements.count)
+        for element in elements {
+            let start = scratch.bytes.count
+            element.encode(to: &scratch)
+            ranges.append(start..<scratch.bytes.count)
+        }
+        scratch.bytes.withUnsafeBufferPointer { buffer in
+            ranges.sort { Self.precedes(buffer, $0, $1) }
+            bytes.reserveCapacity(bytes.count + buffer.count)
+            for range in ranges { bytes.append(contentsOf: UnsafeBufferPointer(rebasing: buffer[range])) }
+        }
+    }
+
+    /// Whether `buffer[a]` comes before `buffer[b]` in lexicographic byte order (a prefix first).
+    private static func precedes(_ buffer: UnsafeBufferPointer<UInt8>, _ a: Range<Int>, _ b: Range<Int>) -> Bool {
+        let common = min(a.count, b.count)
+        var index = 0
+        while index < common {
+            let x = buffer[a.lowerBound + index], y = buffer[b.lowerBound + index]
+            if x != y { return x < y }
+            index += 1
+        }
+        return a.count < b.count
     }
 }
 
@@ -318,7 +347,7 @@ struct BinaryEntry<Key: BinaryCodable, Value: BinaryCodable>: BinaryCodable {
 
 extension Dictionary: BinaryCodable where Key: BinaryCodable, Value: BinaryCodable {
     public func encode(to writer: inout BinaryWriter) {
-        writer.writeCanonical(map { BinaryEntry(key: $0.key, value: $0.value) })
+        writer.writeCanonical(lazy.map { BinaryEntry(key: $0.key, value: $0.value) })
     }
 
     public init(from reader: inout BinaryReader) throws(WireDecodingError) {

@@ -751,7 +751,8 @@ public actor Node {
         let incarnation = self.incarnation
         let executor = self.executor
         storage.persist(patches) { [weak self] error in
-            // Back on the node's thread straight from the store's (no task in between).
+            // Back on the node's thread straight from the store's, or later on it when the store
+            // called back at once (no task in between; never re-entered).
             guard let node = self else { return }
             executor.run {
                 node.assumeIsolated { node in

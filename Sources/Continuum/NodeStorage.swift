@@ -40,7 +40,8 @@ public protocol NodeStorage: Sendable {
     /// Makes `patches` durable, in order and all together, before returning.
     func persist(_ patches: [DurablePatch]) async throws
     /// The same, calling `completion` (with nil, or the error) once they are durable, on any
-    /// thread. A store whose writes run on a thread of its own calls it from there.
+    /// thread, possibly before this returns. A store whose writes run on a thread of its own
+    /// calls it from there.
     func persist(_ patches: [DurablePatch], then completion: @escaping @Sendable ((any Error)?) -> Void)
     /// For stores that persist at once without blocking (memory): persists and returns true.
     /// Others return false and get `persist`.

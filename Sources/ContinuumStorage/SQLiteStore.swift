@@ -252,8 +252,10 @@ public final class SQLiteStore: NodeStorage {
         }
     }
 
-    /// The one write path: `completion` runs on the store's writer thread once the batch is
-    /// written, so a node hops back to its own thread from there, not through the task pool.
+    /// The one write path. Under `everysec` the batch is appended to the log on the caller's
+    /// thread and `completion` runs before this returns; under `always` it runs on the store's
+    /// writer thread once the transaction commits, so a node hops back to its own thread from
+    /// there, not through the task pool.
     public func persist(_ patches: [DurablePatch], then completion: @escaping @Sendable ((any Error)?) -> Void) {
         if let log { return log.append(patches) { completion($0) } }
         // Joined on the writer's thread, not the caller's (the node's).

@@ -26,10 +26,10 @@ final class PatchLog: @unchecked Sendable {
     let basePath: String
     let rotationBytes: Int
     private let queue: DispatchQueue
-    /// Hands a closed segment's number to compaction (called on the log's queue, in order).
+    /// Hands a closed segment's number to compaction (called with `lock` held, in order).
     private let compact: @Sendable (PatchLog, UInt64) -> Void
-    /// Guards the current segment (appends run on their caller's thread; syncs and closed
-    /// segments on `queue`).
+    /// Guards the current segment (appends and rotations run on their caller's thread, the
+    /// once-a-second sync on `queue`).
     private let lock = NSLock()
     private var descriptor: Int32 = -1
     private var segment: UInt64
@@ -58,7 +58,7 @@ final class PatchLog: @unchecked Sendable {
         self.compact = compact
         queue = DispatchQueue(label: label)
         segment = after
-        try openNextSegment(syncNow: true)
+        try openNextSegment()
     }
 
     deinit {
@@ -134,13 +134,12 @@ final class PatchLog: @unchecked Sendable {
     }
 
     /// Appends `patches` as one record, on the caller's thread (a node's own: a write to the
-    /// operating system's cache costs less than the two thread hops a writer thread of the
-    /// log's own cost, which kept a 3-node cluster's cores half idle). `completion` runs before
-    /// this returns, once `write(2)` returned for all of the record (nil), or with the error
-    /// (the segment is cut back to where it was, so the log stays readable and the batch
-    /// counts as never written). A record that fills the segment closes it: its fsync and its
-    /// application run on the log's queue; while more than `pendingSegmentsMax` closed segments
-    /// wait for the database, the append returns only once one is applied.
+    /// operating system's cache, where a writer thread of the log's own cost two thread hops
+    /// per batch). `completion` runs before this returns, once `write(2)` returned for all of
+    /// the record (nil), or with the error (the segment is cut back to where it was, so the
+    /// log stays readable and the batch counts as never written). A record that fills the
+    /// segment closes it (`rotate`); the append then returns only once fewer than
+    /// `pendingSegmentsMax` closed segments wait for the database.
     func append(_ patches: [DurablePatch], then completion: (StorageError?) -> Void) {
         var writer = BinaryWriter()
         writer.writeRaw([0, 0, 0, 0, 0, 0, 0, 0])
@@ -158,7 +157,7 @@ final class PatchLog: @unchecked Sendable {
             record[4 + index] = UInt8(truncatingIfNeeded: checksum >> (8 * index))
         }
         lock.lock()
-        let outcome = write(record)
+        let outcome = appendLocked(record)
         lock.unlock()
         if case .success(true) = outcome { waitForPendingSegments() }
         switch outcome {
@@ -169,7 +168,7 @@ final class PatchLog: @unchecked Sendable {
 
     /// Writes `record` at the end of the current segment, closing the segment once it is full
     /// (true). Called with `lock` held.
-    private func write(_ record: [UInt8]) -> Result<Bool, StorageError> {
+    private func appendLocked(_ record: [UInt8]) -> Result<Bool, StorageError> {
         if let failed = failure.withLock({ $0 }) { return .failure(failed) }
         var written = 0
         var error: StorageError?
@@ -201,8 +200,8 @@ final class PatchLog: @unchecked Sendable {
     }
 
     /// Fsyncs what was written since the last sync (the once-a-second sync of `everysec`), on
-    /// the log's queue: appends go on meanwhile (a descriptor is closed only by a job of that
-    /// queue, so the one read here stays open until the fsync returns).
+    /// the log's queue, outside `lock`: appends go on meanwhile. A rotation may close the
+    /// descriptor during the fsync; it fsyncs the closed segment itself, so nothing is missed.
     func sync() {
         queue.async { [self] in
             lock.lock()
@@ -233,10 +232,7 @@ final class PatchLog: @unchecked Sendable {
             }
         }
         lock.unlock()
-        let rotated = try outcome.get()
-        if rotated { waitForPendingSegments() }
-        // The closed segment's fsync and hand-over are queued: wait for them.
-        queue.sync {}
+        if try outcome.get() { waitForPendingSegments() }
         try check()
     }
 
@@ -261,8 +257,8 @@ final class PatchLog: @unchecked Sendable {
     }
 
     /// Blocks while `pendingSegmentsMax` closed segments wait for the database, so the next
-    /// rotation makes at most that many (called without `lock`, so the queue that hands
-    /// segments over is never held up).
+    /// rotation makes at most that many (called without `lock`, so the once-a-second sync is
+    /// never held up).
     private func waitForPendingSegments() {
         pendingChanged.lock()
         while pendingSegments >= Self.pendingSegmentsMax { pendingChanged.wait() }
@@ -270,53 +266,33 @@ final class PatchLog: @unchecked Sendable {
     }
 
     /// Closes the current segment and opens the next one (with `lock` held). The closed
-    /// segment is fsynced, closed and handed to compaction on the log's queue, in order; the
-    /// new one's marker and name are fsynced there too, before any later sync.
+    /// segment is fsynced before the next one exists, so a crash of the operating system can
+    /// tear only the newest segment (the reader's rule); its application is queued on the
+    /// database's writer.
     private func rotate() throws(StorageError) {
-        let closing = descriptor, closed = segment
+        guard fsync(descriptor) == 0 else { throw .io("fsync of \(Self.segmentPath(basePath, segment)): errno \(errno)") }
+        close(descriptor)
         descriptor = -1
+        let closed = segment
+        try openNextSegment()
         pendingChanged.lock()
         pendingSegments += 1
         pendingChanged.unlock()
-        queue.async { [self] in
-            guard fsync(closing) == 0 else {
-                let error = StorageError.io("fsync of \(Self.segmentPath(basePath, closed)): errno \(errno)")
-                close(closing)
-                return fail(error)
-            }
-            close(closing)
-            compact(self, closed)
-        }
-        try openNextSegment(syncNow: false)
+        compact(self, closed)
     }
 
-    /// Creates the next segment with its marker. `syncNow`: its marker and name are on disk
-    /// when this returns; otherwise the log's queue fsyncs them (under `everysec`, a record in
-    /// the new segment may be lost in the second after its write, as any record may).
-    private func openNextSegment(syncNow: Bool) throws(StorageError) {
+    private func openNextSegment() throws(StorageError) {
         segment += 1
         let path = Self.segmentPath(basePath, segment)
         let opened = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o644)
         guard opened >= 0 else { throw .io("cannot create \(path): errno \(errno)") }
         let written = Self.marker.withUnsafeBytes { Foundation.write(opened, $0.baseAddress, Self.marker.count) }
-        guard written == Self.marker.count else {
+        // The marker and the file's name are on disk before any record is acknowledged in it.
+        let directory = open(URL(fileURLWithPath: path).deletingLastPathComponent().path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        defer { if directory >= 0 { close(directory) } }
+        guard written == Self.marker.count, fsync(opened) == 0, directory >= 0, fsync(directory) == 0 else {
             close(opened)
             throw .io("cannot start \(path): errno \(errno)")
-        }
-        let directoryPath = URL(fileURLWithPath: path).deletingLastPathComponent().path
-        let syncMarker: @Sendable () -> StorageError? = {
-            let directory = open(directoryPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            defer { if directory >= 0 { close(directory) } }
-            guard fsync(opened) == 0, directory >= 0, fsync(directory) == 0 else { return .io("cannot start \(path): errno \(errno)") }
-            return nil
-        }
-        if syncNow {
-            if let error = syncMarker() {
-                close(opened)
-                throw error
-            }
-        } else {
-            queue.async { [self] in if let error = syncMarker() { failure.withLock { if $0 == nil { $0 = error } } } }
         }
         descriptor = opened
         segmentBytes = Self.marker.count

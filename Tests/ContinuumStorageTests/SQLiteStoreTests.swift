@@ -72,7 +72,10 @@ final class TemporaryDirectory {
         do {
             let store = try SQLiteStore(path: path, node: node)
             try await store.persist([.raft(RaftDurableState(term: 1, votedFor: nil, snapshot: snapshot))])
-        }  // closed: the last connection checkpoints and removes the write-ahead log
+        }
+        // Start from an empty write-ahead log: closing the store above checkpoints it only once
+        // its connection is gone, which under load may be after the next store opens.
+        try await DatabaseQueue(path: path).writeWithoutTransaction { try $0.execute(sql: "PRAGMA wal_checkpoint(TRUNCATE)") }
         let store = try SQLiteStore(path: path, node: node)
         for term in UInt64(2)...6 {
             try await store.persist([.raft(RaftDurableState(term: term, votedFor: NodeID(2)))])

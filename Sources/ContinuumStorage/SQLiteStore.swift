@@ -150,6 +150,11 @@ public final class SQLiteStore: NodeStorage {
     private static func inspect(path: String, node: NodeID) throws(StorageError) {
         var configuration = Configuration()
         configuration.readonly = true
+        // The last connection of an earlier store of this file (one dropped in this process)
+        // checkpoints the write-ahead log as it closes, under the file's exclusive lock, and
+        // may still be closing on its writer's thread: wait for it as writes do, rather than
+        // refuse the store as locked.
+        configuration.busyMode = .timeout(5)
         do {
             let queue = try DatabaseQueue(path: path, configuration: configuration)
             try queue.read { db in

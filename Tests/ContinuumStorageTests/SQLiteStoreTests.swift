@@ -244,6 +244,29 @@ final class TemporaryDirectory {
         #expect(try store.load().raft?.term == 2)
     }
 
+    /// Opening a store waits for another connection's exclusive lock on the file (one that an
+    /// earlier store of the file, dropped in this process, holds while its closing connection
+    /// checkpoints the write-ahead log) instead of refusing the file as locked (a CI run did).
+    @Test func anOpeningWaitsForAnotherConnectionsExclusiveLock() async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("n1.db")
+        do { _ = try SQLiteStore(path: path, node: node) }
+        let other = try DatabaseQueue(path: path)
+        let locked = DispatchSemaphore(value: 0)
+        let holder = Thread {
+            try? other.writeWithoutTransaction { db in
+                try db.execute(sql: "PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; COMMIT")
+                locked.signal()
+                Thread.sleep(forTimeInterval: 0.3)
+                try db.execute(sql: "PRAGMA locking_mode = NORMAL; SELECT count(*) FROM meta")
+            }
+        }
+        holder.start()
+        locked.wait()
+        let store = try SQLiteStore(path: path, node: node)
+        #expect(try store.load() == NodeDurableState())
+    }
+
     /// A batch the store fails to commit acknowledges nothing: the node stops as a crash would
     /// (the write is refused inside SQLite by a trigger planted through another connection).
     /// (`everysec` writes to its log first: `PatchLogTests` plant failures there.)

@@ -22,7 +22,7 @@ final class LaneRecorder: NodeTransport {
             case .replication: "other replication"
             case .transaction: "transaction"
             }
-            seen.withLock { $0[kind, default: []].insert(lane) }
+            seen.withLock { _ = $0[kind, default: []].insert(lane) }
         }
         network.send(bytes, from: from, to: to, lane: lane)
     }

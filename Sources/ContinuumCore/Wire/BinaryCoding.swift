@@ -88,12 +88,14 @@ public struct BinaryWriter: Sendable {
         bytes.append(contentsOf: data)
     }
 
-    public mutating func write<T: BinaryCodable>(_ value: T) { value.encode(to: &self) }
+    @inlinable public mutating func write<T: BinaryCodable>(_ value: T) { value.encode(to: &self) }
 
     /// Writes elements in a canonical order: sorted by their own encodings. The elements are
     /// encoded one after another into one buffer and their ranges sorted (not one array per
     /// element); a single element is written in place (a delta of one update is the common case).
-    public mutating func writeCanonical<C: Collection>(_ elements: C) where C.Element: BinaryCodable {
+    /// Inlinable, as the other generic encodings below are: specialized where it is called, it
+    /// looks up no type metadata at run time.
+    @inlinable public mutating func writeCanonical<C: Collection>(_ elements: C) where C.Element: BinaryCodable {
         writeVarint(UInt64(elements.count))
         if elements.count <= 1 {
             for element in elements { element.encode(to: &self) }
@@ -107,7 +109,12 @@ public struct BinaryWriter: Sendable {
             element.encode(to: &scratch)
             ranges.append(start..<scratch.bytes.count)
         }
-        scratch.bytes.withUnsafeBufferPointer { buffer in
+        appendSorted(scratch.bytes, &ranges)
+    }
+
+    /// Appends the ranges of `buffer` in lexicographic byte order (the end of `writeCanonical`).
+    @usableFromInline mutating func appendSorted(_ scratch: [UInt8], _ ranges: inout [Range<Int>]) {
+        scratch.withUnsafeBufferPointer { buffer in
             ranges.sort { Self.precedes(buffer, $0, $1) }
             bytes.reserveCapacity(bytes.count + buffer.count)
             for range in ranges { bytes.append(contentsOf: UnsafeBufferPointer(rebasing: buffer[range])) }
@@ -175,21 +182,21 @@ public struct BinaryReader: Sendable {
         return Array(bytes[position..<(position + count)])
     }
 
-    public mutating func read<T: BinaryCodable>(_: T.Type = T.self) throws(WireDecodingError) -> T {
+    @inlinable public mutating func read<T: BinaryCodable>(_: T.Type = T.self) throws(WireDecodingError) -> T {
         try T(from: &self)
     }
 }
 
 extension BinaryCodable {
     /// The canonical compact encoding of `self`.
-    public func binaryEncoded() -> [UInt8] {
+    @inlinable public func binaryEncoded() -> [UInt8] {
         var writer = BinaryWriter()
         encode(to: &writer)
         return writer.bytes
     }
 
     /// Decodes a whole message: fails if bytes are left over.
-    public init(binary bytes: [UInt8]) throws(WireDecodingError) {
+    @inlinable public init(binary bytes: [UInt8]) throws(WireDecodingError) {
         var reader = BinaryReader(bytes)
         self = try Self(from: &reader)
         guard reader.remaining == 0 else { throw .trailingBytes(reader.remaining) }
@@ -269,7 +276,7 @@ extension String: BinaryCodable {
 }
 
 extension Optional: BinaryCodable where Wrapped: BinaryCodable {
-    public func encode(to writer: inout BinaryWriter) {
+    @inlinable public func encode(to writer: inout BinaryWriter) {
         switch self {
         case .none: writer.writeByte(0)
         case let .some(value):
@@ -278,7 +285,7 @@ extension Optional: BinaryCodable where Wrapped: BinaryCodable {
         }
     }
 
-    public init(from reader: inout BinaryReader) throws(WireDecodingError) {
+    @inlinable public init(from reader: inout BinaryReader) throws(WireDecodingError) {
         switch try reader.readByte() {
         case 0: self = .none
         case 1: self = .some(try Wrapped(from: &reader))
@@ -288,7 +295,7 @@ extension Optional: BinaryCodable where Wrapped: BinaryCodable {
 }
 
 extension Array: BinaryCodable where Element: BinaryCodable {
-    public func encode(to writer: inout BinaryWriter) {
+    @inlinable public func encode(to writer: inout BinaryWriter) {
         // Bytes are copied whole (the same encoding: a count, then one byte each).
         if let bytes = self as? [UInt8] {
             writer.writeBytes(bytes)
@@ -298,7 +305,7 @@ extension Array: BinaryCodable where Element: BinaryCodable {
         for element in self { element.encode(to: &writer) }
     }
 
-    public init(from reader: inout BinaryReader) throws(WireDecodingError) {
+    @inlinable public init(from reader: inout BinaryReader) throws(WireDecodingError) {
         if Element.self == UInt8.self {
             self = try reader.readBytes() as! [Element]
             return
@@ -312,9 +319,9 @@ extension Array: BinaryCodable where Element: BinaryCodable {
 }
 
 extension Set: BinaryCodable where Element: BinaryCodable {
-    public func encode(to writer: inout BinaryWriter) { writer.writeCanonical(self) }
+    @inlinable public func encode(to writer: inout BinaryWriter) { writer.writeCanonical(self) }
 
-    public init(from reader: inout BinaryReader) throws(WireDecodingError) {
+    @inlinable public init(from reader: inout BinaryReader) throws(WireDecodingError) {
         let count = try reader.readCount()
         var elements = Set(minimumCapacity: count)
         for _ in 0..<count {
@@ -325,32 +332,32 @@ extension Set: BinaryCodable where Element: BinaryCodable {
 }
 
 /// A key and its value, so that dictionaries can be written in canonical key order.
-struct BinaryEntry<Key: BinaryCodable, Value: BinaryCodable>: BinaryCodable {
-    var key: Key
-    var value: Value
+@usableFromInline struct BinaryEntry<Key: BinaryCodable, Value: BinaryCodable>: BinaryCodable {
+    @usableFromInline var key: Key
+    @usableFromInline var value: Value
 
-    init(key: Key, value: Value) {
+    @inlinable init(key: Key, value: Value) {
         self.key = key
         self.value = value
     }
 
-    func encode(to writer: inout BinaryWriter) {
+    @inlinable func encode(to writer: inout BinaryWriter) {
         key.encode(to: &writer)
         value.encode(to: &writer)
     }
 
-    init(from reader: inout BinaryReader) throws(WireDecodingError) {
+    @inlinable init(from reader: inout BinaryReader) throws(WireDecodingError) {
         key = try Key(from: &reader)
         value = try Value(from: &reader)
     }
 }
 
 extension Dictionary: BinaryCodable where Key: BinaryCodable, Value: BinaryCodable {
-    public func encode(to writer: inout BinaryWriter) {
+    @inlinable public func encode(to writer: inout BinaryWriter) {
         writer.writeCanonical(lazy.map { BinaryEntry(key: $0.key, value: $0.value) })
     }
 
-    public init(from reader: inout BinaryReader) throws(WireDecodingError) {
+    @inlinable public init(from reader: inout BinaryReader) throws(WireDecodingError) {
         let count = try reader.readCount(minimumBytesEach: 2)
         var entries: [Key: Value] = Dictionary(minimumCapacity: count)
         for _ in 0..<count {

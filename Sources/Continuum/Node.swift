@@ -269,7 +269,7 @@ public actor Node {
     public func inspect<Value: Replicable, Result: Sendable>(_ name: String, as _: Value.Type, _ body: (Value) -> Result) throws(ContinuumError) -> Result {
         guard let instance else { throw .nodeStopped }
         guard let value = instance.value(of: name) else {
-            throw instance.slots[name]?.isDeleted == true ? .deleted(register: name) : .notDeclared(register: name)
+            throw instance.slots[RegisterKey(name)]?.isDeleted == true ? .deleted(register: name) : .notDeclared(register: name)
         }
         guard let typed = value.unwrap(as: Value.self) else {
             throw .typeMismatch(register: name, declared: value.typeName, requested: replicableTypeName(Value.self))
@@ -284,7 +284,7 @@ public actor Node {
     func read<Value: Replicable>(_ name: String, as _: Value.Type) throws(ContinuumError) -> Value {
         guard let instance else { throw .nodeStopped }
         guard let value = instance.value(of: name) else {
-            throw instance.slots[name]?.isDeleted == true ? .deleted(register: name) : .notDeclared(register: name)
+            throw instance.slots[RegisterKey(name)]?.isDeleted == true ? .deleted(register: name) : .notDeclared(register: name)
         }
         guard let typed = value.unwrap(as: Value.self) else {
             throw .typeMismatch(register: name, declared: value.typeName, requested: replicableTypeName(Value.self))

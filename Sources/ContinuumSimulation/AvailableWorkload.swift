@@ -259,10 +259,10 @@ final class AvailableChecker {
         let isRestart = sweep && context() == "restart"
         var seen = lastSeen[node] ?? [:]
         var changed: Set<String> = []
-        let candidates = sweep ? Set(instance.slots.keys).union(seen.keys) : reported[node, default: []]
+        let candidates = sweep ? Set(instance.slots.keys.lazy.map(\.name)).union(seen.keys) : reported[node, default: []]
         reported[node] = []
         for register in candidates.sorted() {
-            guard let slot = instance.slots[register], seen[register] != slot else { continue }
+            guard let slot = instance.slots[RegisterKey(register)], seen[register] != slot else { continue }
             changed.insert(register)
             if let previous = seen[register], !previous.isBelowOrEqual(slot) {
                 record("inflation violated at \(node) for '\(register)' (\(context())): \(previous) went to \(slot)")
@@ -272,7 +272,7 @@ final class AvailableChecker {
             }
             seen[register] = slot
         }
-        for register in seen.keys where instance.slots[register] == nil {
+        for register in seen.keys where instance.slots[RegisterKey(register)] == nil {
             record("\(node) lost register '\(register)' (\(context()))")
         }
         lastSeen[node] = seen
@@ -297,7 +297,7 @@ final class AvailableChecker {
     func converged() -> Bool {
         let instances = simulation.nodes.compactMap { simulation.instance($0) }
         guard instances.count == simulation.nodes.count else { return false }
-        for (register, state) in expected where !instances.allSatisfy({ $0.slots[register]?.state == state }) { return false }
+        for (register, state) in expected where !instances.allSatisfy({ $0.slots[RegisterKey(register)]?.state == state }) { return false }
         for definition in AvailableRegisters.derived {
             let values = instances.map { $0.derivedValues[definition.name] }
             if Set(values.map { $0.map { "\($0)" } ?? "nil" }).count > 1 { return false }
@@ -315,11 +315,11 @@ final class AvailableChecker {
     func divergenceReport(rounds: Int) -> String {
         var lines = ["not converged \(rounds) gossip rounds after heal"]
         for (register, state) in expected.sorted(by: { $0.key < $1.key }) {
-            let differing = simulation.nodes.filter { simulation.instance($0)?.slots[register]?.state != state }
+            let differing = simulation.nodes.filter { simulation.instance($0)?.slots[RegisterKey(register)]?.state != state }
             guard !differing.isEmpty else { continue }
             let example = differing[0]
             lines.append("'\(register)': \(differing.count) nodes differ, e.g. \(example): "
-                         + "\(simulation.instance(example).map { "\($0.slots[register].map { "\($0)" } ?? "absent")" } ?? "down"); expected \(state)")
+                         + "\(simulation.instance(example).map { "\($0.slots[RegisterKey(register)].map { "\($0)" } ?? "absent")" } ?? "down"); expected \(state)")
         }
         return lines.prefix(4).joined(separator: "; ")
     }

@@ -199,6 +199,13 @@ public struct ReplicationInstance: ProtocolInstance {
         /// or first received): while nothing is dropped (`headFirst` 1), the join of the
         /// entries is its whole state at this node. A register restored from the store is not.
         var wholeHistory = false
+        /// Once the register was written to the store in this incarnation: the size of its
+        /// state as last written whole, and the bytes of deltas written after it. Once the
+        /// deltas would outgrow the state, the state is written whole again (so a write costs
+        /// about its delta's bytes, amortized, at any size of the state). Kept with the buffer,
+        /// which every write of the register has just touched, rather than in a table of its
+        /// own: one lookup fewer, in a table that misses the cache at 100,000 registers.
+        var written: (whole: Int, deltas: Int)?
 
         enum Interval {
             /// Every delta after the acknowledgement came from the peer itself.
@@ -284,7 +291,7 @@ public struct ReplicationInstance: ProtocolInstance {
 
     public let node: NodeID
     public private(set) var epoch: UInt64
-    public private(set) var slots: [String: RegisterSlot]
+    public private(set) var slots: [RegisterKey: RegisterSlot]
     public private(set) var membership: Membership
     public private(set) var statistics = ReplicationStatistics()
     public private(set) var derivedValues: [String: AnyReplicated] = [:]
@@ -292,13 +299,8 @@ public struct ReplicationInstance: ProtocolInstance {
 
     private let configuration: Configuration
     private var random: DeterministicRandom
-    private var buffers: [String: DeltaBuffer] = [:]
-    /// For each register written since this incarnation started: the size of its state as last
-    /// written whole, and the bytes of deltas written after it. Once the deltas would outgrow
-    /// the state, the state is written whole again (so a write costs about its delta's bytes,
-    /// amortized, at any size of the state).
-    private var written: [String: (whole: Int, deltas: Int)] = [:]
-    private var acknowledged: [NodeID: [String: UInt64]] = [:]
+    private var buffers: [RegisterKey: DeltaBuffer] = [:]
+    private var acknowledged: [NodeID: [RegisterKey: UInt64]] = [:]
     /// Shipped to a neighbour and not acknowledged yet: the last sequence number shipped, and
     /// when the shipment that the later ones build on (from the acknowledgement, or whole)
     /// went. Later shipments carry only the deltas after `upTo`, until `retransmitInterval`
@@ -306,20 +308,20 @@ public struct ReplicationInstance: ProtocolInstance {
     /// without an acknowledgement doubles the wait (`retries`, up to 4 times the interval): a
     /// neighbour that takes longer than the interval to join a large state is not sent it again
     /// and again, which kept it busier still. Entries go once the neighbour acknowledges them.
-    private var inFlight: [NodeID: [String: (upTo: UInt64, since: Duration, retries: Int)]] = [:]
+    private var inFlight: [NodeID: [RegisterKey: (upTo: UInt64, since: Duration, retries: Int)]] = [:]
     /// Within one push or tick, the join of a register's deltas after a sequence number when
     /// they were all made here: the same for every neighbour acknowledged up to that number,
     /// so it is computed once, not once per neighbour (13% of a one-key SADD's writer). Only
     /// joins of two deltas or more are kept: a push of many registers with one delta each
     /// would pay two lookups per register to save a copy.
-    typealias SharedJoins = [String: (after: UInt64, interval: DeltaBuffer.Interval)]
+    typealias SharedJoins = [RegisterKey: (after: UInt64, interval: DeltaBuffer.Interval)]
     /// The wait before shipping a register again doubles at most this many times (to 4
     /// retransmit intervals).
     static let retransmitBackoffDoublings = 2
     /// For each sender's incarnation, the highest sequence number of each register's deltas
     /// this node holds without a gap (what it may acknowledge after a push that is not
     /// anchored at an acknowledgement).
-    private var heard: [NodeID: (epoch: UInt64, upTo: [String: UInt64])] = [:]
+    private var heard: [NodeID: (epoch: UInt64, upTo: [RegisterKey: UInt64])] = [:]
     /// For each neighbour, the registers it has not acknowledged up to their last delta (or at
     /// all): what a gossip tick looks at for it, so that a tick costs the registers that
     /// changed, not every register this node holds. A new neighbour starts behind on all.
@@ -331,28 +333,28 @@ public struct ReplicationInstance: ProtocolInstance {
     /// The registers one neighbour is behind on, in the order they fell behind (deterministic,
     /// unlike a set's). A tick takes the oldest; those still behind go to the back.
     struct Backlog {
-        private(set) var members: Set<String> = []
-        private var order: [String] = []
+        private(set) var members: Set<RegisterKey> = []
+        private var order: [RegisterKey] = []
         private var head = 0
 
-        init(_ registers: [String] = []) {
+        init(_ registers: [RegisterKey] = []) {
             members = Set(registers)
             order = registers
         }
 
         var count: Int { members.count }
 
-        mutating func insert(_ register: String) {
+        mutating func insert(_ register: RegisterKey) {
             if members.insert(register).inserted { order.append(register) }
         }
 
         /// Forgets `register` (its place in the order is dropped when reached).
-        mutating func remove(_ register: String) { members.remove(register) }
+        mutating func remove(_ register: RegisterKey) { members.remove(register) }
 
         /// Up to `limit` registers, oldest first, each once; they move to the back.
-        mutating func takeOldest(_ limit: Int) -> [String] {
-            var taken: [String] = []
-            var seen: Set<String> = []
+        mutating func takeOldest(_ limit: Int) -> [RegisterKey] {
+            var taken: [RegisterKey] = []
+            var seen: Set<RegisterKey> = []
             while taken.count < limit, head < order.count {
                 let register = order[head]
                 head += 1
@@ -369,7 +371,7 @@ public struct ReplicationInstance: ProtocolInstance {
     }
     private var registerCursor = 0
     /// Registers changed locally and not pushed yet; the push timer is set while it is not empty.
-    private var unpushed: Set<String> = []
+    private var unpushed: Set<RegisterKey> = []
     private var pendingReads: [UInt64: PendingRead] = [:]
     private var boundedReads: [UInt64: BoundedRead] = [:]
     /// This node's freshness certificate: for each other node j, a time on j's clock before
@@ -386,22 +388,23 @@ public struct ReplicationInstance: ProtocolInstance {
         self.node = context.node
         self.random = context.random
         self.epoch = (durable?.incarnation ?? 0) + 1
-        var slots: [String: RegisterSlot] = [:]
+        var slots: [RegisterKey: RegisterSlot] = [:]
         for (name, encoded) in durable?.slots ?? [:] {
             do {
-                slots[name] = try encoded.decode(with: configuration.catalog)
+                slots[RegisterKey(name)] = try encoded.decode(with: configuration.catalog)
             } catch {
                 preconditionFailure("\(context.node): durable register '\(name)' cannot be decoded (\(error)); is its type in the catalog?")
             }
         }
         for (name, deltas) in durable?.deltas ?? [:] {
+            let key = RegisterKey(name)
             for encoded in deltas {
                 do {
                     let delta = try encoded.decode(with: configuration.catalog)
-                    if slots[name] == nil {
-                        slots[name] = delta
+                    if slots[key] == nil {
+                        slots[key] = delta
                     } else {
-                        _ = try slots[name]!.formJoin(delta)
+                        _ = try slots[key]!.formJoin(delta)
                     }
                 } catch {
                     preconditionFailure("\(context.node): a durable delta of register '\(name)' cannot be joined (\(error))")
@@ -443,7 +446,11 @@ public struct ReplicationInstance: ProtocolInstance {
     /// Membership updates refused as no correct peer sends them (`Membership.incarnationMax`).
     public var membershipUpdatesRefused: Int { membership.updatesRefused }
 
-    public func value(of register: String) -> AnyReplicated? { slots[register]?.state ?? derivedValues[register] }
+    public func value(of register: String) -> AnyReplicated? { value(of: RegisterKey(register)) }
+
+    private func value(of key: RegisterKey) -> AnyReplicated? {
+        slots[key]?.state ?? (derivedValues.isEmpty ? nil : derivedValues[key.name])
+    }
 
     /// Threshold reads waiting for their register to grow.
     public var pendingReadCount: Int { pendingReads.count }
@@ -506,21 +513,27 @@ public struct ReplicationInstance: ProtocolInstance {
         case let .acks(ackEpoch, acks):
             guard ackEpoch == epoch else { return [] }
             for ack in acks {
+                let key = RegisterKey(ack.register)
                 if ack.needsFullState {
-                    acknowledged[sender]?[ack.register] = nil
-                    inFlight[sender]?[ack.register] = nil
-                    behind[sender]?.insert(ack.register)
+                    acknowledged[sender]?[key] = nil
+                    inFlight[sender]?[key] = nil
+                    behind[sender]?.insert(key)
                     continue
                 }
-                let previous = acknowledged[sender]?[ack.register] ?? 0
-                let upTo = max(previous, ack.upTo)
-                acknowledged[sender, default: [:]][ack.register] = upTo
-                if let shipped = inFlight[sender]?[ack.register], shipped.upTo <= upTo { inFlight[sender]![ack.register] = nil }
-                if upTo >= buffers[ack.register]?.lastSequence ?? 0 { behind[sender]?.remove(ack.register) }
-                collectGarbage(ack.register)
+                // One lookup: raised in place.
+                let upTo = Self.raise(&acknowledged[sender, default: [:]][key, default: 0], to: ack.upTo)
+                if let shipped = inFlight[sender]?[key], shipped.upTo <= upTo { inFlight[sender]![key] = nil }
+                if upTo >= buffers[key]?.lastSequence ?? 0 { behind[sender]?.remove(key) }
+                collectGarbage(key)
             }
             return []
         }
+    }
+
+    /// Sets `value` to at least `floor` and returns it.
+    private static func raise(_ value: inout UInt64, to floor: UInt64) -> UInt64 {
+        value = max(value, floor)
+        return value
     }
 
     public mutating func handle(_ command: Command, now: Duration) -> [Effect] {
@@ -545,8 +558,9 @@ public struct ReplicationInstance: ProtocolInstance {
 
     private mutating func declare(_ id: UInt64, _ register: String, _ bottom: AnyReplicated) -> [Effect] {
         guard Self.isValidName(register) else { return [.output(.completed(id: id, register: register, .failure(.invalidName(register))))] }
+        let key = RegisterKey(register)
         let generation: UInt64
-        switch slots[register] {
+        switch slots[key] {
         case let .some(slot) where !slot.isDeleted:
             guard slot.typeName == bottom.typeName else {
                 return [.output(.completed(id: id, register: register, .failure(.typeMismatch(register: register, declared: slot.typeName, requested: bottom.typeName))))]
@@ -558,9 +572,9 @@ public struct ReplicationInstance: ProtocolInstance {
             generation = 1
         }
         let slot = RegisterSlot(generation: generation, typeName: bottom.typeName, state: bottom.bottom)
-        slots[register] = slot
-        return applyLocal(register, delta: slot, whole: true, creating: true) + [.output(.completed(id: id, register: register, .success(slot.state)))]
-            + push(register)
+        slots[key] = slot
+        return applyLocal(key, delta: slot, whole: true, creating: true) + [.output(.completed(id: id, register: register, .success(slot.state)))]
+            + push(key)
     }
 
     /// An update (`declaring` nil: the register must exist) or an upsert (`declaring` its
@@ -568,46 +582,48 @@ public struct ReplicationInstance: ProtocolInstance {
     /// of the state; a mutation that throws must throw before it changes anything.
     private mutating func mutate(_ id: UInt64, _ register: String, typeName: String, declaring bottom: AnyReplicated?, _ mutation: Mutation,
                                  physical: UInt64) -> [Effect] {
+        let key = RegisterKey(register)
         var declared = false
-        if let bottom, slots[register]?.isDeleted ?? true {
+        if let bottom, slots[key]?.isDeleted ?? true {
             guard Self.isValidName(register) else { return [.output(.completed(id: id, register: register, .failure(.invalidName(register))))] }
-            slots[register] = RegisterSlot(generation: (slots[register]?.generation ?? 0) + 1, typeName: typeName, state: bottom.bottom)
+            slots[key] = RegisterSlot(generation: (slots[key]?.generation ?? 0) + 1, typeName: typeName, state: bottom.bottom)
             declared = true
         }
         let generation: UInt64
-        switch lookUp(register, typeName: typeName) {
+        switch lookUp(key, typeName: typeName) {
         case let .success(found): generation = found.generation
         case let .failure(error): return [.output(.completed(id: id, register: register, .failure(error)))]
         }
         let delta: AnyReplicated
         do {
-            delta = try mutation(&slots[register]!.state!, node.replica, physical)
+            delta = try mutation(&slots[key]!.state!, node.replica, physical)
         } catch {
             let failure: [Effect] = [.output(.completed(id: id, register: register, .failure(.mutationRefused("\(error)"))))]
             // The declaration stands, as a declare followed by a refused update would leave it.
-            return declared ? applyLocal(register, delta: slots[register]!, whole: true, creating: true) + failure + push(register) : failure
+            return declared ? applyLocal(key, delta: slots[key]!, whole: true, creating: true) + failure + push(key) : failure
         }
-        precondition(slots[register]!.state!.typeName == typeName && delta.typeName == typeName, "mutation of '\(register)' changed its type")
-        let reply: AnyReplicated? = bottom == nil ? slots[register]!.state : delta
+        precondition(slots[key]!.state!.typeName == typeName && delta.typeName == typeName, "mutation of '\(register)' changed its type")
+        let reply: AnyReplicated? = bottom == nil ? slots[key]!.state : delta
         // A bottom delta changed nothing (a mutator returns the delta of what it changed).
         guard declared || !delta.isBottom else { return [.output(.completed(id: id, register: register, .success(reply)))] }
-        let deltaSlot = declared ? slots[register]! : RegisterSlot(generation: generation, typeName: typeName, state: delta)
-        return applyLocal(register, delta: deltaSlot, whole: declared, creating: declared) + [.output(.completed(id: id, register: register, .success(reply)))]
-            + push(register)
+        let deltaSlot = declared ? slots[key]! : RegisterSlot(generation: generation, typeName: typeName, state: delta)
+        return applyLocal(key, delta: deltaSlot, whole: declared, creating: declared) + [.output(.completed(id: id, register: register, .success(reply)))]
+            + push(key)
     }
 
     private mutating func delete(_ id: UInt64, _ register: String) -> [Effect] {
-        guard let slot = slots[register] else { return [.output(.completed(id: id, register: register, .failure(.notDeclared(register))))] }
+        let key = RegisterKey(register)
+        guard let slot = slots[key] else { return [.output(.completed(id: id, register: register, .failure(.notDeclared(register))))] }
         guard !slot.isDeleted else { return [.output(.completed(id: id, register: register, .success(nil)))] }
         let tombstone = RegisterSlot(generation: slot.generation, typeName: slot.typeName, state: nil)
-        slots[register] = tombstone
-        return applyLocal(register, delta: tombstone, whole: true) + [.output(.completed(id: id, register: register, .success(nil)))]
-            + push(register)
+        slots[key] = tombstone
+        return applyLocal(key, delta: tombstone, whole: true) + [.output(.completed(id: id, register: register, .success(nil)))]
+            + push(key)
     }
 
     private mutating func thresholdRead(_ id: UInt64, _ register: String, _ threshold: AnyReplicated) -> [Effect] {
         guard let current = value(of: register) else {
-            let error: ReplicationError = slots[register]?.isDeleted == true ? .deleted(register) : .notDeclared(register)
+            let error: ReplicationError = slots[RegisterKey(register)]?.isDeleted == true ? .deleted(register) : .notDeclared(register)
             return [.output(.thresholdFailed(id: id, error))]
         }
         guard let reached = threshold.isBelowOrEqual(current) else {
@@ -626,7 +642,7 @@ public struct ReplicationInstance: ProtocolInstance {
     private mutating func startBoundedRead(_ id: UInt64, _ register: String, _ levels: [ServiceLevel], now: Duration) -> [Effect] {
         if let problem = FreshnessGate.validate(levels) { return [.output(.boundedReadCompleted(id: id, .failure(.invalidRequest(problem))))] }
         guard value(of: register) != nil else {
-            let error: ReplicationError = slots[register]?.isDeleted == true ? .deleted(register) : .notDeclared(register)
+            let error: ReplicationError = slots[RegisterKey(register)]?.isDeleted == true ? .deleted(register) : .notDeclared(register)
             return [.output(.boundedReadCompleted(id: id, .failure(error)))]
         }
         guard boundedReads[id] == nil else { return [.output(.boundedReadCompleted(id: id, .failure(.invalidRequest("read id \(id) in use"))))] }
@@ -660,7 +676,7 @@ public struct ReplicationInstance: ProtocolInstance {
         guard var read = boundedReads[id] else { return [] }
         guard let state = value(of: read.register) else {
             boundedReads[id] = nil
-            let error: ReplicationError = slots[read.register]?.isDeleted == true ? .deleted(read.register) : .notDeclared(read.register)
+            let error: ReplicationError = slots[RegisterKey(read.register)]?.isDeleted == true ? .deleted(read.register) : .notDeclared(read.register)
             return [.cancelTimer(.readDeadline(id)), .output(.boundedReadCompleted(id: id, .failure(error)))]
         }
         let quality = quality(of: read)
@@ -698,7 +714,7 @@ public struct ReplicationInstance: ProtocolInstance {
         var seen: Set<String> = []
         while let name = pending.popLast() {
             guard seen.insert(name).inserted else { continue }
-            if slots[name] != nil { result.insert(name) }
+            if slots[RegisterKey(name)] != nil { result.insert(name) }
             if let definition = derived.first(where: { $0.name == name }) { pending += definition.inputs }
         }
         return result.sorted()
@@ -707,7 +723,7 @@ public struct ReplicationInstance: ProtocolInstance {
     private mutating func answerReadRequest(readerEpoch: UInt64, read: UInt64, registers: [String], from sender: NodeID, now: Duration) -> [Effect] {
         guard registers.count <= Self.readRequestRegistersMax else { return [] }
         let payloads = registers.compactMap { name in
-            slots[name].map { DeltaPayload(register: name, upTo: 0, slot: $0, isFullState: true) }
+            slots[RegisterKey(name)].map { DeltaPayload(register: name, upTo: 0, slot: $0, isFullState: true) }
         }
         return [.send(to: sender, .readReply(epoch: readerEpoch, read: read, payloads, certificate: certificateVector(now: now)))]
     }
@@ -730,8 +746,9 @@ public struct ReplicationInstance: ProtocolInstance {
     }
 
     private mutating func absorb(_ id: UInt64, _ register: String, _ state: AnyReplicated) -> [Effect] {
+        let key = RegisterKey(register)
         let slot: RegisterSlot
-        switch lookUp(register, typeName: state.typeName) {
+        switch lookUp(key, typeName: state.typeName) {
         case let .success(found): slot = found
         case let .failure(error): return [.output(.completed(id: id, register: register, .failure(error)))]
         }
@@ -740,10 +757,10 @@ public struct ReplicationInstance: ProtocolInstance {
             return [.output(.completed(id: id, register: register, .failure(.typeMismatch(register: register, declared: slot.typeName, requested: state.typeName))))]
         }
         guard after != before else { return [.output(.completed(id: id, register: register, .success(after)))] }
-        slots[register] = RegisterSlot(generation: slot.generation, typeName: slot.typeName, state: after)
+        slots[key] = RegisterSlot(generation: slot.generation, typeName: slot.typeName, state: after)
         let delta = RegisterSlot(generation: slot.generation, typeName: slot.typeName, state: state)
-        return applyLocal(register, delta: delta, whole: false) + [.output(.completed(id: id, register: register, .success(after)))]
-            + push(register)
+        return applyLocal(key, delta: delta, whole: false) + [.output(.completed(id: id, register: register, .success(after)))]
+            + push(key)
     }
 
     /// The staleness this node could certify right now for a read of any register (nil: none).
@@ -752,7 +769,7 @@ public struct ReplicationInstance: ProtocolInstance {
     }
 
     private mutating func define(_ id: UInt64, _ definition: DerivedDefinition) -> [Effect] {
-        guard Self.isValidName(definition.name), slots[definition.name] == nil else {
+        guard Self.isValidName(definition.name), slots[RegisterKey(definition.name)] == nil else {
             return [.output(.completed(id: id, register: definition.name, .failure(.invalidName(definition.name))))]
         }
         for input in definition.inputs where value(of: input) == nil {
@@ -766,8 +783,9 @@ public struct ReplicationInstance: ProtocolInstance {
         return effects
     }
 
-    private func lookUp(_ register: String, typeName: String) -> Result<RegisterSlot, ReplicationError> {
-        guard let slot = slots[register] else { return .failure(.notDeclared(register)) }
+    private func lookUp(_ key: RegisterKey, typeName: String) -> Result<RegisterSlot, ReplicationError> {
+        let register = key.name
+        guard let slot = slots[key] else { return .failure(.notDeclared(register)) }
         guard !slot.isDeleted else { return .failure(.deleted(register)) }
         guard slot.typeName == typeName else {
             return .failure(.typeMismatch(register: register, declared: slot.typeName, requested: typeName))
@@ -781,38 +799,39 @@ public struct ReplicationInstance: ProtocolInstance {
 
     /// After a local change of `register` (already in `slots`): buffers `delta`, persists, and
     /// reacts.
-    private mutating func applyLocal(_ register: String, delta: RegisterSlot, whole: Bool, creating: Bool = false) -> [Effect] {
-        buffer(delta, for: register, from: nil, creating: creating)
+    private mutating func applyLocal(_ key: RegisterKey, delta: RegisterSlot, whole: Bool, creating: Bool = false) -> [Effect] {
+        buffer(delta, for: key, from: nil, creating: creating)
         var patch = ReplicaDurableState(incarnation: epoch, slots: [:])
-        record(register, delta: whole ? nil : delta, in: &patch)
+        record(key, delta: whole ? nil : delta, in: &patch)
         var effects: [Effect] = [.persist(patch)]
-        effects += reactToChange(of: [register])
+        effects += reactToChange(of: [key])
         return effects
     }
 
     /// Adds what to write for a change of `register` to `patch`: `delta` alone while the deltas
     /// written since the last whole state stay within its size, else (or with no delta) the
-    /// whole state.
-    private mutating func record(_ register: String, delta: RegisterSlot?, in patch: inout ReplicaDurableState) {
-        if let delta, delta.state != nil, let slot = slots[register], slot.generation == delta.generation, var account = written[register] {
+    /// whole state. Called right after `buffer` made or extended the register's buffer.
+    private mutating func record(_ key: RegisterKey, delta: RegisterSlot?, in patch: inout ReplicaDurableState) {
+        let register = key.name
+        if let delta, delta.state != nil, let slot = slots[key], slot.generation == delta.generation, var account = buffers[key]?.written {
             let encoded = EncodedSlot(delta)
             let size = encoded.bytes?.count ?? 0
             if account.deltas + size <= account.whole {
                 account.deltas += size
-                written[register] = account
+                buffers[key]?.written = account
                 patch.deltas[register, default: []].append(encoded)
                 return
             }
         }
-        let whole = EncodedSlot(slots[register]!)
-        written[register] = (whole.bytes?.count ?? 0, 0)
+        let whole = EncodedSlot(slots[key]!)
+        buffers[key]?.written = (whole.bytes?.count ?? 0, 0)
         patch.slots[register] = whole
         patch.deltas[register] = nil
     }
 
     /// `creating`: `delta` is the register's whole state, new here (declared, or first
     /// received): a buffer made now holds its whole history.
-    private mutating func buffer(_ delta: RegisterSlot, for register: String, from source: NodeID?, creating: Bool = false) {
+    private mutating func buffer(_ delta: RegisterSlot, for register: RegisterKey, from source: NodeID?, creating: Bool = false) {
         // In place: a copy of the buffer would cost its length on every update.
         let overflow = buffers[register, default: DeltaBuffer(wholeHistory: creating)].append(delta, from: source, keeping: configuration.deltaBufferMax)
         if overflow { statistics.bufferOverflows += 1 }
@@ -822,9 +841,9 @@ public struct ReplicationInstance: ProtocolInstance {
     }
 
     /// Change notifications, derived registers and threshold reads after `registers` changed.
-    private mutating func reactToChange(of registers: Set<String>) -> [Effect] {
-        var effects: [Effect] = registers.sorted().map { .output(.changed(register: $0, slots[$0]?.state)) }
-        effects += recompute(changed: registers)
+    private mutating func reactToChange(of registers: Set<RegisterKey>) -> [Effect] {
+        var effects: [Effect] = registers.sorted().map { .output(.changed(register: $0.name, slots[$0]?.state)) }
+        if !derived.isEmpty { effects += recompute(changed: Set(registers.map(\.name))) }
         effects += completeReads()
         return effects
     }
@@ -900,7 +919,7 @@ public struct ReplicationInstance: ProtocolInstance {
     /// received the sender's payloads up to where it starts.
     private mutating func merge(_ payloads: [DeltaPayload], from sender: NodeID, epoch senderEpoch: UInt64?) -> (effects: [Effect], acks: [DeltaAck], complete: Bool)? {
         // Validate the whole batch before changing anything: a bad payload rejects the message.
-        var decoded: [(DeltaPayload, RegisterSlot)] = []
+        var decoded: [(DeltaPayload, RegisterKey, RegisterSlot)] = []
         var markers: [DeltaPayload] = []
         var resync: [DeltaAck] = []
         for payload in payloads {
@@ -910,7 +929,8 @@ public struct ReplicationInstance: ProtocolInstance {
                     markers.append(payload)
                     continue
                 }
-                let current = slots[payload.register]
+                let key = RegisterKey(payload.register)
+                let current = slots[key]
                 let slot: RegisterSlot
                 do {
                     slot = try payload.decode(existing: current, catalog: configuration.catalog)
@@ -923,7 +943,7 @@ public struct ReplicationInstance: ProtocolInstance {
                 if let current, current.generation == slot.generation, current.typeName != slot.typeName {
                     throw RegisterSlot.JoinError.typeMismatch(local: current.typeName, remote: slot.typeName)
                 }
-                decoded.append((payload, slot))
+                decoded.append((payload, key, slot))
             } catch {
                 statistics.rejectedMessages += 1
                 statistics.lastRejection = "from \(sender): register '\(payload.register)': \(error)"
@@ -931,7 +951,7 @@ public struct ReplicationInstance: ProtocolInstance {
             }
         }
         var patch = ReplicaDurableState(incarnation: epoch, slots: [:])
-        var changed: Set<String> = []
+        var changed: Set<RegisterKey> = []
         var acks = resync
         // Whether this node has every shipment the batch builds on (so a certificate with it
         // may be adopted).
@@ -941,16 +961,16 @@ public struct ReplicationInstance: ProtocolInstance {
         // shipment of a register is the whole state, numbered with the deltas it had then
         // (none after a restart: 0), so "heard up to 0" and "heard nothing" must differ.
         for marker in markers where senderEpoch != nil {
-            let met = heard[sender]!.upTo[marker.register].map { $0 >= marker.upTo } ?? false
+            let met = heard[sender]!.upTo[RegisterKey(marker.register)].map { $0 >= marker.upTo } ?? false
             if !met, configuration.plantedBug != .acknowledgeAcrossGaps { continuous = false }
         }
-        for (payload, delta) in decoded {
+        for (payload, key, delta) in decoded {
             if senderEpoch != nil {
-                let held = heard[sender]!.upTo[payload.register]
+                let held = heard[sender]!.upTo[key]
                 if payload.anchored || (held.map { $0 >= payload.after } ?? false)
                     || configuration.plantedBug == .acknowledgeAcrossGaps {
                     let upTo = max(held ?? 0, payload.upTo)
-                    heard[sender]!.upTo[payload.register] = upTo
+                    heard[sender]!.upTo[key] = upTo
                     acks.append(DeltaAck(register: payload.register, upTo: upTo))
                 } else {
                     continuous = false
@@ -959,20 +979,20 @@ public struct ReplicationInstance: ProtocolInstance {
             if payload.isFullState { statistics.fullStatesReceived += 1 } else { statistics.deltaPayloadsReceived += 1 }
             // Joined in place: a delta costs about its own size, whatever the register's.
             let grew: Bool
-            let creating = slots[payload.register] == nil
+            let creating = slots[key] == nil
             if creating {
-                slots[payload.register] = delta
+                slots[key] = delta
                 grew = true
             } else {
-                grew = (try? slots[payload.register]!.formJoin(delta)) ?? false
+                grew = (try? slots[key]!.formJoin(delta)) ?? false
             }
             guard grew else {
-                learn(payload.register, heldBy: sender, delta)
+                learn(key, heldBy: sender, delta)
                 continue
             }
-            buffer(delta, for: payload.register, from: sender, creating: creating)
-            record(payload.register, delta: payload.isFullState ? nil : delta, in: &patch)
-            changed.insert(payload.register)
+            buffer(delta, for: key, from: sender, creating: creating)
+            record(key, delta: payload.isFullState ? nil : delta, in: &patch)
+            changed.insert(key)
         }
         var effects: [Effect] = []
         if !changed.isEmpty {
@@ -987,7 +1007,7 @@ public struct ReplicationInstance: ProtocolInstance {
     /// none of them: they count as acknowledged. In a full mesh this stops the second relay of
     /// each update (n2 and n3 both received n1's delta; the one that relays it to the other
     /// first spares the other its relay back).
-    private mutating func learn(_ register: String, heldBy peer: NodeID, _ held: RegisterSlot) {
+    private mutating func learn(_ register: RegisterKey, heldBy peer: NodeID, _ held: RegisterSlot) {
         guard let buffer = buffers[register] else { return }
         let acked = acknowledged[peer]?[register]
         if let acked, acked >= buffer.lastSequence { return }
@@ -1020,7 +1040,7 @@ public struct ReplicationInstance: ProtocolInstance {
     /// brings the peer up to all this node holds carries the freshness certificate, and is sent
     /// even when empty if certificate heartbeats are on. The peer adopts it only if it has
     /// every shipment the batch builds on.
-    private mutating func ship(to peer: NodeID, registers: [String], now: Duration, retransmit: Bool, certifyAt: Duration? = nil,
+    private mutating func ship(to peer: NodeID, registers: [RegisterKey], now: Duration, retransmit: Bool, certifyAt: Duration? = nil,
                                joins: inout SharedJoins) -> [Effect] {
         var payloads: [DeltaPayload] = []
         var complete = true
@@ -1047,7 +1067,7 @@ public struct ReplicationInstance: ProtocolInstance {
             if let shipped, shipped.upTo >= buffer.lastSequence {
                 // Everything is on its way.
                 guard retransmit else { continue }
-                payload = .marker(register: register, upTo: shipped.upTo)
+                payload = .marker(register: register.name, upTo: shipped.upTo)
             } else {
                 // After what was shipped (not anchored), or after the acknowledgement.
                 let base = shipped?.upTo ?? acknowledgedUpTo
@@ -1069,20 +1089,20 @@ public struct ReplicationInstance: ProtocolInstance {
                 case .nothingNew:
                     // The rest came from the peer; what was shipped before is on its way.
                     guard retransmit else { continue }
-                    payload = .marker(register: register, upTo: shipped!.upTo)
+                    payload = .marker(register: register.name, upTo: shipped!.upTo)
                 case let .deltas(interval) where base == nil:
                     // Typed, as a whole state is (the peer may not know the register), and
                     // anchored at the start of the register's history.
-                    payload = DeltaPayload(register: register, upTo: buffer.lastSequence, slot: interval, isFullState: true)
+                    payload = DeltaPayload(register: register.name, upTo: buffer.lastSequence, slot: interval, isFullState: true)
                 case let .deltas(interval):
-                    payload = DeltaPayload(register: register, upTo: buffer.lastSequence, slot: interval, isFullState: false,
+                    payload = DeltaPayload(register: register.name, upTo: buffer.lastSequence, slot: interval, isFullState: false,
                                            after: base!, anchored: anchored)
                 case .unavailable:
                     if configuration.plantedBug == .skipFullStateFallback {
                         complete = false
                         continue
                     }
-                    payload = DeltaPayload(register: register, upTo: buffer.lastSequence, slot: slot, isFullState: true)
+                    payload = DeltaPayload(register: register.name, upTo: buffer.lastSequence, slot: slot, isFullState: true)
                     wholeState = true
                 }
             }
@@ -1118,13 +1138,13 @@ public struct ReplicationInstance: ProtocolInstance {
     /// Ships `register` to every neighbor after a local change: at once, in one batch with the
     /// other registers changed before the push timer fires (one message per neighbor for many
     /// updates, and one join of each register's deltas, not one per update).
-    private mutating func push(_ register: String) -> [Effect] {
+    private mutating func push(_ register: RegisterKey) -> [Effect] {
         guard unpushed.insert(register).inserted, unpushed.count == 1 else { return [] }
         return [.setTimer(.push, after: configuration.pushDelay)]
     }
 
     /// Drops the deltas of `register` that every neighbor has acknowledged.
-    private mutating func collectGarbage(_ register: String) {
+    private mutating func collectGarbage(_ register: RegisterKey) {
         guard let buffer = buffers[register], let first = buffer.entries.first else { return }
         var floor = buffer.lastSequence
         for peer in neighbors() {

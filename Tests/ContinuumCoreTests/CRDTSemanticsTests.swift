@@ -221,6 +221,27 @@ private let r3 = ReplicaID(3)
         #expect(!other.isBelowOrEqual(context))
     }
 
+    /// A join is the union of the dots seen, kept compact: cloud dots that the joined vector
+    /// covers are dropped (the cases here grow the vector, leave it alone, and mix both),
+    /// compared with the context built from the union one dot at a time.
+    @Test func causalContextJoinIsTheUnionOfTheDots() {
+        var covered = CausalContext(dots: [Dot(r1, 5), Dot(r2, 3)])
+        covered.formJoin(CausalContext(dots: (1...6).map { Dot(r1, $0) }))
+        #expect(covered.cloud == [Dot(r2, 3)] && covered.versionVector[r1] == 6)
+        var random = DeterministicRandom(seed: 7)
+        for _ in 0..<500 {
+            func dots() -> Set<Dot> {
+                Set((0..<Int.random(in: 0...8, using: &random)).map { _ in
+                    Dot([r1, r2][Int.random(in: 0...1, using: &random)], UInt64.random(in: 1...12, using: &random))
+                })
+            }
+            let (a, b) = (dots(), dots())
+            var joined = CausalContext(dots: a)
+            joined.formJoin(CausalContext(dots: b))
+            #expect(joined == CausalContext(dots: a.union(b)), "\(a.sorted()) ⊔ \(b.sorted())")
+        }
+    }
+
     @Test func versionVectorsDetectConcurrency() {
         let a = VersionVector([r1: 2, r2: 1])
         let b = VersionVector([r1: 1, r2: 3])

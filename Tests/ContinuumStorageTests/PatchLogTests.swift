@@ -134,7 +134,7 @@ import Testing
         }
         #expect(await !node.isRunning)
         try await node.start()
-        let restarted = try await node.register("cart", as: GSet<String>.self)
+        let restarted = node.register("cart", as: GSet<String>.self)
         #expect(try await restarted.read().elements == ["tea"])
         try await restarted.update { set, _ in set.insert("bread") }
         let image = try crashImage(of: directory)

@@ -4,6 +4,7 @@ import ContinuumProtocols
 import ContinuumStorage
 import Foundation
 import GRDB
+import Synchronization
 import Testing
 
 /// A fresh directory per test, removed at the end.
@@ -239,7 +240,7 @@ final class TemporaryDirectory {
             }
         }
         holder.start()
-        locked.wait()
+        #expect(locked.wait(timeout: .now() + 30) == .success, "the other connection never took its lock")
         try await store.persist([.raft(RaftDurableState(term: 2, votedFor: NodeID(3)))])
         #expect(try store.load().raft?.term == 2)
     }
@@ -253,16 +254,23 @@ final class TemporaryDirectory {
         do { _ = try SQLiteStore(path: path, node: node) }
         let other = try DatabaseQueue(path: path)
         let locked = DispatchSemaphore(value: 0)
+        let failure = Mutex<String?>(nil)
         let holder = Thread {
-            try? other.writeWithoutTransaction { db in
-                try db.execute(sql: "PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; COMMIT")
+            do {
+                try other.writeWithoutTransaction { db in
+                    try db.execute(sql: "PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; COMMIT")
+                    locked.signal()
+                    Thread.sleep(forTimeInterval: 0.3)
+                    try db.execute(sql: "PRAGMA locking_mode = NORMAL; SELECT count(*) FROM meta")
+                }
+            } catch {
+                failure.withLock { $0 = "\(error)" }
                 locked.signal()
-                Thread.sleep(forTimeInterval: 0.3)
-                try db.execute(sql: "PRAGMA locking_mode = NORMAL; SELECT count(*) FROM meta")
             }
         }
         holder.start()
-        locked.wait()
+        #expect(locked.wait(timeout: .now() + 30) == .success, "the other connection never took its lock")
+        #expect(failure.withLock { $0 } == nil)
         let store = try SQLiteStore(path: path, node: node)
         #expect(try store.load() == NodeDurableState())
     }

@@ -26,6 +26,10 @@ final class PatchLog: @unchecked Sendable {
     let basePath: String
     let rotationBytes: Int
     private let queue: DispatchQueue
+    /// Where an append waits while `pendingSegmentsMax` closed segments wait for the database,
+    /// so that the caller's thread (a node's event loop, which also carries its heartbeats and
+    /// reads) never blocks on SQLite: only the acknowledgement waits.
+    private let waiting: DispatchQueue
     /// Hands a closed segment's number to compaction (called with `lock` held, in order).
     private let compact: @Sendable (PatchLog, UInt64) -> Void
     /// Guards the current segment (appends and rotations run on their caller's thread, the
@@ -35,13 +39,17 @@ final class PatchLog: @unchecked Sendable {
     private var segment: UInt64
     private var segmentBytes = 0
     private var unsynced = false
+    /// Appends handed to `waiting` and not written yet (guarded by `lock`): while any is, later
+    /// appends go there too, behind it, so records keep the order of the calls. A node has one
+    /// batch in flight at a time, so it hands over at most one.
+    private var deferred = 0
     /// Set once a segment could not be compacted: the log refuses every later batch, so that a
     /// later segment is never applied past one that was not.
     private let failure = Mutex<StorageError?>(nil)
-    /// Closed segments not yet applied to the database, at most: the append that closes a
-    /// segment returns only once fewer wait, so the appends behind it wait too (on the node's
-    /// thread: backpressure on acknowledgements, and a bound on the disk the log takes: this
-    /// many segments plus the one being written).
+    /// Closed segments not yet applied to the database, at most: while this many wait, an append
+    /// waits on `waiting` for one to be applied before it writes (backpressure on
+    /// acknowledgements, and a bound on the disk the log takes: this many segments plus the one
+    /// being written).
     static let pendingSegmentsMax = 4
     /// Guards `pendingSegments` (a condition, not a semaphore: the log may go away with
     /// applications still running).
@@ -57,6 +65,7 @@ final class PatchLog: @unchecked Sendable {
         self.rotationBytes = rotationBytes
         self.compact = compact
         queue = DispatchQueue(label: label)
+        waiting = DispatchQueue(label: label + "-waiting")
         segment = after
         try openNextSegment()
     }
@@ -135,12 +144,13 @@ final class PatchLog: @unchecked Sendable {
 
     /// Appends `patches` as one record, on the caller's thread (a node's own: a write to the
     /// operating system's cache, where a writer thread of the log's own cost two thread hops
-    /// per batch). `completion` runs before this returns, once `write(2)` returned for all of
+    /// per batch), and calls `completion` before returning, once `write(2)` returned for all of
     /// the record (nil), or with the error (the segment is cut back to where it was, so the
-    /// log stays readable and the batch counts as never written). A record that fills the
-    /// segment closes it (`rotate`); the append then returns only once fewer than
-    /// `pendingSegmentsMax` closed segments wait for the database.
-    func append(_ patches: [DurablePatch], then completion: (StorageError?) -> Void) {
+    /// log stays readable and the batch counts as never written). While `pendingSegmentsMax`
+    /// closed segments wait for the database, or an earlier append waits, the record is
+    /// written on `waiting` once one is applied, and `completion` runs there: the caller's
+    /// thread goes on.
+    func append(_ patches: [DurablePatch], then completion: @escaping @Sendable (StorageError?) -> Void) {
         var writer = BinaryWriter()
         writer.writeRaw([0, 0, 0, 0, 0, 0, 0, 0])
         writer.writeVarint(UInt64(patches.count))
@@ -157,19 +167,28 @@ final class PatchLog: @unchecked Sendable {
             record[4 + index] = UInt8(truncatingIfNeeded: checksum >> (8 * index))
         }
         lock.lock()
-        let outcome = appendLocked(record)
-        lock.unlock()
-        if case .success(true) = outcome { waitForPendingSegments() }
-        switch outcome {
-        case .success: completion(nil)
-        case let .failure(error): completion(error)
+        guard deferred == 0, !segmentsAtMax() else {
+            deferred += 1
+            lock.unlock()
+            waiting.async { [self, record] in
+                waitForPendingSegments()
+                lock.lock()
+                let error = appendLocked(record)
+                deferred -= 1
+                lock.unlock()
+                completion(error)
+            }
+            return
         }
+        let error = appendLocked(record)
+        lock.unlock()
+        completion(error)
     }
 
-    /// Writes `record` at the end of the current segment, closing the segment once it is full
-    /// (true). Called with `lock` held.
-    private func appendLocked(_ record: [UInt8]) -> Result<Bool, StorageError> {
-        if let failed = failure.withLock({ $0 }) { return .failure(failed) }
+    /// Writes `record` at the end of the current segment, closing the segment once it is full;
+    /// nil, or why the record was not written. Called with `lock` held.
+    private func appendLocked(_ record: [UInt8]) -> StorageError? {
+        if let failed = failure.withLock({ $0 }) { return failed }
         var written = 0
         var error: StorageError?
         if plantedWriteFailure.load(ordering: .relaxed), plantedWriteFailure.exchange(false, ordering: .relaxed) {
@@ -190,18 +209,20 @@ final class PatchLog: @unchecked Sendable {
             if ftruncate(descriptor, off_t(segmentBytes)) != 0 {
                 failure.withLock { $0 = .io("a failed write could not be cut back from \(Self.segmentPath(basePath, segment)): errno \(errno)") }
             }
-            return .failure(error)
+            return error
         }
         segmentBytes += record.count
         unsynced = true
-        guard segmentBytes >= rotationBytes else { return .success(false) }
-        do throws(StorageError) { try rotate() } catch { failure.withLock { $0 = error } }
-        return .success(true)
+        if segmentBytes >= rotationBytes {
+            do throws(StorageError) { try rotate() } catch { failure.withLock { $0 = error } }
+        }
+        return nil
     }
 
     /// Fsyncs what was written since the last sync (the once-a-second sync of `everysec`), on
     /// the log's queue, outside `lock`: appends go on meanwhile. A rotation may close the
-    /// descriptor during the fsync; it fsyncs the closed segment itself, so nothing is missed.
+    /// descriptor during the fsync; it fsyncs the closed segment itself, so nothing is missed
+    /// (and should the number name another file by then, fsyncing that file is harmless).
     func sync() {
         queue.async { [self] in
             lock.lock()
@@ -254,6 +275,14 @@ final class PatchLog: @unchecked Sendable {
     func fail(_ error: StorageError) {
         failure.withLock { if $0 == nil { $0 = error } }
         compacted()
+    }
+
+    /// Whether `pendingSegmentsMax` closed segments wait for the database (so a rotation now
+    /// would make one more).
+    private func segmentsAtMax() -> Bool {
+        pendingChanged.lock()
+        defer { pendingChanged.unlock() }
+        return pendingSegments >= Self.pendingSegmentsMax
     }
 
     /// Blocks while `pendingSegmentsMax` closed segments wait for the database, so the next

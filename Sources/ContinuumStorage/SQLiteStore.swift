@@ -258,7 +258,8 @@ public final class SQLiteStore: NodeStorage {
     }
 
     /// The one write path. Under `everysec` the batch is appended to the log on the caller's
-    /// thread and `completion` runs before this returns; under `always` it runs on the store's
+    /// thread and `completion` runs before this returns (unless the log is full: then both run
+    /// on the log's waiting queue once a closed segment is applied); under `always` it runs on the store's
     /// writer thread once the transaction commits, so a node hops back to its own thread from
     /// there, not through the task pool.
     public func persist(_ patches: [DurablePatch], then completion: @escaping @Sendable ((any Error)?) -> Void) {

@@ -5,6 +5,7 @@ import ContinuumProtocols
 import Dispatch
 import Foundation
 import GRDB
+import Synchronization
 import Testing
 
 /// The `everysec` log: what a crash leaves is applied when the store opens, a torn tail is cut
@@ -198,6 +199,57 @@ import Testing
             most = max(most, try segments(directory).count)
         }
         #expect(most <= PatchLog.pendingSegmentsMax + 1, "\(most) segments on disk at once")
+        #expect(try store.load() == expected)
+    }
+
+    /// While `pendingSegmentsMax` closed segments wait for a database another connection holds,
+    /// a write returns to its caller (a node's thread, which must go on with heartbeats) before
+    /// it is acknowledged; the acknowledgement comes once the database takes the segments, and
+    /// nothing is lost.
+    @Test func aFullLogHoldsTheAcknowledgementNotTheCaller() async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("n1.db")
+        let store = try SQLiteStore(path: path, node: node, durability: .everysec, logSegmentBytes: 64)
+        let other = try DatabaseQueue(path: path)
+        let locked = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
+        let holder = Thread {
+            try? other.inTransaction(.immediate) { _ in
+                locked.signal()
+                _ = release.wait(timeout: .now() + 30)
+                return .commit
+            }
+            locked.signal()
+        }
+        holder.start()
+        #expect(locked.wait(timeout: .now() + 30) == .success)
+        var expected = NodeDurableState()
+        /// One write's acknowledgement.
+        final class Acknowledgement: Sendable {
+            let done = DispatchSemaphore(value: 0)
+            let error = Mutex<String?>(nil)
+        }
+        var heldBack: Acknowledgement?
+        for term in UInt64(1)...40 where heldBack == nil {
+            let patch = DurablePatch.raft(RaftDurableState(term: term, votedFor: NodeID(2), entries: [SQLiteStoreTests().entry(term, term: term)]))
+            expected.apply(patch)
+            let acknowledgement = Acknowledgement()
+            store.persist([patch]) { failure in
+                acknowledgement.error.withLock { $0 = failure.map { "\($0)" } }
+                acknowledgement.done.signal()
+            }
+            if acknowledgement.done.wait(timeout: .now()) == .success {
+                #expect(acknowledgement.error.withLock { $0 } == nil)
+            } else {
+                heldBack = acknowledgement
+            }
+        }
+        #expect(heldBack != nil, "every write was acknowledged before it returned, with the database held")
+        #expect(try segments(directory).count <= PatchLog.pendingSegmentsMax + 1)
+        release.signal()
+        if let heldBack {
+            #expect(heldBack.done.wait(timeout: .now() + 30) == .success, "the held-back write was never acknowledged")
+            #expect(heldBack.error.withLock { $0 } == nil)
+        }
         #expect(try store.load() == expected)
     }
 

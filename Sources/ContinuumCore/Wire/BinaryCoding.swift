@@ -112,7 +112,8 @@ public struct BinaryWriter: Sendable {
         appendSorted(scratch.bytes, &ranges)
     }
 
-    /// Appends the ranges of `buffer` in lexicographic byte order (the end of `writeCanonical`).
+    /// Appends the ranges of `scratch` in lexicographic byte order of their bytes (the end of
+    /// `writeCanonical`).
     @usableFromInline mutating func appendSorted(_ scratch: [UInt8], _ ranges: inout [Range<Int>]) {
         scratch.withUnsafeBufferPointer { buffer in
             ranges.sort { Self.precedes(buffer, $0, $1) }

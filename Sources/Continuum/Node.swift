@@ -51,7 +51,9 @@ public actor Node {
     private var instance: ReplicationInstance?
     private var timers = ShellTimers<ReplicationInstance.Timer>()
     private var nextCommandID: UInt64 = 0
-    private var waiting: [UInt64: CheckedContinuation<Result<AnyReplicated?, ContinuumError>, Never>] = [:]
+    /// Commands waiting for their completion (after their patches are durable): a task's
+    /// continuation, or a caller's completion (`upsertNow`).
+    private var waiting: [UInt64: @Sendable (Result<AnyReplicated?, ContinuumError>) -> Void] = [:]
     private var reads: [UInt64: CheckedContinuation<Result<AnyReplicated, ContinuumError>, Never>] = [:]
     private var boundedWaiting: [UInt64: CheckedContinuation<Result<BoundedReadAnswer, ContinuumError>, Never>] = [:]
     private var raftBoundedWaiting: [UInt64: CheckedContinuation<Result<RaftReadAnswer, ContinuumError>, Never>] = [:]
@@ -142,7 +144,7 @@ public actor Node {
         batchesDone = batchesStarted  // a flush still running is dropped: nothing waits for it
         incarnation += 1
         timers.cancelAll()
-        for continuation in waiting.values { continuation.resume(returning: .failure(.nodeStopped)) }
+        for complete in waiting.values { complete(.failure(.nodeStopped)) }
         waiting.removeAll()
         for continuation in reads.values { continuation.resume(returning: .failure(.nodeStopped)) }
         reads.removeAll()
@@ -251,18 +253,43 @@ public actor Node {
         _ name: String, as _: Value.Type, _ mutate: @escaping @Sendable (inout Value, ReplicaID) throws -> (delta: Value, result: Result)
     ) async throws(ContinuumError) -> Result {
         let box = ResultBox<Result>()
-        _ = try await perform { id in
-            .upsert(id: id, register: name, bottom: AnyReplicated(Value.bottom)) { state, replica, _ in
-                guard let delta = try state.mutate(as: Value.self, { typed in
-                    let (delta, result) = try mutate(&typed, replica)
-                    box.value = result
-                    return delta
-                }) else { throw ContinuumError.typeMismatch(register: name, declared: state.typeName, requested: replicableTypeName(Value.self)) }
-                return AnyReplicated(delta)
-            }
-        }.get()
+        _ = try await perform { id in Self.upsertCommand(id: id, name, mutate, box) }.get()
         return box.value!
     }
+
+    /// `upsert` without a task: applies `mutate` now and calls `then` once the change is
+    /// durable (or has failed), on this node's executor, possibly before returning. For a
+    /// caller already on the node's executor (`isCurrentExecutor`), such as a server's
+    /// connection handler, which saves the task switches of an `await` per command.
+    public func upsertNow<Value: Replicable, Result: Sendable>(
+        _ name: String, as _: Value.Type, _ mutate: @escaping @Sendable (inout Value, ReplicaID) throws -> (delta: Value, result: Result),
+        then: @escaping @Sendable (Swift.Result<Result, ContinuumError>) -> Void
+    ) {
+        guard instance != nil else { return then(.failure(.nodeStopped)) }
+        nextCommandID += 1
+        let id = nextCommandID
+        let box = ResultBox<Result>()
+        waiting[id] = { outcome in then(outcome.map { _ in box.value! }) }
+        handle(Self.upsertCommand(id: id, name, mutate, box))
+    }
+
+    private static func upsertCommand<Value: Replicable, Result: Sendable>(
+        id: UInt64, _ name: String, _ mutate: @escaping @Sendable (inout Value, ReplicaID) throws -> (delta: Value, result: Result),
+        _ box: ResultBox<Result>
+    ) -> ReplicationInstance.Command {
+        .upsert(id: id, register: name, bottom: AnyReplicated(Value.bottom)) { state, replica, _ in
+            guard let delta = try state.mutate(as: Value.self, { typed in
+                let (delta, result) = try mutate(&typed, replica)
+                box.value = result
+                return delta
+            }) else { throw ContinuumError.typeMismatch(register: name, declared: state.typeName, requested: replicableTypeName(Value.self)) }
+            return AnyReplicated(delta)
+        }
+    }
+
+    /// Whether the caller runs on this node's executor now, outside any of its jobs (an event
+    /// loop's handler, when the node runs on that loop), so that it may `assumeIsolated`.
+    public nonisolated var isCurrentExecutor: Bool { executor.isCurrent }
 
     /// Looks at this node's state of register `name` as `Value` without copying it, and
     /// returns what `body` computes from it (for example a set's size or one membership).
@@ -891,7 +918,7 @@ public actor Node {
         nextCommandID += 1
         let id = nextCommandID
         return await withCheckedContinuation { continuation in
-            waiting[id] = continuation
+            waiting[id] = { continuation.resume(returning: $0) }
             handle(make(id))
         }
     }
@@ -960,7 +987,7 @@ public actor Node {
     private func deliver(_ output: ReplicationInstance.Output) {
         switch output {
         case let .completed(id, _, result):
-            waiting.removeValue(forKey: id)?.resume(returning: result.mapError(Self.translate))
+            waiting.removeValue(forKey: id)?(result.mapError(Self.translate))
         case let .thresholdReached(id, value):
             reads.removeValue(forKey: id)?.resume(returning: .success(value))
         case let .thresholdFailed(id, error):

@@ -13,6 +13,7 @@ public final class NodeExecutor: SerialExecutor, Sendable {
     private let batch: Int
     private let schedule: @Sendable (@escaping @Sendable () -> Void) -> Void
     private let isolation: @Sendable () -> Void
+    private let current: @Sendable () -> Bool
     private let queues = Mutex<Lanes>(Lanes())
     /// Jobs at this priority or above go to the urgent lane.
     private static let urgentPriority = JobPriority(TaskPriority.high).rawValue
@@ -24,14 +25,20 @@ public final class NodeExecutor: SerialExecutor, Sendable {
     }
 
     /// An executor whose drains run where `schedule` runs them, one at a time and in order
-    /// (a serial queue, an event loop); `checkIsolated` traps unless called from there.
+    /// (a serial queue, an event loop); `checkIsolated` traps unless called from there, and
+    /// `isCurrent` tells whether the caller runs there (nil: never said to).
     public init(batch: Int = 64, schedule: @escaping @Sendable (@escaping @Sendable () -> Void) -> Void,
-                checkIsolated: @escaping @Sendable () -> Void) {
+                checkIsolated: @escaping @Sendable () -> Void, isCurrent: (@Sendable () -> Bool)? = nil) {
         precondition(batch > 0, "a drain must run at least one job")
         self.batch = batch
         self.schedule = schedule
         self.isolation = checkIsolated
+        self.current = isCurrent ?? { false }
     }
+
+    /// Whether the caller runs on the executor's thread (an event loop's own), where nothing
+    /// else of the executor's can run at the same time: it may then `assumeIsolated`.
+    public var isCurrent: Bool { current() }
 
     /// An executor on a serial Dispatch queue of its own (an embedded node's).
     public convenience init(label: String, batch: Int = 64) {

@@ -151,6 +151,28 @@ public struct Router: Sendable {
         }
     }
 
+    /// `run` without a task, for the commands an available register serves from this node
+    /// alone: SET, an addition and a set's change under `available` or `bounded` (answered once
+    /// the local change is durable), and under `available` a plain GET, a set's count and a
+    /// membership (answered at once). `then` gets the same answer or error `run` would give, on
+    /// the node's executor, possibly before `start` returns. Any other command or policy is not
+    /// started: `start` returns false and `run` serves it. The caller is on the node's executor
+    /// (`Node.isCurrentExecutor`, then `assumeIsolated`), which saves the task switches of an
+    /// `await` per command.
+    public func start(_ command: RegisterCommand, declared: Policy, on node: isolated Node,
+                      then: @escaping @Sendable (Result<RegisterAnswer, ContinuumError>) -> Void) -> Bool {
+        switch declared {
+        case .available, .bounded: break
+        case .linearizable, .serializable: return false
+        }
+        let bytes = command.approximateBytes
+        guard bytes <= commandBytesMax else {
+            then(.failure(.invalidRequest("the command carries \(bytes) bytes, more than \(commandBytesMax); nothing was applied")))
+            return true
+        }
+        return AvailableBackend.start(command, declared: declared, on: node, then: then)
+    }
+
     /// DEL across policies: each key by its mechanism, the linearizable ones in one log entry.
     private func delete(_ keys: [String], as caller: inout RouterCaller) async throws(ContinuumError) -> Int64 {
         var removed: Int64 = 0
@@ -372,13 +394,7 @@ struct AvailableBackend {
         case let .changeSet(_, members, insert):
             // In place, without reading the set first: the cost is the members', not the set's.
             return .integer(try await node.upsert(key, as: ORSet<String>.self) { set, replica in
-                var delta = ORSet<String>()
-                var changed: Int64 = 0
-                for member in members {
-                    if set.contains(member) != insert { changed += 1 }
-                    delta.formJoin(insert ? set.insert(member, replica: replica) : set.remove(member))
-                }
-                return (delta, changed)
+                Self.changeSet(&set, members, insert: insert, replica: replica)
             })
         case .members, .count, .contains:
             if declared == .available, command != .members(key: key) {
@@ -426,6 +442,75 @@ struct AvailableBackend {
             }
         case .delete:
             preconditionFailure("the router runs DEL itself")
+        }
+    }
+
+    /// `run` for the commands `Router.start` serves without a task (false: not one of them).
+    static func start(_ command: RegisterCommand, declared: Policy, on node: isolated Node,
+                      then: @escaping @Sendable (Result<RegisterAnswer, ContinuumError>) -> Void) -> Bool {
+        let key = command.key
+        switch command {
+        case let .set(_, value):
+            let physical = UInt64(clamping: wallClockNanoseconds())
+            node.upsertNow(key, as: Bytes.self, { register, replica in
+                var clock = HybridLogicalClock()
+                return (try register.write(value, replica: replica, clock: &clock, physical: physical), ())
+            }, then: { then($0.map { .done }) })
+        case let .add(_, amount):
+            node.upsertNow(key, as: PNCounter.self, { counter, replica in
+                (counter.add(amount, replica: replica), counter.value)
+            }, then: { then($0.map { .integer($0) }) })
+        case let .changeSet(_, members, insert):
+            node.upsertNow(key, as: ORSet<String>.self, { set, replica in changeSet(&set, members, insert: insert, replica: replica) },
+                           then: { then($0.map { .integer($0) }) })
+        case .get(_, nil, false) where declared == .available:
+            then(Result { () throws(ContinuumError) in
+                try orNothing(.bytes(nil, receipt: nil)) { () throws(ContinuumError) in
+                    do throws(ContinuumError) {
+                        return try node.inspect(key, as: Bytes.self) { .bytes($0.value, receipt: nil) }
+                    } catch {
+                        guard case let .typeMismatch(_, type, _) = error, type == replicableTypeName(PNCounter.self) else { throw error }
+                        return try node.inspect(key, as: PNCounter.self) { .bytes(Array("\($0.value)".utf8), receipt: nil) }
+                    }
+                }
+            })
+        case .count, .contains:
+            guard declared == .available else { return false }
+            then(Result { () throws(ContinuumError) in
+                try orNothing(ConsensusBackend.answer(command, members: [])) { () throws(ContinuumError) in
+                    try node.inspect(key, as: ORSet<String>.self) { set in
+                        if case let .contains(_, member) = command { return .boolean(set.contains(member)) }
+                        return .integer(Int64(set.count))
+                    }
+                }
+            })
+        default:
+            return false
+        }
+        return true
+    }
+
+    /// Inserts (or removes) `members` in place, without reading the set first: the cost is the
+    /// members', not the set's. The delta, and how many members changed.
+    static func changeSet(_ set: inout ORSet<String>, _ members: [String], insert: Bool, replica: ReplicaID) -> (delta: ORSet<String>, result: Int64) {
+        var delta = ORSet<String>()
+        var changed: Int64 = 0
+        for member in members {
+            if set.contains(member) != insert { changed += 1 }
+            delta.formJoin(insert ? set.insert(member, replica: replica) : set.remove(member))
+        }
+        return (delta, changed)
+    }
+
+    /// `body`'s result, or `nothing` when the register does not exist (never declared, or deleted).
+    private static func orNothing<Result>(_ nothing: Result, _ body: () throws(ContinuumError) -> Result) throws(ContinuumError) -> Result {
+        do {
+            return try body()
+        } catch {
+            switch error {
+            case .notDeclared, .deleted: return nothing
+            default: throw error
+            }
         }
     }
 

@@ -5,7 +5,8 @@ extension NodeExecutor {
     /// A node's executor on `loop`: in a server, the loop its Redis-protocol connections are
     /// served on (`RESPServer`), so a command crosses no thread between its socket and the node.
     public convenience init(loop: any EventLoop, batch: Int = 64) {
-        self.init(batch: batch, schedule: { loop.execute($0) }, checkIsolated: { loop.preconditionInEventLoop() })
+        self.init(batch: batch, schedule: { loop.execute($0) }, checkIsolated: { loop.preconditionInEventLoop() },
+                  isCurrent: { loop.inEventLoop })
     }
 }
 

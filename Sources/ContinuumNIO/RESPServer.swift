@@ -5,6 +5,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import Synchronization
+import DequeModule
 
 /// A Redis-protocol (RESP2 and RESP3) server for one node, so that `redis-cli`,
 /// `redis-benchmark` and every language's Redis client can use the cluster (see
@@ -20,7 +21,7 @@ public final class RESPServer: Sendable {
     /// Where command latencies and errors go (none: not measured).
     public let metrics: NodeMetrics?
     private let group: any EventLoopGroup
-    private let logger: Logger
+    let logger: Logger
     private let channel = Mutex<(any Channel)?>(nil)
     private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
     /// Clients refused because `clientsMax` were connected, and clients disconnected for an
@@ -77,15 +78,15 @@ public final class RESPServer: Sendable {
                     }
                 }
                 channel.closeFuture.whenComplete { [self] _ in _ = connections.withLock { $0.removeValue(forKey: key) } }
-                let (stream, continuation) = AsyncStream<[[UInt8]]>.makeStream(bufferingPolicy: .bufferingOldest(Self.pipelinedCommandsMax))
-                Task(executorPreference: LoopTaskExecutor(channel.eventLoop)) { [self] in await serve(channel, stream) }
+                let connection = RedisConnection(node: node, configuration: configuration, transport: transport, metrics: metrics,
+                                                 remote: channel.remoteAddress.map { "\($0)" } ?? "?", audit: logger)
                 return channel.eventLoop.makeCompletedFuture {
                     if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
                     if let idle = configuration.idleTimeout {
                         try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: .nanoseconds(idle.nanoseconds)))
                     }
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RESPRequestDecoder(limits: configuration.requestLimits)))
-                    try channel.pipeline.syncOperations.addHandler(RESPRequestHandler(continuation: continuation, logger: logger))
+                    try channel.pipeline.syncOperations.addHandler(RESPConnectionHandler(server: self, connection: connection))
                 }
             }
             .bind(host: host, port: port).get()
@@ -93,48 +94,6 @@ public final class RESPServer: Sendable {
         let bound = channel.localAddress?.port ?? port
         logger.info("serving the Redis protocol", metadata: ["address": "\(host):\(bound)", "tls": "\(tls != nil)"])
         return bound
-    }
-
-    /// Runs one connection's commands in order and writes their replies.
-    private func serve(_ channel: any Channel, _ requests: AsyncStream<[[UInt8]]>) async {
-        let connection = RedisConnection(node: node, configuration: configuration, transport: transport, metrics: metrics,
-                                         remote: channel.remoteAddress.map { "\($0)" } ?? "?", audit: logger)
-        if configuration.protectedMode, !configuration.access.requiresAuthentication, !Self.isLoopback(channel.remoteAddress) {
-            logger.info("refused a client in protected mode", metadata: ["from": "\(channel.remoteAddress.map { "\($0)" } ?? "?")"])
-            var buffer = channel.allocator.buffer(capacity: 256)
-            RESPReply.error(Self.protectedModeRefusal).encode(into: &buffer, resp3: false)
-            try? await channel.writeAndFlush(buffer)
-            try? await channel.close()
-            return
-        }
-        for await request in requests {
-            let outcome = await connection.execute(request)
-            var buffer = channel.allocator.buffer(capacity: 64)
-            switch outcome {
-            case let .reply(reply):
-                reply.encode(into: &buffer, resp3: connection.resp3)
-                channel.writeAndFlush(buffer, promise: nil)
-                if !channel.isWritable {
-                    // More than `outputBufferBytesMax` of replies wait for a client that does not
-                    // read them (writability flips on the event loop: look again there).
-                    let overflowed = try? await channel.eventLoop.submit { !channel.isWritable }.get()
-                    if overflowed == true {
-                        overflowedClients.add(1, ordering: .relaxed)
-                        logger.warning("closing a client connection", metadata: [
-                            "from": "\(connection.remote)",
-                            "reason": "more than \(configuration.outputBufferBytesMax) bytes of replies unread (output buffer limit)",
-                        ])
-                        try? await channel.close()
-                        return
-                    }
-                }
-            case let .replyAndClose(reply):
-                reply.encode(into: &buffer, resp3: connection.resp3)
-                try? await channel.writeAndFlush(buffer)
-                try? await channel.close()
-                return
-            }
-        }
     }
 
     static let protectedModeRefusal = """
@@ -159,35 +118,73 @@ public final class RESPServer: Sendable {
     }
 }
 
-/// Hands decoded requests to the connection's command loop; a protocol error is answered and
-/// closes the connection.
-final class RESPRequestHandler: ChannelInboundHandler {
+/// Runs one connection's commands one at a time, in arrival order (pipelining keeps its
+/// order), and writes their replies. A register command the router starts at once
+/// (`RedisConnection.executeNow`: an available write, a plain read) runs right here, on the
+/// channel's loop, which is the node's executor in a server; any other runs in a task on that
+/// loop (`LoopTaskExecutor`), and the next command waits for it. A protocol error is answered
+/// and closes the connection.
+final class RESPConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = [[UInt8]]
     typealias OutboundOut = ByteBuffer
 
-    private let continuation: AsyncStream<[[UInt8]]>.Continuation
-    private let logger: Logger
+    private let server: RESPServer
+    private let connection: RedisConnection
+    /// Commands received and not yet started.
+    private var waiting = Deque<[[UInt8]]>()
+    /// Whether a command is running: its reply is not written yet.
+    private var running = false
+    /// Whether the connection is closing or closed: nothing more runs or is written.
+    private var closing = false
+    /// Replies written and not yet flushed.
+    private var unflushed = false
+    private var context: ChannelHandlerContext?
 
-    init(continuation: AsyncStream<[[UInt8]]>.Continuation, logger: Logger) {
-        self.continuation = continuation
-        self.logger = logger
+    init(server: RESPServer, connection: RedisConnection) {
+        self.server = server
+        self.connection = connection
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        closing = true
+        waiting.removeAll()
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let configuration = server.configuration
+        if configuration.protectedMode, !configuration.access.requiresAuthentication, !RESPServer.isLoopback(context.remoteAddress) {
+            server.logger.info("refused a client in protected mode", metadata: ["from": "\(context.remoteAddress.map { "\($0)" } ?? "?")"])
+            closeAfter(.error(RESPServer.protectedModeRefusal), context: context)
+        }
+        context.fireChannelActive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .dropped = continuation.yield(unwrapInboundIn(data)) {
+        guard !closing else { return }
+        guard waiting.count < RESPServer.pipelinedCommandsMax else {
             errorCaught(context: context, error: RESPProtocolError(reason: "more than \(RESPServer.pipelinedCommandsMax) commands waiting"))
+            return
         }
+        waiting.append(unwrapInboundIn(data))
+        if !running { runWaiting(context: context) }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        continuation.finish()
+        closing = true
+        waiting.removeAll()
         context.fireChannelInactive()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
-            continuation.finish()
-            logger.info("closing an idle client connection", metadata: ["from": "\(context.remoteAddress.map { "\($0)" } ?? "?")"])
+            closing = true
+            waiting.removeAll()
+            server.logger.info("closing an idle client connection", metadata: ["from": "\(context.remoteAddress.map { "\($0)" } ?? "?")"])
             context.close(promise: nil)
             return
         }
@@ -195,14 +192,117 @@ final class RESPRequestHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        continuation.finish()
-        logger.info("closing a client connection", metadata: ["reason": "\(error)"])
-        var buffer = context.channel.allocator.buffer(capacity: 64)
+        guard !closing else { return }
+        server.logger.info("closing a client connection", metadata: ["reason": "\(error)"])
         let reason = (error as? RESPProtocolError).map { "ERR \($0)" } ?? "ERR \(error)"
-        RESPReply.error(reason).encode(into: &buffer, resp3: false)
+        closeAfter(.error(reason), context: context)
+    }
+
+    /// Starts the waiting commands in order, as long as each finishes at once; stops at one
+    /// that finishes later (its completion carries on).
+    private func runWaiting(context: ChannelHandlerContext) {
+        while !running, !closing, let request = waiting.popFirst() {
+            running = true
+            // A completion during `executeNow` is written after it returns, here, so that the
+            // next command never starts inside the node's call.
+            let immediate = ImmediateOutcome()
+            let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+            let started = connection.executeNow(request) { outcome in
+                if immediate.collecting {
+                    immediate.outcome = outcome
+                } else {
+                    handler.value.finished(outcome)
+                }
+            }
+            immediate.collecting = false
+            if let outcome = immediate.outcome {
+                write(outcome, context: context)
+                continue
+            }
+            if !started { runInTask(request, context: context) }
+        }
+        flush(context: context)
+    }
+
+    /// Runs a command that needs a task (a linearizable or serializable one, a bounded read,
+    /// an admin command) on the channel's loop.
+    private func runInTask(_ request: [[UInt8]], context: ChannelHandlerContext) {
+        let loop = context.eventLoop
+        let handler = NIOLoopBound(self, eventLoop: loop)
+        let connection = self.connection
+        Task(executorPreference: LoopTaskExecutor(loop)) {
+            let outcome = await connection.execute(request)
+            if loop.inEventLoop {
+                handler.value.finished(outcome)
+            } else {
+                loop.execute { handler.value.finished(outcome) }
+            }
+        }
+    }
+
+    /// A command's completion that came after it was started (from the node's executor, or its
+    /// task): writes the reply, then starts the commands that waited, on a later turn of the
+    /// loop (never inside the node's call).
+    private func finished(_ outcome: RedisConnection.Outcome) {
+        guard let context, !closing else { return }
+        write(outcome, context: context)
+        flush(context: context)
+        if !waiting.isEmpty {
+            let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+            context.eventLoop.execute {
+                let handler = handler.value
+                if let context = handler.context, !handler.running { handler.runWaiting(context: context) }
+            }
+        }
+    }
+
+    private func write(_ outcome: RedisConnection.Outcome, context: ChannelHandlerContext) {
+        running = false
+        switch outcome {
+        case let .reply(reply):
+            var buffer = context.channel.allocator.buffer(capacity: 64)
+            reply.encode(into: &buffer, resp3: connection.resp3)
+            context.write(wrapOutboundOut(buffer), promise: nil)
+            unflushed = true
+        case let .replyAndClose(reply):
+            closeAfter(reply, context: context)
+        }
+    }
+
+    private func flush(context: ChannelHandlerContext) {
+        guard unflushed, !closing else { return }
+        unflushed = false
+        context.flush()
+        if !context.channel.isWritable {
+            // More than `outputBufferBytesMax` of replies wait for a client that does not read them.
+            server.overflowedClients.add(1, ordering: .relaxed)
+            server.logger.warning("closing a client connection", metadata: [
+                "from": "\(connection.remote)",
+                "reason": "more than \(server.configuration.outputBufferBytesMax) bytes of replies unread (output buffer limit)",
+            ])
+            closing = true
+            waiting.removeAll()
+            context.close(promise: nil)
+        }
+    }
+
+    /// Writes `reply` after the replies before it, then closes the connection.
+    private func closeAfter(_ reply: RESPReply, context: ChannelHandlerContext) {
+        closing = true
+        waiting.removeAll()
+        unflushed = false
+        var buffer = context.channel.allocator.buffer(capacity: 64)
+        reply.encode(into: &buffer, resp3: connection.resp3)
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
     }
+}
+
+/// A completion that may come while its command is being started (then it is collected and
+/// written by the starter) or later.
+private final class ImmediateOutcome: @unchecked Sendable {
+    var collecting = true
+    var outcome: RedisConnection.Outcome?
 }
 
 /// Answers one reply as soon as the connection is up, then closes it (a client past `maxclients`).

@@ -15,7 +15,15 @@ struct RedisCommandEntry: Sendable {
     /// Whether each run is written to the audit log (who, what, from where), whether it succeeds
     /// or not: commands that change the cluster rather than a key's value.
     var audited = false
+    /// For a register command, how it parses its arguments and formats the answer, so that a
+    /// connection can start it without a task (`RedisConnection.executeNow`).
+    var register: RegisterSyntax? = nil
     let run: @Sendable (RedisConnection, [[UInt8]]) async throws -> RESPReply
+
+    struct RegisterSyntax: Sendable {
+        let parse: @Sendable ([[UInt8]]) throws -> RegisterCommand
+        let format: @Sendable (RegisterAnswer, RedisConnection) throws -> RESPReply
+    }
 }
 
 /// Every command the Redis-protocol front end serves, by upper-case name.
@@ -37,8 +45,8 @@ enum RedisCommandTable {
         parse: @escaping @Sendable ([[UInt8]]) throws -> RegisterCommand,
         format: @escaping @Sendable (RegisterAnswer, RedisConnection) throws -> RESPReply
     ) -> RedisCommandEntry {
-        RedisCommandEntry(name: name, arguments: arguments, spec: CommandSpec(category: category, keys: keys, namedPolicyAt: namedPolicyAt)) {
-            connection, arguments in
+        RedisCommandEntry(name: name, arguments: arguments, spec: CommandSpec(category: category, keys: keys, namedPolicyAt: namedPolicyAt),
+                          register: .init(parse: parse, format: format)) { connection, arguments in
             try format(try await connection.route(try parse(arguments)), connection)
         }
     }

@@ -76,8 +76,10 @@ public struct RedisServerConfiguration: Sendable {
     }
 }
 
-/// One client connection's state and its commands.
-final class RedisConnection {
+/// One client connection's state and its commands. Unchecked: its connection's handler runs
+/// one command at a time (`RESPConnectionHandler`), on the channel's loop or in one task at a
+/// time that it starts and waits for, so no two threads touch it at once.
+final class RedisConnection: @unchecked Sendable {
     let node: Node
     let configuration: RedisServerConfiguration
     let transport: NIOTransport?
@@ -164,19 +166,74 @@ final class RedisConnection {
         if name == "QUIT" { return .replyAndClose(.ok) }
         // Looked up once per command: access control, the audit log and the run read it.
         let entry = RedisCommandTable.entries[name]
-        guard let metrics else { return .reply(await reply(name, entry, Array(arguments.dropFirst()))) }
+        guard metrics != nil else { return .reply(await reply(name, entry, Array(arguments.dropFirst()))) }
         routedPolicy = nil
+        let start = ContinuousClock().now
+        let reply = await reply(name, entry, Array(arguments.dropFirst()))
+        return .reply(finish(name, entry, reply, since: start))
+    }
+
+    /// `execute` without a task, for a register command the router starts at once
+    /// (`Router.start`: an available write, a plain read) when this runs on the node's
+    /// executor: `then` gets the outcome on that executor, possibly before this returns. False:
+    /// nothing was done, and `execute` serves the command.
+    func executeNow(_ arguments: [[UInt8]], then: @escaping @Sendable (Outcome) -> Void) -> Bool {
+        let name = String(decoding: arguments[0], as: UTF8.self).uppercased()
+        guard let entry = RedisCommandTable.entries[name], let syntax = entry.register, !entry.audited, node.isCurrentExecutor else { return false }
+        let arguments = Array(arguments.dropFirst())
         let clock = ContinuousClock()
         let start = clock.now
-        let reply = await reply(name, entry, Array(arguments.dropFirst()))
+        let command: RegisterCommand
+        do {
+            // The checks of `reply` and `replyUnaudited`, in their order.
+            try authorize(name, entry, arguments)
+            guard entry.arguments.contains(arguments.count) else { throw CommandError.arity(name) }
+            let bytes = arguments.reduce(0) { $0 + $1.count }
+            guard bytes <= configuration.valueBytesMax else {
+                throw CommandError(message: "ERR \(name) carries \(bytes) bytes, more than max-value-bytes (\(configuration.valueBytesMax)); nothing was applied")
+            }
+            command = try syntax.parse(arguments)
+        } catch {
+            routedPolicy = nil
+            then(.reply(finish(name, entry, Self.errorReply(error), since: start)))
+            return true
+        }
+        let declared = router.policy(of: command.key)
+        let router = self.router
+        return node.assumeIsolated { node in
+            router.start(command, declared: declared, on: node) { [self] result in
+                let reply: RESPReply
+                do {
+                    reply = try syntax.format(try result.get(), self)
+                } catch {
+                    reply = Self.errorReply(error)
+                }
+                routedPolicy = declared
+                then(.reply(finish(name, entry, reply, since: start)))
+            }
+        }
+    }
+
+    /// Records the command's metrics (when measured) and returns its reply.
+    private func finish(_ name: String, _ entry: RedisCommandEntry?, _ reply: RESPReply, since start: ContinuousClock.Instant) -> RESPReply {
+        guard let metrics else { return reply }
         let failure: String? = if case let .error(message) = reply {
             message.prefix { $0 != " " }.lowercased()
         } else {
             nil
         }
         metrics.recordCommand(entry != nil ? name.lowercased() : "unknown", policy: routedPolicy?.kind ?? "none",
-                              duration: clock.now - start, error: failure)
-        return .reply(reply)
+                              duration: ContinuousClock().now - start, error: failure)
+        return reply
+    }
+
+    /// The error line of a command's failure.
+    static func errorReply(_ error: any Error) -> RESPReply {
+        switch error {
+        case let error as CommandError: .error(error.message)
+        case let error as ContinuumError: .error(error.replyLine)
+        default: .error("ERR \(error)")
+        }
     }
 
     private func reply(_ name: String, _ entry: RedisCommandEntry?, _ arguments: [[UInt8]]) async -> RESPReply {
@@ -207,12 +264,8 @@ final class RedisConnection {
         }
         do {
             return try await entry.run(self, arguments)
-        } catch let error as CommandError {
-            return .error(error.message)
-        } catch let error as ContinuumError {
-            return .error(error.replyLine)
         } catch {
-            return .error("ERR \(error)")
+            return Self.errorReply(error)
         }
     }
 

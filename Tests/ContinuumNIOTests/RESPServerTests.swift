@@ -197,6 +197,50 @@ final class LocalCluster {
     }
 }
 
+extension RESPServerTests {
+    /// Commands the connection starts at once (available writes, plain reads) and commands it
+    /// runs in a task (admin commands, SMEMBERS, a linearizable key's) are answered in the order
+    /// they were sent, each seeing the effects of those before it, when pipelined in one write.
+    @Test func pipelinedCommandsAnswerInOrderWhereverTheyRun() async throws {
+        let cluster = try await LocalCluster(nodes: 1, defaultPolicy: "available")
+        _ = try await cluster.untilServed(0, ["CONTINUUM.POLICY", "lin", "linearizable"])
+        _ = try await cluster.untilServed(0, ["GET", "lin"])  // a leader
+        let port = cluster.servers[0].boundRESPPort!
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port).get()
+        let collected = Collected()
+        try await channel.pipeline.addHandler(collected)
+        func command(_ words: String...) -> String { "*\(words.count)\r\n" + words.map { "$\($0.utf8.count)\r\n\($0)\r\n" }.joined() }
+        let sent: [(String, String)] = [
+            (command("SET", "x", "1"), "+OK\r\n"),
+            (command("CONTINUUM.DECLARE", "s", "set"), "+OK\r\n"),  // a task
+            (command("SADD", "s", "a", "b"), ":2\r\n"),
+            (command("SMEMBERS", "s"), "*2\r\n$1\r\na\r\n$1\r\nb\r\n"),  // a task
+            (command("SREM", "s", "a"), ":1\r\n"),
+            (command("SISMEMBER", "s", "a"), ":0\r\n"),
+            (command("SCARD", "s"), ":1\r\n"),
+            (command("INCR", "lin"), ":1\r\n"),  // through Raft: a task
+            (command("INCR", "c"), ":1\r\n"),
+            (command("GET", "lin"), "$1\r\n1\r\n"),  // a task
+            (command("INCR", "lin"), ":2\r\n"),
+            (command("SET", "x", "2"), "+OK\r\n"),
+            (command("PING"), "+PONG\r\n"),  // a task
+            (command("GET", "x"), "$1\r\n2\r\n"),
+            (command("GET", "c"), "$1\r\n1\r\n"),
+            (command("SADD", "x", "m"), "-WRONGTYPE"),
+        ]
+        // Then 500 INCRs of one counter, answered 2...501 in order.
+        let incrs = String(repeating: command("INCR", "c"), count: 500)
+        try await channel.writeAndFlush(ByteBuffer(string: sent.map(\.0).joined() + incrs))
+        let counted = (2...501).map { ":\($0)\r\n" }.joined()
+        for _ in 0..<500 where !collected.text.hasSuffix(":501\r\n") { try await Task.sleep(for: .milliseconds(10)) }
+        let text = collected.text
+        #expect(text.hasPrefix(sent.map(\.1).joined()), "\(text.prefix(400))")
+        #expect(text.hasSuffix(counted))
+        try await channel.close()
+        await cluster.shutdown()
+    }
+}
+
 /// One HTTP/1.1 request on a fresh connection; the whole response as text.
 func httpGet(port: Int, _ path: String) async throws -> String {
     let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port).get()

@@ -67,7 +67,8 @@ public struct AnyReplicated: Sendable, Equatable, CustomStringConvertible {
     /// `self ≤ other`, or nil when the types differ.
     public func isBelowOrEqual(_ other: AnyReplicated) -> Bool? { Self.below(value, other.value) }
 
-    public var isBottom: Bool { self == bottom }
+    /// Whether the value is its type's bottom (compared as its own type: no box is made).
+    public var isBottom: Bool { value.isBottom }
 
     public func encoded() -> [UInt8] { value.binaryEncoded() }
 

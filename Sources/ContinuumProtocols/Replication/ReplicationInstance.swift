@@ -513,7 +513,7 @@ public struct ReplicationInstance: ProtocolInstance {
         case let .acks(ackEpoch, acks):
             guard ackEpoch == epoch else { return [] }
             for ack in acks {
-                let key = RegisterKey(ack.register)
+                let key = storedKey(ack.register)
                 if ack.needsFullState {
                     acknowledged[sender]?[key] = nil
                     inFlight[sender]?[key] = nil
@@ -582,7 +582,7 @@ public struct ReplicationInstance: ProtocolInstance {
     /// of the state; a mutation that throws must throw before it changes anything.
     private mutating func mutate(_ id: UInt64, _ register: String, typeName: String, declaring bottom: AnyReplicated?, _ mutation: Mutation,
                                  physical: UInt64) -> [Effect] {
-        let key = RegisterKey(register)
+        let key = storedKey(register)
         var declared = false
         if let bottom, slots[key]?.isDeleted ?? true {
             guard Self.isValidName(register) else { return [.output(.completed(id: id, register: register, .failure(.invalidName(register))))] }
@@ -793,6 +793,15 @@ public struct ReplicationInstance: ProtocolInstance {
         return .success(slot)
     }
 
+    /// The key `slots` holds for register `name` (a new one when it holds none). Every table
+    /// that takes its key from there shares the name's storage, and two keys that share it
+    /// compare equal without comparing the bytes: the tables a command or payload goes through
+    /// next find their entry by identity, not by a byte comparison that misses the cache.
+    private func storedKey(_ name: String) -> RegisterKey {
+        let key = RegisterKey(name)
+        return slots.index(forKey: key).map { slots.keys[$0] } ?? key
+    }
+
     static func isValidName(_ name: String) -> Bool { (1...registerNameBytesMax).contains(name.utf8.count) }
 
     // MARK: - State changes
@@ -929,7 +938,7 @@ public struct ReplicationInstance: ProtocolInstance {
                     markers.append(payload)
                     continue
                 }
-                let key = RegisterKey(payload.register)
+                let key = storedKey(payload.register)
                 let current = slots[key]
                 let slot: RegisterSlot
                 do {

@@ -161,16 +161,26 @@ public struct Router: Sendable {
     /// `await` per command.
     public func start(_ command: RegisterCommand, declared: Policy, on node: isolated Node,
                       then: @escaping @Sendable (Result<RegisterAnswer, ContinuumError>) -> Void) -> Bool {
-        switch declared {
-        case .available, .bounded: break
-        case .linearizable, .serializable: return false
-        }
+        guard canStart(command, declared: declared) else { return false }
         let bytes = command.approximateBytes
         guard bytes <= commandBytesMax else {
             then(.failure(.invalidRequest("the command carries \(bytes) bytes, more than \(commandBytesMax); nothing was applied")))
             return true
         }
         return AvailableBackend.start(command, declared: declared, on: node, then: then)
+    }
+
+    /// Whether `start` serves `command` under `declared` (else `run` must).
+    public func canStart(_ command: RegisterCommand, declared: Policy) -> Bool {
+        switch declared {
+        case .linearizable, .serializable: return false
+        case .available, .bounded: break
+        }
+        switch command {
+        case .set, .add, .changeSet: return true
+        case .get(_, nil, false), .count, .contains: return declared == .available
+        default: return false
+        }
     }
 
     /// DEL across policies: each key by its mechanism, the linearizable ones in one log entry.
@@ -463,7 +473,7 @@ struct AvailableBackend {
         case let .changeSet(_, members, insert):
             node.upsertNow(key, as: ORSet<String>.self, { set, replica in changeSet(&set, members, insert: insert, replica: replica) },
                            then: { then($0.map { .integer($0) }) })
-        case .get(_, nil, false) where declared == .available:
+        case .get(_, nil, false):
             then(Result { () throws(ContinuumError) in
                 try orNothing(.bytes(nil, receipt: nil)) { () throws(ContinuumError) in
                     do throws(ContinuumError) {
@@ -475,7 +485,6 @@ struct AvailableBackend {
                 }
             })
         case .count, .contains:
-            guard declared == .available else { return false }
             then(Result { () throws(ContinuumError) in
                 try orNothing(ConsensusBackend.answer(command, members: [])) { () throws(ContinuumError) in
                     try node.inspect(key, as: ORSet<String>.self) { set in

@@ -200,18 +200,18 @@ final class RedisConnection: @unchecked Sendable {
         }
         let declared = router.policy(of: command.key)
         let router = self.router
-        return node.assumeIsolated { node in
-            router.start(command, declared: declared, on: node) { [self] result in
-                let reply: RESPReply
-                do {
-                    reply = try syntax.format(try result.get(), self)
-                } catch {
-                    reply = Self.errorReply(error)
-                }
-                routedPolicy = declared
-                then(.reply(finish(name, entry, reply, since: start)))
+        guard router.canStart(command, declared: declared) else { return false }
+        let complete: @Sendable (Result<RegisterAnswer, ContinuumError>) -> Void = { [self] result in
+            let reply: RESPReply
+            do {
+                reply = try syntax.format(try result.get(), self)
+            } catch {
+                reply = Self.errorReply(error)
             }
+            routedPolicy = declared
+            then(.reply(finish(name, entry, reply, since: start)))
         }
+        return node.assumeIsolated { node in router.start(command, declared: declared, on: node, then: complete) }
     }
 
     /// Records the command's metrics (when measured) and returns its reply.

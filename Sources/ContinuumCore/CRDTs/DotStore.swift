@@ -81,6 +81,7 @@ public struct DotMap<Key: Hashable & Sendable & Codable, Value: DotStore>: DotSt
     /// The key that holds each dot held here.
     private var keyOfDot: [Dot: Key]
 
+    @_specialize(where Key == String, Value == DotSet)
     public init(_ entries: [Key: Value] = [:]) {
         self.entries = entries.filter { !$0.value.isEmpty }
         keyOfDot = Self.index(self.entries).index
@@ -88,6 +89,7 @@ public struct DotMap<Key: Hashable & Sendable & Codable, Value: DotStore>: DotSt
 
     /// Which key holds each dot, and whether some dot is under two keys (which no correct
     /// replica produces: a decoder refuses it).
+    @_specialize(where Key == String, Value == DotSet)
     private static func index(_ entries: [Key: Value]) -> (index: [Dot: Key], shared: Bool) {
         var index: [Dot: Key] = [:]
         var shared = false
@@ -118,7 +120,10 @@ public struct DotMap<Key: Hashable & Sendable & Codable, Value: DotStore>: DotSt
         self.keyOfDot = keyOfDot
     }
     public var isEmpty: Bool { entries.isEmpty }
-    public var dots: Set<Dot> { Set(keyOfDot.keys) }
+    public var dots: Set<Dot> {
+        @_specialize(where Key == String, Value == DotSet)
+        get { Set(keyOfDot.keys) }
+    }
     /// How many dots the map holds.
     public var dotCount: Int { keyOfDot.count }
 
@@ -148,6 +153,7 @@ public struct DotMap<Key: Hashable & Sendable & Codable, Value: DotStore>: DotSt
     }
 
     /// Sets the store of `key`, keeping the dot index.
+    @_specialize(where Key == String, Value == DotSet)
     private mutating func replace(_ key: Key, _ old: Value?, with new: Value) {
         let before = old?.dots ?? []
         let after = new.dots
@@ -161,6 +167,7 @@ public struct DotMap<Key: Hashable & Sendable & Codable, Value: DotStore>: DotSt
     /// `contextOther` has seen it, and the index says which key holds it. Only when
     /// `contextOther` names more dots than this map holds (a whole state) is every held dot
     /// looked at instead, once.
+    @_specialize(where Key == String, Value == DotSet)
     public mutating func formJoin(_ other: DotMap, _ contextSelf: CausalContext, _ contextOther: CausalContext) -> Bool {
         var changed = false
         for (key, theirs) in other.entries {
@@ -200,6 +207,7 @@ public struct Causal<Store: DotStore>: Lattice {
     public private(set) var store: Store
     public private(set) var context: CausalContext
 
+    @_specialize(where Store == DotMap<String, DotSet>)
     public init(store: Store = .empty, context: CausalContext = .bottom) {
         precondition(store.dots.allSatisfy(context.contains), "a causal store's dots must be in its context")
         self.store = store
@@ -218,6 +226,7 @@ public struct Causal<Store: DotStore>: Lattice {
     public mutating func formJoin(_ other: Causal) { _ = formJoinReportingChange(other) }
 
     /// Joins in place (see `DotStore.formJoin`) and says whether anything changed.
+    @_specialize(where Store == DotMap<String, DotSet>)
     public mutating func formJoinReportingChange(_ other: Causal) -> Bool {
         let storeChanged = store.formJoin(other.store, context, other.context)
         let contextChanged = !other.context.isBelowOrEqual(context)
@@ -227,6 +236,7 @@ public struct Causal<Store: DotStore>: Lattice {
 
     /// `self ≤ other` when `other` has seen every dot `self` has, and every dot that `other`
     /// holds and `self` has seen, `self` still holds (else `self` saw it removed and `other` not).
+    @_specialize(where Store == DotMap<String, DotSet>)
     public func isBelowOrEqual(_ other: Causal) -> Bool {
         guard context.isBelowOrEqual(other.context) else { return false }
         let ownDots = store.dots
@@ -250,6 +260,7 @@ extension CausalCRDT {
 
     /// In place: the state is moved out of `self` first, so that its storage is not shared and
     /// a small `other` costs about its own size.
+    @_specialize(where Self == ORSet<String>)
     public mutating func formJoinReportingChange(_ other: Self) -> Bool {
         var state = causal
         self = Self(causal: .bottom)

@@ -242,6 +242,58 @@ private let r3 = ReplicaID(3)
         }
     }
 
+    /// A context is the set of its dots: checked against a plain `Set<Dot>` (the
+    /// specification) over 2,000 seeded random pairs, with dots scattered over three replicas
+    /// so that runs form, merge and split: membership, the order, the count, the largest
+    /// counter, enumeration, the cloud (what the vector does not cover), the join, and the
+    /// wire form (the same bytes whatever the order the dots came in, read back equal).
+    @Test func aCausalContextIsTheSetOfItsDots() throws {
+        let replicas = [r1, r2, r3]
+        var random = DeterministicRandom(seed: 11)
+        func dots() -> [Dot] {
+            (0..<Int.random(in: 0...30, using: &random)).map { _ in
+                Dot(replicas[Int.random(in: 0...2, using: &random)], UInt64.random(in: 1...40, using: &random))
+            }
+        }
+        func check(_ context: CausalContext, _ model: Set<Dot>, _ label: @autoclosure () -> String) {
+            for replica in replicas {
+                for counter in UInt64(1)...42 {
+                    let dot = Dot(replica, counter)
+                    #expect(context.contains(dot) == model.contains(dot), "\(label()): \(dot)")
+                }
+                let prefix = model.contains(Dot(replica, 1)) ? (1...).prefix { model.contains(Dot(replica, UInt64($0))) }.count : 0
+                #expect(context.versionVector[replica] == UInt64(prefix), "\(label()): vector of \(replica)")
+                #expect(context.maxCounter(of: replica) == model.filter { $0.replica == replica }.map(\.counter).max() ?? 0)
+            }
+            #expect(context.dotCount == UInt64(model.count), "\(label())")
+            var seen: [Dot] = []
+            context.forEachDot { seen.append($0); return true }
+            #expect(seen.count == model.count && Set(seen) == model, "\(label())")
+            #expect(context.cloud == model.filter { $0.counter > context.versionVector[$0.replica] }, "\(label())")
+        }
+        for _ in 0..<2_000 {
+            let (a, b) = (dots(), dots())
+            let (setA, setB) = (Set(a), Set(b))
+            let contextA = CausalContext(dots: a)
+            let contextB = CausalContext(dots: b.reversed())
+            check(contextA, setA, "\(a)")
+            #expect(contextA.isBelowOrEqual(contextB) == setA.isSubset(of: setB), "\(a.sorted()) ≤ \(b.sorted())")
+            #expect(contextB.isBelowOrEqual(contextA) == setB.isSubset(of: setA), "\(b.sorted()) ≤ \(a.sorted())")
+            // One dot less: never above, always below.
+            if let missing = setA.randomElement(using: &random) {
+                let fewer = CausalContext(dots: setA.subtracting([missing]))
+                #expect(!contextA.isBelowOrEqual(fewer) && fewer.isBelowOrEqual(contextA), "\(a.sorted()) without \(missing)")
+            }
+            var joined = contextA
+            joined.formJoin(contextB)
+            check(joined, setA.union(setB), "\(a.sorted()) ⊔ \(b.sorted())")
+            #expect(joined == CausalContext(dots: setA.union(setB).shuffled(using: &random)))
+            let bytes = joined.binaryEncoded()
+            #expect(bytes == CausalContext(dots: Array(setA.union(setB)).sorted().reversed()).binaryEncoded())
+            #expect(try CausalContext(binary: bytes) == joined)
+        }
+    }
+
     @Test func versionVectorsDetectConcurrency() {
         let a = VersionVector([r1: 2, r2: 1])
         let b = VersionVector([r1: 1, r2: 3])

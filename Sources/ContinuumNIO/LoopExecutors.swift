@@ -10,8 +10,9 @@ extension NodeExecutor {
     }
 }
 
-/// Runs a task's nonisolated code on an event loop. A client connection's command loop runs
-/// on the loop of its channel, which is the loop of the node's actor (`NodeExecutor(loop:)`).
+/// Runs a task's nonisolated code on an event loop. A client connection's commands that need a
+/// task run on the loop of its channel, which is the loop of the node's actor
+/// (`NodeExecutor(loop:)`).
 final class LoopTaskExecutor: TaskExecutor {
     let loop: any EventLoop
 

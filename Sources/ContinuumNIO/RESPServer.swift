@@ -12,8 +12,8 @@ import DequeModule
 /// `RedisServerConfiguration` for the commands). Each connection's commands run one at a time
 /// in arrival order (pipelining keeps its order); connections run concurrently. A server
 /// passes the event loop of the node's actor as `group` (`NodeServer` does): then a command is
-/// read, applied and answered on that one thread, its connection's command loop a task whose
-/// nonisolated code runs on the channel's loop (`LoopTaskExecutor`).
+/// read, applied and answered on that one thread, an available write or plain read without a
+/// task (see `RESPConnectionHandler`).
 public final class RESPServer: Sendable {
     public let node: Node
     public let configuration: RedisServerConfiguration

@@ -146,7 +146,11 @@ public struct Router: Sendable {
         if case let .delete(keys) = command { return .integer(try await delete(keys, as: &caller)) }
         switch declared {
         case .linearizable: return try await ConsensusBackend(router: self).run(command, as: &caller)
-        case .available, .bounded: return try await AvailableBackend(node: node).run(command, declared: declared)
+        case .available, .bounded:
+            // One code path for what `start` serves, whether the caller is a task or the node's
+            // own thread.
+            if canStart(command, declared: declared) { return try await node.started(self, command, declared: declared).get() }
+            return try await AvailableBackend(node: node).run(command, declared: declared)
         case .serializable: return try await SerializableBackend(router: self).run(command)
         }
     }
@@ -170,7 +174,7 @@ public struct Router: Sendable {
         return AvailableBackend.start(command, declared: declared, on: node, then: then)
     }
 
-    /// Whether `start` serves `command` under `declared` (else `run` must).
+    /// Whether `start` serves `command` under `declared` (else only `run` does).
     public func canStart(_ command: RegisterCommand, declared: Policy) -> Bool {
         switch declared {
         case .linearizable, .serializable: return false
@@ -353,6 +357,16 @@ struct ConsensusBackend {
     }
 }
 
+extension Node {
+    /// `Router.start` from a task: runs it on this node and waits for its answer.
+    func started(_ router: Router, _ command: RegisterCommand, declared: Policy) async -> Result<RegisterAnswer, ContinuumError> {
+        await withCheckedContinuation { continuation in
+            let started = router.start(command, declared: declared, on: self) { continuation.resume(returning: $0) }
+            precondition(started, "Router.start refused a command canStart accepted")
+        }
+    }
+}
+
 /// Available and bounded registers: this node's CRDTs, updated locally in place and merged by
 /// anti-entropy. A string is a last-writer-wins register of bytes, INCR a PN-counter, a set an
 /// add-wins set.
@@ -390,32 +404,11 @@ struct AvailableBackend {
                     }
                 }
             }
-        case let .set(_, value):
-            let physical = UInt64(clamping: wallClockNanoseconds())
-            try await node.upsert(key, as: Bytes.self) { register, replica in
-                var clock = HybridLogicalClock()
-                return (try register.write(value, replica: replica, clock: &clock, physical: physical), ())
-            }
-            return .done
-        case let .add(_, amount):
-            return .integer(try await node.upsert(key, as: PNCounter.self) { counter, replica in
-                (counter.add(amount, replica: replica), counter.value)
-            })
-        case let .changeSet(_, members, insert):
-            // In place, without reading the set first: the cost is the members', not the set's.
-            return .integer(try await node.upsert(key, as: ORSet<String>.self) { set, replica in
-                Self.changeSet(&set, members, insert: insert, replica: replica)
-            })
+        case .set, .add, .changeSet:
+            preconditionFailure("the router starts writes to available registers (Router.start)")
         case .members, .count, .contains:
-            if declared == .available, command != .members(key: key) {
-                // Looked at in place: no copy of the members.
-                return try await orNothing(ConsensusBackend.answer(command, members: [])) { () async throws(ContinuumError) in
-                    try await node.inspect(key, as: ORSet<String>.self) { set in
-                        if case let .contains(_, member) = command { return .boolean(set.contains(member)) }
-                        return .integer(Int64(set.count))
-                    }
-                }
-            }
+            // A count or a membership under `available` is started (looked at in place); here
+            // the members, or a bounded read of them.
             let members = try await orNothing([]) { () async throws(ContinuumError) in
                 try await node.register(key, as: ORSet<String>.self).read(declared).value.elements
             }

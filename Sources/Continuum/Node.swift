@@ -252,9 +252,9 @@ public actor Node {
     public func upsert<Value: Replicable, Result: Sendable>(
         _ name: String, as _: Value.Type, _ mutate: @escaping @Sendable (inout Value, ReplicaID) throws -> (delta: Value, result: Result)
     ) async throws(ContinuumError) -> Result {
-        let box = ResultBox<Result>()
-        _ = try await perform { id in Self.upsertCommand(id: id, name, mutate, box) }.get()
-        return box.value!
+        try await withCheckedContinuation { continuation in
+            upsertNow(name, as: Value.self, mutate) { continuation.resume(returning: $0) }
+        }.get()
     }
 
     /// `upsert` without a task: applies `mutate` now and calls `then` once the change is
@@ -270,21 +270,14 @@ public actor Node {
         let id = nextCommandID
         let box = ResultBox<Result>()
         waiting[id] = { outcome in then(outcome.map { _ in box.value! }) }
-        handle(Self.upsertCommand(id: id, name, mutate, box))
-    }
-
-    private static func upsertCommand<Value: Replicable, Result: Sendable>(
-        id: UInt64, _ name: String, _ mutate: @escaping @Sendable (inout Value, ReplicaID) throws -> (delta: Value, result: Result),
-        _ box: ResultBox<Result>
-    ) -> ReplicationInstance.Command {
-        .upsert(id: id, register: name, bottom: AnyReplicated(Value.bottom)) { state, replica, _ in
+        handle(.upsert(id: id, register: name, bottom: AnyReplicated(Value.bottom)) { state, replica, _ in
             guard let delta = try state.mutate(as: Value.self, { typed in
                 let (delta, result) = try mutate(&typed, replica)
                 box.value = result
                 return delta
             }) else { throw ContinuumError.typeMismatch(register: name, declared: state.typeName, requested: replicableTypeName(Value.self)) }
             return AnyReplicated(delta)
-        }
+        })
     }
 
     /// Whether the caller runs on this node's executor now, outside any of its jobs (an event

@@ -175,7 +175,7 @@ public struct Router: Sendable {
     }
 
     /// Whether `start` serves `command` under `declared` (else only `run` does).
-    public func canStart(_ command: RegisterCommand, declared: Policy) -> Bool {
+    func canStart(_ command: RegisterCommand, declared: Policy) -> Bool {
         switch declared {
         case .linearizable, .serializable: return false
         case .available, .bounded: break

@@ -138,6 +138,9 @@ final class RESPConnectionHandler: ChannelInboundHandler {
     private var closing = false
     /// Replies written and not yet flushed.
     private var unflushed = false
+    /// Whether `executeNow` is running, and the outcome it completed with meanwhile.
+    private var starting = false
+    private var startedOutcome: RedisConnection.Outcome?
     private var context: ChannelHandlerContext?
 
     init(server: RESPServer, connection: RedisConnection) {
@@ -203,19 +206,21 @@ final class RESPConnectionHandler: ChannelInboundHandler {
     private func runWaiting(context: ChannelHandlerContext) {
         while !running, !closing, let request = waiting.popFirst() {
             running = true
-            // A completion during `executeNow` is written after it returns, here, so that the
-            // next command never starts inside the node's call.
-            let immediate = ImmediateOutcome()
+            // A completion during `executeNow` is kept and written after it returns, here, so
+            // that the next command never starts inside the node's call.
+            starting = true
             let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
             let started = connection.executeNow(request) { outcome in
-                if immediate.collecting {
-                    immediate.outcome = outcome
+                let handler = handler.value
+                if handler.starting {
+                    handler.startedOutcome = outcome
                 } else {
-                    handler.value.finished(outcome)
+                    handler.finished(outcome)
                 }
             }
-            immediate.collecting = false
-            if let outcome = immediate.outcome {
+            starting = false
+            if let outcome = startedOutcome {
+                startedOutcome = nil
                 write(outcome, context: context)
                 continue
             }
@@ -296,13 +301,6 @@ final class RESPConnectionHandler: ChannelInboundHandler {
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
     }
-}
-
-/// A completion that may come while its command is being started (then it is collected and
-/// written by the starter) or later.
-private final class ImmediateOutcome: @unchecked Sendable {
-    var collecting = true
-    var outcome: RedisConnection.Outcome?
 }
 
 /// Answers one reply as soon as the connection is up, then closes it (a client past `maxclients`).

@@ -200,7 +200,6 @@ final class RedisConnection: @unchecked Sendable {
         }
         let declared = router.policy(of: command.key)
         let router = self.router
-        guard router.canStart(command, declared: declared) else { return false }
         let complete: @Sendable (Result<RegisterAnswer, ContinuumError>) -> Void = { [self] result in
             let reply: RESPReply
             do {

@@ -254,7 +254,14 @@ import Testing
         let views = try await client.declare("views", as: PNCounter.self, policy: .available)
         try await cart.insert("bread")
         try await views.increment(by: 1)
-        // Both reach n2 by anti-entropy, and the declarations with them.
+        // Both reach n2 by anti-entropy, and the declarations with them. The observer declares
+        // at n2 only once n2 routes both keys as available: before, its declaration would go
+        // to the default policy's mechanism (Raft, which may have no leader yet in a new cluster).
+        for _ in 0..<250 {
+            if try await cluster.clients[1].send(["CONTINUUM.POLICY", "cart"]) == .bulk("available"),
+               try await cluster.clients[1].send(["CONTINUUM.POLICY", "views"]) == .bulk("available") { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
         let observer = try await ContinuumClient.connect(to: [nodes[1]], configuration: .init(session: false))
         let observedCart = try await observer.declare("cart", as: ORSet<String>.self)
         let observedViews = try await observer.declare("views", as: PNCounter.self)

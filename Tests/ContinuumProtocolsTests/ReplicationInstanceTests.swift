@@ -670,6 +670,35 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         #expect(became == [.reachabilityChanged(n2, reachable: false)])
     }
 
+    /// A neighbour that was unreachable for less than `absentNeighbourRetention` gets the deltas
+    /// it missed when it returns, not the whole state; past the retention, the whole state.
+    @Test(arguments: [false, true]) func aNeighbourBackWithinTheRetentionGetsDeltas(pastRetention: Bool) {
+        var harness = Harness(nodes: 3)
+        harness.declare("cart", ORSet<String>.self, at: [n1])
+        harness.deliverAll()
+        _ = harness.update("cart", at: n1) { (set: inout ORSet<String>, replica) in set.insert("first", replica: replica) }
+        harness.deliverAll()
+        // n3 tells n1 that n2 is unreachable; n2 hears nothing while it is away.
+        let away = MembershipUpdate(node: n2, status: .unreachable, incarnation: 0)
+        harness.carryOut(harness.instances[n1]!.receive(.membership(.ping(sequence: 1, updates: [away])), from: n3, now: harness.now), at: n1)
+        #expect(harness.instances[n1]!.neighbors() == [n3])
+        for index in 0..<20 {
+            _ = harness.update("cart", at: n1) { (set: inout ORSet<String>, replica) in set.insert("item \(index)", replica: replica) }
+        }
+        harness.deliverAll { _, to, _ in to == n2 }
+        if pastRetention { harness.now += ReplicationInstance.Configuration().absentNeighbourRetention }
+        harness.gossip(n1)
+        harness.deliverAll { _, to, _ in to == n2 }
+        // n2 answers again (a higher incarnation).
+        let back = MembershipUpdate(node: n2, status: .alive, incarnation: 1)
+        harness.carryOut(harness.instances[n1]!.receive(.membership(.ping(sequence: 2, updates: [back])), from: n2, now: harness.now), at: n1)
+        #expect(harness.instances[n1]!.neighbors() == [n2, n3])
+        harness.gossip(n1)
+        harness.deliverAll { from, _, _ in from == n3 }
+        #expect(harness.value("cart", at: n2, as: ORSet<String>.self)?.count == 21)
+        #expect(harness.instances[n1]!.statistics.fullStatesSent == (pastRetention ? 1 : 0))
+    }
+
     @Test func messagesRoundTripOnTheWire() throws {
         let messages: [MembershipMessage] = [
             .join, .welcome(members: [MembershipUpdate(node: n2, status: .suspect, incarnation: 9)]),

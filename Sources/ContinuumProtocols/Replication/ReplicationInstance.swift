@@ -72,8 +72,10 @@ public struct ReplicationStatistics: Sendable, Equatable {
 /// for the sender that it covers count as acknowledged, so a full mesh relays each update once,
 /// not twice (Enes et al., "Efficient Synchronization of State-based CRDTs", 2019, measure how
 /// much redundant state plain delta propagation sends over meshes). Deltas are dropped once
-/// every neighbor has acknowledged them; an unreachable node stops being a neighbor and gets
-/// the whole state when it returns. A node writes deltas to its store, and a register's whole
+/// every neighbor has acknowledged them. An unreachable node stops being a neighbor, but for
+/// `absentNeighbourRetention` its acknowledgements still hold back the dropping, so that a node
+/// that was only slow for a while (its probes unanswered under load) or restarted gets the
+/// deltas it missed when it returns; past that it gets whole states. A node writes deltas to its store, and a register's whole
 /// state once the deltas written since the last one would outgrow it.
 /// Acknowledgements name the sender's incarnation (`epoch`), so that an acknowledgement for a
 /// previous life never drops a delta of this one.
@@ -110,6 +112,12 @@ public struct ReplicationInstance: ProtocolInstance {
         /// How long the push timer waits after the first local change before it ships: the
         /// changes made meanwhile share one batch per neighbour (zero: the next turn).
         public var pushDelay: Duration
+        /// How long a neighbour that became unreachable still holds back the dropping of the
+        /// deltas it has not acknowledged: one that comes back within it (a busy node whose
+        /// probes went unanswered for a while, a restart) gets the deltas it missed, not every
+        /// changed register's whole state. Meanwhile each register keeps up to `deltaBufferMax`
+        /// deltas (older ones joined), whatever the absent neighbour's fate.
+        public var absentNeighbourRetention: Duration
         public var membership: Membership.Configuration
         public var catalog: ReplicableTypeCatalog
         /// Nodes to join through; nil for a static cluster where every member is known at start.
@@ -119,7 +127,8 @@ public struct ReplicationInstance: ProtocolInstance {
         public init(gossipInterval: Duration = .milliseconds(200), ringNeighbors: Int = 2,
                     deltaBufferMax: Int = 128, batchBytesMax: Int = 64 * 1024, thresholdReadsMax: Int = 10_000,
                     boundedReadsMax: Int = 10_000, freshness: FreshnessGate.Configuration = .init(), certificateHeartbeats: Bool = true,
-                    retransmitInterval: Duration? = nil, pushDelay: Duration = .zero, membership: Membership.Configuration = .init(),
+                    retransmitInterval: Duration? = nil, pushDelay: Duration = .zero, absentNeighbourRetention: Duration = .seconds(30),
+                    membership: Membership.Configuration = .init(),
                     catalog: ReplicableTypeCatalog = .standard,
                     seeds: [NodeID]? = nil, plantedBug: PlantedReplicationBug? = nil) {
             precondition(gossipInterval > .zero && ringNeighbors >= 1 && deltaBufferMax >= 1 && batchBytesMax >= 1)
@@ -133,6 +142,7 @@ public struct ReplicationInstance: ProtocolInstance {
             self.certificateHeartbeats = certificateHeartbeats
             self.retransmitInterval = retransmitInterval ?? gossipInterval * 5
             self.pushDelay = pushDelay
+            self.absentNeighbourRetention = absentNeighbourRetention
             self.membership = membership
             self.catalog = catalog
             self.seeds = seeds
@@ -382,6 +392,9 @@ public struct ReplicationInstance: ProtocolInstance {
     private let staticMembers: [NodeID]
     /// The overlay neighbors, recomputed when reachability changes.
     private var cachedNeighbors: [NodeID]?
+    /// Neighbours that became unreachable, and when: for `absentNeighbourRetention` their
+    /// acknowledgements still count when deltas are dropped.
+    private var absent: [NodeID: Duration] = [:]
 
     public init(configuration: Configuration, context: InstanceContext, durable: ReplicaDurableState?) {
         self.configuration = configuration
@@ -460,7 +473,7 @@ public struct ReplicationInstance: ProtocolInstance {
     public mutating func start(now: Duration) -> [Effect] {
         // The new incarnation is durable before any message names it.
         var effects: [Effect] = [.persist(ReplicaDurableState(incarnation: epoch, slots: [:]))]
-        effects += translate(membership.start(now: now, random: &random))
+        effects += translate(membership.start(now: now, random: &random), now: now)
         effects.append(.setTimer(.gossip, after: jittered(configuration.gossipInterval)))
         return effects
     }
@@ -468,7 +481,7 @@ public struct ReplicationInstance: ProtocolInstance {
     public mutating func timerFired(_ timer: Timer, now: Duration) -> [Effect] {
         switch timer {
         case let .membership(inner):
-            return translate(membership.timerFired(inner, now: now, random: &random))
+            return translate(membership.timerFired(inner, now: now, random: &random), now: now)
         case .gossip:
             var effects: [Effect] = [.setTimer(.gossip, after: jittered(configuration.gossipInterval))]
             let neighbors = self.neighbors()
@@ -478,8 +491,10 @@ public struct ReplicationInstance: ProtocolInstance {
             // register. Those of nodes no longer members are forgotten.
             let members = Set(allMembers)
             if acknowledged.keys.contains(where: { !members.contains($0) }) { acknowledged = acknowledged.filter { members.contains($0.key) } }
+            if absent.keys.contains(where: { !members.contains($0) }) { absent = absent.filter { members.contains($0.key) } }
             behind = behind.filter { neighbors.contains($0.key) }
             if inFlight.keys.contains(where: { !neighbors.contains($0) }) { inFlight = inFlight.filter { neighbors.contains($0.key) } }
+            forgetLongAbsent(now: now)
             var joins = SharedJoins()
             for peer in neighbors {
                 if behind[peer] == nil { behind[peer] = Backlog(slots.keys.sorted()) }
@@ -503,7 +518,7 @@ public struct ReplicationInstance: ProtocolInstance {
     public mutating func receive(_ message: ReplicationMessage, from sender: NodeID, now: Duration) -> [Effect] {
         switch message {
         case let .membership(inner):
-            return translate(membership.receive(inner, from: sender, now: now, random: &random))
+            return translate(membership.receive(inner, from: sender, now: now, random: &random), now: now)
         case let .deltas(senderEpoch, payloads, vector):
             return receiveDeltas(payloads, senderEpoch: senderEpoch, certificate: vector, from: sender, now: now)
         case let .readRequest(readerEpoch, read, registers):
@@ -1152,11 +1167,12 @@ public struct ReplicationInstance: ProtocolInstance {
         return [.setTimer(.push, after: configuration.pushDelay)]
     }
 
-    /// Drops the deltas of `register` that every neighbor has acknowledged.
+    /// Drops the deltas of `register` that every neighbor, and every neighbour absent for less
+    /// than `absentNeighbourRetention`, has acknowledged.
     private mutating func collectGarbage(_ register: RegisterKey) {
         guard let buffer = buffers[register], let first = buffer.entries.first else { return }
         var floor = buffer.lastSequence
-        for peer in neighbors() {
+        for peer in absent.isEmpty ? neighbors() : neighbors() + absent.keys {
             // A neighbor that never acknowledged will get the whole state anyway.
             guard let upTo = acknowledged[peer]?[register] else { continue }
             floor = min(floor, upTo)
@@ -1194,12 +1210,26 @@ public struct ReplicationInstance: ProtocolInstance {
         return chosen.sorted()
     }
 
-    private mutating func translate(_ directives: [Membership.Directive]) -> [Effect] {
+    /// Stops holding deltas back for neighbours absent for `absentNeighbourRetention` or more:
+    /// the deltas only they lacked are dropped, and they get whole states when they return.
+    private mutating func forgetLongAbsent(now: Duration) {
+        let expired = absent.filter { now - $0.value >= configuration.absentNeighbourRetention }.keys
+        guard !expired.isEmpty else { return }
+        for peer in expired { absent[peer] = nil }
+        for register in buffers.keys.sorted() { collectGarbage(register) }
+    }
+
+    private mutating func translate(_ directives: [Membership.Directive], now: Duration) -> [Effect] {
         directives.map { directive in
             switch directive {
             case let .send(peer, message): return .send(to: peer, .membership(message))
             case let .setTimer(timer, after): return .setTimer(.membership(timer), after: after)
             case let .reachabilityChanged(peer, reachable):
+                if reachable {
+                    absent[peer] = nil
+                } else if neighbors().contains(peer) {
+                    absent[peer] = now
+                }
                 cachedNeighbors = nil
                 statistics.reachabilityChanges += 1
                 return .output(.reachabilityChanged(peer, reachable: reachable))

@@ -161,6 +161,8 @@ public final class NodeMetrics: Sendable {
         if let replication = await node.replicationStatistics {
             advance("continuum_replication_delta_payloads_sent_total", to: replication.deltaPayloadsSent)
             advance("continuum_replication_full_states_sent_total", to: replication.fullStatesSent)
+            advance("continuum_replication_retransmissions_total", to: replication.retransmissions)
+            advance("continuum_membership_late_probe_ticks_total", to: replication.lateProbeTicks)
             advance("continuum_replication_delta_payloads_received_total", to: replication.deltaPayloadsReceived)
             advance("continuum_replication_full_states_received_total", to: replication.fullStatesReceived)
             advance("continuum_replication_reachability_changes_total", to: replication.reachabilityChanges)

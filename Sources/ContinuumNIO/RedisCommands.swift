@@ -364,6 +364,8 @@ final class RedisConnection: @unchecked Sendable {
             lines += ["replication_deltas_sent:\(replication.deltaPayloadsSent)", "replication_full_states_sent:\(replication.fullStatesSent)",
                       "replication_deltas_received:\(replication.deltaPayloadsReceived)",
                       "replication_full_states_received:\(replication.fullStatesReceived)",
+                      "replication_retransmissions:\(replication.retransmissions)",
+                      "membership_late_probe_ticks:\(replication.lateProbeTicks)",
                       "replication_reachability_changes:\(replication.reachabilityChanges)"]
         }
         return lines.joined(separator: "\r\n") + "\r\n"

@@ -699,6 +699,29 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         #expect(harness.instances[n1]!.statistics.fullStatesSent == (pastRetention ? 1 : 0))
     }
 
+    /// A probe tick that fires later than due by more than the probe timeout judges nothing:
+    /// this node was held up, and the answer may be waiting behind what held it. The next tick
+    /// on time judges the probe sent at the late one.
+    @Test(arguments: [false, true]) func aLateProbeTickSuspectsNobody(late: Bool) {
+        let configuration = Membership.Configuration()
+        var membership = Membership(node: n1, seeds: [], knownMembers: [n2], configuration: configuration)
+        var random = DeterministicRandom(seed: 1)
+        func due(_ directives: [Membership.Directive], after now: Duration) -> Duration {
+            for case let .setTimer(.probe, after) in directives { return now + after }
+            Issue.record("no probe timer set")
+            return now
+        }
+        var now = due(membership.start(now: .zero, random: &random), after: .zero)
+        // The first tick probes n2, which does not answer.
+        now = due(membership.timerFired(.probe, now: now, random: &random), after: now)
+        if late { now += configuration.probeTimeout + .milliseconds(1) }
+        now = due(membership.timerFired(.probe, now: now, random: &random), after: now)
+        #expect(membership.status(of: n2) == (late ? .alive : .suspect))
+        #expect(membership.lateProbeTicks == (late ? 1 : 0))
+        _ = membership.timerFired(.probe, now: now, random: &random)
+        #expect(membership.status(of: n2) == .suspect)
+    }
+
     @Test func messagesRoundTripOnTheWire() throws {
         let messages: [MembershipMessage] = [
             .join, .welcome(members: [MembershipUpdate(node: n2, status: .suspect, incarnation: 9)]),

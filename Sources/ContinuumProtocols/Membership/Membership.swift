@@ -114,6 +114,15 @@ public enum MembershipMessage: Sendable, Equatable, BinaryCodable {
 /// by incarnation numbers, and dissemination piggybacked on probe traffic. A pure value: the
 /// owning instance feeds it events and carries out the `Directive`s it returns.
 ///
+/// Self-awareness, after Lifeguard (Dadgar et al. 2018, section 4.1): a node that is itself
+/// held up does not accuse others. A probe timer that fires later than due by more than the
+/// probe timeout judges nothing: the probe before it does not make its target suspect, and no
+/// suspicion expires at that tick, since the answers may be waiting behind the work that held
+/// this node up. The lateness is the event's time against the time the timer was due, so a
+/// simulation reproduces it. (Lifeguard also stretches the probe interval and timeout by a local
+/// health score; tried here under saturated SADD, reachability flapped more, not less, as fewer
+/// probes carried the refutations, so it was left out.)
+///
 /// Differences from SWIM, on purpose: an unreachable member is kept and still probed now and
 /// then, so that it is seen again when a partition heals (the replication layer then resyncs
 /// it); nodes join by asking seeds, which answer with the member list.
@@ -198,6 +207,10 @@ public struct Membership: Sendable {
     private var nextSequence: UInt64 = 0
     /// The probe in flight: its sequence, target and whether it was answered.
     private var probe: (sequence: UInt64, target: NodeID, answered: Bool)?
+    /// When the probe timer is due (the time it was set plus its delay).
+    private var probeDue: Duration?
+    /// Probe ticks that fired too late to judge the probe before them.
+    public private(set) var lateProbeTicks = 0
     private var relays: [Relay] = []
     /// Updates to piggyback, with how many more times each is to be sent.
     private var dissemination: [(update: MembershipUpdate, remaining: Int)] = []
@@ -231,6 +244,7 @@ public struct Membership: Sendable {
 
     public mutating func start(now: Duration, random: inout DeterministicRandom) -> [Directive] {
         let offset = Duration.nanoseconds(Int64.random(in: 0...configuration.probeInterval.nanoseconds, using: &random))
+        probeDue = now + offset
         var directives: [Directive] = [.setTimer(.probe, after: offset)]
         if !hasJoined {
             directives += seeds.map { .send($0, .join) }
@@ -295,12 +309,20 @@ public struct Membership: Sendable {
 
     private mutating func probeTick(now: Duration, random: inout DeterministicRandom) -> [Directive] {
         var directives: [Directive] = [.setTimer(.probe, after: configuration.probeInterval)]
-        if let current = probe, !current.answered, let member = members[current.target], member.status == .alive {
-            directives += apply(MembershipUpdate(node: current.target, status: .suspect, incarnation: member.incarnation),
-                                now: now, random: &random)
+        // Later than due by more than a peer may take to answer: this node was held up, and the
+        // answer to its probe may be waiting behind what held it.
+        let late = probeDue.map { now - $0 > configuration.probeTimeout } ?? false
+        probeDue = now + configuration.probeInterval
+        if late {
+            lateProbeTicks += 1
+        } else {
+            if let current = probe, !current.answered, let member = members[current.target], member.status == .alive {
+                directives += apply(MembershipUpdate(node: current.target, status: .suspect, incarnation: member.incarnation),
+                                    now: now, random: &random)
+            }
+            directives += expireSuspicions(now: now, random: &random)
         }
         probe = nil
-        directives += expireSuspicions(now: now, random: &random)
         guard let target = nextProbeTarget(random: &random) else { return directives }
         nextSequence += 1
         probe = (nextSequence, target, false)

@@ -38,8 +38,13 @@ public struct ReplicationStatistics: Sendable, Equatable {
     /// Payloads received that carried a register's whole state, and deltas received.
     public var fullStatesReceived = 0
     public var deltaPayloadsReceived = 0
+    /// Payloads shipped again from the acknowledgement (or whole) because what was shipped
+    /// before went unacknowledged for the retransmission timeout.
+    public var retransmissions = 0
     /// Times a member became unreachable or reachable again (SWIM).
     public var reachabilityChanges = 0
+    /// Probe ticks that fired too late to judge a probe (this node was held up).
+    public var lateProbeTicks = 0
     public var bufferOverflows = 0
     public var rejectedMessages = 0
     public var lastRejection: String?
@@ -303,7 +308,12 @@ public struct ReplicationInstance: ProtocolInstance {
     public private(set) var epoch: UInt64
     public private(set) var slots: [RegisterKey: RegisterSlot]
     public private(set) var membership: Membership
-    public private(set) var statistics = ReplicationStatistics()
+    private var counters = ReplicationStatistics()
+    public var statistics: ReplicationStatistics {
+        var statistics = counters
+        statistics.lateProbeTicks = membership.lateProbeTicks
+        return statistics
+    }
     public private(set) var derivedValues: [String: AnyReplicated] = [:]
     public private(set) var derived: [DerivedDefinition] = []
 
@@ -858,7 +868,7 @@ public struct ReplicationInstance: ProtocolInstance {
     private mutating func buffer(_ delta: RegisterSlot, for register: RegisterKey, from source: NodeID?, creating: Bool = false) {
         // In place: a copy of the buffer would cost its length on every update.
         let overflow = buffers[register, default: DeltaBuffer(wholeHistory: creating)].append(delta, from: source, keeping: configuration.deltaBufferMax)
-        if overflow { statistics.bufferOverflows += 1 }
+        if overflow { counters.bufferOverflows += 1 }
         // Over a copy of the keys: iterating the dictionary itself while changing its values
         // would copy every set.
         for peer in Array(behind.keys) { behind[peer]!.insert(register) }
@@ -969,8 +979,8 @@ public struct ReplicationInstance: ProtocolInstance {
                 }
                 decoded.append((payload, key, slot))
             } catch {
-                statistics.rejectedMessages += 1
-                statistics.lastRejection = "from \(sender): register '\(payload.register)': \(error)"
+                counters.rejectedMessages += 1
+                counters.lastRejection = "from \(sender): register '\(payload.register)': \(error)"
                 return nil
             }
         }
@@ -1000,7 +1010,7 @@ public struct ReplicationInstance: ProtocolInstance {
                     continuous = false
                 }
             }
-            if payload.isFullState { statistics.fullStatesReceived += 1 } else { statistics.deltaPayloadsReceived += 1 }
+            if payload.isFullState { counters.fullStatesReceived += 1 } else { counters.deltaPayloadsReceived += 1 }
             // Joined in place: a delta costs about its own size, whatever the register's.
             let grew: Bool
             let creating = slots[key] == nil
@@ -1140,7 +1150,8 @@ public struct ReplicationInstance: ProtocolInstance {
             if payload.isMarker { continue }
             inFlight[peer, default: [:]][register] = payload.anchored ? (buffer.lastSequence, now, retries)
                 : (buffer.lastSequence, shipped!.since, shipped!.retries)
-            if wholeState { statistics.fullStatesSent += 1 } else { statistics.deltaPayloadsSent += 1 }
+            if wholeState { counters.fullStatesSent += 1 } else { counters.deltaPayloadsSent += 1 }
+            if retries > 0 { counters.retransmissions += 1 }
             if configuration.plantedBug == .forgetUnacknowledgedDeltas {
                 acknowledged[peer, default: [:]][register] = buffer.lastSequence
                 behind[peer]?.remove(register)
@@ -1231,7 +1242,7 @@ public struct ReplicationInstance: ProtocolInstance {
                     absent[peer] = now
                 }
                 cachedNeighbors = nil
-                statistics.reachabilityChanges += 1
+                counters.reachabilityChanges += 1
                 return .output(.reachabilityChanged(peer, reachable: reachable))
             }
         }

@@ -80,5 +80,24 @@ import Testing
         let context = try CausalContext(binary: writer.bytes)
         #expect(context.cloud.isEmpty)
         #expect(context == CausalContext(dots: [Dot(ReplicaID(1), 1), Dot(ReplicaID(1), 2)]))
+
+        // Cloud dots under the vector, one that extends it, and runs of two replicas, in no order:
+        // read into runs, the vector raised over what continues it.
+        writer = BinaryWriter()
+        writer.write(VersionVector([ReplicaID(1): 3]))
+        let cloud = [(1, 7), (2, 2), (1, 2), (1, 5), (1, 4), (2, 3), (2, 9)].map { Dot(ReplicaID($0.0), $0.1) }
+        writer.writeVarint(UInt64(cloud.count))
+        for dot in cloud { dot.encode(to: &writer) }
+        let read = try CausalContext(binary: writer.bytes)
+        let expected = CausalContext(dots: (1...5).map { Dot(ReplicaID(1), $0) } + cloud)
+        #expect(read == expected)
+        #expect(read.versionVector[ReplicaID(1)] == 5 && read.cloud == [Dot(ReplicaID(1), 7), Dot(ReplicaID(2), 2), Dot(ReplicaID(2), 3), Dot(ReplicaID(2), 9)])
+
+        // The same cloud dot twice is refused, as a set's encoding with a duplicate is.
+        writer = BinaryWriter()
+        writer.write(VersionVector())
+        writer.writeVarint(3)
+        for counter in [4, 6, 4] as [UInt64] { Dot(ReplicaID(1), counter).encode(to: &writer) }
+        #expect(throws: WireDecodingError.invalid("duplicate set element")) { try CausalContext(binary: writer.bytes) }
     }
 }

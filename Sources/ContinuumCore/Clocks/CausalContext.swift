@@ -18,7 +18,6 @@ public struct Dot: Hashable, Comparable, Codable, Sendable, BinaryCodable, Custo
         seededMix(counter ^ (replica.rawValue &* 0x9E37_79B9_7F4A_7C15), seed: seed)
     }
 
-
     public var description: String { "\(replica).\(counter)" }
 
     public func encode(to writer: inout BinaryWriter) {
@@ -238,13 +237,38 @@ public struct CausalContext: Lattice, Hashable, BinaryCodable, CustomStringConve
         writer.writeCanonical(cloudDots)
     }
 
+    /// The cloud's bytes are a set of dots (`Set<Dot>`'s encoding); they are read into runs
+    /// directly: sorted by replica and counter, each dot extends its replica's last run or starts
+    /// one, and each replica is made compact once. Reading them as a set first, then inserting
+    /// each dot, hashed every dot twice and looked its replica up once per dot.
     public init(from reader: inout BinaryReader) throws(WireDecodingError) {
         let vector = try VersionVector(from: &reader)
-        let cloud = try Set<Dot>(from: &reader)
+        let count = try reader.readCount(minimumBytesEach: 2)
+        var dots: [Dot] = []
+        dots.reserveCapacity(count)
+        for _ in 0..<count { dots.append(try Dot(from: &reader)) }
+        dots.sort()
         var context = CausalContext()
         context.versionVector = vector
-        // In order: each dot extends the last run or starts one after it.
-        for dot in cloud.sorted() { context.insert(dot) }
+        var start = 0
+        while start < dots.count {
+            let replica = dots[start].replica
+            var ranges: [ClosedRange<UInt64>] = []
+            var end = start
+            while end < dots.count, dots[end].replica == replica {
+                let counter = dots[end].counter
+                if end > start, dots[end - 1].counter == counter { throw .invalid("duplicate set element") }
+                if let last = ranges.last, last.upperBound + 1 == counter {
+                    ranges[ranges.count - 1] = last.lowerBound...counter
+                } else {
+                    ranges.append(counter...counter)
+                }
+                end += 1
+            }
+            context.runs[replica] = ranges
+            context.normalize(replica)
+            start = end
+        }
         self = context
     }
 

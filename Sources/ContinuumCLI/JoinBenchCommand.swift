@@ -24,6 +24,9 @@ struct JoinBenchCommand: ParsableCommand {
     @Option(help: "Runs, each from empty; each prints its figure.")
     var runs = 3
 
+    @Option(help: "Inserts in the delta-interval whose encoding and decoding are timed after each run.")
+    var intervalInserts = 10_000
+
     @Option(help: "Seed of the members drawn.")
     var seed: UInt64 = 1
 
@@ -32,6 +35,7 @@ struct JoinBenchCommand: ParsableCommand {
         guard (1...10_000_000).contains(members) else { throw ValidationError("--members must be 1...10,000,000") }
         guard (1...100_000).contains(batch) else { throw ValidationError("--batch must be 1...100,000") }
         guard (1...100).contains(runs) else { throw ValidationError("--runs must be 1...100") }
+        guard (1...1_000_000).contains(intervalInserts) else { throw ValidationError("--interval-inserts must be 1...1,000,000") }
     }
 
     func run() {
@@ -66,6 +70,39 @@ struct JoinBenchCommand: ParsableCommand {
                   + " set of \(size), \(shippedBytes / max(1, (inserts + batch - 1) / batch)) bytes per join shipped,"
                   + " replicas \(converged ? "equal" : "DIFFERENT")")
             if !converged { Foundation.exit(1) }
+            codec(of: remote, interval: local, run: run)
+        }
+    }
+
+    /// The wire costs a replica pays for this set: encoding and decoding (through the type
+    /// catalogue, as a node decodes a payload) the whole state, and a delta-interval of the
+    /// last `--interval-inserts` inserts (what a retransmission or a returning neighbour gets).
+    private func codec(of state: AnyReplicated, interval local: AnyReplicated, run: Int) {
+        var random = DeterministicRandom(seed: seed &+ 1)
+        var writer = local
+        var interval: AnyReplicated?
+        for _ in 0..<intervalInserts {
+            let member = "element:\(UInt64.random(in: 0..<UInt64(members), using: &random))"
+            let delta = AnyReplicated(writer.mutate(as: ORSet<String>.self) { $0.insert(member, replica: ReplicaID(1)) }!)
+            if interval == nil { interval = delta } else { _ = interval!.formJoin(delta) }
+        }
+        let clock = ContinuousClock()
+        func milliseconds(_ body: () -> Void) -> Double {
+            let start = clock.now
+            body()
+            let elapsed = clock.now - start
+            return (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18) * 1e3
+        }
+        for (name, value) in [("whole state", state), ("interval of \(intervalInserts) inserts", interval!)] {
+            var bytes: [UInt8] = []
+            let encode = milliseconds { bytes = value.encoded() }
+            var decoded: AnyReplicated?
+            let decode = milliseconds { decoded = try? ReplicableTypeCatalog.standard.decode(typeName: value.typeName, bytes) }
+            guard decoded == value else {
+                print("run \(run): \(name) did not decode to itself")
+                Foundation.exit(1)
+            }
+            print("run \(run): \(name): \(bytes.count) bytes, encode \(String(format: "%.1f", encode)) ms, decode \(String(format: "%.1f", decode)) ms")
         }
     }
 }

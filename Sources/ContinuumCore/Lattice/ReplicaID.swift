@@ -9,8 +9,8 @@ public struct ReplicaID: Hashable, Comparable, Codable, Sendable, BinaryCodable,
     public static func < (lhs: ReplicaID, rhs: ReplicaID) -> Bool { lhs.rawValue < rhs.rawValue }
 
     /// What a dictionary or set probes with (see `seededMix`): a causal context looks a replica
-    /// up for every dot a join tests, and SipHash of the id was the largest single cost of SADD
-    /// into a growing set in process (`continuum bench-joins`).
+    /// up for every dot a join tests: under SADD into a growing set in process (`continuum
+    /// bench-joins`), a quarter of the time in `Hasher` was for replica ids.
     public func _rawHashValue(seed: Int) -> Int { seededMix(rawValue, seed: seed) }
 
     public var description: String { "r\(rawValue)" }

@@ -699,6 +699,39 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         #expect(harness.instances[n1]!.statistics.fullStatesSent == (pastRetention ? 1 : 0))
     }
 
+    /// Both neighbours lost in one step (a node that was held up expires both suspicions at one
+    /// tick) keep their deltas, and get them, not whole states, when they return, one after the
+    /// other.
+    @Test func twoNeighboursLostAtOnceBothKeepTheirDeltas() {
+        var harness = Harness(nodes: 3)
+        harness.declare("cart", ORSet<String>.self, at: [n1])
+        harness.deliverAll()
+        _ = harness.update("cart", at: n1) { (set: inout ORSet<String>, replica) in set.insert("first", replica: replica) }
+        harness.deliverAll()
+        let away = [MembershipUpdate(node: n2, status: .unreachable, incarnation: 0), MembershipUpdate(node: n3, status: .unreachable, incarnation: 0)]
+        harness.carryOut(harness.instances[n1]!.receive(.membership(.ping(sequence: 1, updates: away)), from: n3, now: harness.now), at: n1)
+        #expect(harness.instances[n1]!.neighbors().isEmpty)
+        for index in 0..<20 {
+            _ = harness.update("cart", at: n1) { (set: inout ORSet<String>, replica) in set.insert("item \(index)", replica: replica) }
+        }
+        harness.deliverAll { _, _, _ in true }
+        // n2 comes back first and takes everything in; n3's acknowledgement alone must now hold
+        // the deltas back.
+        func back(_ peer: NodeID) {
+            let update = MembershipUpdate(node: peer, status: .alive, incarnation: 1)
+            harness.carryOut(harness.instances[n1]!.receive(.membership(.ping(sequence: 2, updates: [update])), from: peer, now: harness.now), at: n1)
+            harness.gossip(n1)
+        }
+        back(n2)
+        harness.deliverAll { from, to, _ in from == n3 || to == n3 }
+        #expect(harness.value("cart", at: n2, as: ORSet<String>.self)?.count == 21)
+        back(n3)
+        harness.deliverAll()
+        #expect(harness.value("cart", at: n2, as: ORSet<String>.self)?.count == 21)
+        #expect(harness.value("cart", at: n3, as: ORSet<String>.self)?.count == 21)
+        #expect(harness.instances[n1]!.statistics.fullStatesSent == 0)
+    }
+
     /// A probe tick that fires later than due by more than the probe timeout judges nothing:
     /// this node was held up, and the answer may be waiting behind what held it. The next tick
     /// on time judges the probe sent at the late one.

@@ -1236,9 +1236,12 @@ public struct ReplicationInstance: ProtocolInstance {
             case let .send(peer, message): return .send(to: peer, .membership(message))
             case let .setTimer(timer, after): return .setTimer(.membership(timer), after: after)
             case let .reachabilityChanged(peer, reachable):
+                // A peer that acknowledged something here was a neighbour. (Not "is in the
+                // neighbour list": with two peers lost in one step, the list recomputed after the
+                // first already lacks the second.)
                 if reachable {
                     absent[peer] = nil
-                } else if neighbors().contains(peer) {
+                } else if acknowledged[peer] != nil {
                     absent[peer] = now
                 }
                 cachedNeighbors = nil

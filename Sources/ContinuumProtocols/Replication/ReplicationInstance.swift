@@ -80,8 +80,9 @@ public struct ReplicationStatistics: Sendable, Equatable {
 /// every neighbor has acknowledged them. An unreachable node stops being a neighbor, but for
 /// `absentNeighbourRetention` its acknowledgements still hold back the dropping, so that a node
 /// that was only slow for a while (its probes unanswered under load) or restarted gets the
-/// deltas it missed when it returns; past that it gets whole states. A node writes deltas to its store, and a register's whole
-/// state once the deltas written since the last one would outgrow it.
+/// deltas it missed when it returns; past that it gets whole states. A node writes deltas to
+/// its store, and a register's whole state once the deltas written since the last one would
+/// outgrow it.
 /// Acknowledgements name the sender's incarnation (`epoch`), so that an acknowledgement for a
 /// previous life never drops a delta of this one.
 ///

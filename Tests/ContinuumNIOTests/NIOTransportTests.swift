@@ -75,7 +75,7 @@ final class Inbox: Sendable {
         let port = try await placeholder.listen(host: "127.0.0.1", port: 0) { _, _ in }
         await placeholder.shutdown()
         let sender = NIOTransport(node: a, configuration: .init(peers: [b: .init(host: "127.0.0.1", port: port)], queuedFramesMax: 10), group: group)
-        let delta = NodeMessage.replication(.acks(epoch: 1, []))
+        let delta = NodeMessage.replication(.acks(epoch: 1, batch: 1, wanting: []))
         for _ in 0..<50 { sender.send(delta.binaryEncoded(), from: a, to: b, lane: .replication) }
         sender.send(probe.binaryEncoded(), from: a, to: b, lane: .consensus)
         let inbox = Inbox()

@@ -228,7 +228,7 @@ import Testing
             let delta = set.insert(value)
             let state = flag() ? AnyReplicated(delta) : AnyReplicated(GCounter())
             let slot = RegisterSlot(generation: flag() ? 1 : max(1, edge()), typeName: state.typeName, state: state)
-            return DeltaPayload(register: register, upTo: edge(), slot: slot, isFullState: flag(), after: edge(), anchored: flag())
+            return DeltaPayload(register: register, slot: slot, isFullState: flag())
         }
         func vector() -> FreshnessVector {
             Dictionary((([NodeID(9)] + members).map { ($0, Int64(bitPattern: edge())) }), uniquingKeysWith: { $1 })
@@ -238,8 +238,10 @@ import Testing
                               status: [MemberStatus.alive, .suspect, .unreachable].randomElement(using: &random)!, incarnation: edge())]
         }
         switch random.next() % 6 {
-        case 0: return .deltas(epoch: flag() ? 1 : edge(), (0..<Int(random.next() % 3)).map { _ in payload() }, certificate: flag() ? vector() : nil)
-        case 1: return .acks(epoch: flag() ? 1 : edge(), [DeltaAck(register: register, upTo: edge(), needsFullState: flag())])
+        case 0:
+            return .deltas(epoch: flag() ? 1 : edge(), batch: flag() ? value % 5 : edge(), since: edge(), (0..<Int(random.next() % 3)).map { _ in payload() },
+                           certificate: flag() ? vector() : nil)
+        case 1: return .acks(epoch: flag() ? 1 : edge(), batch: flag() ? value % 5 : edge(), wanting: flag() ? [register] : [])
         case 2: return .readRequest(epoch: edge(), read: edge(), registers: [register])
         case 3: return .readReply(epoch: flag() ? 1 : edge(), read: edge(), [payload()], certificate: vector())
         case 4: return .membership(.ping(sequence: edge(), updates: updates()))

@@ -92,6 +92,12 @@ struct Harness {
         carryOut(effects, at: node)
     }
 
+    /// The members a shipped OR-set payload carries, decoded as `node` holds the register.
+    func elements(of payload: DeltaPayload, at node: NodeID) -> [String]? {
+        let slot = try? payload.decode(existing: instances[node]!.slots[RegisterKey(payload.register)], catalog: .standard)
+        return slot?.state?.unwrap(as: ORSet<String>.self)?.elements.sorted()
+    }
+
     func value<L: Replicable>(_ name: String, at node: NodeID, as _: L.Type) -> L? {
         instances[node]!.value(of: name)?.unwrap(as: L.self)
     }
@@ -110,7 +116,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         #expect(persistIndex != nil && completedIndex != nil && persistIndex! < completedIndex!)
         // Shipped at once to the neighbors, as a delta-interval without the type name.
         let payloads = effects.compactMap { effect -> [DeltaPayload]? in
-            if case let .send(_, .deltas(_, payloads, _)) = effect { payloads } else { nil }
+            if case let .send(_, .deltas(_, _, _, payloads, _)) = effect { payloads } else { nil }
         }.flatMap { $0 }
         #expect(!payloads.isEmpty)
         #expect(payloads.allSatisfy { !$0.isFullState && $0.typeName == nil })
@@ -192,7 +198,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         var forwarded = 0
         for node in [n2, n3] {
             let effects = harness.instances[node]!.timerFired(.gossip, now: .zero)
-            for case let .send(to, .deltas(_, payloads, _)) in effects where !payloads.isEmpty {
+            for case let .send(to, .deltas(_, _, _, payloads, _)) in effects where !payloads.isEmpty {
                 if to == n1 { toWriter += payloads.count } else { forwarded += payloads.count }
             }
             harness.carryOut(effects, at: node)
@@ -219,7 +225,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         harness.deliverAll()
         func payloads(from node: NodeID, to peer: NodeID, _ effects: [ReplicationInstance.Effect]) -> Int {
             var count = 0
-            for case let .send(to, .deltas(_, payloads, _)) in effects where to == peer { count += payloads.filter { !$0.isMarker }.count }
+            for case let .send(to, .deltas(_, _, _, payloads, _)) in effects where to == peer { count += payloads.count }
             return count
         }
         let relay = harness.instances[n2]!.timerFired(.gossip, now: .zero)
@@ -251,7 +257,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         _ = harness.update("c", at: n1) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
         harness.deliverAll { _, to, _ in to == n3 }  // n1's increment reaches n2 only
         let relay = harness.instances[n3]!.timerFired(.gossip, now: .zero)
-        let toN1 = relay.contains { if case let .send(n1, .deltas(_, payloads, _)) = $0 { payloads.contains { !$0.isMarker } } else { false } }
+        let toN1 = relay.contains { if case let .send(n1, .deltas(_, _, _, payloads, _)) = $0 { !payloads.isEmpty } else { false } }
         #expect(toN1, "n3 relays n2's increment to n1")
         harness.carryOut(relay, at: n3)
         harness.deliverAll { _, to, _ in to == n3 }
@@ -320,8 +326,8 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         #expect(harness.value("count", at: n2, as: GCounter.self)?.value == 3)
         // Acknowledged now: the next gossip sends no delta, only the freshness certificate.
         harness.gossip(n1)
-        #expect(!harness.inFlight.contains { if case let .deltas(_, payloads, _) = $0.message { !payloads.isEmpty } else { false } })
-        #expect(harness.inFlight.contains { if case let .deltas(_, [], certificate?) = $0.message { certificate[n1] != nil } else { false } })
+        #expect(!harness.inFlight.contains { if case let .deltas(_, _, _, payloads, _) = $0.message { !payloads.isEmpty } else { false } })
+        #expect(harness.inFlight.contains { if case let .deltas(_, _, _, [], certificate?) = $0.message { certificate[n1] != nil } else { false } })
     }
 
     /// While a whole state is on its way to a neighbour, pushes ship only the deltas after it,
@@ -342,7 +348,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
             harness.now = .seconds(second)
             harness.gossip(n1)
             let resent = harness.inFlight.contains { entry in
-                if case let .deltas(_, payloads, _) = entry.message { payloads.contains { !$0.isMarker } } else { false }
+                if case let .deltas(_, _, _, payloads, _) = entry.message { !payloads.isEmpty } else { false }
             }
             if resent { resentAt.append(second) }
             harness.inFlight.removeAll()  // lost too
@@ -361,24 +367,21 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
             _ = harness.update("big", at: n1) { (set: inout ORSet<String>, replica) in set.insert("m\(member)", replica: replica) }
         }
         func shipped(_ from: NodeID) -> [DeltaPayload] {
-            harness.inFlight.filter { $0.from == from }.compactMap { if case let .deltas(_, payloads, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
+            harness.inFlight.filter { $0.from == from }.compactMap { if case let .deltas(_, _, _, payloads, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
         }
         let wholes = shipped(n1).filter(\.isFullState).count
         #expect(wholes == 1, "one whole state while none is acknowledged, not one per update: \(wholes)")
-        #expect(shipped(n1).filter { !$0.isFullState }.allSatisfy { !$0.anchored }, "the pushes after it are not anchored")
-        let beforeTick = harness.inFlight.count
+        #expect(shipped(n1).filter { !$0.isFullState }.count == 50, "then one delta per update")
         harness.now = .milliseconds(500)
         harness.gossip(n1)
-        #expect(shipped(n1).filter(\.isFullState).count == 1, "a tick within the interval does not resend it")
-        #expect(shipped(n1).contains { $0.isMarker && $0.register == "big" }, "it sends a marker instead")
-        #expect(harness.inFlight.count >= beforeTick)
+        #expect(shipped(n1).count == 51, "a tick within the interval sends nothing of it")
         harness.now = .milliseconds(1_200)
         harness.gossip(n1)
         #expect(shipped(n1).filter(\.isFullState).count == 2, "a tick past the interval does")
         harness.deliverAll()
         #expect(harness.value("big", at: n2, as: ORSet<String>.self)?.elements.count == 50)
         harness.gossip(n1)
-        #expect(!harness.inFlight.contains { if case let .deltas(_, payloads, _) = $0.message { !payloads.isEmpty } else { false } },
+        #expect(!harness.inFlight.contains { if case let .deltas(_, _, _, payloads, _) = $0.message { !payloads.isEmpty } else { false } },
                 "all acknowledged: \(harness.inFlight)")
     }
 
@@ -393,25 +396,26 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         _ = harness.update("cart", at: n1) { (set: inout ORSet<String>, replica) in set.insert("apple", replica: replica) }
         harness.inFlight.removeAll()  // the first push is lost
         _ = harness.update("cart", at: n1) { (set: inout ORSet<String>, replica) in set.insert("pear", replica: replica) }
-        let second = harness.inFlight.compactMap { if case let .deltas(_, payloads, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
-        #expect(second.count == 1 && !second[0].anchored && second[0].after == second[0].upTo - 1, "only the new delta: \(second)")
+        let second = harness.inFlight.compactMap { if case let .deltas(_, _, _, payloads, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
+        #expect(second.count == 1 && harness.elements(of: second[0], at: n1) == ["pear"], "only the new delta: \(second)")
         harness.deliverAll()
         // Joined (a join is safe) but not acknowledged: n2 lacks the first delta.
         #expect(harness.value("cart", at: n2, as: ORSet<String>.self)?.elements == ["pear"])
         harness.now = .seconds(2)  // past the retransmit interval
         harness.gossip(n1)
-        let retransmitted = harness.inFlight.compactMap { if case let .deltas(_, payloads, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
-        #expect(retransmitted.contains { $0.register == "cart" && $0.anchored }, "the tick ships from the acknowledgement again")
+        let retransmitted = harness.inFlight.compactMap { if case let .deltas(_, _, _, payloads, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
+        #expect(retransmitted.contains { $0.register == "cart" && harness.elements(of: $0, at: n1) == ["apple", "pear"] },
+                "the tick ships from the acknowledgement again")
         harness.deliverAll()
         #expect(harness.value("cart", at: n2, as: ORSet<String>.self)?.elements == ["apple", "pear"])
         harness.gossip(n1)
-        #expect(!harness.inFlight.contains { if case let .deltas(_, payloads, _) = $0.message { !payloads.isEmpty } else { false } })
+        #expect(!harness.inFlight.contains { if case let .deltas(_, _, _, payloads, _) = $0.message { !payloads.isEmpty } else { false } })
     }
 
-    /// A certificate rides on a tick's batch that sends markers for what is in flight; the
-    /// receiver adopts it only if it has what the markers name. A lost push therefore never
-    /// certifies a replica that lacks it, and once the tick ships again from the
-    /// acknowledgement, the certificate is adopted.
+    /// A certificate rides on a tick's batch, which names the oldest batch that what is in
+    /// flight builds on; the receiver adopts it only if it has every batch since. A lost push
+    /// therefore never certifies a replica that lacks it, and once the tick ships again from
+    /// the acknowledgement, the certificate is adopted.
     @Test func aCertificateIsAdoptedOnlyWithEveryShipmentItBuildsOn() {
         var harness = Harness(nodes: 2, configuration: .init(gossipInterval: .milliseconds(100), retransmitInterval: .milliseconds(500)))
         harness.declare("cart", ORSet<String>.self, at: [n1, n2])
@@ -426,8 +430,8 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         harness.inFlight.removeAll()  // the push is lost
         harness.now = .milliseconds(200)
         harness.gossip(n1)
-        let tick = harness.inFlight.compactMap { if case let .deltas(_, payloads, certificate?) = $0.message { (payloads, certificate) } else { nil } }
-        #expect(tick.count == 1 && tick[0].0.allSatisfy(\.isMarker), "a marker, not the delta again: \(tick)")
+        let tick = harness.inFlight.compactMap { if case let .deltas(_, _, _, payloads, certificate?) = $0.message { (payloads, certificate) } else { nil } }
+        #expect(tick.count == 1 && tick[0].0.isEmpty, "the certificate alone, not the delta again: \(tick)")
         harness.deliverAll()
         #expect(harness.instances[n2]!.certificate[n1] == certified, "not adopted: n2 lacks the apple")
         harness.now = .milliseconds(700)
@@ -437,22 +441,32 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         #expect(harness.instances[n2]!.certificate[n1] == .milliseconds(700))
     }
 
-    /// A payload that is not anchored and starts past what the receiver holds is joined but
-    /// not acknowledged (so the sender keeps the deltas before it).
-    @Test func anUnanchoredPayloadPastAGapIsJoinedButNotAcknowledged() {
+    /// The receiver acknowledges every batch it joined, and only those; the sender counts a
+    /// shipment that starts after an earlier one as delivered only once the earlier one is
+    /// acknowledged too: an acknowledgement of the later batch alone keeps the deltas of the
+    /// lost one in flight.
+    @Test func anAcknowledgementPastALostBatchDeliversNothingBeforeIt() {
         var harness = Harness(nodes: 2)
-        harness.declare("count", GCounter.self, at: [n1, n2])
+        harness.declare("cart", ORSet<String>.self, at: [n1, n2])
         harness.deliverAll()
-        var counter = GCounter()
-        counter.increment(by: 4, replica: ReplicaID(1))
-        let slot = RegisterSlot(generation: 1, typeName: replicableTypeName(GCounter.self), state: AnyReplicated(counter))
-        let payload = DeltaPayload(register: "count", upTo: 9, slot: slot, isFullState: false, after: 8, anchored: false)
-        let effects = harness.instances[n2]!.receive(.deltas(epoch: 7, [payload], certificate: nil), from: n1, now: .zero)
-        #expect(harness.value("count", at: n2, as: GCounter.self)?.value == 4)
-        #expect(!effects.contains { if case let .send(_, .acks(_, acks)) = $0 { !acks.isEmpty } else { false } }, "\(effects)")
-        let anchored = DeltaPayload(register: "count", upTo: 9, slot: slot, isFullState: false, after: 2, anchored: true)
-        let again = harness.instances[n2]!.receive(.deltas(epoch: 7, [anchored], certificate: nil), from: n1, now: .zero)
-        #expect(again.contains { if case let .send(_, .acks(7, acks)) = $0 { acks.contains { $0.register == "count" && $0.upTo == 9 } } else { false } })
+        _ = harness.update("cart", at: n1) { (set: inout ORSet<String>, replica) in set.insert("apple", replica: replica) }
+        harness.inFlight.removeAll()  // batch 2 (the first update's) is lost
+        _ = harness.update("cart", at: n1) { (set: inout ORSet<String>, replica) in set.insert("pear", replica: replica) }
+        let third = harness.inFlight.compactMap { if case let .deltas(_, batch, _, payloads, _) = $0.message { (batch, payloads) } else { nil } }
+        #expect(third.count == 1 && third[0].0 == 3, "\(third)")
+        harness.deliverAll()
+        #expect(harness.value("cart", at: n2, as: ORSet<String>.self)?.elements == ["pear"], "joined: the pear only")
+        // The acknowledgement of batch 3 came back; the apple is still due.
+        harness.now = .seconds(2)  // past the retransmit interval
+        harness.gossip(n1)
+        let again = harness.inFlight.compactMap { if case let .deltas(_, _, _, payloads, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
+        #expect(again.contains { $0.register == "cart" && harness.elements(of: $0, at: n1) == ["apple", "pear"] }, "shipped again from the acknowledgement: \(again)")
+        harness.deliverAll()
+        #expect(harness.value("cart", at: n2, as: ORSet<String>.self)?.elements == ["apple", "pear"])
+        // An acknowledgement of a batch never shipped changes nothing (and does not trap).
+        _ = harness.instances[n1]!.receive(.acks(epoch: 1, batch: 999, wanting: ["cart"]), from: n2, now: harness.now)
+        harness.gossip(n1)
+        #expect(!harness.inFlight.contains { if case let .deltas(_, _, _, payloads, _) = $0.message { !payloads.isEmpty } else { false } })
     }
 
     /// Past `deltaBufferMax` the oldest deltas are joined, not dropped: a peer behind all of
@@ -467,7 +481,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         }
         harness.now = .seconds(2)  // past the retransmit interval
         harness.gossip(n1)
-        let payloads = harness.inFlight.compactMap { if case let .deltas(_, payloads, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
+        let payloads = harness.inFlight.compactMap { if case let .deltas(_, _, _, payloads, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
         #expect(payloads.contains { $0.register == "count" && !$0.isFullState })
         #expect(!payloads.contains { $0.isFullState })
         harness.deliverAll()
@@ -479,11 +493,11 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         var harness = Harness(nodes: 2)
         harness.declare("count", GCounter.self, at: [n1, n2])
         harness.deliverAll()
-        let good = DeltaPayload(register: "count", upTo: 1, slot: RegisterSlot(
+        let good = DeltaPayload(register: "count", slot: RegisterSlot(
             generation: 1, typeName: replicableTypeName(GCounter.self), state: AnyReplicated({ var c = GCounter(); c.increment(replica: ReplicaID(9)); return c }())), isFullState: true)
         var bad = good
         bad.typeName = "NoSuchType"
-        let effects = harness.instances[n2]!.receive(.deltas(epoch: 1, [good, bad], certificate: nil), from: n1, now: .zero)
+        let effects = harness.instances[n2]!.receive(.deltas(epoch: 1, batch: 1, since: 2, [good, bad], certificate: nil), from: n1, now: .zero)
         #expect(effects.isEmpty)
         #expect(harness.value("count", at: n2, as: GCounter.self)?.value == 0)
         #expect(harness.instances[n2]!.statistics.rejectedMessages == 1)
@@ -580,7 +594,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         _ = harness.update("count", at: n1) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
         harness.inFlight.removeAll()
         // An acknowledgement naming another epoch must not mark the delta delivered.
-        _ = harness.instances[n1]!.receive(.acks(epoch: 99, [DeltaAck(register: "count", upTo: 5)]), from: n2, now: .zero)
+        for batch: UInt64 in 1...5 { _ = harness.instances[n1]!.receive(.acks(epoch: 99, batch: batch, wanting: []), from: n2, now: .zero) }
         harness.now = .seconds(2)  // past the retransmit interval
         harness.gossip(n1)
         harness.deliverAll()
@@ -773,11 +787,10 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         let tombstone = RegisterSlot(generation: 200, typeName: "t", state: nil)
         let long = String(repeating: "r", count: 200)
         let payloads: [DeltaPayload] = [
-            .marker(register: "k", upTo: 0), .marker(register: long, upTo: 1 << 40),
-            DeltaPayload(register: "k", upTo: 7, slot: slot, isFullState: true),
-            DeltaPayload(register: long, upTo: 300, slot: slot, isFullState: false, after: 128, anchored: false),
-            DeltaPayload(register: "gone", upTo: 1, slot: tombstone, isFullState: true),
-            DeltaPayload(register: "gone", upTo: 1 << 20, slot: tombstone, isFullState: false, after: 1 << 14),
+            DeltaPayload(register: "k", slot: slot, isFullState: true),
+            DeltaPayload(register: long, slot: slot, isFullState: false),
+            DeltaPayload(register: "gone", slot: tombstone, isFullState: true),
+            DeltaPayload(register: "gone", slot: tombstone, isFullState: false),
         ]
         for payload in payloads {
             #expect(payload.encodedByteCount == payload.binaryEncoded().count)

@@ -83,8 +83,12 @@ public struct ReplicationStatistics: Sendable, Equatable {
 /// deltas it missed when it returns; past that it gets whole states. A node writes deltas to
 /// its store, and a register's whole state once the deltas written since the last one would
 /// outgrow it.
-/// Acknowledgements name the sender's incarnation (`epoch`), so that an acknowledgement for a
-/// previous life never drops a delta of this one.
+/// What goes to one neighbour is a stream of numbered batches. The neighbour acknowledges a
+/// batch by its number once it has joined it durably, not payload by payload: the sender
+/// remembers what each batch shipped of each register and counts it as delivered (a shipment
+/// that starts after an earlier one only once that one is delivered too). Acknowledgements
+/// name the sender's incarnation (`epoch`), so that an acknowledgement for a previous life
+/// never drops a delta of this one.
 ///
 /// Updates apply locally, persist and are acknowledged without waiting for the network.
 public struct ReplicationInstance: ProtocolInstance {
@@ -289,6 +293,49 @@ public struct ReplicationInstance: ProtocolInstance {
         }
     }
 
+    /// What one batch shipped of one register: the deltas numbered after `after` up to `upTo`.
+    /// `after` is nil when the shipment starts at what the peer acknowledged (or is whole), so
+    /// that the peer holds everything up to `upTo` once it has joined it; otherwise the peer
+    /// does only if it also holds what was shipped up to `after`, which the sender knows once
+    /// that is acknowledged.
+    struct Shipment {
+        var register: RegisterKey
+        var after: UInt64?
+        var upTo: UInt64
+    }
+
+    struct OutgoingStream {
+        var next: UInt64 = 1
+        var unacknowledged: [UInt64: [Shipment]] = [:]
+    }
+
+    /// The batch numbers this node received from one incarnation of a peer: the last `window`
+    /// numbers at most (a batch the sender's certificate builds on is older only when the
+    /// sender ships more than 8,192 batches to this node before an acknowledgement returns).
+    struct IncomingStream {
+        static let window: UInt64 = 8_192
+        let epoch: UInt64
+        private(set) var received: Set<UInt64> = []
+        private(set) var highest: UInt64 = 0
+
+        init(epoch: UInt64) { self.epoch = epoch }
+
+        mutating func insert(_ batch: UInt64) {
+            guard batch >= highest || highest - batch < Self.window else { return }
+            received.insert(batch)
+            highest = max(highest, batch)
+            if received.count > 2 * Int(Self.window) { received = received.filter { highest - $0 < Self.window } }
+        }
+
+        /// Whether every batch numbered from `since` through `batch` was received (none to
+        /// check when `since` is past `batch`). Numbers older than the window count as missing.
+        func holds(from since: UInt64, through batch: UInt64) -> Bool {
+            guard since <= batch else { return true }
+            guard batch <= highest, highest - since < Self.window else { return false }
+            return (since...batch).allSatisfy { received.contains($0) }
+        }
+    }
+
     struct PendingRead {
         var register: String
         var threshold: AnyReplicated
@@ -329,7 +376,15 @@ public struct ReplicationInstance: ProtocolInstance {
     /// without an acknowledgement doubles the wait (`retries`, up to 4 times the interval): a
     /// neighbour that takes longer than the interval to join a large state is not sent it again
     /// and again, which kept it busier still. Entries go once the neighbour acknowledges them.
-    private var inFlight: [NodeID: [RegisterKey: (upTo: UInt64, since: Duration, retries: Int)]] = [:]
+    /// `anchorBatch` is the batch of the shipment from the acknowledgement (or whole) that the
+    /// later ones build on: a certificate needs the peer to hold every batch since the oldest.
+    private var inFlight: [NodeID: [RegisterKey: (upTo: UInt64, since: Duration, retries: Int, anchorBatch: UInt64)]] = [:]
+    /// The stream of batches to each peer: the next batch number, and what each batch not yet
+    /// acknowledged shipped. Numbers are never reused within this incarnation (a peer that
+    /// stops being a neighbour and comes back continues where it was).
+    private var outgoing: [NodeID: OutgoingStream] = [:]
+    /// The batch numbers received from each peer's current incarnation.
+    private var incoming: [NodeID: IncomingStream] = [:]
     /// Within one push or tick, the join of a register's deltas after a sequence number when
     /// they were all made here: the same for every neighbour acknowledged up to that number,
     /// so it is computed once, not once per neighbour (13% of a one-key SADD's writer). Only
@@ -339,10 +394,6 @@ public struct ReplicationInstance: ProtocolInstance {
     /// The wait before shipping a register again doubles at most this many times (to 4
     /// retransmit intervals).
     static let retransmitBackoffDoublings = 2
-    /// For each sender's incarnation, the highest sequence number of each register's deltas
-    /// this node holds without a gap (what it may acknowledge after a push that is not
-    /// anchored at an acknowledgement).
-    private var heard: [NodeID: (epoch: UInt64, upTo: [RegisterKey: UInt64])] = [:]
     /// For each neighbour, the registers it has not acknowledged up to their last delta (or at
     /// all): what a gossip tick looks at for it, so that a tick costs the registers that
     /// changed, not every register this node holds. A new neighbour starts behind on all.
@@ -458,7 +509,7 @@ public struct ReplicationInstance: ProtocolInstance {
     public static func trafficClass(of message: ReplicationMessage) -> String {
         switch message {
         case .membership: "membership"
-        case .deltas(_, let payloads, _): payloads.isEmpty ? "certificates" : "deltas"
+        case .deltas(_, _, _, let payloads, _): payloads.isEmpty ? "certificates" : "deltas"
         case .acks: "acks"
         case .readRequest, .readReply: "bounded reads"
         }
@@ -505,6 +556,8 @@ public struct ReplicationInstance: ProtocolInstance {
             if absent.keys.contains(where: { !members.contains($0) }) { absent = absent.filter { members.contains($0.key) } }
             behind = behind.filter { neighbors.contains($0.key) }
             if inFlight.keys.contains(where: { !neighbors.contains($0) }) { inFlight = inFlight.filter { neighbors.contains($0.key) } }
+            if incoming.keys.contains(where: { !members.contains($0) }) { incoming = incoming.filter { members.contains($0.key) } }
+            for peer in Array(outgoing.keys) { forgetSettledBatches(to: peer, neighbour: neighbors.contains(peer)) }
             forgetLongAbsent(now: now)
             var joins = SharedJoins()
             for peer in neighbors {
@@ -530,29 +583,58 @@ public struct ReplicationInstance: ProtocolInstance {
         switch message {
         case let .membership(inner):
             return translate(membership.receive(inner, from: sender, now: now, random: &random), now: now)
-        case let .deltas(senderEpoch, payloads, vector):
-            return receiveDeltas(payloads, senderEpoch: senderEpoch, certificate: vector, from: sender, now: now)
+        case let .deltas(senderEpoch, batch, since, payloads, vector):
+            return receiveDeltas(payloads, senderEpoch: senderEpoch, batch: batch, since: since, certificate: vector, from: sender, now: now)
         case let .readRequest(readerEpoch, read, registers):
             return answerReadRequest(readerEpoch: readerEpoch, read: read, registers: registers, from: sender, now: now)
         case let .readReply(readerEpoch, read, payloads, vector):
             return receiveReadReply(readerEpoch: readerEpoch, read: read, payloads, certificate: vector, from: sender, now: now)
-        case let .acks(ackEpoch, acks):
-            guard ackEpoch == epoch else { return [] }
-            for ack in acks {
-                let key = storedKey(ack.register)
-                if ack.needsFullState {
-                    acknowledged[sender]?[key] = nil
-                    inFlight[sender]?[key] = nil
-                    behind[sender]?.insert(key)
-                    continue
-                }
-                // One lookup: raised in place.
-                let upTo = Self.raise(&acknowledged[sender, default: [:]][key, default: 0], to: ack.upTo)
-                if let shipped = inFlight[sender]?[key], shipped.upTo <= upTo { inFlight[sender]![key] = nil }
-                if upTo >= buffers[key]?.lastSequence ?? 0 { behind[sender]?.remove(key) }
-                collectGarbage(key)
-            }
+        case let .acks(ackEpoch, batch, wanting):
+            // An acknowledgement of a batch this incarnation did not ship (or already heard)
+            // says nothing.
+            guard ackEpoch == epoch, let shipments = outgoing[sender]?.unacknowledged.removeValue(forKey: batch) else { return [] }
+            acknowledge(shipments, wanting: wanting.isEmpty ? [] : Set(wanting), by: sender)
             return []
+        }
+    }
+
+    /// `peer` joined, durably, a batch with these shipments, but for the registers it is
+    /// `wanting` (it lacks them: they need their whole state). A shipment that starts at an
+    /// acknowledgement brings the peer up to its last delta; one that starts after an earlier
+    /// shipment does only once that one is acknowledged (otherwise it waits for a shipment
+    /// again from the acknowledgement).
+    private mutating func acknowledge(_ shipments: [Shipment], wanting: Set<String>, by peer: NodeID) {
+        for shipment in shipments {
+            let key = shipment.register
+            if !wanting.isEmpty, wanting.contains(key.name) {
+                acknowledged[peer]?[key] = nil
+                inFlight[peer]?[key] = nil
+                behind[peer]?.insert(key)
+                continue
+            }
+            if let after = shipment.after, configuration.plantedBug != .acknowledgeAcrossGaps {
+                guard let held = acknowledged[peer]?[key], held >= after else { continue }
+            }
+            // One lookup: raised in place.
+            let upTo = Self.raise(&acknowledged[peer, default: [:]][key, default: 0], to: shipment.upTo)
+            if let shipped = inFlight[peer]?[key], shipped.upTo <= upTo { inFlight[peer]![key] = nil }
+            if upTo >= buffers[key]?.lastSequence ?? 0 { behind[peer]?.remove(key) }
+            collectGarbage(key)
+        }
+    }
+
+    /// Forgets what the batches to `peer` shipped once nothing in flight builds on them (every
+    /// register in flight was shipped again from its acknowledgement since), and all of it
+    /// when the peer is not a neighbour (what was in flight to it is forgotten too).
+    private mutating func forgetSettledBatches(to peer: NodeID, neighbour: Bool) {
+        guard let stream = outgoing[peer], !stream.unacknowledged.isEmpty else { return }
+        guard neighbour else {
+            outgoing[peer]!.unacknowledged = [:]
+            return
+        }
+        let oldestNeeded = inFlight[peer]?.values.lazy.map(\.anchorBatch).min() ?? stream.next
+        if stream.unacknowledged.keys.contains(where: { $0 < oldestNeeded }) {
+            outgoing[peer]!.unacknowledged = stream.unacknowledged.filter { $0.key >= oldestNeeded }
         }
     }
 
@@ -749,7 +831,7 @@ public struct ReplicationInstance: ProtocolInstance {
     private mutating func answerReadRequest(readerEpoch: UInt64, read: UInt64, registers: [String], from sender: NodeID, now: Duration) -> [Effect] {
         guard registers.count <= Self.readRequestRegistersMax else { return [] }
         let payloads = registers.compactMap { name in
-            slots[RegisterKey(name)].map { DeltaPayload(register: name, upTo: 0, slot: $0, isFullState: true) }
+            slots[RegisterKey(name)].map { DeltaPayload(register: name, slot: $0, isFullState: true) }
         }
         return [.send(to: sender, .readReply(epoch: readerEpoch, read: read, payloads, certificate: certificateVector(now: now)))]
     }
@@ -758,7 +840,7 @@ public struct ReplicationInstance: ProtocolInstance {
                                            from sender: NodeID, now: Duration) -> [Effect] {
         // A reply to an earlier incarnation's read says nothing about this one's start.
         guard readerEpoch == epoch else { return [] }
-        guard let (effects, _, complete) = merge(payloads, from: sender, epoch: nil) else { return [] }
+        guard let (effects, _, complete) = merge(payloads, from: sender) else { return [] }
         var result = effects
         if complete, var read = boundedReads[id] {
             read.replied.insert(sender)
@@ -918,16 +1000,23 @@ public struct ReplicationInstance: ProtocolInstance {
 
     // MARK: - Anti-entropy
 
-    private mutating func receiveDeltas(_ payloads: [DeltaPayload], senderEpoch: UInt64, certificate vector: FreshnessVector?,
-                                        from sender: NodeID, now: Duration) -> [Effect] {
-        guard let (effects, acks, complete) = merge(payloads, from: sender, epoch: senderEpoch) else { return [] }
+    private mutating func receiveDeltas(_ payloads: [DeltaPayload], senderEpoch: UInt64, batch: UInt64, since: UInt64,
+                                        certificate vector: FreshnessVector?, from sender: NodeID, now: Duration) -> [Effect] {
+        guard let (effects, wanting, joinedAll) = merge(payloads, from: sender) else { return [] }
         var result = effects
-        if complete, let vector {
+        // A batch of an incarnation older than the last one heard from is joined (a join is
+        // always safe) but neither counted nor acknowledged.
+        if let stream = incoming[sender], stream.epoch > senderEpoch { return result }
+        if incoming[sender]?.epoch != senderEpoch { incoming[sender] = IncomingStream(epoch: senderEpoch) }
+        // An empty batch carries no number of its own.
+        if !payloads.isEmpty { incoming[sender]!.insert(batch) }
+        let continuous = incoming[sender]!.holds(from: since, through: batch) || configuration.plantedBug == .acknowledgeAcrossGaps
+        if joinedAll, continuous, let vector {
             // This node now holds everything the sender held when it sent the batch.
             result += adopt(vector, from: sender, now: now)
         }
         // Acknowledge only after what was joined is durable (the persist comes first).
-        if !acks.isEmpty { result.append(.send(to: sender, .acks(epoch: senderEpoch, acks))) }
+        if !payloads.isEmpty { result.append(.send(to: sender, .acks(epoch: senderEpoch, batch: batch, wanting: wanting))) }
         return result
     }
 
@@ -947,30 +1036,23 @@ public struct ReplicationInstance: ProtocolInstance {
         return boundedReads.keys.sorted().flatMap { decide($0, now: now, atDeadline: false) }
     }
 
-    /// Validates and joins a batch of payloads from `sender` (of incarnation `epoch`, for
-    /// deltas to acknowledge); nil when the batch is rejected (nothing changed). `complete` says
-    /// every payload was joined (none needs a whole state). A payload not anchored at an
-    /// acknowledgement is joined (a join is always safe) but acknowledged only when this node
-    /// received the sender's payloads up to where it starts.
-    private mutating func merge(_ payloads: [DeltaPayload], from sender: NodeID, epoch senderEpoch: UInt64?) -> (effects: [Effect], acks: [DeltaAck], complete: Bool)? {
+    /// Validates and joins a batch of payloads from `sender`; nil when the batch is rejected
+    /// (nothing changed). `wanting` are the registers whose deltas this node could not use (it
+    /// lacks them); `joinedAll` says there were none.
+    private mutating func merge(_ payloads: [DeltaPayload], from sender: NodeID) -> (effects: [Effect], wanting: [String], joinedAll: Bool)? {
         // Validate the whole batch before changing anything: a bad payload rejects the message.
         var decoded: [(DeltaPayload, RegisterKey, RegisterSlot)] = []
-        var markers: [DeltaPayload] = []
-        var resync: [DeltaAck] = []
+        var wanting: [String] = []
         for payload in payloads {
             do {
                 guard Self.isValidName(payload.register) else { throw WireDecodingError.invalid("register name") }
-                if payload.isMarker {
-                    markers.append(payload)
-                    continue
-                }
                 let key = storedKey(payload.register)
                 let current = slots[key]
                 let slot: RegisterSlot
                 do {
                     slot = try payload.decode(existing: current, catalog: configuration.catalog)
                 } catch .registerUnknown {
-                    resync.append(DeltaAck(register: payload.register, upTo: 0, needsFullState: true))
+                    wanting.append(payload.register)
                     continue
                 } catch let .wire(error) {
                     throw error
@@ -987,30 +1069,7 @@ public struct ReplicationInstance: ProtocolInstance {
         }
         var patch = ReplicaDurableState(incarnation: epoch, slots: [:])
         var changed: Set<RegisterKey> = []
-        var acks = resync
-        // Whether this node has every shipment the batch builds on (so a certificate with it
-        // may be adopted).
-        var continuous = true
-        if let senderEpoch, heard[sender]?.epoch != senderEpoch { heard[sender] = (senderEpoch, [:]) }
-        // A marker is met only by payloads heard in this incarnation of the sender: its first
-        // shipment of a register is the whole state, numbered with the deltas it had then
-        // (none after a restart: 0), so "heard up to 0" and "heard nothing" must differ.
-        for marker in markers where senderEpoch != nil {
-            let met = heard[sender]!.upTo[RegisterKey(marker.register)].map { $0 >= marker.upTo } ?? false
-            if !met, configuration.plantedBug != .acknowledgeAcrossGaps { continuous = false }
-        }
         for (payload, key, delta) in decoded {
-            if senderEpoch != nil {
-                let held = heard[sender]!.upTo[key]
-                if payload.anchored || (held.map { $0 >= payload.after } ?? false)
-                    || configuration.plantedBug == .acknowledgeAcrossGaps {
-                    let upTo = max(held ?? 0, payload.upTo)
-                    heard[sender]!.upTo[key] = upTo
-                    acks.append(DeltaAck(register: payload.register, upTo: upTo))
-                } else {
-                    continuous = false
-                }
-            }
             if payload.isFullState { counters.fullStatesReceived += 1 } else { counters.deltaPayloadsReceived += 1 }
             // Joined in place: a delta costs about its own size, whatever the register's.
             let grew: Bool
@@ -1034,7 +1093,7 @@ public struct ReplicationInstance: ProtocolInstance {
             effects.append(.persist(patch))
             effects += reactToChange(of: changed)
         }
-        return (effects, acks, resync.isEmpty && continuous)
+        return (effects, wanting, wanting.isEmpty)
     }
 
     /// `peer` sent `held`, which added nothing here: it holds it durably (a node sends only what
@@ -1066,18 +1125,22 @@ public struct ReplicationInstance: ProtocolInstance {
 
     /// A batch for `peer` of every register in `registers` whose deltas it has not acknowledged.
     /// A register shipped and not acknowledged yet gets only the deltas after what was shipped
-    /// (not anchored; the peer acknowledges them once it has the shipments before), or, on a
-    /// tick (`retransmit`) with nothing new, a marker by which the peer checks it received
-    /// them. Once `retransmitInterval` has passed without an acknowledgement, a tick ships
+    /// (the peer holds them all once that is acknowledged too), or nothing when nothing is new.
+    /// Once `retransmitInterval` has passed without an acknowledgement, a tick ships
     /// everything after the acknowledgement again (a lost message costs that long).
+    /// The batch is the next of the stream to the peer; the stream remembers what it shipped of
+    /// each register until the peer acknowledges it.
     /// With `certifyAt` (the local time; `registers` must then be every register the peer is
     /// behind on, so that the others are acknowledged up to their last delta), a batch that
     /// brings the peer up to all this node holds carries the freshness certificate, and is sent
     /// even when empty if certificate heartbeats are on. The peer adopts it only if it has
-    /// every shipment the batch builds on.
+    /// every batch since the oldest that a shipment still in flight builds on.
     private mutating func ship(to peer: NodeID, registers: [RegisterKey], now: Duration, retransmit: Bool, certifyAt: Duration? = nil,
                                joins: inout SharedJoins) -> [Effect] {
+        if outgoing[peer] == nil { outgoing[peer] = OutgoingStream() }
+        let batch = outgoing[peer]!.next
         var payloads: [DeltaPayload] = []
+        var shipments: [Shipment] = []
         var complete = true
         var bytes = 0
         let count = registers.count
@@ -1098,48 +1161,42 @@ public struct ReplicationInstance: ProtocolInstance {
                 shipped = nil
                 retries = current.retries + 1
             }
-            let payload: DeltaPayload
-            if let shipped, shipped.upTo >= buffer.lastSequence {
-                // Everything is on its way.
-                guard retransmit else { continue }
-                payload = .marker(register: register.name, upTo: shipped.upTo)
+            // Everything is on its way.
+            if let shipped, shipped.upTo >= buffer.lastSequence { continue }
+            // After what was shipped (not anchored), or after the acknowledgement.
+            let base = shipped?.upTo ?? acknowledgedUpTo
+            let anchored = shipped == nil
+            let interval: DeltaBuffer.Interval
+            if let base, !joins.isEmpty, let shared = joins[register], shared.after == base {
+                interval = shared.interval
             } else {
-                // After what was shipped (not anchored), or after the acknowledgement.
-                let base = shipped?.upTo ?? acknowledgedUpTo
-                let anchored = shipped == nil
-                let interval: DeltaBuffer.Interval
-                if let base, !joins.isEmpty, let shared = joins[register], shared.after == base {
-                    interval = shared.interval
-                } else {
-                    interval = base.map { buffer.interval(after: $0, for: peer) } ?? buffer.intervalForNewcomer(peer)
-                    if let base, case .deltas = interval, buffer.isSharedJoin(after: base) { joins[register] = (base, interval) }
-                }
-                switch interval {
-                case .nothingNew where anchored:
-                    // Everything pending came from the peer itself, which is durable there.
-                    acknowledged[peer, default: [:]][register] = buffer.lastSequence
-                    inFlight[peer]?[register] = nil
-                    behind[peer]?.remove(register)
+                interval = base.map { buffer.interval(after: $0, for: peer) } ?? buffer.intervalForNewcomer(peer)
+                if let base, case .deltas = interval, buffer.isSharedJoin(after: base) { joins[register] = (base, interval) }
+            }
+            let payload: DeltaPayload
+            switch interval {
+            case .nothingNew where anchored:
+                // Everything pending came from the peer itself, which is durable there.
+                acknowledged[peer, default: [:]][register] = buffer.lastSequence
+                inFlight[peer]?[register] = nil
+                behind[peer]?.remove(register)
+                continue
+            case .nothingNew:
+                // The rest came from the peer; what was shipped before is on its way.
+                continue
+            case let .deltas(interval) where base == nil:
+                // Typed, as a whole state is (the peer may not know the register), and
+                // anchored at the start of the register's history.
+                payload = DeltaPayload(register: register.name, slot: interval, isFullState: true)
+            case let .deltas(interval):
+                payload = DeltaPayload(register: register.name, slot: interval, isFullState: false)
+            case .unavailable:
+                if configuration.plantedBug == .skipFullStateFallback {
+                    complete = false
                     continue
-                case .nothingNew:
-                    // The rest came from the peer; what was shipped before is on its way.
-                    guard retransmit else { continue }
-                    payload = .marker(register: register.name, upTo: shipped!.upTo)
-                case let .deltas(interval) where base == nil:
-                    // Typed, as a whole state is (the peer may not know the register), and
-                    // anchored at the start of the register's history.
-                    payload = DeltaPayload(register: register.name, upTo: buffer.lastSequence, slot: interval, isFullState: true)
-                case let .deltas(interval):
-                    payload = DeltaPayload(register: register.name, upTo: buffer.lastSequence, slot: interval, isFullState: false,
-                                           after: base!, anchored: anchored)
-                case .unavailable:
-                    if configuration.plantedBug == .skipFullStateFallback {
-                        complete = false
-                        continue
-                    }
-                    payload = DeltaPayload(register: register.name, upTo: buffer.lastSequence, slot: slot, isFullState: true)
-                    wholeState = true
                 }
+                payload = DeltaPayload(register: register.name, slot: slot, isFullState: true)
+                wholeState = true
             }
             let size = payload.encodedByteCount
             if bytes + size > configuration.batchBytesMax, !payloads.isEmpty {
@@ -1148,9 +1205,9 @@ public struct ReplicationInstance: ProtocolInstance {
             }
             bytes += size
             payloads.append(payload)
-            if payload.isMarker { continue }
-            inFlight[peer, default: [:]][register] = payload.anchored ? (buffer.lastSequence, now, retries)
-                : (buffer.lastSequence, shipped!.since, shipped!.retries)
+            shipments.append(Shipment(register: register, after: anchored ? nil : base, upTo: buffer.lastSequence))
+            inFlight[peer, default: [:]][register] = anchored ? (buffer.lastSequence, now, retries, batch)
+                : (buffer.lastSequence, shipped!.since, shipped!.retries, shipped!.anchorBatch)
             if wholeState { counters.fullStatesSent += 1 } else { counters.deltaPayloadsSent += 1 }
             if retries > 0 { counters.retransmissions += 1 }
             if configuration.plantedBug == .forgetUnacknowledgedDeltas {
@@ -1158,9 +1215,18 @@ public struct ReplicationInstance: ProtocolInstance {
                 behind[peer]?.remove(register)
             }
         }
+        // An empty batch repeats the last number (it needs no acknowledgement).
+        var number = batch - 1
+        if !payloads.isEmpty {
+            number = batch
+            outgoing[peer]!.next = batch + 1
+            outgoing[peer]!.unacknowledged[batch] = shipments
+        }
         let vector = certifyAt.flatMap { complete && configuration.certificateHeartbeats ? certificateVector(now: $0) : nil }
         if payloads.isEmpty, vector == nil { return [] }
-        return [.send(to: peer, .deltas(epoch: epoch, payloads, certificate: vector))]
+        // The oldest batch a shipment in flight builds on (none: nothing to check).
+        let since = vector == nil ? number + 1 : inFlight[peer]?.values.lazy.map(\.anchorBatch).min() ?? number + 1
+        return [.send(to: peer, .deltas(epoch: epoch, batch: number, since: since, payloads, certificate: vector))]
     }
 
     /// This node's certificate as sent: its own entry is `now` (its state holds everything it

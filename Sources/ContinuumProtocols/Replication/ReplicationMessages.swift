@@ -2,20 +2,11 @@ import ContinuumCore
 
 /// One register's delta-interval (or whole state) in a batch. A delta-interval leaves out the
 /// type name, which the receiver already has (it acknowledged earlier deltas); a whole state
-/// carries it, for a receiver that may not have the register yet.
+/// carries it, for a receiver that may not have the register yet. What the payload covers of
+/// the sender's numbered deltas is the sender's business: it remembers, for each batch, which
+/// deltas went in it, and the receiver acknowledges the batch, not the payloads.
 public struct DeltaPayload: Sendable, Equatable, BinaryCodable {
     public var register: String
-    /// The sender's last buffered sequence number that this payload covers.
-    public var upTo: UInt64
-    /// The payload covers the sender's deltas numbered after `after` up to `upTo` (a whole
-    /// state covers everything: `after` is 0).
-    public var after: UInt64
-    /// `after` is a number the receiver acknowledged: the receiver holds everything up to it,
-    /// so once it joins this payload it holds everything up to `upTo`. Otherwise `after` is
-    /// only what the sender shipped before (a push of new deltas while earlier ones are in
-    /// flight), and the receiver may acknowledge `upTo` only if it received the payloads up
-    /// to `after` (from the same incarnation of the sender).
-    public var anchored: Bool
     public var generation: UInt64
     /// Present exactly when the payload is the whole state.
     public var typeName: String?
@@ -23,29 +14,9 @@ public struct DeltaPayload: Sendable, Equatable, BinaryCodable {
     public var bytes: [UInt8]?
 
     public var isFullState: Bool { typeName != nil }
-    /// A payload with no content: "I shipped you this register's deltas up to `upTo`", for the
-    /// receiver to check that it has them (before it adopts a certificate in the same batch).
-    public var isMarker: Bool { !anchored && after == upTo }
 
-    public static func marker(register: String, upTo: UInt64) -> DeltaPayload {
-        DeltaPayload(register: register, upTo: upTo, after: upTo)
-    }
-
-    private init(register: String, upTo: UInt64, after: UInt64) {
+    public init(register: String, slot: RegisterSlot, isFullState: Bool) {
         self.register = register
-        self.upTo = upTo
-        self.after = after
-        self.anchored = false
-        self.generation = 0
-        self.typeName = nil
-        self.bytes = nil
-    }
-
-    public init(register: String, upTo: UInt64, slot: RegisterSlot, isFullState: Bool, after: UInt64 = 0, anchored: Bool = true) {
-        self.register = register
-        self.upTo = upTo
-        self.after = isFullState ? 0 : after
-        self.anchored = isFullState || anchored
         self.generation = slot.generation
         self.typeName = isFullState ? slot.typeName : nil
         self.bytes = slot.state?.encoded()
@@ -72,7 +43,6 @@ public struct DeltaPayload: Sendable, Equatable, BinaryCodable {
     /// them; encoding each payload to count it copied its state once more).
     public var encodedByteCount: Int {
         var size = BinaryWriter.countedSize(register.utf8.count)
-        size += BinaryWriter.varintSize(upTo) + BinaryWriter.varintSize(after) + 1  // anchored
         size += BinaryWriter.varintSize(generation)
         size += 1 + (typeName.map { BinaryWriter.countedSize($0.utf8.count) } ?? 0)
         size += 1 + (bytes.map { BinaryWriter.countedSize($0.count) } ?? 0)
@@ -81,9 +51,6 @@ public struct DeltaPayload: Sendable, Equatable, BinaryCodable {
 
     public func encode(to writer: inout BinaryWriter) {
         register.encode(to: &writer)
-        writer.writeVarint(upTo)
-        writer.writeVarint(after)
-        anchored.encode(to: &writer)
         writer.writeVarint(generation)
         typeName.encode(to: &writer)
         bytes.encode(to: &writer)
@@ -91,40 +58,9 @@ public struct DeltaPayload: Sendable, Equatable, BinaryCodable {
 
     public init(from reader: inout BinaryReader) throws(WireDecodingError) {
         register = try String(from: &reader)
-        upTo = try reader.readVarint()
-        after = try reader.readVarint()
-        anchored = try Bool(from: &reader)
-        guard after <= upTo else { throw .invalid("a payload's interval ends before it starts") }
         generation = try reader.readVarint()
         typeName = try String?(from: &reader)
         bytes = try [UInt8]?(from: &reader)
-        if !anchored, after == upTo, typeName != nil || bytes != nil { throw .invalid("a marker with content") }
-    }
-}
-
-/// An acknowledgement of one register's payload, or a request for its whole state.
-public struct DeltaAck: Sendable, Equatable, BinaryCodable {
-    public var register: String
-    public var upTo: UInt64
-    /// The receiver could not use a delta-interval (it lacks the register): send the whole state.
-    public var needsFullState: Bool
-
-    public init(register: String, upTo: UInt64, needsFullState: Bool = false) {
-        self.register = register
-        self.upTo = upTo
-        self.needsFullState = needsFullState
-    }
-
-    public func encode(to writer: inout BinaryWriter) {
-        register.encode(to: &writer)
-        writer.writeVarint(upTo)
-        needsFullState.encode(to: &writer)
-    }
-
-    public init(from reader: inout BinaryReader) throws(WireDecodingError) {
-        register = try String(from: &reader)
-        upTo = try reader.readVarint()
-        needsFullState = try Bool(from: &reader)
     }
 }
 
@@ -136,12 +72,18 @@ public typealias FreshnessVector = [NodeID: Int64]
 /// The messages of `ReplicationInstance`.
 public enum ReplicationMessage: Sendable, Equatable, BinaryCodable {
     case membership(MembershipMessage)
-    /// Delta-intervals from the sender's incarnation `epoch`. `certificate` is present when the
-    /// batch brings the receiver up to everything the sender held when it sent it (all its
-    /// registers); it is the sender's certificate with the sender's own entry at the send time.
-    case deltas(epoch: UInt64, [DeltaPayload], certificate: FreshnessVector?)
-    /// What the receiver of `deltas` from incarnation `epoch` has joined.
-    case acks(epoch: UInt64, [DeltaAck])
+    /// Batch number `batch` of the stream from the sender's incarnation `epoch` to the
+    /// receiver (numbered from 1, per receiver; an empty batch repeats the last number and
+    /// is not acknowledged). `certificate` is present when the batch brings the receiver up to
+    /// everything the sender held when it sent it (all its registers), provided the receiver
+    /// got every batch numbered from `since` to `batch` (the shipments still unacknowledged
+    /// that this one builds on); it is the sender's certificate with the sender's own entry at
+    /// the send time.
+    case deltas(epoch: UInt64, batch: UInt64, since: UInt64, [DeltaPayload], certificate: FreshnessVector?)
+    /// The receiver joined (durably) batch `batch` of the stream from incarnation `epoch`;
+    /// `wanting` are the registers of it whose deltas it could not use (it lacks them): it
+    /// needs their whole states.
+    case acks(epoch: UInt64, batch: UInt64, wanting: [String])
     /// A bounded read at the sender (incarnation `epoch`) asks for these registers' states.
     case readRequest(epoch: UInt64, read: UInt64, registers: [String])
     /// The whole states of the requested registers, taken after the request arrived, with the
@@ -153,15 +95,18 @@ public enum ReplicationMessage: Sendable, Equatable, BinaryCodable {
         case let .membership(message):
             writer.writeByte(0)
             message.encode(to: &writer)
-        case let .deltas(epoch, payloads, certificate):
+        case let .deltas(epoch, batch, since, payloads, certificate):
             writer.writeByte(1)
             writer.writeVarint(epoch)
+            writer.writeVarint(batch)
+            writer.writeVarint(since)
             payloads.encode(to: &writer)
             certificate.encode(to: &writer)
-        case let .acks(epoch, acks):
+        case let .acks(epoch, batch, wanting):
             writer.writeByte(2)
             writer.writeVarint(epoch)
-            acks.encode(to: &writer)
+            writer.writeVarint(batch)
+            wanting.encode(to: &writer)
         case let .readRequest(epoch, read, registers):
             writer.writeByte(3)
             writer.writeVarint(epoch)
@@ -179,8 +124,13 @@ public enum ReplicationMessage: Sendable, Equatable, BinaryCodable {
     public init(from reader: inout BinaryReader) throws(WireDecodingError) {
         switch try reader.readByte() {
         case 0: self = .membership(try MembershipMessage(from: &reader))
-        case 1: self = .deltas(epoch: try reader.readVarint(), try [DeltaPayload](from: &reader), certificate: try FreshnessVector?(from: &reader))
-        case 2: self = .acks(epoch: try reader.readVarint(), try [DeltaAck](from: &reader))
+        case 1:
+            let epoch = try reader.readVarint()
+            let batch = try reader.readVarint()
+            let since = try reader.readVarint()
+            guard since <= batch &+ 1 else { throw .invalid("a batch's dependencies start after it") }
+            self = .deltas(epoch: epoch, batch: batch, since: since, try [DeltaPayload](from: &reader), certificate: try FreshnessVector?(from: &reader))
+        case 2: self = .acks(epoch: try reader.readVarint(), batch: try reader.readVarint(), wanting: try [String](from: &reader))
         case 3: self = .readRequest(epoch: try reader.readVarint(), read: try reader.readVarint(), registers: try [String](from: &reader))
         case 4:
             self = .readReply(epoch: try reader.readVarint(), read: try reader.readVarint(), try [DeltaPayload](from: &reader),

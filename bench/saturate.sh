@@ -118,3 +118,9 @@ for node in n1 n2 n3; do
     over=$(awk '$1 > 1000' "$work/stale-$node" | wc -l)
     echo "$node: roles ${roles}terms ${terms}certified CRDT staleness over $count samples: median $median ms, p99 $p99 ms, largest $largest ms, over 1 s: $over ($unanswered unanswered)"
 done
+echo "per node after the load (INFO): largest waits of a job for the node's thread (all, consensus priority), reachability changes, whole states sent, retransmissions"
+for i in 0 1 2; do
+    echo "n$((i + 1)): wait max $(field $i node_wait_max_ms) ms, consensus wait max $(field $i node_wait_consensus_max_ms) ms," \
+        "reachability changes $(field $i replication_reachability_changes), whole states $(field $i replication_full_states_sent)," \
+        "retransmissions $(field $i replication_retransmissions)"
+done

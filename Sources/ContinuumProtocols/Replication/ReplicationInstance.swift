@@ -101,7 +101,13 @@ public struct ReplicationInstance: ProtocolInstance {
         /// Overlay neighbors on each side of the ring (fingers come on top).
         public var ringNeighbors: Int
         /// Deltas buffered per register, at most; past it the two oldest are joined into one
-        /// (peers behind them get that join, not the whole state).
+        /// (peers behind them get that join, not the whole state). A join of the oldest takes
+        /// the newer number, so a buffer that overflows while every peer keeps acknowledging
+        /// keeps an oldest entry that takes in more and is acknowledged past only once the peers
+        /// catch up by the whole bound: the bound must cover what arrives during a round trip
+        /// under load (a replica keeps one entry per batch received, a writer one per push).
+        /// At 128, SADDs into one set under 50 clients overflowed it, and each gossip tick
+        /// shipped the set whole again.
         public var deltaBufferMax: Int
         /// Encoded bytes of one batch of payloads, at most (a single larger payload goes alone).
         public var batchBytesMax: Int
@@ -135,7 +141,7 @@ public struct ReplicationInstance: ProtocolInstance {
         public var plantedBug: PlantedReplicationBug?
 
         public init(gossipInterval: Duration = .milliseconds(200), ringNeighbors: Int = 2,
-                    deltaBufferMax: Int = 128, batchBytesMax: Int = 64 * 1024, thresholdReadsMax: Int = 10_000,
+                    deltaBufferMax: Int = 4_096, batchBytesMax: Int = 64 * 1024, thresholdReadsMax: Int = 10_000,
                     boundedReadsMax: Int = 10_000, freshness: FreshnessGate.Configuration = .init(), certificateHeartbeats: Bool = true,
                     retransmitInterval: Duration? = nil, pushDelay: Duration = .zero, absentNeighbourRetention: Duration = .seconds(30),
                     membership: Membership.Configuration = .init(),
@@ -250,6 +256,18 @@ public struct ReplicationInstance: ProtocolInstance {
             return true
         }
 
+        /// Joins `delta`, a local update, into the last entry when that one is local too,
+        /// renumbered as the next number (so it covers the numbers after the entry before it up
+        /// to the new one: a peer that acknowledged the old number gets it again, never less).
+        /// Says whether it did (a join that fails leaves the entry as it was).
+        mutating func joinIntoLast(_ delta: RegisterSlot) -> Bool {
+            guard let last = entries.indices.last, entries[last].source == nil,
+                  (try? entries[last].delta.formJoin(delta)) != nil else { return false }
+            lastSequence += 1
+            entries[last].sequence = lastSequence
+            return true
+        }
+
         /// Drops the entries numbered up to `floor` (acknowledged by every neighbour).
         mutating func drop(upTo floor: UInt64) {
             entries.removeAll { $0.sequence <= floor }
@@ -304,9 +322,33 @@ public struct ReplicationInstance: ProtocolInstance {
         var upTo: UInt64
     }
 
+    /// What was shipped of a register to a neighbour and is not acknowledged yet: the last
+    /// sequence number shipped, and when the shipment that the later ones build on (from the
+    /// acknowledgement, or whole) went, in batch `anchorBatch`; the latest went in `lastBatch`.
+    /// Later shipments carry only the deltas after `upTo`. A tick ships again from the
+    /// acknowledgement once `retransmitInterval` has passed and something says a batch was
+    /// lost: the neighbour acknowledged a later batch than `lastBatch` (batches travel in
+    /// order), or acknowledged nothing for the interval. A neighbour that is only slow, still
+    /// acknowledging batches one after the other, is not sent again what is queued at it,
+    /// which would keep it busier still (under a saturating load, retransmissions while acks
+    /// flowed made tens of thousands of resends). Each shipment again without an
+    /// acknowledgement doubles the wait (`retries`, up to 4 times the interval). A certificate
+    /// needs the peer to hold every batch since the oldest `anchorBatch`.
+    struct InFlight {
+        var upTo: UInt64
+        var since: Duration
+        var retries: Int
+        var anchorBatch: UInt64
+        var lastBatch: UInt64
+    }
+
     struct OutgoingStream {
         var next: UInt64 = 1
         var unacknowledged: [UInt64: [Shipment]] = [:]
+        /// The highest batch number the neighbour acknowledged, and when the last
+        /// acknowledgement came.
+        var highestAcknowledged: UInt64 = 0
+        var lastAcknowledgedAt: Duration?
     }
 
     /// The batch numbers this node received from one incarnation of a peer: the last `window`
@@ -369,16 +411,9 @@ public struct ReplicationInstance: ProtocolInstance {
     private var random: DeterministicRandom
     private var buffers: [RegisterKey: DeltaBuffer] = [:]
     private var acknowledged: [NodeID: [RegisterKey: UInt64]] = [:]
-    /// Shipped to a neighbour and not acknowledged yet: the last sequence number shipped, and
-    /// when the shipment that the later ones build on (from the acknowledgement, or whole)
-    /// went. Later shipments carry only the deltas after `upTo`, until `retransmitInterval`
-    /// has passed: then a tick ships again from the acknowledgement. Each shipment again
-    /// without an acknowledgement doubles the wait (`retries`, up to 4 times the interval): a
-    /// neighbour that takes longer than the interval to join a large state is not sent it again
-    /// and again, which kept it busier still. Entries go once the neighbour acknowledges them.
-    /// `anchorBatch` is the batch of the shipment from the acknowledgement (or whole) that the
-    /// later ones build on: a certificate needs the peer to hold every batch since the oldest.
-    private var inFlight: [NodeID: [RegisterKey: (upTo: UInt64, since: Duration, retries: Int, anchorBatch: UInt64)]] = [:]
+    /// Shipped to a neighbour and not acknowledged yet, per register. Entries go once the
+    /// neighbour acknowledges them.
+    private var inFlight: [NodeID: [RegisterKey: InFlight]] = [:]
     /// The stream of batches to each peer: the next batch number, and what each batch not yet
     /// acknowledged shipped. Numbers are never reused within this incarnation (a peer that
     /// stops being a neighbour and comes back continues where it was).
@@ -593,6 +628,8 @@ public struct ReplicationInstance: ProtocolInstance {
             // An acknowledgement of a batch this incarnation did not ship (or already heard)
             // says nothing.
             guard ackEpoch == epoch, let shipments = outgoing[sender]?.unacknowledged.removeValue(forKey: batch) else { return [] }
+            outgoing[sender]!.highestAcknowledged = max(outgoing[sender]!.highestAcknowledged, batch)
+            outgoing[sender]!.lastAcknowledgedAt = now
             acknowledge(shipments, wanting: wanting.isEmpty ? [] : Set(wanting), by: sender)
             return []
         }
@@ -949,9 +986,19 @@ public struct ReplicationInstance: ProtocolInstance {
     /// `creating`: `delta` is the register's whole state, new here (declared, or first
     /// received): a buffer made now holds its whole history.
     private mutating func buffer(_ delta: RegisterSlot, for register: RegisterKey, from source: NodeID?, creating: Bool = false) {
-        // In place: a copy of the buffer would cost its length on every update.
-        let overflow = buffers[register, default: DeltaBuffer(wholeHistory: creating)].append(delta, from: source, keeping: configuration.deltaBufferMax)
-        if overflow { counters.bufferOverflows += 1 }
+        // The local updates made between two pushes go out as one join: they are kept as one
+        // entry, joined in place as they come (at the cost of each update's delta). One entry
+        // per update made the buffer overflow under load (thousands of SADDs to one set per
+        // acknowledgement's round trip), and an overflow joins the two oldest entries under the
+        // newer number: under a steady overload the oldest entry then took in every update and
+        // was never acknowledged past, and each tick shipped and encoded the whole set again
+        // (gossip ticks of a second and more, Raft losing its leader).
+        let joined = source == nil && !creating && unpushed.contains(register) && buffers[register]?.joinIntoLast(delta) == true
+        if !joined {
+            // In place: a copy of the buffer would cost its length on every update.
+            let overflow = buffers[register, default: DeltaBuffer(wholeHistory: creating)].append(delta, from: source, keeping: configuration.deltaBufferMax)
+            if overflow { counters.bufferOverflows += 1 }
+        }
         // Over a copy of the keys: iterating the dictionary itself while changing its values
         // would copy every set.
         for peer in Array(behind.keys) { behind[peer]!.insert(register) }
@@ -1138,7 +1185,10 @@ public struct ReplicationInstance: ProtocolInstance {
     private mutating func ship(to peer: NodeID, registers: [RegisterKey], now: Duration, retransmit: Bool, certifyAt: Duration? = nil,
                                joins: inout SharedJoins) -> [Effect] {
         if outgoing[peer] == nil { outgoing[peer] = OutgoingStream() }
-        let batch = outgoing[peer]!.next
+        let stream = outgoing[peer]!
+        let batch = stream.next
+        // No acknowledgement for the retransmit interval: what is in flight may be lost.
+        let silent = stream.lastAcknowledgedAt.map { now - $0 >= configuration.retransmitInterval } ?? true
         var payloads: [DeltaPayload] = []
         var shipments: [Shipment] = []
         var complete = true
@@ -1157,7 +1207,8 @@ public struct ReplicationInstance: ProtocolInstance {
             var wholeState = false
             var retries = 0
             if let current = shipped, retransmit,
-               now - current.since >= configuration.retransmitInterval * (1 << min(current.retries, Self.retransmitBackoffDoublings)) {
+               now - current.since >= configuration.retransmitInterval * (1 << min(current.retries, Self.retransmitBackoffDoublings)),
+               current.lastBatch <= stream.highestAcknowledged || silent {
                 shipped = nil
                 retries = current.retries + 1
             }
@@ -1206,8 +1257,9 @@ public struct ReplicationInstance: ProtocolInstance {
             bytes += size
             payloads.append(payload)
             shipments.append(Shipment(register: register, after: anchored ? nil : base, upTo: buffer.lastSequence))
-            inFlight[peer, default: [:]][register] = anchored ? (buffer.lastSequence, now, retries, batch)
-                : (buffer.lastSequence, shipped!.since, shipped!.retries, shipped!.anchorBatch)
+            inFlight[peer, default: [:]][register] = anchored
+                ? InFlight(upTo: buffer.lastSequence, since: now, retries: retries, anchorBatch: batch, lastBatch: batch)
+                : InFlight(upTo: buffer.lastSequence, since: shipped!.since, retries: shipped!.retries, anchorBatch: shipped!.anchorBatch, lastBatch: batch)
             if wholeState { counters.fullStatesSent += 1 } else { counters.deltaPayloadsSent += 1 }
             if retries > 0 { counters.retransmissions += 1 }
             if configuration.plantedBug == .forgetUnacknowledgedDeltas {

@@ -534,6 +534,32 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         #expect(harness.instances[n1]!.statistics.bufferOverflows == 0)
     }
 
+    /// A peer far behind catches up over several shipments, each joining at most
+    /// `shipmentJoinMax` deltas, so that no tick spends seconds on one register; a batch that
+    /// leaves it behind carries no certificate.
+    @Test func aPeerFarBehindCatchesUpInBoundedShipments() {
+        var harness = Harness(nodes: 2)  // retransmit interval 1 s
+        harness.declare("cart", ORSet<String>.self, at: [n1, n2])
+        harness.deliverAll()
+        for index in 0..<600 {
+            _ = harness.update("cart", at: n1) { (set: inout ORSet<String>, replica) in set.insert("e\(index)", replica: replica) }
+            harness.inFlight.removeAll()  // n2 is cut off
+        }
+        var sizes: [Int] = []
+        for tick in 1...6 {
+            harness.now = .seconds(tick)
+            harness.gossip(n1)
+            for entry in harness.inFlight {
+                guard case let .deltas(_, _, _, payloads, certificate) = entry.message, let payload = payloads.first(where: { $0.register == "cart" }) else { continue }
+                sizes.append(harness.elements(of: payload, at: n1)?.count ?? -1)
+                if harness.elements(of: payload, at: n1)?.count != 600 - 512 { #expect(certificate == nil, "a partial batch certifies nothing") }
+            }
+            harness.deliverAll()
+        }
+        #expect(sizes == [256, 256, 88], "\(sizes)")
+        #expect(harness.value("cart", at: n2, as: ORSet<String>.self)?.elements.count == 600)
+    }
+
     /// Past `deltaBufferMax` the oldest deltas are joined, not dropped: a peer behind all of
     /// them gets one delta covering them, not the whole state.
     @Test func aPeerBehindAFullBufferGetsTheJoinOfTheOldDeltas() {

@@ -236,7 +236,8 @@ public struct ReplicationInstance: ProtocolInstance {
         enum Interval {
             /// Every delta after the acknowledgement came from the peer itself.
             case nothingNew
-            case deltas(RegisterSlot)
+            /// The join of the deltas up to number `upTo` (the last, or where the join stopped).
+            case deltas(RegisterSlot, upTo: UInt64)
             /// Some deltas after the acknowledgement were dropped: send the whole state.
             case unavailable
         }
@@ -280,8 +281,8 @@ public struct ReplicationInstance: ProtocolInstance {
         /// that did not come from it, when the buffer still holds the register's whole history
         /// here. Deltas that came from the peer are durable there (it sent them), so a register
         /// that came from the peer is not sent back to it; otherwise the whole state.
-        func intervalForNewcomer(_ peer: NodeID) -> Interval {
-            wholeHistory ? interval(after: 0, for: peer) : .unavailable
+        func intervalForNewcomer(_ peer: NodeID, joiningAtMost limit: Int = .max) -> Interval {
+            wholeHistory ? interval(after: 0, for: peer, joiningAtMost: limit) : .unavailable
         }
 
         /// Whether the interval after `acknowledged` is worth keeping for the other
@@ -294,20 +295,29 @@ public struct ReplicationInstance: ProtocolInstance {
             return !entries.contains { $0.sequence > acknowledged && $0.source != nil }
         }
 
-        /// The join of the deltas after `acknowledged` that did not come from `peer`.
-        func interval(after acknowledged: UInt64, for peer: NodeID) -> Interval {
+        /// The join of the deltas after `acknowledged` that did not come from `peer`: of the
+        /// first `limit` of them at most, up to where it stopped (the rest goes in a later
+        /// shipment, so that one shipment costs a bounded join however far behind the peer is).
+        func interval(after acknowledged: UInt64, for peer: NodeID, joiningAtMost limit: Int = .max) -> Interval {
             guard !entries.isEmpty, headFirst <= acknowledged + 1 else { return .unavailable }
             // Joined in place: the first delta's storage is copied once at most (it may be the
             // join of many old deltas), not once per delta after it.
             var result: RegisterSlot?
-            for entry in entries where entry.sequence > acknowledged && entry.source != peer {
-                if result == nil {
-                    result = entry.delta
-                } else {
-                    _ = try? result!.formJoin(entry.delta)
+            var joined = 0
+            var covered = acknowledged
+            for entry in entries where entry.sequence > acknowledged {
+                if entry.source != peer {
+                    if joined == limit { break }
+                    joined += 1
+                    if result == nil {
+                        result = entry.delta
+                    } else {
+                        _ = try? result!.formJoin(entry.delta)
+                    }
                 }
+                covered = entry.sequence
             }
-            return result.map { .deltas($0) } ?? .nothingNew
+            return result.map { .deltas($0, upTo: covered) } ?? .nothingNew
         }
     }
 
@@ -426,6 +436,11 @@ public struct ReplicationInstance: ProtocolInstance {
     /// joins of two deltas or more are kept: a push of many registers with one delta each
     /// would pay two lookups per register to save a copy.
     typealias SharedJoins = [RegisterKey: (after: UInt64, interval: DeltaBuffer.Interval)]
+    /// Deltas one shipment of a register joins, at most: a peer far behind (back from
+    /// unreachable, or slow) catches up over several shipments, and no tick spends seconds
+    /// joining and encoding thousands of deltas of one large register (seen: gossip ticks of
+    /// 1–2.5 s on replicas under SADD into one set, each joining up to `deltaBufferMax` deltas).
+    static let shipmentJoinMax = 256
     /// The wait before shipping a register again doubles at most this many times (to 4
     /// retransmit intervals).
     static let retransmitBackoffDoublings = 2
@@ -1221,10 +1236,13 @@ public struct ReplicationInstance: ProtocolInstance {
             if let base, !joins.isEmpty, let shared = joins[register], shared.after == base {
                 interval = shared.interval
             } else {
-                interval = base.map { buffer.interval(after: $0, for: peer) } ?? buffer.intervalForNewcomer(peer)
+                interval = base.map { buffer.interval(after: $0, for: peer, joiningAtMost: Self.shipmentJoinMax) }
+                    ?? buffer.intervalForNewcomer(peer, joiningAtMost: Self.shipmentJoinMax)
                 if let base, case .deltas = interval, buffer.isSharedJoin(after: base) { joins[register] = (base, interval) }
             }
             let payload: DeltaPayload
+            // The last delta the shipment covers.
+            var upTo = buffer.lastSequence
             switch interval {
             case .nothingNew where anchored:
                 // Everything pending came from the peer itself, which is durable there.
@@ -1235,12 +1253,14 @@ public struct ReplicationInstance: ProtocolInstance {
             case .nothingNew:
                 // The rest came from the peer; what was shipped before is on its way.
                 continue
-            case let .deltas(interval) where base == nil:
+            case let .deltas(interval, covered) where base == nil:
                 // Typed, as a whole state is (the peer may not know the register), and
                 // anchored at the start of the register's history.
                 payload = DeltaPayload(register: register.name, slot: interval, isFullState: true)
-            case let .deltas(interval):
+                upTo = covered
+            case let .deltas(interval, covered):
                 payload = DeltaPayload(register: register.name, slot: interval, isFullState: false)
+                upTo = covered
             case .unavailable:
                 if configuration.plantedBug == .skipFullStateFallback {
                     complete = false
@@ -1256,10 +1276,12 @@ public struct ReplicationInstance: ProtocolInstance {
             }
             bytes += size
             payloads.append(payload)
-            shipments.append(Shipment(register: register, after: anchored ? nil : base, upTo: buffer.lastSequence))
+            // A join that stopped short leaves the peer behind: no certificate with it.
+            if upTo < buffer.lastSequence { complete = false }
+            shipments.append(Shipment(register: register, after: anchored ? nil : base, upTo: upTo))
             inFlight[peer, default: [:]][register] = anchored
-                ? InFlight(upTo: buffer.lastSequence, since: now, retries: retries, anchorBatch: batch, lastBatch: batch)
-                : InFlight(upTo: buffer.lastSequence, since: shipped!.since, retries: shipped!.retries, anchorBatch: shipped!.anchorBatch, lastBatch: batch)
+                ? InFlight(upTo: upTo, since: now, retries: retries, anchorBatch: batch, lastBatch: batch)
+                : InFlight(upTo: upTo, since: shipped!.since, retries: shipped!.retries, anchorBatch: shipped!.anchorBatch, lastBatch: batch)
             if wholeState { counters.fullStatesSent += 1 } else { counters.deltaPayloadsSent += 1 }
             if retries > 0 { counters.retransmissions += 1 }
             if configuration.plantedBug == .forgetUnacknowledgedDeltas {

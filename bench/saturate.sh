@@ -14,6 +14,7 @@
 #   bench/saturate.sh                          # 60 s
 #   DURATION=20 bench/saturate.sh              # shorter
 #   CONTINUUM=/tmp/continuum bench/saturate.sh # a saved binary, not a fresh build
+#   KEEP=1 bench/saturate.sh                   # keep the nodes' logs and the samples
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-60}
@@ -42,7 +43,7 @@ cleanup() {
     [[ -n "$sampler" ]] && kill "$sampler" 2> /dev/null || true
     $continuum cluster down --data-dir "$work/cluster" > /dev/null 2>&1 || true
     wait 2> /dev/null || true
-    rm -rf "$work"
+    if [[ -n "${KEEP:-}" ]]; then echo "kept the nodes' logs and the samples in $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
@@ -51,9 +52,9 @@ $continuum cluster up --nodes 3 --data-dir "$work/cluster" --default-policy avai
     --base-port 16810 --resp-base-port 16800 --metrics-base-port 0 > "$work/up.log" 2>&1 ||
     { cat "$work/up.log"; exit 1; }
 
-# field NODE NAME: one INFO field of a node (empty when it does not answer within 2 s).
+# field NODE NAME: one INFO field of a node (empty when it does not answer within 5 s).
 field() {
-    timeout 2 redis-cli -p "${ports[$1]}" INFO 2> /dev/null | tr -d '\r' | awk -F: -v f="$2" '$1 == f { print $2 }'
+    { timeout 5 redis-cli -p "${ports[$1]}" INFO 2> /dev/null || true; } | tr -d '\r' | awk -F: -v f="$2" '$1 == f { print $2 }'
 }
 # Wait (20 s at most) for a leader, so that "before" is a settled term.
 for _ in $(seq 40); do
@@ -77,7 +78,7 @@ echo "before the load: raft terms (n1 n2 n3) ${before[*]}"
             term=$(awk -F: '$1 == "raft_term" { print $2 }' <<< "$info")
             role=$(awk -F: '$1 == "raft_role" { print $2 }' <<< "$info")
             stale=$(awk -F: '$1 == "certified_staleness_available_ms" { print $2 }' <<< "$info")
-            echo "n$((i + 1)) ${term:-?} ${role:-?} ${stale:-?}" >> "$work/samples"
+            echo "n$((i + 1)) ${term:-?} ${role:-?} ${stale:-?} $(date +%s.%N | cut -c1-14)" >> "$work/samples"
         done
         sleep 0.5
     done
@@ -90,7 +91,8 @@ passes=0
 while (( $(date +%s) - start < DURATION && passes < 1000 )); do
     passes=$((passes + 1))
     timeout $((DURATION + 120)) redis-benchmark -p "${ports[0]}" -c "$CLIENTS" -n "$PASS" -r "$KEYSPACE" -t set,incr,sadd --csv -q 2> /dev/null |
-        tr -d '"' | awk -F, -v p="$passes" 'NR > 1 && $1 != "" { split($1, t, ":"); printf "pass %d %s %d requests/s p50 %s p99 %s ms\n", p, tolower(t[1]), $2, $5, $7 }'
+        tr -d '"' | awk -F, -v p="$passes" 'NR > 1 && $1 != "" { split($1, t, ":"); printf "pass %d %s %d requests/s p50 %s p99 %s ms\n", p, tolower(t[1]), $2, $5, $7 }' ||
+        echo "pass $passes: redis-benchmark failed"
 done
 elapsed=$(( $(date +%s) - start ))
 sleep 1

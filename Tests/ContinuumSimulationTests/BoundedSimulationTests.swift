@@ -48,10 +48,10 @@ import Testing
         #expect(result.failures.first?.replayCommand.hasSuffix("--seed 1 --planted-bug ignore-clock-offset") == true)
     }
 
-    /// Dating certificates by their arrival under-reports staleness; caught in 6 of 10 CRDT
-    /// seeds of 20 (2 is one).
+    /// Dating certificates by their arrival under-reports staleness; caught in 5 of 10 CRDT
+    /// seeds of 20 (4 is one; 2 was, before batches were acknowledged by number).
     @Test func underReportedStalenessIsCaught() throws {
-        let result = try SimulationCampaign.run(.init(workload: "bounded", nodes: 5, seeds: [2],
+        let result = try SimulationCampaign.run(.init(workload: "bounded", nodes: 5, seeds: [4],
                                                       plantedBug: PlantedFreshnessBug.certifyOnArrival.rawValue, determinismCheck: false))
         #expect(result.failures.count == 1)
         #expect(result.failures.first?.report.violations.first?.contains("but reports staleness") == true)

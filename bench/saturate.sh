@@ -15,6 +15,7 @@
 #   DURATION=20 bench/saturate.sh              # shorter
 #   CONTINUUM=/tmp/continuum bench/saturate.sh # a saved binary, not a fresh build
 #   KEEP=1 bench/saturate.sh                   # keep the nodes' logs and the samples
+#   CLUSTER_ARGS="--election-timeout 2000" bench/saturate.sh   # more options for `cluster up`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-60}
@@ -48,8 +49,9 @@ cleanup() {
 trap cleanup EXIT
 
 ports=(16801 16802 16803)
+# shellcheck disable=SC2086 # CLUSTER_ARGS is words for `cluster up`
 $continuum cluster up --nodes 3 --data-dir "$work/cluster" --default-policy available --fsync "$FSYNC" \
-    --base-port 16810 --resp-base-port 16800 --metrics-base-port 0 > "$work/up.log" 2>&1 ||
+    --base-port 16810 --resp-base-port 16800 --metrics-base-port 0 ${CLUSTER_ARGS:-} > "$work/up.log" 2>&1 ||
     { cat "$work/up.log"; exit 1; }
 
 # field NODE NAME: one INFO field of a node (empty when it does not answer within 5 s).

@@ -870,6 +870,20 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         #expect(throws: WireDecodingError.self) { try MembershipMessage(binary: [9]) }
     }
 
+    /// Batches and their acknowledgements round-trip; a batch whose dependencies start after
+    /// it is refused on decoding.
+    @Test func batchesRoundTripAndDependenciesAfterTheBatchAreRefused() throws {
+        let slot = RegisterSlot(generation: 2, typeName: replicableTypeName(GCounter.self), state: AnyReplicated(GCounter()))
+        let messages: [ReplicationMessage] = [
+            .deltas(epoch: 3, batch: 7, since: 5, [DeltaPayload(register: "k", slot: slot, isFullState: true)], certificate: [n1: 12]),
+            .deltas(epoch: 3, batch: 0, since: 1, [], certificate: nil),
+            .acks(epoch: 3, batch: 7, wanting: ["k", "other"]),
+        ]
+        for message in messages { #expect(try ReplicationMessage(binary: message.binaryEncoded()) == message) }
+        let bad = ReplicationMessage.deltas(epoch: 3, batch: 7, since: 9, [], certificate: nil)
+        #expect(throws: WireDecodingError.self) { try ReplicationMessage(binary: bad.binaryEncoded()) }
+    }
+
     /// A payload's size is counted without encoding it, to the byte.
     @Test func payloadSizesAreCountedExactly() throws {
         var set = ORSet<String>()

@@ -386,8 +386,8 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
     }
 
     /// A push ships only the deltas after what was shipped before, not everything after the
-    /// acknowledgement; the receiver acknowledges such a payload only when it has the ones
-    /// before it. A lost push is joined late (by the next tick, anchored at the
+    /// acknowledgement; the sender counts it delivered only once the shipment before it is
+    /// acknowledged too. A lost push is joined late (by a tick that ships again from the
     /// acknowledgement), and the gap is never acknowledged over.
     @Test func pushesShipOnlyNewDeltasAndAGapIsNeverAcknowledged() {
         var harness = Harness(nodes: 2)
@@ -558,6 +558,28 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         }
         #expect(sizes == [256, 256, 88], "\(sizes)")
         #expect(harness.value("cart", at: n2, as: ORSet<String>.self)?.elements.count == 600)
+    }
+
+    /// What a stream's unacknowledged batches shipped is remembered for 8,192 batches at most:
+    /// a neighbour that acknowledges nothing does not grow it without bound, and what it
+    /// missed still arrives once it answers again.
+    @Test func unacknowledgedBatchesAreRememberedUpToALimit() {
+        var harness = Harness(nodes: 2)
+        harness.declare("count", GCounter.self, at: [n1, n2])
+        harness.deliverAll()
+        for _ in 0..<8_300 {
+            _ = harness.update("count", at: n1) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
+            harness.inFlight.removeAll()  // n2 answers nothing
+        }
+        #expect(harness.instances[n1]!.batchesAwaitingAcknowledgement == 8_192)
+        // It answers again: a shipment from the acknowledgement, then the rest, 256 deltas each.
+        for tick in 2...40 {
+            harness.now = .seconds(tick)
+            harness.gossip(n1)
+            harness.deliverAll()
+        }
+        #expect(harness.value("count", at: n2, as: GCounter.self)?.value == 8_300)
+        #expect(harness.instances[n1]!.batchesAwaitingAcknowledgement == 0)
     }
 
     /// Past `deltaBufferMax` the oldest deltas are joined, not dropped: a peer behind all of

@@ -8,8 +8,10 @@ public enum PlantedReplicationBug: String, Sendable, CaseIterable {
     case forgetUnacknowledgedDeltas = "forget-unacknowledged-deltas"
     /// Send nothing when a peer needs the whole state (new, restarted, or too far behind).
     case skipFullStateFallback = "skip-full-state-fallback"
-    /// Acknowledge a push that is not anchored at an acknowledgement even when the payloads
-    /// before it never arrived: a lost push is acknowledged over and never resent.
+    /// Count a shipment that starts after an earlier one as delivered when its batch is
+    /// acknowledged, even when the earlier one's batch never arrived (and let a receiver adopt a
+    /// certificate without every batch it builds on): a lost push is acknowledged over and
+    /// never resent.
     case acknowledgeAcrossGaps = "acknowledge-across-gaps"
 }
 
@@ -121,9 +123,9 @@ public struct ReplicationInstance: ProtocolInstance {
         /// it suits clusters of tens of nodes; without it bounded reads must ask every replica.
         public var certificateHeartbeats: Bool
         /// What was shipped to a neighbour is shipped again (from its acknowledgement, or whole)
-        /// only after this long without an acknowledgement: a gossip tick does not resend a
-        /// large delta or state to a peer that is still joining the previous copy; it sends a
-        /// marker that lets the peer check it has received it.
+        /// only after this long without an acknowledgement, and only once the neighbour
+        /// acknowledged nothing for this long or acknowledged a later batch: a gossip tick does
+        /// not resend a large delta or state to a peer that is still joining the previous copy.
         public var retransmitInterval: Duration
         /// How long the push timer waits after the first local change before it ships: the
         /// changes made meanwhile share one batch per neighbour (zero: the next turn).
@@ -353,6 +355,10 @@ public struct ReplicationInstance: ProtocolInstance {
     }
 
     struct OutgoingStream {
+        /// Batches remembered unacknowledged, at most; past it the oldest is forgotten (what it
+        /// shipped then counts as delivered only after a shipment again from the
+        /// acknowledgement, which the retransmission makes).
+        static let unacknowledgedMax = 8_192
         var next: UInt64 = 1
         var unacknowledged: [UInt64: [Shipment]] = [:]
         /// The highest batch number the neighbour acknowledged, and when the last
@@ -414,6 +420,8 @@ public struct ReplicationInstance: ProtocolInstance {
         statistics.lateProbeTicks = membership.lateProbeTicks
         return statistics
     }
+    /// Batches shipped and not acknowledged yet that this node remembers, over all peers.
+    public var batchesAwaitingAcknowledgement: Int { outgoing.values.reduce(0) { $0 + $1.unacknowledged.count } }
     public private(set) var derivedValues: [String: AnyReplicated] = [:]
     public private(set) var derived: [DerivedDefinition] = []
 
@@ -1295,6 +1303,10 @@ public struct ReplicationInstance: ProtocolInstance {
             number = batch
             outgoing[peer]!.next = batch + 1
             outgoing[peer]!.unacknowledged[batch] = shipments
+            if outgoing[peer]!.unacknowledged.count > OutgoingStream.unacknowledgedMax,
+               let oldest = outgoing[peer]!.unacknowledged.keys.min() {
+                outgoing[peer]!.unacknowledged[oldest] = nil
+            }
         }
         let vector = certifyAt.flatMap { complete && configuration.certificateHeartbeats ? certificateVector(now: $0) : nil }
         if payloads.isEmpty, vector == nil { return [] }

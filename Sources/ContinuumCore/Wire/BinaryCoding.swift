@@ -297,9 +297,11 @@ extension Optional: BinaryCodable where Wrapped: BinaryCodable {
 
 extension Array: BinaryCodable where Element: BinaryCodable {
     @inlinable public func encode(to writer: inout BinaryWriter) {
-        // Bytes are copied whole (the same encoding: a count, then one byte each).
-        if let bytes = self as? [UInt8] {
-            writer.writeBytes(bytes)
+        // Bytes are copied whole (the same encoding: a count, then one byte each). The array is
+        // reinterpreted, not cast: `as? [UInt8]` converts element by element in a debug build
+        // (a 200 MB snapshot took most of a minute to stream).
+        if Element.self == UInt8.self {
+            writer.writeBytes(unsafeBitCast(self, to: [UInt8].self))
             return
         }
         writer.writeVarint(UInt64(count))
@@ -308,7 +310,7 @@ extension Array: BinaryCodable where Element: BinaryCodable {
 
     @inlinable public init(from reader: inout BinaryReader) throws(WireDecodingError) {
         if Element.self == UInt8.self {
-            self = try reader.readBytes() as! [Element]
+            self = unsafeBitCast(try reader.readBytes(), to: [Element].self)
             return
         }
         let count = try reader.readCount()

@@ -759,11 +759,13 @@ public struct RaftInstance: ProtocolInstance {
             return .send(to: sender, .snapshotProgress(term: term, lastIndex: snapshotLast, received: received, accepted: accepted, round: round))
         }
         if offset == 0, !chunk.isEmpty { incomingSnapshot = (snapshotLast, snapshotTerm, []) }
-        guard let buffered = incomingSnapshot, buffered.lastIndex == snapshotLast, buffered.lastTerm == snapshotTerm,
-              offset == UInt64(buffered.bytes.count) else {
+        // Only the count is read here: a copy of the buffer held while appending to it would
+        // copy the whole buffer for every chunk (quadratic in the snapshot's size).
+        let held = incomingSnapshot.flatMap { $0.lastIndex == snapshotLast && $0.lastTerm == snapshotTerm ? $0.bytes.count : nil }
+        guard let held, offset == UInt64(held) else {
             return effects + [progress(false)]
         }
-        guard buffered.bytes.count + chunk.count <= configuration.snapshotBytesMax else {
+        guard held + chunk.count <= configuration.snapshotBytesMax else {
             incomingSnapshot = nil
             return effects + [progress(false)]
         }

@@ -327,18 +327,42 @@ public final class SQLiteStore: NodeStorage {
     }
 
     /// Makes the chunks of `generation` the snapshot, if it is newer than the stored one (a
-    /// compaction written in the background may land after a newer installed snapshot), and
-    /// drops the log entries it covers and every other generation's chunks.
-    private static func point(at generation: Int64, lastIndex: UInt64, _ db: Database) throws {
+    /// compaction written in the background may land after a newer installed snapshot), and,
+    /// `dropping`, drops the log entries it covers and every other generation's chunks at once
+    /// (else `dropCovered` drops them a piece at a time). Says whether it made it the snapshot.
+    @discardableResult
+    private static func point(at generation: Int64, lastIndex: UInt64, dropping: Bool = true, _ db: Database) throws -> Bool {
         let stored = try Int64.fetchOne(db, sql: "SELECT last_index FROM raft_snapshot WHERE id = 1").map { UInt64(bitPattern: $0) }
         guard stored.map({ $0 < lastIndex }) ?? true else {
             try db.cachedStatement(sql: "DELETE FROM raft_snapshot_chunks WHERE generation = ?").execute(arguments: [generation])
-            return
+            return false
         }
         try db.cachedStatement(sql: "INSERT OR REPLACE INTO raft_snapshot (id, last_index, generation) VALUES (1, ?, ?)")
                        .execute(arguments: [Int64(bitPattern: lastIndex), generation])
+        guard dropping else { return true }
         try db.cachedStatement(sql: "DELETE FROM raft_snapshot_chunks WHERE generation != ?").execute(arguments: [generation])
         try db.cachedStatement(sql: "DELETE FROM raft_log WHERE idx <= ?").execute(arguments: [Int64(bitPattern: lastIndex)])
+        return true
+    }
+
+    /// Rows a transaction of `dropCovered` drops from each table, at most.
+    static let droppedPerTransaction = 8
+
+    /// Drops up to `droppedPerTransaction` chunks of generations other than the snapshot's and
+    /// as many log entries up to `lastIndex` (the snapshot covers them); says whether it
+    /// dropped any. Dropping 200 MB of rows is seconds of SQLite reading and freeing pages: in
+    /// one transaction it held up every batch behind it, and with them the Raft replies that
+    /// wait for their batch (a leader lost its quorum for 2 s after each compaction).
+    private static func dropCovered(upTo lastIndex: UInt64, _ db: Database) throws -> Bool {
+        try db.cachedStatement(sql: """
+            DELETE FROM raft_snapshot_chunks WHERE (generation, number) IN (SELECT generation, number FROM raft_snapshot_chunks
+            WHERE generation != (SELECT generation FROM raft_snapshot WHERE id = 1) LIMIT ?)
+            """).execute(arguments: [droppedPerTransaction])
+        var dropped = db.changesCount
+        try db.cachedStatement(sql: "DELETE FROM raft_log WHERE idx IN (SELECT idx FROM raft_log WHERE idx <= ? ORDER BY idx LIMIT ?)")
+                       .execute(arguments: [Int64(bitPattern: lastIndex), droppedPerTransaction])
+        dropped += db.changesCount
+        return dropped > 0
     }
 
     /// A compaction is written in pieces, one transaction per chunk, so that the node's other
@@ -361,7 +385,10 @@ public final class SQLiteStore: NodeStorage {
                     try Self.writeChunk(bytes[start..<min(bytes.count, start + chunk)], generation: generation, number: number + 1, db)
                 }
             }
-            try await queue.write { db in try Self.point(at: generation, lastIndex: snapshot.lastIndex, db) }
+            // The switch is one transaction; what the snapshot covers goes after, in pieces
+            // (the load skips log entries that a snapshot covers, should a crash come between).
+            guard try await queue.write({ db in try Self.point(at: generation, lastIndex: snapshot.lastIndex, dropping: false, db) }) else { return }
+            while try await queue.write({ db in try Self.dropCovered(upTo: snapshot.lastIndex, db) }) {}
         } catch {
             throw StorageError.io("\(error)")
         }
@@ -390,7 +417,9 @@ public final class SQLiteStore: NodeStorage {
         }
         var state = RaftDurableState(term: UInt64(bitPattern: term), votedFor: votedFor.map { NodeID(UInt64(bitPattern: $0)) },
                                      snapshot: try snapshotBytes.map { try decode(RaftSnapshot.self, Data($0), table: "raft_snapshot_chunks") })
-        for entry in try Data.fetchAll(db, sql: "SELECT entry FROM raft_log ORDER BY idx") {
+        // Entries a snapshot covers may be left from a compaction cut short: not the log's.
+        let covered = try Int64.fetchOne(db, sql: "SELECT last_index FROM raft_snapshot WHERE id = 1") ?? 0
+        for entry in try Data.fetchAll(db, sql: "SELECT entry FROM raft_log WHERE idx > ? ORDER BY idx", arguments: [covered]) {
             state.entries.append(try decode(LogEntry.self, entry, table: "raft_log"))
         }
         return state

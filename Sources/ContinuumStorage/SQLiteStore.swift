@@ -328,13 +328,14 @@ public final class SQLiteStore: NodeStorage {
 
     /// Makes the chunks of `generation` the snapshot, if it is newer than the stored one (a
     /// compaction written in the background may land after a newer installed snapshot), and,
-    /// `dropping`, drops the log entries it covers and every other generation's chunks at once
-    /// (else `dropCovered` drops them a piece at a time). Says whether it made it the snapshot.
+    /// `dropping`, drops the log entries it covers and every other generation's chunks at once,
+    /// or its own when it is not newer (else `dropCovered` drops them a piece at a time). Says
+    /// whether it made it the snapshot.
     @discardableResult
     private static func point(at generation: Int64, lastIndex: UInt64, dropping: Bool = true, _ db: Database) throws -> Bool {
         let stored = try Int64.fetchOne(db, sql: "SELECT last_index FROM raft_snapshot WHERE id = 1").map { UInt64(bitPattern: $0) }
         guard stored.map({ $0 < lastIndex }) ?? true else {
-            try db.cachedStatement(sql: "DELETE FROM raft_snapshot_chunks WHERE generation = ?").execute(arguments: [generation])
+            if dropping { try db.cachedStatement(sql: "DELETE FROM raft_snapshot_chunks WHERE generation = ?").execute(arguments: [generation]) }
             return false
         }
         try db.cachedStatement(sql: "INSERT OR REPLACE INTO raft_snapshot (id, last_index, generation) VALUES (1, ?, ?)")
@@ -386,9 +387,10 @@ public final class SQLiteStore: NodeStorage {
                 }
             }
             // The switch is one transaction; what the snapshot covers goes after, in pieces
-            // (the load skips log entries that a snapshot covers, should a crash come between).
-            guard try await queue.write({ db in try Self.point(at: generation, lastIndex: snapshot.lastIndex, dropping: false, db) }) else { return }
-            while try await queue.write({ db in try Self.dropCovered(upTo: snapshot.lastIndex, db) }) {}
+            // (the load skips log entries that a snapshot covers, should a crash come between). A
+            // compaction older than the stored snapshot leaves only its own chunks to drop.
+            let switched = try await queue.write { db in try Self.point(at: generation, lastIndex: snapshot.lastIndex, dropping: false, db) }
+            while try await queue.write({ db in try Self.dropCovered(upTo: switched ? snapshot.lastIndex : 0, db) }) {}
         } catch {
             throw StorageError.io("\(error)")
         }

@@ -115,6 +115,11 @@ final class TemporaryDirectory {
         try await store.persistInBackground(.raft(RaftDurableState(term: 1, votedFor: nil, snapshot: three, compaction: true)))
         raft = try #require(try store.load().raft)
         #expect(raft.snapshot == five, "an older compaction landing late replaces nothing")
+        if durability == .always {
+            let other = try DatabaseQueue(path: directory.file("n1.db"))
+            let generations = try await other.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(DISTINCT generation) FROM raft_snapshot_chunks") }
+            #expect(generations == 1, "the late compaction's chunks are dropped too")
+        }
     }
 
     /// Log entries that the snapshot covers, left by a compaction cut short between switching

@@ -355,9 +355,9 @@ public struct ReplicationInstance: ProtocolInstance {
     }
 
     struct OutgoingStream {
-        /// Batches remembered unacknowledged, at most; past it the oldest is forgotten (what it
-        /// shipped then counts as delivered only after a shipment again from the
-        /// acknowledgement, which the retransmission makes).
+        /// Batches remembered unacknowledged, at most: those among the last this many numbers.
+        /// An older one is forgotten (what it shipped then counts as delivered only after a
+        /// shipment again from the acknowledgement, which the retransmission makes).
         static let unacknowledgedMax = 8_192
         var next: UInt64 = 1
         var unacknowledged: [UInt64: [Shipment]] = [:]
@@ -1208,10 +1208,12 @@ public struct ReplicationInstance: ProtocolInstance {
     private mutating func ship(to peer: NodeID, registers: [RegisterKey], now: Duration, retransmit: Bool, certifyAt: Duration? = nil,
                                joins: inout SharedJoins) -> [Effect] {
         if outgoing[peer] == nil { outgoing[peer] = OutgoingStream() }
-        let stream = outgoing[peer]!
-        let batch = stream.next
+        // The stream's numbers only: a copy of the stream held across the shipment would copy
+        // its table of unacknowledged batches when the batch goes in.
+        let batch = outgoing[peer]!.next
+        let highestAcknowledged = outgoing[peer]!.highestAcknowledged
         // No acknowledgement for the retransmit interval: what is in flight may be lost.
-        let silent = stream.lastAcknowledgedAt.map { now - $0 >= configuration.retransmitInterval } ?? true
+        let silent = outgoing[peer]!.lastAcknowledgedAt.map { now - $0 >= configuration.retransmitInterval } ?? true
         var payloads: [DeltaPayload] = []
         var shipments: [Shipment] = []
         var complete = true
@@ -1231,7 +1233,7 @@ public struct ReplicationInstance: ProtocolInstance {
             var retries = 0
             if let current = shipped, retransmit,
                now - current.since >= configuration.retransmitInterval * (1 << min(current.retries, Self.retransmitBackoffDoublings)),
-               current.lastBatch <= stream.highestAcknowledged || silent {
+               current.lastBatch <= highestAcknowledged || silent {
                 shipped = nil
                 retries = current.retries + 1
             }
@@ -1303,9 +1305,10 @@ public struct ReplicationInstance: ProtocolInstance {
             number = batch
             outgoing[peer]!.next = batch + 1
             outgoing[peer]!.unacknowledged[batch] = shipments
-            if outgoing[peer]!.unacknowledged.count > OutgoingStream.unacknowledgedMax,
-               let oldest = outgoing[peer]!.unacknowledged.keys.min() {
-                outgoing[peer]!.unacknowledged[oldest] = nil
+            // Only the last `unacknowledgedMax` numbers are remembered: the one that falls out
+            // goes (one lookup, not a search for the oldest).
+            if batch > UInt64(OutgoingStream.unacknowledgedMax) {
+                outgoing[peer]!.unacknowledged[batch - UInt64(OutgoingStream.unacknowledgedMax)] = nil
             }
         }
         let vector = certifyAt.flatMap { complete && configuration.certificateHeartbeats ? certificateVector(now: $0) : nil }

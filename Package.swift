@@ -36,7 +36,7 @@ let package = Package(
     ],
     targets: [
         .target(name: "ContinuumCore"),
-        .target(name: "ContinuumProtocols", dependencies: ["ContinuumCore"]),
+        .target(name: "ContinuumProtocols", dependencies: ["ContinuumCore", .product(name: "DequeModule", package: "swift-collections")]),
         .target(name: "Continuum", dependencies: [
             "ContinuumCore", "ContinuumProtocols", .product(name: "DequeModule", package: "swift-collections"),
         ]),

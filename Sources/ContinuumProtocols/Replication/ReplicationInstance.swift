@@ -1,4 +1,5 @@
 import ContinuumCore
+import DequeModule
 
 /// A bug that can be planted in replication so that tests can show the checkers catch its
 /// class. Never set outside tests.
@@ -220,7 +221,9 @@ public struct ReplicationInstance: ProtocolInstance {
     struct DeltaBuffer {
         /// Numbered deltas (`source`: the neighbor a received delta came from), each covering its own number, except the first, which covers the
         /// numbers from `headFirst` to its own (older deltas joined into it).
-        var entries: [(sequence: UInt64, delta: RegisterSlot, source: NodeID?)] = []
+        /// A deque: an overflow takes the oldest off the front, and an array would shift every
+        /// entry after it (`deltaBufferMax` of them) on each update of a full buffer.
+        var entries: Deque<(sequence: UInt64, delta: RegisterSlot, source: NodeID?)> = []
         var lastSequence: UInt64 = 0
         var headFirst: UInt64 = 1
         /// The register was created here in this incarnation with its first delta (declared,
@@ -252,10 +255,11 @@ public struct ReplicationInstance: ProtocolInstance {
             if entries.isEmpty { headFirst = lastSequence }
             entries.append((lastSequence, delta, source))
             guard entries.count > max(limit, 2) else { return false }
-            let second = entries.remove(at: 1)
-            if (try? entries[0].delta.formJoin(second.delta)) == nil { entries[0].delta = second.delta }
-            entries[0].sequence = second.sequence
-            if entries[0].source != second.source { entries[0].source = nil }
+            // The oldest, off the front, takes in the next in place and replaces it under the
+            // next's (newer) number.
+            var oldest = entries.removeFirst()
+            if (try? oldest.delta.formJoin(entries[0].delta)) != nil { entries[0].delta = oldest.delta }
+            if entries[0].source != oldest.source { entries[0].source = nil }
             return true
         }
 

@@ -420,7 +420,7 @@ public final class SQLiteStore: NodeStorage {
         var state = RaftDurableState(term: UInt64(bitPattern: term), votedFor: votedFor.map { NodeID(UInt64(bitPattern: $0)) },
                                      snapshot: try snapshotBytes.map { try decode(RaftSnapshot.self, Data($0), table: "raft_snapshot_chunks") })
         // Entries a snapshot covers may be left from a compaction cut short: not the log's.
-        let covered = try Int64.fetchOne(db, sql: "SELECT last_index FROM raft_snapshot WHERE id = 1") ?? 0
+        let covered = Int64(bitPattern: state.snapshot?.lastIndex ?? 0)
         for entry in try Data.fetchAll(db, sql: "SELECT entry FROM raft_log WHERE idx > ? ORDER BY idx", arguments: [covered]) {
             state.entries.append(try decode(LogEntry.self, entry, table: "raft_log"))
         }

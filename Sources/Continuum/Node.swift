@@ -14,14 +14,17 @@ public actor Node {
     public nonisolated let policies = PolicyCatalogue()
     /// How long calls into this actor wait, as sampled by the process that runs it.
     public nonisolated let responsiveness = ResponsivenessProbe()
-    /// The same, for a call at the priority of consensus messages and timers.
+    /// The same, for a call into the consensus shell (what a consensus message waits for).
     public nonisolated let consensusResponsiveness = ResponsivenessProbe()
     /// Where the actor's jobs run (see `init`).
     public nonisolated let executor: NodeExecutor
+    /// Raft's shell, on an executor of its own (see `ConsensusShell`).
+    nonisolated let consensus: ConsensusShell
+    /// Which incarnation may persist and send; Raft's shell checks it on another thread.
+    private let gate: IncarnationGate
     public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
     private let members: [NodeID]
     private let configuration: ReplicationInstance.Configuration
-    private let raftConfiguration: RaftInstance.Configuration
     private let storage: any NodeStorage
     private let transport: any NodeTransport
     private let clock = ContinuousClock()
@@ -35,17 +38,11 @@ public actor Node {
     private var flushing = false
     /// Each mechanism's effects wait only for its own patches: how many of its patches are
     /// unflushed, how many of its effects are held, and whether the running flush holds any of
-    /// its patches. So a Raft heartbeat never waits behind a flush of CRDT writes.
+    /// its patches. So a 2PC message never waits behind a flush of CRDT writes (Raft has its own
+    /// shell and batches).
     private var unflushedCount: [Mechanism: Int] = [:]
     private var heldCount: [Mechanism: Int] = [:]
     private var flushingMechanisms: Set<Mechanism> = []
-    /// Compactions (Raft snapshots of this node's own log) wait only for the batches before
-    /// them, then are written in the background: no send or reply waits for them. Each holds
-    /// the number of the batch it follows.
-    private var compactions: [(patch: DurablePatch, after: UInt64)] = []
-    private var compacting = false
-    private var batchesStarted: UInt64 = 0
-    private var batchesDone: UInt64 = 0
     private var incarnation: UInt64 = 0
     private var random: DeterministicRandom
     private var instance: ReplicationInstance?
@@ -56,13 +53,8 @@ public actor Node {
     private var waiting: [UInt64: @Sendable (Result<AnyReplicated?, ContinuumError>) -> Void] = [:]
     private var reads: [UInt64: CheckedContinuation<Result<AnyReplicated, ContinuumError>, Never>] = [:]
     private var boundedWaiting: [UInt64: CheckedContinuation<Result<BoundedReadAnswer, ContinuumError>, Never>] = [:]
-    private var raftBoundedWaiting: [UInt64: CheckedContinuation<Result<RaftReadAnswer, ContinuumError>, Never>] = [:]
     private var subscribers: [String: [UInt64: @Sendable (AnyReplicated?) -> Void]] = [:]
     private var derivedDefinitions: [DerivedDefinition] = []
-    // The Raft instance behind linearizable registers.
-    private var raft: RaftInstance?
-    private var raftTimers = ShellTimers<RaftInstance.Timer>()
-    private var raftWaiting: [UInt64: CheckedContinuation<RequestOutcome, Never>] = [:]
     private var nextClient: UInt64 = 0
     // The Austere instance behind serializable registers.
     private var austere: TransactionInstance?
@@ -77,16 +69,22 @@ public actor Node {
     /// `transport` (which hands inbound messages to `deliver(_:from:)`). `clock` must share its
     /// epoch with the other nodes' clocks: freshness certificates compare their times. The
     /// actor runs on `executor` (nil: a Dispatch queue of its own); a server passes the event
-    /// loop of its client connections. Call `start()` to run it.
+    /// loop of its client connections. Raft runs on `consensusExecutor` (nil: a Dispatch queue
+    /// of its own), never on the node's executor. Call `start()` to run it.
     public init(id: NodeID, members: [NodeID], configuration: ReplicationInstance.Configuration,
                 raftConfiguration: RaftInstance.Configuration, transactionConfiguration: TransactionInstance.Configuration? = nil,
                 storage: any NodeStorage, transport: any NodeTransport, seed: UInt64, clock: NodeClock,
-                executor: NodeExecutor? = nil) {
-        self.executor = executor ?? NodeExecutor(label: "continuum.node.\(id)")
+                executor: NodeExecutor? = nil, consensusExecutor: NodeExecutor? = nil) {
+        let nodeExecutor = executor ?? NodeExecutor(label: "continuum.node.\(id)")
+        self.executor = nodeExecutor
+        let gate = IncarnationGate()
+        self.gate = gate
+        self.consensus = ConsensusShell(
+            id: id, members: members, configuration: raftConfiguration, storage: storage, transport: transport, clock: clock,
+            gate: gate, executor: consensusExecutor ?? NodeExecutor(label: "continuum.consensus.\(id)"))
         self.id = id
         self.members = members
         self.configuration = configuration
-        self.raftConfiguration = raftConfiguration
         self.transactionConfiguration = transactionConfiguration ?? .init(freshness: configuration.freshness)
         self.storage = storage
         self.transport = transport
@@ -99,10 +97,11 @@ public actor Node {
 
     /// Starts (or restarts) the node from what it persisted. Fails when the storage cannot be
     /// read (the node stays stopped).
-    public func start() throws {
+    public func start() async throws {
         guard instance == nil else { return }
         let durable = try storage.load()
         incarnation += 1
+        gate.open(incarnation)
         var fresh = ReplicationInstance(
             configuration: configuration,
             context: InstanceContext(node: id, members: members, random: random.split()),
@@ -112,26 +111,33 @@ public actor Node {
         instance = fresh
         carryOut(effects)
         for definition in derivedDefinitions { _ = submit { .defineDerived(id: $0, definition) } }
-        var consensus = RaftInstance(
-            configuration: raftConfiguration,
-            context: InstanceContext(node: id, members: members, random: random.split()),
-            durable: durable.raft)
-        let raftEffects = consensus.start(now: now)
-        raft = consensus
-        carryOutRaft(raftEffects)
+        let consensusRandom = random.split()
         var transactions = TransactionInstance(
             configuration: transactionConfiguration, context: InstanceContext(node: id, members: members, random: random.split()),
             durable: durable.transactions)
         let transactionEffects = transactions.start(now: now)
         austere = transactions
         carryOutAustere(transactionEffects)
+        let incarnation = self.incarnation
+        await consensus.start(incarnation: incarnation, durable: durable.raft, random: consensusRandom) { [weak self] error in
+            Task { await self?.storageFailed(error, incarnation: incarnation) }
+        }
     }
 
     /// Stops the node as a crash would: volatile state is lost, pending operations fail with
     /// `nodeStopped`, change streams end. What was persisted stays; patches not yet flushed
     /// are lost with whatever waited for them (none of it was sent or acknowledged).
-    public func stop() {
-        guard instance != nil else { return }
+    public func stop() async {
+        guard let ended = stopHere() else { return }
+        await consensus.stop(incarnation: ended)
+    }
+
+    /// Stops the node's own instances and closes the gate, so that Raft's shell (told after)
+    /// persists and sends nothing more; the incarnation that ended, nil if none ran.
+    private func stopHere() -> UInt64? {
+        guard instance != nil else { return nil }
+        gate.close()
+        let ended = incarnation
         instance = nil
         unflushed.removeAll()
         held.removeAll()
@@ -139,9 +145,6 @@ public actor Node {
         unflushedCount.removeAll()
         heldCount.removeAll()
         flushingMechanisms.removeAll()
-        compactions.removeAll()
-        compacting = false
-        batchesDone = batchesStarted  // a flush still running is dropped: nothing waits for it
         incarnation += 1
         timers.cancelAll()
         for complete in waiting.values { complete(.failure(.nodeStopped)) }
@@ -150,20 +153,15 @@ public actor Node {
         reads.removeAll()
         for continuation in boundedWaiting.values { continuation.resume(returning: .failure(.nodeStopped)) }
         boundedWaiting.removeAll()
-        for continuation in raftBoundedWaiting.values { continuation.resume(returning: .failure(.nodeStopped)) }
-        raftBoundedWaiting.removeAll()
         for streams in subscribers.values { for yield in streams.values { yield(nil) } }
         subscribers.removeAll()
-        raft = nil
-        raftTimers.cancelAll()
-        for continuation in raftWaiting.values { continuation.resume(returning: .indeterminate) }
-        raftWaiting.removeAll()
         austere = nil
         austereTimers.cancelAll()
         for continuation in austereWaiting.values { continuation.resume(returning: nil) }
         austereWaiting.removeAll()
         for continuation in serializableBoundedWaiting.values { continuation.resume(returning: .failure(.nodeStopped)) }
         serializableBoundedWaiting.removeAll()
+        return ended
     }
 
     private var now: Duration { nodeClock.now }
@@ -361,24 +359,17 @@ public actor Node {
     }
 
     /// A bounded read of consensus state at this node.
-    public func raftBoundedRead(_ operation: KeyValueOperation, levels: [ServiceLevel], minimumIndex: UInt64) async -> Result<RaftReadAnswer, ContinuumError> {
-        guard raft != nil else { return .failure(.nodeStopped) }
-        nextCommandID += 1
-        let id = nextCommandID
-        return await withCheckedContinuation { continuation in
-            raftBoundedWaiting[id] = continuation
-            guard var current = raft else { return }
-            raft = nil
-            let effects = current.handle(.boundedRead(id: id, operation, levels: levels, minimumIndex: minimumIndex), now: now)
-            raft = current
-            carryOutRaft(effects)
-        }
+    public nonisolated func raftBoundedRead(_ operation: KeyValueOperation, levels: [ServiceLevel], minimumIndex: UInt64) async -> Result<RaftReadAnswer, ContinuumError> {
+        await consensus.boundedRead(operation, levels: levels, minimumIndex: minimumIndex)
     }
 
     /// The staleness this node can certify now for its available registers and for its
     /// consensus state (nil: none).
     public var certifiedStaleness: (available: Duration?, consensus: Duration?) {
-        (instance?.certifiedStaleness(now: now), raft?.certifiedStaleness(now: now))
+        get async {
+            let available = instance?.certifiedStaleness(now: now)
+            return (available, await consensus.certifiedStaleness)
+        }
     }
 
     /// The staleness this replica can certify now for a serializable register's committed value
@@ -395,7 +386,18 @@ public actor Node {
         public var immediate = 0
     }
 
-    public private(set) var durability = DurabilityStatistics()
+    /// How storage batched this node's writes, Raft's included.
+    public var durability: DurabilityStatistics {
+        get async {
+            let here = durabilityHere
+            let raft = await consensus.durability
+            return .init(flushes: here.flushes + raft.flushes, patches: here.patches + raft.patches,
+                         immediate: here.immediate + raft.immediate)
+        }
+    }
+
+    /// The same, for the patches of the node's own instances.
+    private var durabilityHere = DurabilityStatistics()
 
     /// What the available mechanism sent and received: deltas, whole states, reachability
     /// changes (nil when stopped).
@@ -413,11 +415,11 @@ public actor Node {
 
     // MARK: - The shell
 
-    /// A message from the network, as `NodeMessage` bytes. One that does not decode changes
-    /// nothing.
-    public func deliver(_ bytes: [UInt8], from sender: NodeID) {
+    /// A message from the network, as `NodeMessage` bytes (decoded on the caller's thread). One
+    /// that does not decode changes nothing.
+    public nonisolated func deliver(_ bytes: [UInt8], from sender: NodeID) async {
         guard let message = try? NodeMessage(binary: bytes) else { return }
-        deliver(message, from: sender)
+        await deliver(message, from: sender)
     }
 
     /// Whether `message` goes ahead of client work and deltas waiting for the node (a shell
@@ -432,8 +434,17 @@ public actor Node {
         }
     }
 
-    /// A decoded message from the network.
-    public func deliver(_ message: NodeMessage, from sender: NodeID) {
+    /// A decoded message from the network. A Raft message goes to Raft's shell straight, not
+    /// through the node's actor.
+    public nonisolated func deliver(_ message: NodeMessage, from sender: NodeID) async {
+        if case let .raft(inner) = message {
+            await consensus.deliver(inner, from: sender)
+        } else {
+            await deliverHere(message, from: sender)
+        }
+    }
+
+    private func deliverHere(_ message: NodeMessage, from sender: NodeID) {
         switch message {
         case let .replication(inner):
             guard var current = instance else { return }
@@ -441,12 +452,8 @@ public actor Node {
             let effects = current.receive(inner, from: sender, now: now)
             instance = current
             carryOut(effects)
-        case let .raft(inner):
-            guard var current = raft else { return }
-            raft = nil
-            let effects = current.receive(inner, from: sender, now: now)
-            raft = current
-            carryOutRaft(effects)
+        case .raft:
+            preconditionFailure("Raft's messages go to its shell")
         case let .transaction(inner):
             guard var current = austere else { return }
             austere = nil
@@ -654,12 +661,12 @@ public actor Node {
 
     /// The protocol instance a patch or an effect belongs to.
     private enum Mechanism: Hashable {
-        case replication, raft, austere
+        case replication, austere
 
         init(_ patch: DurablePatch) {
             switch patch {
             case .replication: self = .replication
-            case .raft: self = .raft
+            case .raft: preconditionFailure("Raft's patches go through its shell")
             case .transactions: self = .austere
             }
         }
@@ -668,13 +675,11 @@ public actor Node {
     /// A send or output waiting for the flush of the patches its instance produced before it.
     private enum HeldEffect {
         case replication(ReplicationInstance.Effect)
-        case raft(RaftInstance.Effect)
         case austere(TransactionInstance.Effect)
 
         var mechanism: Mechanism {
             switch self {
             case .replication: .replication
-            case .raft: .raft
             case .austere: .austere
             }
         }
@@ -688,9 +693,6 @@ public actor Node {
         flushingMechanisms.contains(mechanism) || unflushedCount[mechanism, default: 0] > 0 || heldCount[mechanism, default: 0] > 0
     }
 
-    /// Whether anything waits for a flush or is being flushed.
-    private var anythingPending: Bool { flushing || !unflushed.isEmpty || !held.isEmpty }
-
     private func hold(_ effect: HeldEffect) {
         held.append(effect)
         heldCount[effect.mechanism, default: 0] += 1
@@ -700,48 +702,15 @@ public actor Node {
         // A store that persists at once (memory) needs no batching, as long as nothing of the
         // same instance waits.
         if !mustHold(Mechanism(patch)), storage.persistImmediately([patch]) {
-            durability.immediate += 1
+            durabilityHere.immediate += 1
             return
         }
         unflushed.append(patch)
         unflushedCount[Mechanism(patch), default: 0] += 1
     }
 
-    /// A patch nothing waits for: persisted at once by a store that can, else queued behind the
-    /// batches before it and written in the background.
-    private func compact(_ patch: DurablePatch) {
-        if !anythingPending, storage.persistImmediately([patch]) {
-            durability.immediate += 1
-            return
-        }
-        compactions.append((patch, batchesStarted + (unflushed.isEmpty ? 0 : 1)))
-        startCompaction()
-    }
-
-    /// Compactions queued or being written (for status commands).
-    public var compactionsPending: Int { compactions.count + (compacting ? 1 : 0) }
-
-    private func startCompaction() {
-        guard !compacting, let next = compactions.first, next.after <= batchesDone else { return }
-        compactions.removeFirst()
-        compacting = true
-        let storage = self.storage
-        let incarnation = self.incarnation
-        Task { [weak self] in
-            do {
-                try await storage.persistInBackground(next.patch)
-                await self?.compacted(incarnation: incarnation)
-            } catch {
-                await self?.storageFailed(error, incarnation: incarnation)
-            }
-        }
-    }
-
-    private func compacted(incarnation: UInt64) {
-        guard incarnation == self.incarnation else { return }
-        compacting = false
-        startCompaction()
-    }
+    /// Compactions (Raft snapshots) queued or being written (for status commands).
+    public nonisolated var compactionsPending: Int { get async { await consensus.compactionsPending } }
 
     /// Hands every waiting patch to storage in one batch, then releases what waited for them.
     private func flushIfNeeded() {
@@ -753,20 +722,14 @@ public actor Node {
         unflushedCount.removeAll()
         heldCount.removeAll()
         if patches.isEmpty || storage.persistImmediately(patches) {
-            durability.immediate += patches.count
-            if !patches.isEmpty {
-                batchesStarted += 1
-                batchesDone += 1
-            }
+            durabilityHere.immediate += patches.count
             release(effects)
-            startCompaction()
             return
         }
-        durability.flushes += 1
-        durability.patches += patches.count
+        durabilityHere.flushes += 1
+        durabilityHere.patches += patches.count
         flushing = true
         flushingMechanisms = Set(patches.map(Mechanism.init))
-        batchesStarted += 1
         let storage = self.storage
         let incarnation = self.incarnation
         let executor = self.executor
@@ -791,17 +754,14 @@ public actor Node {
         guard incarnation == self.incarnation else { return }
         flushing = false
         flushingMechanisms = []
-        batchesDone += 1
         release(effects)
         flushIfNeeded()
-        startCompaction()
     }
 
     private func release(_ effects: [HeldEffect]) {
         for effect in effects {
             switch effect {
             case let .replication(effect): perform(effect)
-            case let .raft(effect): performRaft(effect)
             case let .austere(effect): performAustere(effect)
             }
         }
@@ -811,7 +771,10 @@ public actor Node {
     /// for it went out: a graceful shutdown calls this before `stop()`.
     public func drain(timeout: Duration = .seconds(5)) async {
         let deadline = clock.now + timeout
-        while (flushing || !unflushed.isEmpty || !held.isEmpty || compacting || !compactions.isEmpty) && clock.now < deadline {
+        while clock.now < deadline {
+            let here = flushing || !unflushed.isEmpty || !held.isEmpty
+            let there = await consensus.pending
+            guard here || there else { break }
             try? await Task.sleep(for: .milliseconds(1))
         }
     }
@@ -822,89 +785,40 @@ public actor Node {
     private func storageFailed(_ error: any Error, incarnation: UInt64) {
         guard incarnation == self.incarnation else { return }
         storageError = "\(error)"
-        stop()
+        guard let ended = stopHere() else { return }
+        Task { [consensus] in await consensus.stop(incarnation: ended) }
     }
 
     /// Runs one operation on the consensus state through Raft, as `client`'s request number
     /// `sequence` (a retry with the same number applies once).
-    public func linearizable(_ operation: KeyValueOperation, client: UInt64, sequence: UInt64, latency: Duration) async -> RequestOutcome {
-        guard raft != nil else { return .unavailable("the node is stopped") }
-        nextCommandID += 1
-        let id = nextCommandID
-        return await withCheckedContinuation { continuation in
-            raftWaiting[id] = continuation
-            guard var current = raft else { return }
-            raft = nil
-            let effects = current.handle(.request(id: id, client: client, sequence: sequence, operation, latency: latency), now: now)
-            raft = current
-            carryOutRaft(effects)
-        }
+    public nonisolated func linearizable(_ operation: KeyValueOperation, client: UInt64, sequence: UInt64, latency: Duration) async -> RequestOutcome {
+        await consensus.request(operation, client: client, sequence: sequence, latency: latency)
     }
 
     /// Whether this node leads the Raft group now.
-    public var isLeader: Bool { raft?.role == .leader }
+    public nonisolated var isLeader: Bool { get async { await consensus.isLeader } }
 
     /// Peer messages the protocols refused as no correct peer sends them (each changed
     /// nothing), and the last one's reason.
     public var peerMessagesRefused: (count: Int, last: String?) {
-        let membership = instance?.membershipUpdatesRefused ?? 0
-        return ((raft?.messagesRefused ?? 0) + membership, raft?.lastRefusal ?? (membership > 0 ? "a membership update past the largest incarnation" : nil))
+        get async {
+            let membership = instance?.membershipUpdatesRefused ?? 0
+            let raft = await consensus.refusals
+            return (raft.count + membership, raft.last ?? (membership > 0 ? "a membership update past the largest incarnation" : nil))
+        }
     }
 
     /// The leader this replica knows of now (itself when it leads; nil: none, or no consensus).
-    public var knownLeader: NodeID? { raft?.leader }
+    public nonisolated var knownLeader: NodeID? { get async { await consensus.leader } }
 
     /// The Raft term, commit index and snapshot index this replica knows, and its role (for
     /// status commands).
-    public var consensusStatus: (role: String, term: UInt64, commitIndex: UInt64, snapshotIndex: UInt64)? {
-        raft.map { ("\($0.role)", $0.term, $0.commitIndex, $0.snapshotIndex) }
+    public nonisolated var consensusStatus: (role: String, term: UInt64, commitIndex: UInt64, snapshotIndex: UInt64)? {
+        get async { await consensus.status }
     }
 
-    private func fireRaft(_ timer: RaftInstance.Timer, generation: UInt64) {
-        guard raftTimers.consume(timer, generation: generation), var current = raft else { return }
-        raft = nil
-        let effects = current.timerFired(timer, now: now)
-        raft = current
-        carryOutRaft(effects)
-    }
-
-    private func carryOutRaft(_ effects: [RaftInstance.Effect]) {
-        for effect in effects {
-            switch effect {
-            case let .persist(patch) where patch.compaction:
-                compact(.raft(patch))
-            case let .persist(patch):
-                persist(.raft(patch))
-            case .send, .output:
-                if mustHold(.raft) { hold(.raft(effect)) } else { performRaft(effect) }
-            case .setTimer, .cancelTimer:
-                performRaft(effect)
-            }
-        }
-        flushIfNeeded()
-    }
-
-    private func performRaft(_ effect: RaftInstance.Effect) {
-        switch effect {
-        case let .send(to, message):
-            transport.send(NodeMessage.raft(message).binaryEncoded(), from: id, to: to, lane: .consensus)
-        case .persist:
-            preconditionFailure("patches are flushed, not performed")
-        case let .setTimer(timer, after):
-            // Heartbeats and elections go ahead of client work waiting for the actor.
-            raftTimers.set(timer, after: after, priority: .high) { [weak self] timer, generation in
-                await self?.fireRaft(timer, generation: generation)
-            }
-        case let .cancelTimer(timer):
-            raftTimers.cancel(timer)
-        case let .output(.reply(requestID, outcome)):
-            raftWaiting.removeValue(forKey: requestID)?.resume(returning: outcome)
-        case .output(.becameLeader):
-            break
-        case let .output(.boundedReadCompleted(requestID, result)):
-            raftBoundedWaiting.removeValue(forKey: requestID)?.resume(returning: result.mapError(Self.translate))
-        }
-    }
+    /// Answers once Raft's shell runs a job: what a consensus message waits for it (a probe).
+    public nonisolated func pingConsensus() async { await consensus.ping() }
 
     private func perform(_ make: (UInt64) -> ReplicationInstance.Command) async -> Result<AnyReplicated?, ContinuumError> {
         guard instance != nil else { return .failure(.nodeStopped) }

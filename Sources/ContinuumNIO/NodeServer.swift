@@ -416,13 +416,12 @@ public final class NodeServer: Service {
         try await start()
         let node = self.node
         let failure: String?
-        // The same probe at the priority of consensus messages and timers: what a Raft
-        // heartbeat waits for the actor while client work queues (it goes ahead of it).
+        // The same probe into Raft's shell: what a Raft heartbeat waits for it.
         let consensusProbe = Task(priority: .high) {
             while !Task.isCancelled {
                 try? await Task.sleep(for: .milliseconds(200))
                 let asked = ContinuousClock.now
-                _ = await node.storageError
+                await node.pingConsensus()
                 node.consensusResponsiveness.record(ContinuousClock.now - asked)
             }
         }

@@ -1,4 +1,5 @@
 import Continuum
+import Dispatch
 import ContinuumCore
 import ContinuumProtocols
 import Synchronization
@@ -75,6 +76,70 @@ final class GatedStore: NodeStorage {
         for writer in writers { await writer.value }
         #expect(during == terms, "a follower left its leader while CRDT flushes hung: roles and terms \(terms) -> \(during)")
         for node in nodes { await node.stop() }
+    }
+
+    /// Raft runs on a shell of its own (`ConsensusShell`), not on the node's actor: while one
+    /// job holds every node's thread for 1.5 s (ten election timeouts), as a long join of a large
+    /// CRDT would, the leader keeps its followers (same roles and terms) and a linearizable write
+    /// commits. With Raft on the node's thread, the write waited for the job and the followers
+    /// stood for election.
+    @Test func consensusKeepsItsLeaderAndCommitsWhileEveryNodesThreadIsHeld() async throws {
+        let network = InMemoryNetwork()
+        let members = [NodeID(1), NodeID(2), NodeID(3)]
+        let clock = NodeClock(epoch: ContinuousClock().now)
+        let nodes = members.indices.map {
+            Node(id: members[$0], members: members, configuration: EmbeddedCluster.embeddedConfiguration,
+                 raftConfiguration: EmbeddedCluster.embeddedRaftConfiguration, storage: MemoryStore(), transport: network,
+                 seed: UInt64($0 + 11), clock: clock)
+        }
+        for node in nodes { network.attach(node) }
+        for node in nodes { try await node.start() }
+        var leader: Node?
+        for _ in 0..<200 where leader == nil {
+            for node in nodes where await node.isLeader { leader = node }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let elected = try #require(leader, "no leader")
+        let register = try await elected.declareLinearizable("x")
+        try await register.write(1)
+        var terms: [String] = []
+        for node in nodes { terms.append(await node.consensusStatus.map { "\($0.role)@\($0.term)" } ?? "stopped") }
+        let release = DispatchSemaphore(value: 0)
+        let held = Mutex(0)
+        for node in nodes {
+            node.executor.run {
+                held.withLock { $0 += 1 }
+                release.wait()
+            }
+        }
+        for _ in 0..<500 where held.withLock({ $0 }) < nodes.count { try await Task.sleep(for: .milliseconds(2)) }
+        let committed = Mutex(false)
+        let write = Task {
+            try await register.write(2, latency: .seconds(1))
+            committed.withLock { $0 = true }
+        }
+        try await Task.sleep(for: .milliseconds(1_500))
+        var during: [String] = []
+        for node in nodes { during.append(try await Self.status(of: node)) }
+        let committedWhileHeld = committed.withLock { $0 }
+        for _ in nodes { release.signal() }
+        _ = try? await write.value
+        #expect(held.withLock { $0 } == nodes.count, "the jobs did not hold every node's thread")
+        #expect(during == terms, "consensus lost its leader while the nodes' threads were held: \(terms) -> \(during)")
+        #expect(committedWhileHeld, "a linearizable write waited for the node's thread")
+        for node in nodes { await node.stop() }
+    }
+
+    /// `node`'s Raft role and term, or "no answer" when it gives none within 0.5 s (with Raft on
+    /// a held thread, the answer would wait for the thread).
+    private static func status(of node: Node) async throws -> String {
+        let answer = Mutex<String?>(nil)
+        Task {
+            let status = await node.consensusStatus
+            answer.withLock { $0 = status.map { "\($0.role)@\($0.term)" } ?? "stopped" }
+        }
+        for _ in 0..<100 where answer.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(5)) }
+        return answer.withLock { $0 } ?? "no answer"
     }
 
     @Test func updatesAreAcknowledgedOnlyOnceDurableAndFlushesCoverManyOfThem() async throws {

@@ -273,6 +273,10 @@ public final class NodeServer: Service {
     private let metricsServer: MetricsHTTPServer?
     private let logger: Logger
     private let group: any EventLoopGroup
+    /// The threads nodes' actors and their client connections run on, one per node server in
+    /// turn, apart from `group` (the peer connections'); never shut down, as the singleton
+    /// group is not.
+    private static let nodeThreads = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
 
     /// Opens the store (refusing a foreign or corrupt one) and builds the node; nothing listens yet.
     public init(configuration: NodeServerConfiguration, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) throws {
@@ -297,7 +301,10 @@ public final class NodeServer: Service {
             group: group, logger: logger)
         let members = ([me] + peers.keys).sorted()
         let offset = Duration.milliseconds(configuration.maxClockOffsetMilliseconds)
-        let nodeLoop = group.next()
+        // The node's thread is none of the transport's: a Raft or SWIM frame is read and
+        // decoded on a peer connection's loop, and never waits there for client work or a long
+        // join on the node's thread (it did, for seconds, when both came from one group).
+        let nodeLoop = NodeServer.nodeThreads.next()
         let node = Node(
             id: me, members: members,
             configuration: .init(gossipInterval: .milliseconds(100), freshness: .init(maxClockOffset: offset),

@@ -42,23 +42,8 @@ final class GatedStore: NodeStorage {
     /// stuck for 1.5 s (ten election timeouts), the Raft leader's heartbeats still go out, so
     /// that every follower stays a follower of the same term (a pre-vote would change its role). Before, every send waited for every flush.
     @Test func raftHeartbeatsDoNotWaitForAFlushOfCRDTWrites() async throws {
-        let network = InMemoryNetwork()
-        let members = [NodeID(1), NodeID(2), NodeID(3)]
-        let stores = members.map { _ in GatedStore() }
-        let clock = NodeClock(epoch: ContinuousClock().now)
-        let nodes = members.indices.map {
-            Node(id: members[$0], members: members, configuration: EmbeddedCluster.embeddedConfiguration,
-                 raftConfiguration: EmbeddedCluster.embeddedRaftConfiguration, storage: stores[$0], transport: network,
-                 seed: UInt64($0 + 7), clock: clock)
-        }
-        for node in nodes { network.attach(node) }
-        for node in nodes { try await node.start() }
-        var leader: Node?
-        for _ in 0..<200 where leader == nil {
-            for node in nodes where await node.isLeader { leader = node }
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        let elected = try #require(leader, "no leader")
+        let stores = (1...3).map { _ in GatedStore() }
+        let (nodes, elected) = try await Self.electedCluster(stores: stores, seed: 7)
         try await elected.declareLinearizable("x").write(1)
         var terms: [String] = []
         for node in nodes { terms.append(await node.consensusStatus.map { "\($0.role)@\($0.term)" } ?? "stopped") }
@@ -84,22 +69,7 @@ final class GatedStore: NodeStorage {
     /// commits. With Raft on the node's thread, the write waited for the job and the followers
     /// stood for election.
     @Test func consensusKeepsItsLeaderAndCommitsWhileEveryNodesThreadIsHeld() async throws {
-        let network = InMemoryNetwork()
-        let members = [NodeID(1), NodeID(2), NodeID(3)]
-        let clock = NodeClock(epoch: ContinuousClock().now)
-        let nodes = members.indices.map {
-            Node(id: members[$0], members: members, configuration: EmbeddedCluster.embeddedConfiguration,
-                 raftConfiguration: EmbeddedCluster.embeddedRaftConfiguration, storage: MemoryStore(), transport: network,
-                 seed: UInt64($0 + 11), clock: clock)
-        }
-        for node in nodes { network.attach(node) }
-        for node in nodes { try await node.start() }
-        var leader: Node?
-        for _ in 0..<200 where leader == nil {
-            for node in nodes where await node.isLeader { leader = node }
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        let elected = try #require(leader, "no leader")
+        let (nodes, elected) = try await Self.electedCluster(stores: (1...3).map { _ in MemoryStore() }, seed: 11)
         let register = try await elected.declareLinearizable("x")
         try await register.write(1)
         var terms: [String] = []
@@ -128,6 +98,26 @@ final class GatedStore: NodeStorage {
         #expect(during == terms, "consensus lost its leader while the nodes' threads were held: \(terms) -> \(during)")
         #expect(committedWhileHeld, "a linearizable write waited for the node's thread")
         for node in nodes { await node.stop() }
+    }
+
+    /// Nodes on `stores`, one each, started, and the leader they elected.
+    private static func electedCluster(stores: [any NodeStorage], seed: UInt64) async throws -> (nodes: [Node], leader: Node) {
+        let network = InMemoryNetwork()
+        let members = stores.indices.map { NodeID(UInt64($0 + 1)) }
+        let clock = NodeClock(epoch: ContinuousClock().now)
+        let nodes = members.indices.map {
+            Node(id: members[$0], members: members, configuration: EmbeddedCluster.embeddedConfiguration,
+                 raftConfiguration: EmbeddedCluster.embeddedRaftConfiguration, storage: stores[$0], transport: network,
+                 seed: UInt64($0) + seed, clock: clock)
+        }
+        for node in nodes { network.attach(node) }
+        for node in nodes { try await node.start() }
+        var leader: Node?
+        for _ in 0..<200 where leader == nil {
+            for node in nodes where await node.isLeader { leader = node }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        return (nodes, try #require(leader, "no leader"))
     }
 
     /// `node`'s Raft role and term, or "no answer" when it gives none within 0.5 s (with Raft on

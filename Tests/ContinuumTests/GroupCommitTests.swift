@@ -37,6 +37,23 @@ final class GatedStore: NodeStorage {
     }
 }
 
+/// Counts the Raft messages n1 sends, and passes every message on.
+final class SendCounter: NodeTransport {
+    private let network: InMemoryNetwork
+    private let count = Mutex(0)
+
+    init(_ network: InMemoryNetwork) { self.network = network }
+
+    var fromFirst: Int { count.withLock { $0 } }
+
+    func send(_ bytes: [UInt8], from: NodeID, to: NodeID) { network.send(bytes, from: from, to: to) }
+
+    func send(_ bytes: [UInt8], from: NodeID, to: NodeID, lane: TransportLane) {
+        if from == NodeID(1), lane == .consensus { count.withLock { $0 += 1 } }
+        network.send(bytes, from: from, to: to, lane: lane)
+    }
+}
+
 @Suite(.timeLimit(.minutes(1))) struct GroupCommitTests {
     /// Effects wait only for their own instance's patches: while a flush of CRDT writes is
     /// stuck for 1.5 s (ten election timeouts), the Raft leader's heartbeats still go out, so
@@ -97,6 +114,39 @@ final class GatedStore: NodeStorage {
         #expect(held.withLock { $0 } == nodes.count, "the jobs did not hold every node's thread")
         #expect(during == terms, "consensus lost its leader while the nodes' threads were held: \(terms) -> \(during)")
         #expect(committedWhileHeld, "a linearizable write waited for the node's thread")
+        for node in nodes { await node.stop() }
+    }
+
+    /// A node that stops sends no Raft message afterwards, even from jobs its Raft shell runs
+    /// before it hears of the stop (the incarnation gate). Here n1's shell is held while the node
+    /// stops, so its timers' jobs (a heartbeat or an election) wait ahead of the stop and run
+    /// once the shell is let go.
+    @Test func aStoppedNodesRaftShellSendsNothingBeforeItHearsOfTheStop() async throws {
+        let network = InMemoryNetwork()
+        let sent = SendCounter(network)
+        let members = [NodeID(1), NodeID(2), NodeID(3)]
+        let clock = NodeClock(epoch: ContinuousClock().now)
+        let shell = NodeExecutor(label: "test.consensus.n1")
+        let nodes = members.indices.map {
+            Node(id: members[$0], members: members, configuration: EmbeddedCluster.embeddedConfiguration,
+                 raftConfiguration: EmbeddedCluster.embeddedRaftConfiguration, storage: MemoryStore(), transport: sent,
+                 seed: UInt64($0 + 21), clock: clock, consensusExecutor: $0 == 0 ? shell : nil)
+        }
+        for node in nodes { network.attach(node) }
+        for node in nodes { try await node.start() }
+        for _ in 0..<200 where sent.fromFirst == 0 { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(sent.fromFirst > 0, "n1's Raft sent nothing while it ran")
+        let release = DispatchSemaphore(value: 0)
+        shell.run { release.wait() }
+        let stopping = Task { await nodes[0].stop() }
+        for _ in 0..<500 where await nodes[0].isRunning { try await Task.sleep(for: .milliseconds(2)) }
+        let atStop = sent.fromFirst
+        // Ten election timeouts' worth of timers fire meanwhile; their jobs wait for the shell.
+        try await Task.sleep(for: .milliseconds(1_500))
+        release.signal()
+        await stopping.value
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(sent.fromFirst == atStop, "n1's Raft shell sent \(sent.fromFirst - atStop) messages after n1 stopped")
         for node in nodes { await node.stop() }
     }
 

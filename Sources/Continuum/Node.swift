@@ -423,7 +423,8 @@ public actor Node {
     }
 
     /// Whether `message` goes ahead of client work and deltas waiting for the node (a shell
-    /// delivers it from a task of priority `.high`): consensus, and the failure detector. A
+    /// delivers it from a task of priority `.high`): the failure detector, and consensus (which
+    /// goes to Raft's shell, where it is ahead of Raft's client requests). A
     /// SWIM probe that waited behind seconds of deltas made a busy replica look dead, and its
     /// neighbours then dropped the deltas it had not acknowledged and sent it whole states,
     /// which kept it busier still.

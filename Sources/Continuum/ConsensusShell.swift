@@ -28,9 +28,10 @@ final class IncarnationGate: @unchecked Sendable {
     }
 }
 
-/// The Raft shell of a node: an actor of its own on an executor of its own (in a server, a
-/// thread of its own), so that consensus messages, timers, appends and votes never wait for the
-/// node's thread and the client work and deltas queued on it. Its patches go to the same store
+/// The Raft shell of a node: an actor of its own on an executor of its own (by default a
+/// Dispatch queue of its own, never the node's executor), so that consensus messages, timers,
+/// appends and votes never wait for the node's thread and the client work and deltas queued on
+/// it. Its patches go to the same store
 /// in batches of their own (group-committed: one batch in flight, the next collecting), and its
 /// sends and replies wait only for its own patches. The node starts and stops it with its own
 /// incarnations (`IncarnationGate`).

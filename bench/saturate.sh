@@ -80,7 +80,8 @@ echo "before the load: raft terms (n1 n2 n3) ${before[*]}"
             term=$(awk -F: '$1 == "raft_term" { print $2 }' <<< "$info")
             role=$(awk -F: '$1 == "raft_role" { print $2 }' <<< "$info")
             stale=$(awk -F: '$1 == "certified_staleness_available_ms" { print $2 }' <<< "$info")
-            echo "n$((i + 1)) ${term:-?} ${role:-?} ${stale:-?} $(date +%s.%N | cut -c1-14)" >> "$work/samples"
+            members=$(awk -F: '$1 == "certified_staleness_available_by_member_ms" { print $2 }' <<< "$info")
+            echo "n$((i + 1)) ${term:-?} ${role:-?} ${stale:-?} $(date +%s.%N | cut -c1-14) ${members:-?}" >> "$work/samples"
         done
         sleep 0.5
     done
@@ -127,4 +128,7 @@ for i in 0 1 2; do
     echo "n$((i + 1)): wait max $(field $i node_wait_max_ms) ms, consensus wait max $(field $i node_wait_consensus_max_ms) ms," \
         "reachability changes $(field $i replication_reachability_changes), whole states $(field $i replication_full_states_sent)," \
         "retransmissions $(field $i replication_retransmissions)"
+    echo "    certificates: sent $(field $i replication_certificates_sent), withheld $(field $i replication_certificates_withheld)," \
+        "adopted $(field $i replication_certificates_adopted), refused for a gap $(field $i replication_certificates_refused_gap)," \
+        "refused for registers it lacked $(field $i replication_certificates_refused_wanting)"
 done

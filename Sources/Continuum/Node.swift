@@ -372,6 +372,11 @@ public actor Node {
         }
     }
 
+    /// The staleness this node can certify now for its available registers, member by member.
+    public var certifiedStalenessByMember: [(member: NodeID, staleness: Duration?)] {
+        instance?.certifiedStalenessByMember(now: now) ?? []
+    }
+
     /// The staleness this replica can certify now for a serializable register's committed value
     /// (for every key when nil; nil: none, or no transactions configured).
     public func certifiedStaleness(serializable key: String?) -> Duration? {

@@ -353,6 +353,8 @@ final class RedisConnection: @unchecked Sendable {
         if let status { lines += ["raft_role:\(status.role)", "raft_term:\(status.term)", "raft_commit_index:\(status.commitIndex)",
                                         "raft_snapshot_index:\(status.snapshotIndex)"] }
         lines.append("certified_staleness_available_ms:\(staleness.available.map { "\($0.nanoseconds / 1_000_000)" } ?? "none")")
+        let byMember = await node.certifiedStalenessByMember.map { "n\($0.member.rawValue)=\($0.staleness.map { "\($0.nanoseconds / 1_000_000)" } ?? "none")" }
+        lines.append("certified_staleness_available_by_member_ms:\(byMember.joined(separator: ","))")
         lines.append("certified_staleness_consensus_ms:\(staleness.consensus.map { "\($0.nanoseconds / 1_000_000)" } ?? "none")")
         lines.append("peer_messages_refused:\(await node.peerMessagesRefused.count)")
         let probe = node.responsiveness.current
@@ -366,7 +368,12 @@ final class RedisConnection: @unchecked Sendable {
                       "replication_full_states_received:\(replication.fullStatesReceived)",
                       "replication_retransmissions:\(replication.retransmissions)",
                       "membership_late_probe_ticks:\(replication.lateProbeTicks)",
-                      "replication_reachability_changes:\(replication.reachabilityChanges)"]
+                      "replication_reachability_changes:\(replication.reachabilityChanges)",
+                      "replication_certificates_sent:\(replication.certificatesSent)",
+                      "replication_certificates_withheld:\(replication.certificatesWithheld)",
+                      "replication_certificates_adopted:\(replication.certificatesAdopted)",
+                      "replication_certificates_refused_gap:\(replication.certificatesRefusedGap)",
+                      "replication_certificates_refused_wanting:\(replication.certificatesRefusedWanting)"]
         }
         return lines.joined(separator: "\r\n") + "\r\n"
     }

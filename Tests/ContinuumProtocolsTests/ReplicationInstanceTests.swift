@@ -434,11 +434,16 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         #expect(tick.count == 1 && tick[0].0.isEmpty, "the certificate alone, not the delta again: \(tick)")
         harness.deliverAll()
         #expect(harness.instances[n2]!.certificate[n1] == certified, "not adopted: n2 lacks the apple")
+        #expect(harness.instances[n2]!.statistics.certificatesRefusedGap == 1)
+        #expect(harness.instances[n2]!.certifiedStalenessByMember(now: .milliseconds(200)).map(\.staleness)
+                    == [harness.instances[n2]!.certifiedStaleness(now: .milliseconds(200))])
         harness.now = .milliseconds(700)
         harness.gossip(n1)
         harness.deliverAll()
         #expect(harness.value("cart", at: n2, as: ORSet<String>.self)?.elements == ["apple"])
         #expect(harness.instances[n2]!.certificate[n1] == .milliseconds(700))
+        #expect(harness.instances[n1]!.statistics.certificatesSent == 3)
+        #expect(harness.instances[n2]!.statistics.certificatesAdopted == 2)
     }
 
     /// A neighbour that still acknowledges batches one after the other is slow, not cut off:

@@ -49,6 +49,16 @@ public struct ReplicationStatistics: Sendable, Equatable {
     /// Probe ticks that fired too late to judge a probe (this node was held up).
     public var lateProbeTicks = 0
     public var bufferOverflows = 0
+    /// Freshness certificates: sent with a batch; withheld on a gossip tick because the batch
+    /// could not bring the neighbour up to date (its backlog was larger than a tick, a batch
+    /// was full, a join stopped short); adopted on arrival; and refused on arrival because a
+    /// batch the certificate builds on was missing, or the batch held registers this node
+    /// lacks.
+    public var certificatesSent = 0
+    public var certificatesWithheld = 0
+    public var certificatesAdopted = 0
+    public var certificatesRefusedGap = 0
+    public var certificatesRefusedWanting = 0
     public var rejectedMessages = 0
     public var lastRejection: String?
 }
@@ -627,6 +637,7 @@ public struct ReplicationInstance: ProtocolInstance {
                 let registers = behind[peer]!.takeOldest(Self.backlogPerTickMax)
                 // A certificate only with every register the peer is behind on.
                 let whole = registers.count == behind[peer]!.count
+                if !whole, configuration.certificateHeartbeats { counters.certificatesWithheld += 1 }
                 effects += ship(to: peer, registers: registers, now: now, retransmit: true, certifyAt: whole ? now : nil, joins: &joins)
             }
             registerCursor &+= 1
@@ -940,6 +951,14 @@ public struct ReplicationInstance: ProtocolInstance {
         quality(of: BoundedRead(register: "", levels: [], startedAt: now)).staleness
     }
 
+    /// The same, member by member (nil: no certificate from that member yet): which member
+    /// holds the certificate back.
+    public func certifiedStalenessByMember(now: Duration) -> [(member: NodeID, staleness: Duration?)] {
+        allMembers.filter { $0 != node }.map { member in
+            (member, certificate[member].map { gate.staleness(readStart: now, certifiedAt: $0) })
+        }
+    }
+
     private mutating func define(_ id: UInt64, _ definition: DerivedDefinition) -> [Effect] {
         guard Self.isValidName(definition.name), slots[RegisterKey(definition.name)] == nil else {
             return [.output(.completed(id: id, register: definition.name, .failure(.invalidName(definition.name))))]
@@ -1085,9 +1104,16 @@ public struct ReplicationInstance: ProtocolInstance {
         // An empty batch carries no number of its own.
         if !payloads.isEmpty { incoming[sender]!.insert(batch) }
         let continuous = incoming[sender]!.holds(from: since, through: batch) || configuration.plantedBug == .acknowledgeAcrossGaps
-        if joinedAll, continuous, let vector {
-            // This node now holds everything the sender held when it sent the batch.
-            result += adopt(vector, from: sender, now: now)
+        if let vector {
+            if !joinedAll {
+                counters.certificatesRefusedWanting += 1
+            } else if !continuous {
+                counters.certificatesRefusedGap += 1
+            } else {
+                // This node now holds everything the sender held when it sent the batch.
+                counters.certificatesAdopted += 1
+                result += adopt(vector, from: sender, now: now)
+            }
         }
         // Acknowledge only after what was joined is durable (the persist comes first).
         if !payloads.isEmpty { result.append(.send(to: sender, .acks(epoch: senderEpoch, batch: batch, wanting: wanting))) }
@@ -1316,6 +1342,9 @@ public struct ReplicationInstance: ProtocolInstance {
             }
         }
         let vector = certifyAt.flatMap { complete && configuration.certificateHeartbeats ? certificateVector(now: $0) : nil }
+        if certifyAt != nil, configuration.certificateHeartbeats {
+            if vector != nil { counters.certificatesSent += 1 } else { counters.certificatesWithheld += 1 }
+        }
         if payloads.isEmpty, vector == nil { return [] }
         // The oldest batch a shipment in flight builds on (none: nothing to check).
         let since = vector == nil ? number + 1 : inFlight[peer]?.values.lazy.map(\.anchorBatch).min() ?? number + 1
@@ -1350,6 +1379,7 @@ public struct ReplicationInstance: ProtocolInstance {
         }
         for peer in absent.keys {
             if let upTo = acknowledged[peer]?[register] { floor = min(floor, upTo) }
+        }
         }
         guard first.sequence <= floor else { return }
         buffers[register]!.drop(upTo: floor)

@@ -884,6 +884,32 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         #expect(harness.instances[n1]!.statistics.fullStatesSent == 0)
     }
 
+    /// A register made while a neighbour was away, and acknowledged meanwhile by the others,
+    /// still reaches that neighbour as deltas when it returns: the buffer keeps the register's
+    /// history for a neighbour that never acknowledged it, rather than leaving it a whole state.
+    @Test func aRegisterMadeWhileANeighbourWasAwayReachesItAsDeltas() {
+        var harness = Harness(nodes: 3)
+        // n2 acknowledged something here before: it was a neighbour, and is absent now.
+        _ = harness.update("seen", at: n1, declaring: true) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
+        harness.deliverAll()
+        let away = MembershipUpdate(node: n2, status: .unreachable, incarnation: 0)
+        harness.carryOut(harness.instances[n1]!.receive(.membership(.ping(sequence: 1, updates: [away])), from: n3, now: harness.now), at: n1)
+        #expect(harness.instances[n1]!.neighbors() == [n3])
+        for index in 0..<20 {
+            _ = harness.update("cart", at: n1, declaring: true) { (set: inout ORSet<String>, replica) in set.insert("item \(index)", replica: replica) }
+            // n3 acknowledges each update before the next.
+            harness.deliverAll { _, to, _ in to == n2 }
+        }
+        #expect(harness.value("cart", at: n3, as: ORSet<String>.self)?.count == 20)
+        let back = MembershipUpdate(node: n2, status: .alive, incarnation: 1)
+        harness.carryOut(harness.instances[n1]!.receive(.membership(.ping(sequence: 2, updates: [back])), from: n2, now: harness.now), at: n1)
+        #expect(harness.instances[n1]!.neighbors() == [n2, n3])
+        harness.gossip(n1)
+        harness.deliverAll { from, _, _ in from == n3 }
+        #expect(harness.value("cart", at: n2, as: ORSet<String>.self)?.count == 20)
+        #expect(harness.instances[n1]!.statistics.fullStatesSent == 0)
+    }
+
     /// A probe tick that fires later than due by more than the probe timeout judges nothing:
     /// this node was held up, and the answer may be waiting behind what held it. The next tick
     /// on time judges the probe sent at the late one.

@@ -1372,14 +1372,19 @@ public struct ReplicationInstance: ProtocolInstance {
     private mutating func collectGarbage(_ register: RegisterKey) {
         guard let buffer = buffers[register], let first = buffer.entries.first else { return }
         var floor = buffer.lastSequence
-        // A neighbor that never acknowledged will get the whole state anyway. (Two loops, not
-        // one over the two lists joined: this runs per acknowledged register.)
+        // A neighbour that never acknowledged the register gets the join of its whole history
+        // while the buffer holds it (`intervalForNewcomer`), so nothing goes before it
+        // acknowledges: one whose first shipment is in flight, or one absent while the register
+        // was made (dropping for it sent a whole state per register made meanwhile: 48,000 per
+        // replica in 30 s of writes to new keys, around a few suspicions). Without that history
+        // it gets the whole state anyway. (Two loops, not one over the two lists joined: this
+        // runs per acknowledged register.)
+        let keepForNewcomers = buffer.wholeHistory && buffer.headFirst == 1
         for peer in neighbors() {
-            if let upTo = acknowledged[peer]?[register] { floor = min(floor, upTo) }
+            if let upTo = acknowledged[peer]?[register] { floor = min(floor, upTo) } else if keepForNewcomers { return }
         }
         for peer in absent.keys {
-            if let upTo = acknowledged[peer]?[register] { floor = min(floor, upTo) }
-        }
+            if let upTo = acknowledged[peer]?[register] { floor = min(floor, upTo) } else if keepForNewcomers { return }
         }
         guard first.sequence <= floor else { return }
         buffers[register]!.drop(upTo: floor)

@@ -87,6 +87,18 @@ struct Harness {
         }
     }
 
+    /// `node` hears from `witness` that `peer` is unreachable (`peer` itself hears nothing).
+    mutating func hearUnreachable(_ peer: NodeID, at node: NodeID, from witness: NodeID) {
+        let away = MembershipUpdate(node: peer, status: .unreachable, incarnation: 0)
+        carryOut(instances[node]!.receive(.membership(.ping(sequence: 1, updates: [away])), from: witness, now: now), at: node)
+    }
+
+    /// `peer` answers `node` again, with a higher incarnation.
+    mutating func hearBack(_ peer: NodeID, at node: NodeID) {
+        let back = MembershipUpdate(node: peer, status: .alive, incarnation: 1)
+        carryOut(instances[node]!.receive(.membership(.ping(sequence: 2, updates: [back])), from: peer, now: now), at: node)
+    }
+
     mutating func gossip(_ node: NodeID) {
         let effects = instances[node]!.timerFired(.gossip, now: now)
         carryOut(effects, at: node)
@@ -831,8 +843,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         _ = harness.update("cart", at: n1) { (set: inout ORSet<String>, replica) in set.insert("first", replica: replica) }
         harness.deliverAll()
         // n3 tells n1 that n2 is unreachable; n2 hears nothing while it is away.
-        let away = MembershipUpdate(node: n2, status: .unreachable, incarnation: 0)
-        harness.carryOut(harness.instances[n1]!.receive(.membership(.ping(sequence: 1, updates: [away])), from: n3, now: harness.now), at: n1)
+        harness.hearUnreachable(n2, at: n1, from: n3)
         #expect(harness.instances[n1]!.neighbors() == [n3])
         for index in 0..<20 {
             _ = harness.update("cart", at: n1) { (set: inout ORSet<String>, replica) in set.insert("item \(index)", replica: replica) }
@@ -841,9 +852,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         if pastRetention { harness.now += ReplicationInstance.Configuration().absentNeighbourRetention }
         harness.gossip(n1)
         harness.deliverAll { _, to, _ in to == n2 }
-        // n2 answers again (a higher incarnation).
-        let back = MembershipUpdate(node: n2, status: .alive, incarnation: 1)
-        harness.carryOut(harness.instances[n1]!.receive(.membership(.ping(sequence: 2, updates: [back])), from: n2, now: harness.now), at: n1)
+        harness.hearBack(n2, at: n1)
         #expect(harness.instances[n1]!.neighbors() == [n2, n3])
         harness.gossip(n1)
         harness.deliverAll { from, _, _ in from == n3 }
@@ -892,8 +901,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         // n2 acknowledged something here before: it was a neighbour, and is absent now.
         _ = harness.update("seen", at: n1, declaring: true) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
         harness.deliverAll()
-        let away = MembershipUpdate(node: n2, status: .unreachable, incarnation: 0)
-        harness.carryOut(harness.instances[n1]!.receive(.membership(.ping(sequence: 1, updates: [away])), from: n3, now: harness.now), at: n1)
+        harness.hearUnreachable(n2, at: n1, from: n3)
         #expect(harness.instances[n1]!.neighbors() == [n3])
         for index in 0..<20 {
             _ = harness.update("cart", at: n1, declaring: true) { (set: inout ORSet<String>, replica) in set.insert("item \(index)", replica: replica) }
@@ -901,8 +909,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
             harness.deliverAll { _, to, _ in to == n2 }
         }
         #expect(harness.value("cart", at: n3, as: ORSet<String>.self)?.count == 20)
-        let back = MembershipUpdate(node: n2, status: .alive, incarnation: 1)
-        harness.carryOut(harness.instances[n1]!.receive(.membership(.ping(sequence: 2, updates: [back])), from: n2, now: harness.now), at: n1)
+        harness.hearBack(n2, at: n1)
         #expect(harness.instances[n1]!.neighbors() == [n2, n3])
         harness.gossip(n1)
         harness.deliverAll { from, _, _ in from == n3 }

@@ -8,8 +8,10 @@
 #
 # It prints each pass's requests per second, p50 and p99, then per node: the Raft term before and
 # after, the roles seen, and the certified CRDT staleness during the load (median, p99, largest
-# sample, and samples over 1 s). A term change means consensus lost its leader under the load;
-# the target is none, and staleness under 1 s throughout.
+# sample, and samples over 1 s), and each node's certificate counters (sent, withheld, adopted,
+# refused). A term change means consensus lost its leader under the load; the target is none,
+# and staleness under 1 s throughout. With KEEP=1 the samples file also holds, per sample, the
+# staleness each node certifies member by member (which member holds its figure back).
 #
 #   bench/saturate.sh                          # 60 s
 #   DURATION=20 bench/saturate.sh              # shorter

@@ -58,12 +58,14 @@ actor ConsensusShell {
     private var waiting: [UInt64: CheckedContinuation<RequestOutcome, Never>] = [:]
     private var boundedWaiting: [UInt64: CheckedContinuation<Result<RaftReadAnswer, ContinuumError>, Never>] = [:]
     // Group commit of Raft's own patches: those not handed to the store yet, the sends and
-    // replies that wait for them (in order), whether a batch is being written, and compactions
-    // (written in the background once every batch started before them is durable).
+    // replies that wait for them (in order), whether a batch is being written, and the
+    // compaction waiting to be written in the background once every batch started before it
+    // is durable. One waits at most: a newer compaction's snapshot covers an older one's, so
+    // it replaces the one still waiting (queued, each held a whole snapshot of the state).
     private var unflushed: [RaftDurableState] = []
     private var held: [RaftInstance.Effect] = []
     private var flushing = false
-    private var compactions: [(patch: RaftDurableState, after: UInt64)] = []
+    private var waitingCompaction: (patch: RaftDurableState, after: UInt64)?
     private var compacting = false
     private var batchesStarted: UInt64 = 0
     private var batchesDone: UInt64 = 0
@@ -114,7 +116,7 @@ actor ConsensusShell {
         unflushed.removeAll()
         held.removeAll()
         flushing = false
-        compactions.removeAll()
+        waitingCompaction = nil
         compacting = false
         batchesDone = batchesStarted
         for continuation in waiting.values { continuation.resume(returning: .indeterminate) }
@@ -157,9 +159,9 @@ actor ConsensusShell {
     var refusals: (count: Int, last: String?) { (raft?.messagesRefused ?? 0, raft?.lastRefusal) }
     var certifiedStaleness: Duration? { raft?.certifiedStaleness(now: now) }
     /// Compactions queued or being written.
-    var compactionsPending: Int { compactions.count + (compacting ? 1 : 0) }
+    var compactionsPending: Int { (waitingCompaction == nil ? 0 : 1) + (compacting ? 1 : 0) }
     /// Whether anything waits to be written, is being written, or waits for a write.
-    var pending: Bool { flushing || !unflushed.isEmpty || !held.isEmpty || compacting || !compactions.isEmpty }
+    var pending: Bool { flushing || !unflushed.isEmpty || !held.isEmpty || compacting || waitingCompaction != nil }
 
     /// Answers at once: what a consensus message waits for this actor (a responsiveness probe).
     func ping() {}
@@ -281,19 +283,19 @@ actor ConsensusShell {
     }
 
     /// A patch nothing waits for (a compaction): written in the background once every batch
-    /// started before it is durable.
+    /// started before it is durable, in place of one still waiting (whose snapshot it covers).
     private func compact(_ patch: RaftDurableState) {
         if !mustHold, persistsImmediately([.raft(patch)]) {
             durability.immediate += 1
             return
         }
-        compactions.append((patch, batchesStarted + (unflushed.isEmpty ? 0 : 1)))
+        waitingCompaction = (patch, batchesStarted + (unflushed.isEmpty ? 0 : 1))
         startCompaction()
     }
 
     private func startCompaction() {
-        guard !compacting, let next = compactions.first, next.after <= batchesDone else { return }
-        compactions.removeFirst()
+        guard !compacting, let next = waitingCompaction, next.after <= batchesDone else { return }
+        waitingCompaction = nil
         compacting = true
         let storage = self.storage
         let incarnation = self.incarnation

@@ -37,6 +37,29 @@ final class GatedStore: NodeStorage {
     }
 }
 
+/// A store whose background writes (Raft compactions) wait until the test opens the gate;
+/// it counts the compactions it was handed and keeps the last one's snapshot index.
+final class CompactionGatedStore: NodeStorage {
+    private let durable = Mutex(NodeDurableState())
+    let gateOpen = Mutex(false)
+    private let started = Mutex<[UInt64]>([])
+
+    func load() -> NodeDurableState { durable.withLock { $0 } }
+
+    func persist(_ patches: [DurablePatch]) async throws {
+        durable.withLock { state in for patch in patches { state.apply(patch) } }
+    }
+
+    func persistInBackground(_ patch: DurablePatch) async throws {
+        if case let .raft(raft) = patch { started.withLock { $0.append(raft.snapshot?.lastIndex ?? 0) } }
+        while !gateOpen.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(5)) }
+        try await persist([patch])
+    }
+
+    /// The snapshot index of each compaction handed over, in order.
+    var compactions: [UInt64] { started.withLock { $0 } }
+}
+
 /// Counts the Raft messages n1 sends, and passes every message on.
 final class SendCounter: NodeTransport {
     private let network: InMemoryNetwork
@@ -147,6 +170,35 @@ final class SendCounter: NodeTransport {
         await stopping.value
         try await Task.sleep(for: .milliseconds(300))
         #expect(sent.fromFirst == atStop, "n1's Raft shell sent \(sent.fromFirst - atStop) messages after n1 stopped")
+        for node in nodes { await node.stop() }
+    }
+
+    /// While one compaction is being written, later ones do not pile up (each holds a whole
+    /// snapshot of the state): the newest replaces the one waiting, and is what the store gets
+    /// next.
+    @Test func compactionsWaitingBehindASlowOneKeepOnlyTheNewest() async throws {
+        let stores = [CompactionGatedStore(), CompactionGatedStore(), CompactionGatedStore()]
+        let (nodes, leader) = try await Self.electedCluster(stores: stores, seed: 40)
+        // Past four snapshot thresholds (256 entries each) of writes to one key.
+        for sequence in 1...1_200 {
+            _ = await leader.linearizable(.write(key: "k", value: Int64(sequence)), client: 1, sequence: UInt64(sequence), latency: .seconds(5))
+        }
+        for (node, store) in zip(nodes, stores) {
+            #expect(await node.compactionsPending <= 2, "one written, one waiting at most")
+            #expect(store.compactions.count == 1, "only the first was handed over: \(store.compactions)")
+        }
+        for store in stores { store.gateOpen.withLock { $0 = true } }
+        for _ in 0..<200 {
+            var pending = 0
+            for node in nodes { pending += await node.compactionsPending }
+            if pending == 0 { break }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        for (node, store) in zip(nodes, stores) {
+            #expect(await node.compactionsPending == 0)
+            #expect(store.compactions.count == 2, "the first, then the newest of the rest: \(store.compactions)")
+            #expect(store.compactions.last! > 900)
+        }
         for node in nodes { await node.stop() }
     }
 

@@ -240,7 +240,8 @@ import Testing
         switch random.next() % 6 {
         case 0:
             return .deltas(epoch: flag() ? 1 : edge(), batch: flag() ? value % 5 : edge(), since: edge(), (0..<Int(random.next() % 3)).map { _ in payload() },
-                           certificate: flag() ? vector() : nil)
+                           certificate: flag() ? vector() : nil,
+                           relay: RelayReport(sentAt: Int64(truncatingIfNeeded: edge()), held: flag() ? vector() : [:], withheld: flag() ? [n1] : []))
         case 1: return .acks(epoch: flag() ? 1 : edge(), batch: flag() ? value % 5 : edge(), wanting: flag() ? [register] : [])
         case 2: return .readRequest(epoch: edge(), read: edge(), registers: [register])
         case 3: return .readReply(epoch: flag() ? 1 : edge(), read: edge(), [payload()], certificate: vector())

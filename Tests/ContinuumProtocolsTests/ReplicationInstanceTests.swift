@@ -116,6 +116,9 @@ struct Harness {
 }
 
 let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
+/// Every received delta relayed on the next tick (no lazy relays): the path of Algorithm 2,
+/// which lazy relays still take once a relay falls due.
+let eager = ReplicationInstance.Configuration(lazyRelays: false, membership: .init())
 
 @Suite struct ReplicationInstanceTests {
     @Test func updatePersistsBeforeAcknowledgingAndShipsDeltas() {
@@ -128,7 +131,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         #expect(persistIndex != nil && completedIndex != nil && persistIndex! < completedIndex!)
         // Shipped at once to the neighbors, as a delta-interval without the type name.
         let payloads = effects.compactMap { effect -> [DeltaPayload]? in
-            if case let .send(_, .deltas(_, _, _, payloads, _)) = effect { payloads } else { nil }
+            if case let .send(_, .deltas(_, _, _, payloads, _, _)) = effect { payloads } else { nil }
         }.flatMap { $0 }
         #expect(!payloads.isEmpty)
         #expect(payloads.allSatisfy { !$0.isFullState && $0.typeName == nil })
@@ -201,7 +204,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
     /// from that peer, which holds them. Before, each new register went back to its writer as a
     /// whole state from every other replica (in a 3-node cluster, 2 of 6 payloads per new key).
     @Test func aRegisterThatCameFromAPeerIsNotSentBackToIt() {
-        var harness = Harness(nodes: 3)
+        var harness = Harness(nodes: 3, configuration: eager)
         for key in ["a", "b", "c"] {
             _ = harness.update(key, at: n1, declaring: true) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
         }
@@ -210,7 +213,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         var forwarded = 0
         for node in [n2, n3] {
             let effects = harness.instances[node]!.timerFired(.gossip, now: .zero)
-            for case let .send(to, .deltas(_, _, _, payloads, _)) in effects where !payloads.isEmpty {
+            for case let .send(to, .deltas(_, _, _, payloads, _, _)) in effects where !payloads.isEmpty {
                 if to == n1 { toWriter += payloads.count } else { forwarded += payloads.count }
             }
             harness.carryOut(effects, at: node)
@@ -225,7 +228,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
     /// had n1's updates already, does not relay them back to n2 that just relayed them to it.
     /// Nothing is lost by it: every replica converges, also when the relay is the only path.
     @Test func aRelayThatAddsNothingSparesTheRelayBack() {
-        var harness = Harness(nodes: 3)
+        var harness = Harness(nodes: 3, configuration: eager)
         for key in ["a", "b"] {
             _ = harness.update(key, at: n1, declaring: true) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
         }
@@ -237,7 +240,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         harness.deliverAll()
         func payloads(from node: NodeID, to peer: NodeID, _ effects: [ReplicationInstance.Effect]) -> Int {
             var count = 0
-            for case let .send(to, .deltas(_, _, _, payloads, _)) in effects where to == peer { count += payloads.count }
+            for case let .send(to, .deltas(_, _, _, payloads, _, _)) in effects where to == peer { count += payloads.count }
             return count
         }
         let relay = harness.instances[n2]!.timerFired(.gossip, now: .zero)
@@ -261,7 +264,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
     /// n1 n2's increment, which n1 already holds, while n1's own increment is still pending for
     /// n3; n1 ships it to n3 again once its retransmit interval has passed.
     @Test func aRelayCoveringLessThanWhatIsPendingAcknowledgesNothing() {
-        var harness = Harness(nodes: 3)
+        var harness = Harness(nodes: 3, configuration: eager)
         harness.declare("c", GCounter.self, at: [n1, n2, n3])
         harness.deliverAll()
         _ = harness.update("c", at: n2) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
@@ -269,7 +272,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         _ = harness.update("c", at: n1) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
         harness.deliverAll { _, to, _ in to == n3 }  // n1's increment reaches n2 only
         let relay = harness.instances[n3]!.timerFired(.gossip, now: .zero)
-        let toN1 = relay.contains { if case let .send(n1, .deltas(_, _, _, payloads, _)) = $0 { !payloads.isEmpty } else { false } }
+        let toN1 = relay.contains { if case .send(n1, .deltas(_, _, _, let payloads, _, _)) = $0 { !payloads.isEmpty } else { false } }
         #expect(toN1, "n3 relays n2's increment to n1")
         harness.carryOut(relay, at: n3)
         harness.deliverAll { _, to, _ in to == n3 }
@@ -283,7 +286,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
     /// in it was made here: n1 holds n2's increment (which n3 never got) and makes its own; its
     /// push sends n2 only its own, and n3 both.
     @Test func aJoinSharedAcrossNeighboursHoldsOnlyLocalDeltas() {
-        var harness = Harness(nodes: 3)
+        var harness = Harness(nodes: 3, configuration: eager)
         harness.declare("c", GCounter.self, at: [n1, n2, n3])
         harness.deliverAll()
         _ = harness.update("c", at: n2) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
@@ -291,6 +294,86 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         _ = harness.update("c", at: n1) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
         harness.deliverAll { from, to, _ in from == n2 && to == n3 }
         #expect(harness.value("c", at: n3, as: GCounter.self)?.value == 2, "n1's push carried n2's increment to n3")
+    }
+
+    /// Lazy relays: in a full mesh each replica hears every delta from its maker, so no replica
+    /// relays it to another. The replicas report on their ticks what they hold of each maker,
+    /// the relays held back are dropped unsent, and no buffer keeps anything.
+    @Test func aDeltaFromItsMakerIsNotRelayedToTheNeighboursItReaches() {
+        var harness = Harness(nodes: 3)
+        for _ in 1...2 {
+            for key in ["a", "b", "c"] {
+                _ = harness.update(key, at: n1, declaring: true) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
+            }
+            harness.deliverAll()
+        }
+        var relayed = 0
+        // Ticks 200 ms apart, within the relay delay (1 s).
+        for round in 1...4 {
+            harness.now = .milliseconds(200 * round)
+            for node in [n1, n2, n3] {
+                let effects = harness.instances[node]!.timerFired(.gossip, now: harness.now)
+                for case let .send(to, .deltas(_, _, _, payloads, _, _)) in effects where node != n1 && to != n1 { relayed += payloads.count }
+                harness.carryOut(effects, at: node)
+            }
+            harness.deliverAll()
+        }
+        #expect(relayed == 0, "no replica relays to the other")
+        for node in [n2, n3] {
+            let statistics = harness.instances[node]!.statistics
+            #expect(statistics.relaysHeldBack == 3, "one relay held back per register")
+            #expect(statistics.relaysSpared == 3 && statistics.relaysDue == 0)
+        }
+        for node in [n1, n2, n3] {
+            #expect(harness.instances[node]!.bufferedDeltaCount == 0, "\(node) keeps nothing")
+            for key in ["a", "b", "c"] { #expect(harness.value(key, at: node, as: GCounter.self)?.value == 2) }
+        }
+    }
+
+    /// A lazy relay still goes when it is the only path, once the relay delay has passed: n1's
+    /// link to n3 is cut, so n3 never reports holding n1's increment.
+    @Test func aLazyRelayGoesOnceItFallsDue() {
+        var harness = Harness(nodes: 3)
+        let cut: (NodeID, NodeID, ReplicationMessage) -> Bool = { from, to, _ in (from == n1 && to == n3) || (from == n3 && to == n1) }
+        harness.declare("c", GCounter.self, at: [n1, n2, n3])
+        harness.deliverAll()
+        _ = harness.update("c", at: n1) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
+        harness.deliverAll(dropping: cut)
+        for round in 1...4 {
+            harness.now = .milliseconds(200 * round)
+            for node in [n1, n2, n3] { harness.gossip(node) }
+            harness.deliverAll(dropping: cut)
+        }
+        #expect(harness.value("c", at: n3, as: GCounter.self)?.value == 0, "held back within the delay")
+        harness.now = .milliseconds(1_200)
+        harness.gossip(n2)
+        harness.deliverAll(dropping: cut)
+        #expect(harness.value("c", at: n3, as: GCounter.self)?.value == 1, "relayed once due")
+        #expect(harness.instances[n2]!.statistics.relaysDue == 1)
+    }
+
+    /// While n2 holds back n1's delta from n3, n2's certificate to n3 leaves out n1's entry: n3
+    /// may lack what it covers (here it does: n1's link to n3 is cut). n3 adopts the rest.
+    @Test func aCertificateLeavesOutTheMakersWhoseRelaysAreHeldBack() {
+        var harness = Harness(nodes: 3)
+        let cut: (NodeID, NodeID, ReplicationMessage) -> Bool = { from, to, _ in (from == n1 && to == n3) || (from == n3 && to == n1) }
+        harness.declare("c", GCounter.self, at: [n1, n2, n3])
+        harness.deliverAll()
+        _ = harness.update("c", at: n1) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
+        harness.deliverAll(dropping: cut)
+        harness.now = .milliseconds(200)
+        harness.gossip(n1)
+        harness.deliverAll(dropping: cut)
+        #expect(harness.instances[n2]!.certificate[n1] == .milliseconds(200))
+        harness.now = .milliseconds(400)
+        let effects = harness.instances[n2]!.timerFired(.gossip, now: harness.now)
+        let toN3 = effects.compactMap { if case .send(n3, .deltas(_, _, _, _, let certificate?, let relay)) = $0 { (certificate, relay) } else { nil } }
+        #expect(toN3.count == 1 && toN3.first?.0[n1] != nil && toN3.first?.1.withheld == [n1])
+        harness.carryOut(effects, at: n2)
+        harness.deliverAll(dropping: cut)
+        #expect(harness.instances[n3]!.certificate[n2] == .milliseconds(400), "n2's own entry is adopted")
+        #expect(harness.instances[n3]!.certificate[n1] == nil, "n1's is not: n3 lacks n1's increment")
+        #expect(harness.value("c", at: n3, as: GCounter.self)?.value == 0)
     }
 
     /// A register restored from the store has history the delta buffer never saw: a peer that
@@ -338,8 +421,8 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         #expect(harness.value("count", at: n2, as: GCounter.self)?.value == 3)
         // Acknowledged now: the next gossip sends no delta, only the freshness certificate.
         harness.gossip(n1)
-        #expect(!harness.inFlight.contains { if case let .deltas(_, _, _, payloads, _) = $0.message { !payloads.isEmpty } else { false } })
-        #expect(harness.inFlight.contains { if case let .deltas(_, _, _, [], certificate?) = $0.message { certificate[n1] != nil } else { false } })
+        #expect(!harness.inFlight.contains { if case let .deltas(_, _, _, payloads, _, _) = $0.message { !payloads.isEmpty } else { false } })
+        #expect(harness.inFlight.contains { if case let .deltas(_, _, _, [], certificate?, _) = $0.message { certificate[n1] != nil } else { false } })
     }
 
     /// While a whole state is on its way to a neighbour, pushes ship only the deltas after it,
@@ -360,7 +443,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
             harness.now = .seconds(second)
             harness.gossip(n1)
             let resent = harness.inFlight.contains { entry in
-                if case let .deltas(_, _, _, payloads, _) = entry.message { !payloads.isEmpty } else { false }
+                if case let .deltas(_, _, _, payloads, _, _) = entry.message { !payloads.isEmpty } else { false }
             }
             if resent { resentAt.append(second) }
             harness.inFlight.removeAll()  // lost too
@@ -379,7 +462,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
             _ = harness.update("big", at: n1) { (set: inout ORSet<String>, replica) in set.insert("m\(member)", replica: replica) }
         }
         func shipped(_ from: NodeID) -> [DeltaPayload] {
-            harness.inFlight.filter { $0.from == from }.compactMap { if case let .deltas(_, _, _, payloads, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
+            harness.inFlight.filter { $0.from == from }.compactMap { if case let .deltas(_, _, _, payloads, _, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
         }
         let wholes = shipped(n1).filter(\.isFullState).count
         #expect(wholes == 1, "one whole state while none is acknowledged, not one per update: \(wholes)")
@@ -393,7 +476,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         harness.deliverAll()
         #expect(harness.value("big", at: n2, as: ORSet<String>.self)?.elements.count == 50)
         harness.gossip(n1)
-        #expect(!harness.inFlight.contains { if case let .deltas(_, _, _, payloads, _) = $0.message { !payloads.isEmpty } else { false } },
+        #expect(!harness.inFlight.contains { if case let .deltas(_, _, _, payloads, _, _) = $0.message { !payloads.isEmpty } else { false } },
                 "all acknowledged: \(harness.inFlight)")
     }
 
@@ -408,20 +491,20 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         _ = harness.update("cart", at: n1) { (set: inout ORSet<String>, replica) in set.insert("apple", replica: replica) }
         harness.inFlight.removeAll()  // the first push is lost
         _ = harness.update("cart", at: n1) { (set: inout ORSet<String>, replica) in set.insert("pear", replica: replica) }
-        let second = harness.inFlight.compactMap { if case let .deltas(_, _, _, payloads, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
+        let second = harness.inFlight.compactMap { if case let .deltas(_, _, _, payloads, _, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
         #expect(second.count == 1 && harness.elements(of: second[0], at: n1) == ["pear"], "only the new delta: \(second)")
         harness.deliverAll()
         // Joined (a join is safe) but not acknowledged: n2 lacks the first delta.
         #expect(harness.value("cart", at: n2, as: ORSet<String>.self)?.elements == ["pear"])
         harness.now = .seconds(2)  // past the retransmit interval
         harness.gossip(n1)
-        let retransmitted = harness.inFlight.compactMap { if case let .deltas(_, _, _, payloads, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
+        let retransmitted = harness.inFlight.compactMap { if case let .deltas(_, _, _, payloads, _, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
         #expect(retransmitted.contains { $0.register == "cart" && harness.elements(of: $0, at: n1) == ["apple", "pear"] },
                 "the tick ships from the acknowledgement again")
         harness.deliverAll()
         #expect(harness.value("cart", at: n2, as: ORSet<String>.self)?.elements == ["apple", "pear"])
         harness.gossip(n1)
-        #expect(!harness.inFlight.contains { if case let .deltas(_, _, _, payloads, _) = $0.message { !payloads.isEmpty } else { false } })
+        #expect(!harness.inFlight.contains { if case let .deltas(_, _, _, payloads, _, _) = $0.message { !payloads.isEmpty } else { false } })
     }
 
     /// A certificate rides on a tick's batch, which names the oldest batch that what is in
@@ -442,7 +525,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         harness.inFlight.removeAll()  // the push is lost
         harness.now = .milliseconds(200)
         harness.gossip(n1)
-        let tick = harness.inFlight.compactMap { if case let .deltas(_, _, _, payloads, certificate?) = $0.message { (payloads, certificate) } else { nil } }
+        let tick = harness.inFlight.compactMap { if case let .deltas(_, _, _, payloads, certificate?, _) = $0.message { (payloads, certificate) } else { nil } }
         #expect(tick.count == 1 && tick[0].0.isEmpty, "the certificate alone, not the delta again: \(tick)")
         harness.deliverAll()
         #expect(harness.instances[n2]!.certificate[n1] == certified, "not adopted: n2 lacks the apple")
@@ -467,7 +550,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         harness.declare("cart", ORSet<String>.self, at: [n1, n2])
         harness.deliverAll()
         func shipped() -> [DeltaPayload] {
-            harness.inFlight.compactMap { if case let .deltas(_, _, _, payloads, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
+            harness.inFlight.compactMap { if case let .deltas(_, _, _, payloads, _, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
         }
         _ = harness.update("cart", at: n1) { (set: inout ORSet<String>, replica) in set.insert("apple", replica: replica) }
         let first = harness.inFlight
@@ -514,21 +597,21 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         _ = harness.update("cart", at: n1) { (set: inout ORSet<String>, replica) in set.insert("apple", replica: replica) }
         harness.inFlight.removeAll()  // batch 2 (the first update's) is lost
         _ = harness.update("cart", at: n1) { (set: inout ORSet<String>, replica) in set.insert("pear", replica: replica) }
-        let third = harness.inFlight.compactMap { if case let .deltas(_, batch, _, payloads, _) = $0.message { (batch, payloads) } else { nil } }
+        let third = harness.inFlight.compactMap { if case let .deltas(_, batch, _, payloads, _, _) = $0.message { (batch, payloads) } else { nil } }
         #expect(third.count == 1 && third[0].0 == 3, "\(third)")
         harness.deliverAll()
         #expect(harness.value("cart", at: n2, as: ORSet<String>.self)?.elements == ["pear"], "joined: the pear only")
         // The acknowledgement of batch 3 came back; the apple is still due.
         harness.now = .seconds(2)  // past the retransmit interval
         harness.gossip(n1)
-        let again = harness.inFlight.compactMap { if case let .deltas(_, _, _, payloads, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
+        let again = harness.inFlight.compactMap { if case let .deltas(_, _, _, payloads, _, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
         #expect(again.contains { $0.register == "cart" && harness.elements(of: $0, at: n1) == ["apple", "pear"] }, "shipped again from the acknowledgement: \(again)")
         harness.deliverAll()
         #expect(harness.value("cart", at: n2, as: ORSet<String>.self)?.elements == ["apple", "pear"])
         // An acknowledgement of a batch never shipped changes nothing (and does not trap).
         _ = harness.instances[n1]!.receive(.acks(epoch: 1, batch: 999, wanting: ["cart"]), from: n2, now: harness.now)
         harness.gossip(n1)
-        #expect(!harness.inFlight.contains { if case let .deltas(_, _, _, payloads, _) = $0.message { !payloads.isEmpty } else { false } })
+        #expect(!harness.inFlight.contains { if case let .deltas(_, _, _, payloads, _, _) = $0.message { !payloads.isEmpty } else { false } })
     }
 
     /// The updates made before the push timer fires are kept as one delta, joined as they
@@ -567,7 +650,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
             harness.now = .seconds(tick)
             harness.gossip(n1)
             for entry in harness.inFlight {
-                guard case let .deltas(_, _, _, payloads, certificate) = entry.message, let payload = payloads.first(where: { $0.register == "cart" }) else { continue }
+                guard case let .deltas(_, _, _, payloads, certificate, _) = entry.message, let payload = payloads.first(where: { $0.register == "cart" }) else { continue }
                 sizes.append(harness.elements(of: payload, at: n1)?.count ?? -1)
                 if harness.elements(of: payload, at: n1)?.count != 600 - 512 { #expect(certificate == nil, "a partial batch certifies nothing") }
             }
@@ -611,7 +694,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         }
         harness.now = .seconds(2)  // past the retransmit interval
         harness.gossip(n1)
-        let payloads = harness.inFlight.compactMap { if case let .deltas(_, _, _, payloads, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
+        let payloads = harness.inFlight.compactMap { if case let .deltas(_, _, _, payloads, _, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
         #expect(payloads.contains { $0.register == "count" && !$0.isFullState })
         #expect(!payloads.contains { $0.isFullState })
         harness.deliverAll()
@@ -633,7 +716,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
         #expect(harness.instances[n1]!.statistics.bufferOverflows > 0)
         harness.now = .seconds(2)  // past the retransmit interval
         harness.gossip(n1)
-        let payloads = harness.inFlight.compactMap { if case let .deltas(_, _, _, payloads, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
+        let payloads = harness.inFlight.compactMap { if case let .deltas(_, _, _, payloads, _, _) = $0.message { payloads } else { nil } }.flatMap { $0 }
         #expect(!payloads.isEmpty && !payloads.contains { $0.isFullState })
         harness.deliverAll()
         #expect(harness.value("cart", at: n2, as: ORSet<String>.self)?.elements.sorted() == items)
@@ -647,7 +730,7 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
             generation: 1, typeName: replicableTypeName(GCounter.self), state: AnyReplicated({ var c = GCounter(); c.increment(replica: ReplicaID(9)); return c }())), isFullState: true)
         var bad = good
         bad.typeName = "NoSuchType"
-        let effects = harness.instances[n2]!.receive(.deltas(epoch: 1, batch: 1, since: 2, [good, bad], certificate: nil), from: n1, now: .zero)
+        let effects = harness.instances[n2]!.receive(.deltas(epoch: 1, batch: 1, since: 2, [good, bad], certificate: nil, relay: RelayReport(sentAt: 0)), from: n1, now: .zero)
         #expect(effects.isEmpty)
         #expect(harness.value("count", at: n2, as: GCounter.self)?.value == 0)
         #expect(harness.instances[n2]!.statistics.rejectedMessages == 1)
@@ -955,12 +1038,13 @@ let n1 = NodeID(1), n2 = NodeID(2), n3 = NodeID(3)
     @Test func batchesRoundTripAndDependenciesAfterTheBatchAreRefused() throws {
         let slot = RegisterSlot(generation: 2, typeName: replicableTypeName(GCounter.self), state: AnyReplicated(GCounter()))
         let messages: [ReplicationMessage] = [
-            .deltas(epoch: 3, batch: 7, since: 5, [DeltaPayload(register: "k", slot: slot, isFullState: true)], certificate: [n1: 12]),
-            .deltas(epoch: 3, batch: 0, since: 1, [], certificate: nil),
+            .deltas(epoch: 3, batch: 7, since: 5, [DeltaPayload(register: "k", slot: slot, isFullState: true, local: true)], certificate: [n1: 12],
+                    relay: RelayReport(sentAt: -5, held: [n2: 40], withheld: [n3])),
+            .deltas(epoch: 3, batch: 0, since: 1, [], certificate: nil, relay: RelayReport(sentAt: 9)),
             .acks(epoch: 3, batch: 7, wanting: ["k", "other"]),
         ]
         for message in messages { #expect(try ReplicationMessage(binary: message.binaryEncoded()) == message) }
-        let bad = ReplicationMessage.deltas(epoch: 3, batch: 7, since: 9, [], certificate: nil)
+        let bad = ReplicationMessage.deltas(epoch: 3, batch: 7, since: 9, [], certificate: nil, relay: RelayReport(sentAt: 0))
         #expect(throws: WireDecodingError.self) { try ReplicationMessage(binary: bad.binaryEncoded()) }
     }
 

@@ -59,7 +59,7 @@ final class LaneRecorder: NodeTransport {
 
     @Test func consensusAndMembershipAreUrgentAndDeltasAreNot() {
         #expect(Node.isUrgent(.replication(.membership(.ping(sequence: 1, updates: [])))))
-        #expect(!Node.isUrgent(.replication(.deltas(epoch: 1, batch: 0, since: 1, [], certificate: nil))))
+        #expect(!Node.isUrgent(.replication(.deltas(epoch: 1, batch: 0, since: 1, [], certificate: nil, relay: RelayReport(sentAt: 0)))))
         #expect(Node.isUrgent(.raft(.vote(term: 1, granted: true, preVote: false))))
     }
 }

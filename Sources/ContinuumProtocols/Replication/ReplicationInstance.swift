@@ -59,6 +59,12 @@ public struct ReplicationStatistics: Sendable, Equatable {
     public var certificatesAdopted = 0
     public var certificatesRefusedGap = 0
     public var certificatesRefusedWanting = 0
+    /// Lazy relays: deltas received from their makers and held back from a neighbour; of
+    /// those, relays the neighbour turned out to hold (never shipped), and relays that went
+    /// because they fell due or their maker became unreachable.
+    public var relaysHeldBack = 0
+    public var relaysSpared = 0
+    public var relaysDue = 0
     public var rejectedMessages = 0
     public var lastRejection: String?
 }
@@ -102,6 +108,19 @@ public struct ReplicationStatistics: Sendable, Equatable {
 /// that starts after an earlier one only once that one is delivered too). Acknowledgements
 /// name the sender's incarnation (`epoch`), so that an acknowledgement for a previous life
 /// never drops a delta of this one.
+///
+/// Lazy relays (after the lazy push of Leitão, Pereira and Rodrigues' Plumtree, with
+/// certificates as the "I have it" messages): a delta received from the node that made it,
+/// when that node ships to every neighbour of this node itself (in a full mesh, always), is not
+/// relayed on the next tick. It waits, per neighbour, until the neighbour reports holding it or
+/// `lazyRelayDelay` passes (or its maker becomes unreachable here), and only then goes, as
+/// Algorithm 2 would have sent it. A neighbour reports on its ticks, for each node whose
+/// certificate it adopted from that node itself, the node's own entry: it holds every delta
+/// the node made and held then, which covers each delta shipped by the node before it (every
+/// batch carries its send time). A relay reported held counts as acknowledged and is dropped
+/// unsent. While relays of a maker wait for a neighbour, the certificate sent to it leaves that
+/// maker's entry out (the neighbour may lack what it covers), and a wait that holds back
+/// anything else (a delta made here behind it) withholds the certificate.
 ///
 /// Updates apply locally, persist and are acknowledged without waiting for the network.
 public struct ReplicationInstance: ProtocolInstance {
@@ -147,6 +166,12 @@ public struct ReplicationInstance: ProtocolInstance {
         /// changed register's whole state. Meanwhile each register keeps up to `deltaBufferMax`
         /// deltas (older ones joined), whatever the absent neighbour's fate.
         public var absentNeighbourRetention: Duration
+        /// Lazy relays: a delta received from the node that made it, which ships it to each of
+        /// its neighbours itself, is relayed to a neighbour only once this long has passed
+        /// without the neighbour reporting that it holds it (or at once when its maker is
+        /// unreachable here). Nil: every received delta is relayed on the next tick. Needs
+        /// `certificateHeartbeats` (the reports ride on them); without them it is off.
+        public var lazyRelayDelay: Duration?
         public var membership: Membership.Configuration
         public var catalog: ReplicableTypeCatalog
         /// Nodes to join through; nil for a static cluster where every member is known at start.
@@ -157,6 +182,7 @@ public struct ReplicationInstance: ProtocolInstance {
                     deltaBufferMax: Int = 4_096, batchBytesMax: Int = 64 * 1024, thresholdReadsMax: Int = 10_000,
                     boundedReadsMax: Int = 10_000, freshness: FreshnessGate.Configuration = .init(), certificateHeartbeats: Bool = true,
                     retransmitInterval: Duration? = nil, pushDelay: Duration = .zero, absentNeighbourRetention: Duration = .seconds(30),
+                    lazyRelays: Bool = true, lazyRelayDelay: Duration? = nil,
                     membership: Membership.Configuration = .init(),
                     catalog: ReplicableTypeCatalog = .standard,
                     seeds: [NodeID]? = nil, plantedBug: PlantedReplicationBug? = nil) {
@@ -172,6 +198,7 @@ public struct ReplicationInstance: ProtocolInstance {
             self.retransmitInterval = retransmitInterval ?? gossipInterval * 5
             self.pushDelay = pushDelay
             self.absentNeighbourRetention = absentNeighbourRetention
+            self.lazyRelayDelay = lazyRelays && certificateHeartbeats ? lazyRelayDelay ?? gossipInterval * 5 : nil
             self.membership = membership
             self.catalog = catalog
             self.seeds = seeds
@@ -228,12 +255,57 @@ public struct ReplicationInstance: ProtocolInstance {
     public typealias Message = ReplicationMessage
     public typealias Durable = ReplicaDurableState
 
+    /// A received delta that its sender made itself and shipped to each of its neighbours: this
+    /// node relays it to them lazily. `sentAt` is the sender's clock when it shipped it; `due`
+    /// (this node's clock) is when the relay goes anyway.
+    struct LazyStamp {
+        var sentAt: Int64
+        var due: Duration
+    }
+
+    /// What a lazy relay to one neighbour does now.
+    enum RelayDisposition {
+        /// The neighbour holds it: skip it, as a delta that came from the neighbour.
+        case held
+        /// Ship it (due, or its maker is unreachable here).
+        case ship
+        /// Hold it back, and what follows it in the buffer.
+        case wait
+    }
+
+    /// What this node knows, at one time, of what one neighbour holds: its relay report's
+    /// `held`, and the members reachable here.
+    struct RelayView {
+        var now: Duration
+        var held: FreshnessVector
+        var reachable: Set<NodeID>
+
+        func disposition(of stamp: LazyStamp, from source: NodeID) -> RelayDisposition {
+            if let time = held[source], time >= stamp.sentAt { return .held }
+            return stamp.due <= now || !reachable.contains(source) ? .ship : .wait
+        }
+    }
+
+    /// Where a shipment stopped at a lazy relay that must wait: its maker and stamp; for each
+    /// maker of lazy relays after it (held back with it), the first one's stamp; and whether
+    /// anything else after it (a delta made here, or one relayed eagerly) is held back too,
+    /// which leaves the peer behind.
+    struct Wait {
+        var maker: NodeID
+        var stamp: LazyStamp
+        var later: [NodeID: LazyStamp]
+        var leavesBehind: Bool
+
+        var makers: [NodeID] { Set(later.keys).union([maker]).sorted() }
+    }
+
     struct DeltaBuffer {
         /// Numbered deltas (`source`: the neighbor a received delta came from), each covering its own number, except the first, which covers the
-        /// numbers from `headFirst` to its own (older deltas joined into it).
+        /// numbers from `headFirst` to its own (older deltas joined into it). `local`: made
+        /// here, every delta joined in it; `lazy`: relayed lazily.
         /// A deque: an overflow takes the oldest off the front, and an array would shift every
         /// entry after it (`deltaBufferMax` of them) on each update of a full buffer.
-        var entries: Deque<(sequence: UInt64, delta: RegisterSlot, source: NodeID?)> = []
+        var entries: Deque<(sequence: UInt64, delta: RegisterSlot, source: NodeID?, local: Bool, lazy: LazyStamp?)> = []
         var lastSequence: UInt64 = 0
         var headFirst: UInt64 = 1
         /// The register was created here in this incarnation with its first delta (declared,
@@ -249,10 +321,12 @@ public struct ReplicationInstance: ProtocolInstance {
         var written: (whole: Int, deltas: Int)?
 
         enum Interval {
-            /// Every delta after the acknowledgement came from the peer itself.
-            case nothingNew
-            /// The join of the deltas up to number `upTo` (the last, or where the join stopped).
-            case deltas(RegisterSlot, upTo: UInt64)
+            /// Every delta after the acknowledgement up to `upTo` came from the peer itself, or
+            /// the peer holds it (a lazy relay); `upTo` is the last, or where a relay waits.
+            case nothingNew(upTo: UInt64)
+            /// The join of the deltas up to number `upTo` (the last, or where the join stopped);
+            /// `local` when every delta in it was made here.
+            case deltas(RegisterSlot, upTo: UInt64, local: Bool)
             /// Some deltas after the acknowledgement were dropped: send the whole state.
             case unavailable
         }
@@ -260,16 +334,24 @@ public struct ReplicationInstance: ProtocolInstance {
         /// Numbers and keeps `delta`. Past `limit` entries, the two oldest are joined into one
         /// (which covers both their numbers): a peer behind them gets their join, at about the
         /// size of what changed, rather than the whole state. Says whether it joined any.
-        mutating func append(_ delta: RegisterSlot, from source: NodeID?, keeping limit: Int) -> Bool {
+        mutating func append(_ delta: RegisterSlot, from source: NodeID?, lazy: LazyStamp? = nil, keeping limit: Int) -> Bool {
             lastSequence += 1
             if entries.isEmpty { headFirst = lastSequence }
-            entries.append((lastSequence, delta, source))
+            entries.append((lastSequence, delta, source, source == nil, lazy))
             guard entries.count > max(limit, 2) else { return false }
             // The oldest, off the front, takes in the next in place and replaces it under the
             // next's (newer) number.
             var oldest = entries.removeFirst()
             if (try? oldest.delta.formJoin(entries[0].delta)) != nil { entries[0].delta = oldest.delta }
             if entries[0].source != oldest.source { entries[0].source = nil }
+            entries[0].local = entries[0].local && oldest.local
+            // Lazy only when both were, from the same maker: held once the later is, due when
+            // the earlier is.
+            if let later = entries[0].lazy, let earlier = oldest.lazy, entries[0].source != nil {
+                entries[0].lazy = LazyStamp(sentAt: max(later.sentAt, earlier.sentAt), due: min(later.due, earlier.due))
+            } else {
+                entries[0].lazy = nil
+            }
             return true
         }
 
@@ -297,8 +379,9 @@ public struct ReplicationInstance: ProtocolInstance {
         /// that did not come from it, when the buffer still holds the register's whole history
         /// here. Deltas that came from the peer are durable there (it sent them), so a register
         /// that came from the peer is not sent back to it; otherwise the whole state.
-        func intervalForNewcomer(_ peer: NodeID, joiningAtMost limit: Int = .max) -> Interval {
-            wholeHistory ? interval(after: 0, for: peer, joiningAtMost: limit) : .unavailable
+        func intervalForNewcomer(_ peer: NodeID, joiningAtMost limit: Int = .max, relays: RelayView? = nil,
+                                 waiting: inout Wait?) -> Interval {
+            wholeHistory ? interval(after: 0, for: peer, joiningAtMost: limit, relays: relays, waiting: &waiting) : .unavailable
         }
 
         /// Whether the interval after `acknowledged` is worth keeping for the other
@@ -311,20 +394,50 @@ public struct ReplicationInstance: ProtocolInstance {
             return !entries.contains { $0.sequence > acknowledged && $0.source != nil }
         }
 
+        func interval(after acknowledged: UInt64, for peer: NodeID, joiningAtMost limit: Int = .max) -> Interval {
+            var waiting: Wait?
+            return interval(after: acknowledged, for: peer, joiningAtMost: limit, relays: nil, waiting: &waiting)
+        }
+
         /// The join of the deltas after `acknowledged` that did not come from `peer`: of the
         /// first `limit` of them at most, up to where it stopped (the rest goes in a later
         /// shipment, so that one shipment costs a bounded join however far behind the peer is).
-        func interval(after acknowledged: UInt64, for peer: NodeID, joiningAtMost limit: Int = .max) -> Interval {
+        /// With `relays`, a lazy relay the peer holds is skipped, and one that must wait stops
+        /// the join before it (`waiting` then names its maker and stamp).
+        func interval(after acknowledged: UInt64, for peer: NodeID, joiningAtMost limit: Int, relays: RelayView?,
+                      waiting: inout Wait?) -> Interval {
             guard !entries.isEmpty, headFirst <= acknowledged + 1 else { return .unavailable }
             // Joined in place: the first delta's storage is copied once at most (it may be the
             // join of many old deltas), not once per delta after it.
             var result: RegisterSlot?
             var joined = 0
             var covered = acknowledged
+            var local = true
             for entry in entries where entry.sequence > acknowledged {
                 if entry.source != peer {
+                    if let stamp = entry.lazy, let relays, let source = entry.source {
+                        switch relays.disposition(of: stamp, from: source) {
+                        case .held:
+                            covered = entry.sequence
+                            continue
+                        case .wait:
+                            var wait = Wait(maker: source, stamp: stamp, later: [:], leavesBehind: false)
+                            for later in entries where later.sequence > entry.sequence && later.source != peer {
+                                if let maker = later.source, let stamp = later.lazy {
+                                    if maker != source, wait.later[maker] == nil { wait.later[maker] = stamp }
+                                } else {
+                                    wait.leavesBehind = true
+                                }
+                            }
+                            waiting = wait
+                            return result.map { .deltas($0, upTo: covered, local: local) } ?? .nothingNew(upTo: covered)
+                        case .ship:
+                            break
+                        }
+                    }
                     if joined == limit { break }
                     joined += 1
+                    local = local && entry.local
                     if result == nil {
                         result = entry.delta
                     } else {
@@ -333,7 +446,7 @@ public struct ReplicationInstance: ProtocolInstance {
                 }
                 covered = entry.sequence
             }
-            return result.map { .deltas($0, upTo: covered) } ?? .nothingNew
+            return result.map { .deltas($0, upTo: covered, local: local) } ?? .nothingNew(upTo: covered)
         }
     }
 
@@ -526,6 +639,19 @@ public struct ReplicationInstance: ProtocolInstance {
     private let staticMembers: [NodeID]
     /// The overlay neighbors, recomputed when reachability changes.
     private var cachedNeighbors: [NodeID]?
+    /// The reachable members, and for a node whether it ships to every neighbour of this node
+    /// itself (so that its deltas are relayed lazily), as of the last reachability change.
+    private var cachedReachable: Set<NodeID>?
+    private var cachedShipsToMyNeighbours: [NodeID: Bool] = [:]
+    /// Lazy relays held back, per neighbour and maker, oldest first: the register and its
+    /// relay's stamp. A tick takes those the neighbour holds or that fell due back into the
+    /// neighbour's backlog.
+    private var heldBack: [NodeID: [NodeID: Deque<(register: RegisterKey, stamp: LazyStamp)>]] = [:]
+    /// What each neighbour last reported holding (its relay report's `held`).
+    private var heldBy: [NodeID: FreshnessVector] = [:]
+    /// For each node whose certificate this node adopted from that node itself, its own entry:
+    /// this node holds every delta the node made and held before it. Volatile.
+    private var adoptedDirectly: FreshnessVector = [:]
     /// Neighbours that became unreachable, and when: for `absentNeighbourRetention` their
     /// acknowledgements still count when deltas are dropped.
     private var absent: [NodeID: Duration] = [:]
@@ -581,7 +707,7 @@ public struct ReplicationInstance: ProtocolInstance {
     public static func trafficClass(of message: ReplicationMessage) -> String {
         switch message {
         case .membership: "membership"
-        case .deltas(_, _, _, let payloads, _): payloads.isEmpty ? "certificates" : "deltas"
+        case .deltas(_, _, _, let payloads, _, _): payloads.isEmpty ? "certificates" : "deltas"
         case .acks: "acks"
         case .readRequest, .readReply: "bounded reads"
         }
@@ -601,6 +727,8 @@ public struct ReplicationInstance: ProtocolInstance {
 
     /// Threshold reads waiting for their register to grow.
     public var pendingReadCount: Int { pendingReads.count }
+    /// Deltas buffered over all registers (kept until every neighbour has them).
+    public var bufferedDeltaCount: Int { buffers.values.reduce(0) { $0 + $1.entries.count } }
 
     // MARK: - Events
 
@@ -627,6 +755,8 @@ public struct ReplicationInstance: ProtocolInstance {
             if acknowledged.keys.contains(where: { !members.contains($0) }) { acknowledged = acknowledged.filter { members.contains($0.key) } }
             if absent.keys.contains(where: { !members.contains($0) }) { absent = absent.filter { members.contains($0.key) } }
             behind = behind.filter { neighbors.contains($0.key) }
+            if heldBack.keys.contains(where: { !neighbors.contains($0) }) { heldBack = heldBack.filter { neighbors.contains($0.key) } }
+            if heldBy.keys.contains(where: { !members.contains($0) }) { heldBy = heldBy.filter { members.contains($0.key) } }
             if inFlight.keys.contains(where: { !neighbors.contains($0) }) { inFlight = inFlight.filter { neighbors.contains($0.key) } }
             if incoming.keys.contains(where: { !members.contains($0) }) { incoming = incoming.filter { members.contains($0.key) } }
             for peer in Array(outgoing.keys) { forgetSettledBatches(to: peer, neighbour: neighbors.contains(peer)) }
@@ -634,6 +764,7 @@ public struct ReplicationInstance: ProtocolInstance {
             var joins = SharedJoins()
             for peer in neighbors {
                 if behind[peer] == nil { behind[peer] = Backlog(slots.keys.sorted()) }
+                releaseHeldBack(to: peer, now: now)
                 let registers = behind[peer]!.takeOldest(Self.backlogPerTickMax)
                 // A certificate only with every register the peer is behind on.
                 let whole = registers.count == behind[peer]!.count
@@ -652,12 +783,56 @@ public struct ReplicationInstance: ProtocolInstance {
         }
     }
 
+    /// What `peer` holds and which members are reachable, for lazy relays; nil when they are off.
+    private mutating func relayView(for peer: NodeID, now: Duration) -> RelayView? {
+        guard configuration.lazyRelayDelay != nil else { return nil }
+        return RelayView(now: now, held: heldBy[peer] ?? [:], reachable: reachableSet())
+    }
+
+    /// Puts the relays held back from `peer` that it now holds, or that fell due (or whose
+    /// maker became unreachable), back in its backlog, oldest first per maker.
+    private mutating func releaseHeldBack(to peer: NodeID, now: Duration) {
+        guard var queues = heldBack[peer], let view = relayView(for: peer, now: now) else { return }
+        heldBack[peer] = nil
+        for maker in queues.keys.sorted() {
+            while let first = queues[maker]!.first {
+                let disposition = view.disposition(of: first.stamp, from: maker)
+                if case .wait = disposition { break }
+                if case .held = disposition { counters.relaysSpared += 1 } else { counters.relaysDue += 1 }
+                queues[maker]!.removeFirst()
+                behind[peer]?.insert(first.register)
+            }
+            if queues[maker]!.isEmpty { queues[maker] = nil }
+        }
+        if !queues.isEmpty { heldBack[peer] = queues }
+    }
+
+    private mutating func reachableSet() -> Set<NodeID> {
+        if let cachedReachable { return cachedReachable }
+        let computed = Set(membership.reachableMembers)
+        cachedReachable = computed
+        return computed
+    }
+
+    /// Whether `maker`, as this node sees the members, ships to every neighbour of this node
+    /// itself (its overlay neighbours include them): in a full mesh, every node.
+    private mutating func shipsToMyNeighbours(_ maker: NodeID) -> Bool {
+        if let known = cachedShipsToMyNeighbours[maker] { return known }
+        var others = membership.reachableMembers.filter { $0 != maker }
+        others.append(node)
+        let direct = Set(Self.neighbors(of: maker, among: others.sorted(), ringNeighbors: configuration.ringNeighbors))
+        let covers = neighbors().allSatisfy { $0 == maker || direct.contains($0) }
+        cachedShipsToMyNeighbours[maker] = covers
+        return covers
+    }
+
     public mutating func receive(_ message: ReplicationMessage, from sender: NodeID, now: Duration) -> [Effect] {
         switch message {
         case let .membership(inner):
             return translate(membership.receive(inner, from: sender, now: now, random: &random), now: now)
-        case let .deltas(senderEpoch, batch, since, payloads, vector):
-            return receiveDeltas(payloads, senderEpoch: senderEpoch, batch: batch, since: since, certificate: vector, from: sender, now: now)
+        case let .deltas(senderEpoch, batch, since, payloads, vector, relay):
+            return receiveDeltas(payloads, senderEpoch: senderEpoch, batch: batch, since: since, certificate: vector, relay: relay,
+                                 from: sender, now: now)
         case let .readRequest(readerEpoch, read, registers):
             return answerReadRequest(readerEpoch: readerEpoch, read: read, registers: registers, from: sender, now: now)
         case let .readReply(readerEpoch, read, payloads, vector):
@@ -1031,7 +1206,8 @@ public struct ReplicationInstance: ProtocolInstance {
 
     /// `creating`: `delta` is the register's whole state, new here (declared, or first
     /// received): a buffer made now holds its whole history.
-    private mutating func buffer(_ delta: RegisterSlot, for register: RegisterKey, from source: NodeID?, creating: Bool = false) {
+    private mutating func buffer(_ delta: RegisterSlot, for register: RegisterKey, from source: NodeID?, lazy: LazyStamp? = nil,
+                                 creating: Bool = false) {
         // The local updates made between two pushes go out as one join: they are kept as one
         // entry, joined in place as they come (at the cost of each update's delta). One entry
         // per update made the buffer overflow under load (thousands of SADDs to one set per
@@ -1042,7 +1218,8 @@ public struct ReplicationInstance: ProtocolInstance {
         let joined = source == nil && !creating && unpushed.contains(register) && buffers[register]?.joinIntoLast(delta) == true
         if !joined {
             // In place: a copy of the buffer would cost its length on every update.
-            let overflow = buffers[register, default: DeltaBuffer(wholeHistory: creating)].append(delta, from: source, keeping: configuration.deltaBufferMax)
+            let overflow = buffers[register, default: DeltaBuffer(wholeHistory: creating)]
+                .append(delta, from: source, lazy: lazy, keeping: configuration.deltaBufferMax)
             if overflow { counters.bufferOverflows += 1 }
         }
         // Over a copy of the keys: iterating the dictionary itself while changing its values
@@ -1094,9 +1271,20 @@ public struct ReplicationInstance: ProtocolInstance {
     // MARK: - Anti-entropy
 
     private mutating func receiveDeltas(_ payloads: [DeltaPayload], senderEpoch: UInt64, batch: UInt64, since: UInt64,
-                                        certificate vector: FreshnessVector?, from sender: NodeID, now: Duration) -> [Effect] {
-        guard let (effects, wanting, joinedAll) = merge(payloads, from: sender) else { return [] }
+                                        certificate vector: FreshnessVector?, relay: RelayReport, from sender: NodeID,
+                                        now: Duration) -> [Effect] {
+        // A delta its maker sent here is relayed lazily when the maker ships to every
+        // neighbour of this node itself.
+        let lazy = configuration.lazyRelayDelay.flatMap { delay in
+            shipsToMyNeighbours(sender) ? LazyStamp(sentAt: relay.sentAt, due: now + delay) : nil
+        }
+        guard let (effects, wanting, joinedAll) = merge(payloads, from: sender, lazy: lazy) else { return [] }
         var result = effects
+        // What the sender holds is so whatever becomes of this batch (a report is sent only
+        // after what it covers is durable at the sender).
+        if configuration.lazyRelayDelay != nil, !relay.held.isEmpty {
+            heldBy[sender, default: [:]].merge(relay.held, uniquingKeysWith: max)
+        }
         // A batch of an incarnation older than the last one heard from is joined (a join is
         // always safe) but neither counted nor acknowledged.
         if let stream = incoming[sender], stream.epoch > senderEpoch { return result }
@@ -1112,7 +1300,7 @@ public struct ReplicationInstance: ProtocolInstance {
             } else {
                 // This node now holds everything the sender held when it sent the batch.
                 counters.certificatesAdopted += 1
-                result += adopt(vector, from: sender, now: now)
+                result += adopt(vector, from: sender, excluding: relay.withheld, now: now)
             }
         }
         // Acknowledge only after what was joined is durable (the persist comes first).
@@ -1122,9 +1310,13 @@ public struct ReplicationInstance: ProtocolInstance {
 
     /// Raises this node's certificate with a vector from `sender`, whose state this node now
     /// holds; every pending bounded read may now be fresh enough.
-    private mutating func adopt(_ vector: FreshnessVector, from sender: NodeID, now: Duration) -> [Effect] {
+    /// Entries for the nodes in `withheld` are not adopted: the sender holds back some of
+    /// their deltas from this node (lazy relays), so this node may lack what they cover.
+    private mutating func adopt(_ vector: FreshnessVector, from sender: NodeID, excluding withheld: [NodeID] = [],
+                                now: Duration) -> [Effect] {
         var raised = false
-        for (peer, time) in vector where peer != node {
+        if let own = vector[sender], own > adoptedDirectly[sender] ?? .min { adoptedDirectly[sender] = own }
+        for (peer, time) in vector where peer != node && !withheld.contains(peer) {
             var stamp = Duration.nanoseconds(time)
             if configuration.freshness.plantedBug == .certifyOnArrival { stamp = now }
             if stamp > certificate[peer] ?? .nanoseconds(Int64.min) {
@@ -1139,7 +1331,8 @@ public struct ReplicationInstance: ProtocolInstance {
     /// Validates and joins a batch of payloads from `sender`; nil when the batch is rejected
     /// (nothing changed). `wanting` are the registers whose deltas this node could not use (it
     /// lacks them); `joinedAll` says there were none.
-    private mutating func merge(_ payloads: [DeltaPayload], from sender: NodeID) -> (effects: [Effect], wanting: [String], joinedAll: Bool)? {
+    private mutating func merge(_ payloads: [DeltaPayload], from sender: NodeID,
+                                lazy: LazyStamp? = nil) -> (effects: [Effect], wanting: [String], joinedAll: Bool)? {
         // Validate the whole batch before changing anything: a bad payload rejects the message.
         var decoded: [(DeltaPayload, RegisterKey, RegisterSlot)] = []
         var wanting: [String] = []
@@ -1184,7 +1377,7 @@ public struct ReplicationInstance: ProtocolInstance {
                 learn(key, heldBy: sender, delta)
                 continue
             }
-            buffer(delta, for: key, from: sender, creating: creating)
+            buffer(delta, for: key, from: sender, lazy: payload.local ? lazy : nil, creating: creating)
             record(key, delta: payload.isFullState ? nil : delta, in: &patch)
             changed.insert(key)
         }
@@ -1244,6 +1437,9 @@ public struct ReplicationInstance: ProtocolInstance {
         let highestAcknowledged = outgoing[peer]!.highestAcknowledged
         // No acknowledgement for the retransmit interval: what is in flight may be lost.
         let silent = outgoing[peer]!.lastAcknowledgedAt.map { now - $0 >= configuration.retransmitInterval } ?? true
+        let relays = relayView(for: peer, now: now)
+        // Makers of lazy relays that wait in this batch's registers.
+        var withheld: Set<NodeID> = []
         var payloads: [DeltaPayload] = []
         var shipments: [Shipment] = []
         var complete = true
@@ -1273,33 +1469,59 @@ public struct ReplicationInstance: ProtocolInstance {
             let base = shipped?.upTo ?? acknowledgedUpTo
             let anchored = shipped == nil
             let interval: DeltaBuffer.Interval
+            // A lazy relay that must wait stops the interval before it.
+            var waiting: Wait?
             if let base, !joins.isEmpty, let shared = joins[register], shared.after == base {
                 interval = shared.interval
             } else {
-                interval = base.map { buffer.interval(after: $0, for: peer, joiningAtMost: Self.shipmentJoinMax) }
-                    ?? buffer.intervalForNewcomer(peer, joiningAtMost: Self.shipmentJoinMax)
+                interval = base.map {
+                    buffer.interval(after: $0, for: peer, joiningAtMost: Self.shipmentJoinMax, relays: relays, waiting: &waiting)
+                } ?? buffer.intervalForNewcomer(peer, joiningAtMost: Self.shipmentJoinMax, relays: relays, waiting: &waiting)
                 if let base, case .deltas = interval, buffer.isSharedJoin(after: base) { joins[register] = (base, interval) }
+            }
+            if let waiting {
+                // The makers of what waits are named in the report; what else waits leaves the
+                // peer behind.
+                withheld.formUnion(waiting.makers)
+                if waiting.leavesBehind {
+                    // Stays in the backlog: every tick must see that it leaves the peer behind.
+                    complete = false
+                } else if behind[peer]?.members.contains(register) == true {
+                    // Parked until the peer holds it or it falls due (a tick releases it), under
+                    // each maker whose relays wait in it, so that the report keeps naming them; a
+                    // register not in the backlog is parked already.
+                    behind[peer]!.remove(register)
+                    heldBack[peer, default: [:]][waiting.maker, default: []].append((register, waiting.stamp))
+                    for (maker, stamp) in waiting.later.sorted(by: { $0.key < $1.key }) {
+                        heldBack[peer, default: [:]][maker, default: []].append((register, stamp))
+                    }
+                    counters.relaysHeldBack += 1
+                }
             }
             let payload: DeltaPayload
             // The last delta the shipment covers.
             var upTo = buffer.lastSequence
             switch interval {
-            case .nothingNew where anchored:
-                // Everything pending came from the peer itself, which is durable there.
-                acknowledged[peer, default: [:]][register] = buffer.lastSequence
+            case let .nothingNew(covered) where anchored:
+                // Everything pending up to `covered` came from the peer itself, which is
+                // durable there, or the peer holds it (a lazy relay it reported).
+                if covered > acknowledgedUpTo ?? 0 { acknowledged[peer, default: [:]][register] = covered }
                 inFlight[peer]?[register] = nil
-                behind[peer]?.remove(register)
+                if covered >= buffer.lastSequence {
+                    behind[peer]?.remove(register)
+                    collectGarbage(register)
+                }
                 continue
             case .nothingNew:
-                // The rest came from the peer; what was shipped before is on its way.
+                // The rest came from the peer or waits; what was shipped before is on its way.
                 continue
-            case let .deltas(interval, covered) where base == nil:
+            case let .deltas(interval, covered, local) where base == nil:
                 // Typed, as a whole state is (the peer may not know the register), and
                 // anchored at the start of the register's history.
-                payload = DeltaPayload(register: register.name, slot: interval, isFullState: true)
+                payload = DeltaPayload(register: register.name, slot: interval, isFullState: true, local: local)
                 upTo = covered
-            case let .deltas(interval, covered):
-                payload = DeltaPayload(register: register.name, slot: interval, isFullState: false)
+            case let .deltas(interval, covered, local):
+                payload = DeltaPayload(register: register.name, slot: interval, isFullState: false, local: local)
                 upTo = covered
             case .unavailable:
                 if configuration.plantedBug == .skipFullStateFallback {
@@ -1316,8 +1538,9 @@ public struct ReplicationInstance: ProtocolInstance {
             }
             bytes += size
             payloads.append(payload)
-            // A join that stopped short leaves the peer behind: no certificate with it.
-            if upTo < buffer.lastSequence { complete = false }
+            // A join that stopped short leaves the peer behind: no certificate with it (lazy
+            // relays that wait are named in the report instead, their makers' entries left out).
+            if upTo < buffer.lastSequence, waiting == nil { complete = false }
             shipments.append(Shipment(register: register, after: anchored ? nil : base, upTo: upTo))
             inFlight[peer, default: [:]][register] = anchored
                 ? InFlight(upTo: upTo, since: now, retries: retries, anchorBatch: batch, lastBatch: batch)
@@ -1348,7 +1571,13 @@ public struct ReplicationInstance: ProtocolInstance {
         if payloads.isEmpty, vector == nil { return [] }
         // The oldest batch a shipment in flight builds on (none: nothing to check).
         let since = vector == nil ? number + 1 : inFlight[peer]?.values.lazy.map(\.anchorBatch).min() ?? number + 1
-        return [.send(to: peer, .deltas(epoch: epoch, batch: number, since: since, payloads, certificate: vector))]
+        var report = RelayReport(sentAt: now.nanoseconds)
+        if relays != nil {
+            if certifyAt != nil { report.held = adoptedDirectly }
+            if let queues = heldBack[peer] { withheld.formUnion(queues.keys) }
+            report.withheld = withheld.sorted()
+        }
+        return [.send(to: peer, .deltas(epoch: epoch, batch: number, since: since, payloads, certificate: vector, relay: report))]
     }
 
     /// This node's certificate as sent: its own entry is `now` (its state holds everything it
@@ -1445,6 +1674,8 @@ public struct ReplicationInstance: ProtocolInstance {
                     absent[peer] = now
                 }
                 cachedNeighbors = nil
+                cachedReachable = nil
+                cachedShipsToMyNeighbours = [:]
                 counters.reachabilityChanges += 1
                 return .output(.reachabilityChanged(peer, reachable: reachable))
             }

@@ -12,14 +12,19 @@ public struct DeltaPayload: Sendable, Equatable, BinaryCodable {
     public var typeName: String?
     /// The encoded state; nil for a deleted register.
     public var bytes: [UInt8]?
+    /// Every delta joined in it was made at the sender (none was received from another node):
+    /// the sender ships it to each of its neighbours itself, so a receiver may relay it lazily
+    /// (see `RelayReport`). Never set on a register's whole state (it may hold anything).
+    public var local: Bool
 
     public var isFullState: Bool { typeName != nil }
 
-    public init(register: String, slot: RegisterSlot, isFullState: Bool) {
+    public init(register: String, slot: RegisterSlot, isFullState: Bool, local: Bool = false) {
         self.register = register
         self.generation = slot.generation
         self.typeName = isFullState ? slot.typeName : nil
         self.bytes = slot.state?.encoded()
+        self.local = local
     }
 
     /// Why a payload could not be decoded.
@@ -46,7 +51,7 @@ public struct DeltaPayload: Sendable, Equatable, BinaryCodable {
         size += BinaryWriter.varintSize(generation)
         size += 1 + (typeName.map { BinaryWriter.countedSize($0.utf8.count) } ?? 0)
         size += 1 + (bytes.map { BinaryWriter.countedSize($0.count) } ?? 0)
-        return size
+        return size + 1
     }
 
     public func encode(to writer: inout BinaryWriter) {
@@ -54,6 +59,7 @@ public struct DeltaPayload: Sendable, Equatable, BinaryCodable {
         writer.writeVarint(generation)
         typeName.encode(to: &writer)
         bytes.encode(to: &writer)
+        writer.writeByte(local ? 1 : 0)
     }
 
     public init(from reader: inout BinaryReader) throws(WireDecodingError) {
@@ -61,6 +67,11 @@ public struct DeltaPayload: Sendable, Equatable, BinaryCodable {
         generation = try reader.readVarint()
         typeName = try String?(from: &reader)
         bytes = try [UInt8]?(from: &reader)
+        switch try reader.readByte() {
+        case 0: local = false
+        case 1: local = true
+        case let flag: throw .invalid("payload flag \(flag)")
+        }
     }
 }
 
@@ -68,6 +79,40 @@ public struct DeltaPayload: Sendable, Equatable, BinaryCodable {
 /// node, a time on that node's clock before which the holder has merged everything that node
 /// acknowledged.
 public typealias FreshnessVector = [NodeID: Int64]
+
+/// What a batch of deltas tells its receiver besides the deltas, for lazy relaying: a node
+/// that received a delta its maker shipped to every neighbour itself holds its own relay of it
+/// back until the neighbour is known to hold it, or the relay delay passes (see
+/// `ReplicationInstance`).
+public struct RelayReport: Sendable, Equatable, BinaryCodable {
+    /// The sender's clock when it sent the batch: it held what the batch carries then.
+    public var sentAt: Int64
+    /// For each node j whose certificate the sender adopted from j itself: a time on j's clock
+    /// before which the sender holds every delta j made and held (j's own certificate entry).
+    /// Sent on gossip ticks; empty in pushes.
+    public var held: FreshnessVector
+    /// Nodes whose deltas the sender holds back from the receiver for now: the receiver must
+    /// not adopt the certificate's entries for them (it may lack what they cover).
+    public var withheld: [NodeID]
+
+    public init(sentAt: Int64, held: FreshnessVector = [:], withheld: [NodeID] = []) {
+        self.sentAt = sentAt
+        self.held = held
+        self.withheld = withheld
+    }
+
+    public func encode(to writer: inout BinaryWriter) {
+        sentAt.encode(to: &writer)
+        held.encode(to: &writer)
+        withheld.encode(to: &writer)
+    }
+
+    public init(from reader: inout BinaryReader) throws(WireDecodingError) {
+        sentAt = try Int64(from: &reader)
+        held = try FreshnessVector(from: &reader)
+        withheld = try [NodeID](from: &reader)
+    }
+}
 
 /// The messages of `ReplicationInstance`.
 public enum ReplicationMessage: Sendable, Equatable, BinaryCodable {
@@ -78,8 +123,8 @@ public enum ReplicationMessage: Sendable, Equatable, BinaryCodable {
     /// everything the sender held when it sent it (all its registers), provided the receiver
     /// got every batch numbered from `since` to `batch` (the shipments still unacknowledged
     /// that this one builds on); it is the sender's certificate with the sender's own entry at
-    /// the send time.
-    case deltas(epoch: UInt64, batch: UInt64, since: UInt64, [DeltaPayload], certificate: FreshnessVector?)
+    /// the send time, except the entries `relay.withheld` names.
+    case deltas(epoch: UInt64, batch: UInt64, since: UInt64, [DeltaPayload], certificate: FreshnessVector?, relay: RelayReport)
     /// The receiver joined (durably) batch `batch` of the stream from incarnation `epoch`;
     /// `wanting` are the registers of it whose deltas it could not use (it lacks them): it
     /// needs their whole states.
@@ -95,13 +140,14 @@ public enum ReplicationMessage: Sendable, Equatable, BinaryCodable {
         case let .membership(message):
             writer.writeByte(0)
             message.encode(to: &writer)
-        case let .deltas(epoch, batch, since, payloads, certificate):
+        case let .deltas(epoch, batch, since, payloads, certificate, relay):
             writer.writeByte(1)
             writer.writeVarint(epoch)
             writer.writeVarint(batch)
             writer.writeVarint(since)
             payloads.encode(to: &writer)
             certificate.encode(to: &writer)
+            relay.encode(to: &writer)
         case let .acks(epoch, batch, wanting):
             writer.writeByte(2)
             writer.writeVarint(epoch)
@@ -129,7 +175,8 @@ public enum ReplicationMessage: Sendable, Equatable, BinaryCodable {
             let batch = try reader.readVarint()
             let since = try reader.readVarint()
             guard since <= batch &+ 1 else { throw .invalid("a batch's dependencies start after it") }
-            self = .deltas(epoch: epoch, batch: batch, since: since, try [DeltaPayload](from: &reader), certificate: try FreshnessVector?(from: &reader))
+            self = .deltas(epoch: epoch, batch: batch, since: since, try [DeltaPayload](from: &reader), certificate: try FreshnessVector?(from: &reader),
+                          relay: try RelayReport(from: &reader))
         case 2: self = .acks(epoch: try reader.readVarint(), batch: try reader.readVarint(), wanting: try [String](from: &reader))
         case 3: self = .readRequest(epoch: try reader.readVarint(), read: try reader.readVarint(), registers: try [String](from: &reader))
         case 4:

@@ -187,6 +187,9 @@ struct ClusterCommand: AsyncParsableCommand {
         @Option(help: "The nodes' --election-timeout in milliseconds (default: the node's, 1000).")
         var electionTimeout: Int?
 
+        @Option(help: "The nodes' --lazy-relay-delay in milliseconds (default: the node's, 500; 0: no lazy relays).")
+        var lazyRelayDelay: Int?
+
         @Option(help: "The default user's password on every node (--requirepass): clients must AUTH first.")
         var requirepass: String?
 
@@ -198,6 +201,9 @@ struct ClusterCommand: AsyncParsableCommand {
             guard ["always", "everysec"].contains(fsync) else { throw ValidationError("--fsync must be always or everysec") }
             if let electionTimeout, !NodeServerConfiguration.electionTimeoutRange.contains(electionTimeout) {
                 throw ValidationError("--election-timeout must be in \(NodeServerConfiguration.electionTimeoutRange) ms")
+            }
+            if let lazyRelayDelay, !NodeServerConfiguration.lazyRelayDelayRange.contains(lazyRelayDelay) {
+                throw ValidationError("--lazy-relay-delay must be in \(NodeServerConfiguration.lazyRelayDelayRange) ms")
             }
             guard basePort + nodes <= 65_535, respBasePort + nodes <= 65_535, metricsBasePort + nodes <= 65_535,
                   basePort >= 0, respBasePort >= 0, metricsBasePort >= 0 else {
@@ -224,6 +230,7 @@ struct ClusterCommand: AsyncParsableCommand {
                                  "--cluster-secret-file", secret]
                 if faultInjection { arguments.append("--fault-injection") }
                 if let electionTimeout { arguments += ["--election-timeout", "\(electionTimeout)"] }
+                if let lazyRelayDelay { arguments += ["--lazy-relay-delay", "\(lazyRelayDelay)"] }
                 if let requirepass { arguments += ["--requirepass", requirepass] }
                 if let files = certificates[NodeID(UInt64(index))] {
                     arguments += ["--tls-cert", files.certificate, "--tls-key", files.key, "--tls-ca", files.ca]

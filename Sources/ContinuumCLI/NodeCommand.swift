@@ -14,7 +14,7 @@ struct NodeCommand: AsyncParsableCommand {
         discussion: """
             Options may come from a JSON file (--config) with the keys id, listen, peers (an object \
             of id to host:port), resp, metrics, dataDirectory, defaultPolicy, cluster and \
-            maxClockOffsetMilliseconds, maxValueBytes, fsync, electionTimeoutMilliseconds, metricsKeyNames, clusterSecretFile, insecure, requirePassword, aclFile, maxClients, clientIdleTimeoutSeconds, clientOutputBufferBytes, tlsCertificateFile, tlsKeyFile, tlsCAFile, protoMaxBulkLen, maxArguments, maxInlineBytes, maxPeerConnectionsPerAddress; options on the command line override it. SIGTERM or SIGINT \
+            maxClockOffsetMilliseconds, maxValueBytes, fsync, electionTimeoutMilliseconds, lazyRelayDelayMilliseconds, metricsKeyNames, clusterSecretFile, insecure, requirePassword, aclFile, maxClients, clientIdleTimeoutSeconds, clientOutputBufferBytes, tlsCertificateFile, tlsKeyFile, tlsCAFile, protoMaxBulkLen, maxArguments, maxInlineBytes, maxPeerConnectionsPerAddress; options on the command line override it. SIGTERM or SIGINT \
             shuts the node down gracefully: pending writes are made durable, connections closed.
             """)
 
@@ -56,6 +56,9 @@ struct NodeCommand: AsyncParsableCommand {
 
     @Option(help: "Milliseconds without a leader before a follower stands for election (randomized up to twice it; 100...60000, default 1000 as etcd's). Lower: faster failover, more elections when a node is busy.")
     var electionTimeout: Int?
+
+    @Option(help: "Milliseconds a node holds back its relay of a delta whose maker ships it to every neighbour itself, until the neighbour reports holding it (0...60000, default 500; 0: relay every delta on the next tick).")
+    var lazyRelayDelay: Int?
 
     @Flag(help: "Let /metrics name declared keys (per-register staleness); off by default, as the metrics port has no credentials.")
     var metricsKeyNames = false
@@ -132,6 +135,7 @@ struct NodeCommand: AsyncParsableCommand {
         configuration.maxValueBytes = maxValueBytes ?? base?.maxValueBytes
         configuration.fsync = fsync ?? base?.fsync
         configuration.electionTimeoutMilliseconds = electionTimeout ?? base?.electionTimeoutMilliseconds
+        configuration.lazyRelayDelayMilliseconds = lazyRelayDelay ?? base?.lazyRelayDelayMilliseconds
         configuration.metricsKeyNames = metricsKeyNames || (base?.metricsKeyNames ?? false)
         configuration.clusterSecretFile = clusterSecretFile ?? base?.clusterSecretFile
         configuration.insecure = insecure || (base?.insecure ?? false)

@@ -73,6 +73,11 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
     /// (randomized between this and twice this); nil: `electionTimeoutDefault`. Heartbeats go
     /// every 50 ms whatever it is.
     public var electionTimeoutMilliseconds: Int?
+    /// Milliseconds a node holds back its relay of a delta that the delta's maker ships to every
+    /// neighbour itself, waiting for the neighbour to report holding it (see
+    /// `ReplicationInstance.Configuration.lazyRelayDelay`); 0: no lazy relays, every received
+    /// delta is relayed on the next gossip tick; nil: `lazyRelayDelayDefault`.
+    public var lazyRelayDelayMilliseconds: Int?
     /// How long a node gathers local changes of available registers before it ships them to
     /// its neighbours (one batch per neighbour). Writes are acknowledged after the local store
     /// either way; this only delays replication, by at most this much. Measured on one key
@@ -137,6 +142,9 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
     /// changed the term (see README).
     public static let electionTimeoutDefault = 1_000
     public static let electionTimeoutRange = 100...60_000
+    /// Five gossip intervals (a node server gossips every 100 ms).
+    public static let lazyRelayDelayDefault = 500
+    public static let lazyRelayDelayRange = 0...60_000
 
     public init(id: String, listen: Address, peers: [String: Address], resp: Address?, metrics: Address? = nil, dataDirectory: String,
                 defaultPolicy: String = "linearizable", cluster: String = "continuum", maxClockOffsetMilliseconds: Int = 10) {
@@ -179,6 +187,9 @@ public struct NodeServerConfiguration: Sendable, Codable, Equatable {
         guard durability != nil else { throw .invalidRequest("fsync '\(fsync ?? "")' is not always or everysec") }
         if let electionTimeoutMilliseconds, !Self.electionTimeoutRange.contains(electionTimeoutMilliseconds) {
             throw .invalidRequest("election-timeout \(electionTimeoutMilliseconds) ms is outside \(Self.electionTimeoutRange) (heartbeats go every 50 ms)")
+        }
+        if let lazyRelayDelayMilliseconds, !Self.lazyRelayDelayRange.contains(lazyRelayDelayMilliseconds) {
+            throw .invalidRequest("lazy-relay-delay \(lazyRelayDelayMilliseconds) ms is outside \(Self.lazyRelayDelayRange)")
         }
         if let maxClients, !Self.maxClientsRange.contains(maxClients) {
             throw .invalidRequest("maxclients \(maxClients) is outside \(Self.maxClientsRange)")
@@ -308,7 +319,9 @@ public final class NodeServer: Service {
         let node = Node(
             id: me, members: members,
             configuration: .init(gossipInterval: .milliseconds(100), freshness: .init(maxClockOffset: offset),
-                                 pushDelay: NodeServerConfiguration.replicationPushDelay),
+                                 pushDelay: NodeServerConfiguration.replicationPushDelay,
+                                 lazyRelays: configuration.lazyRelayDelayMilliseconds != 0,
+                                 lazyRelayDelay: .milliseconds(configuration.lazyRelayDelayMilliseconds ?? NodeServerConfiguration.lazyRelayDelayDefault)),
             raftConfiguration: .init(electionTimeoutMin: .milliseconds(configuration.electionTimeoutMilliseconds ?? NodeServerConfiguration.electionTimeoutDefault),
                                      heartbeatInterval: .milliseconds(50), maxClockOffset: offset),
             storage: store, transport: transport, seed: UInt64.random(in: 1...UInt64.max), clock: .wall(),

@@ -373,7 +373,10 @@ final class RedisConnection: @unchecked Sendable {
                       "replication_certificates_withheld:\(replication.certificatesWithheld)",
                       "replication_certificates_adopted:\(replication.certificatesAdopted)",
                       "replication_certificates_refused_gap:\(replication.certificatesRefusedGap)",
-                      "replication_certificates_refused_wanting:\(replication.certificatesRefusedWanting)"]
+                      "replication_certificates_refused_wanting:\(replication.certificatesRefusedWanting)",
+                      "replication_relays_held_back:\(replication.relaysHeldBack)",
+                      "replication_relays_spared:\(replication.relaysSpared)",
+                      "replication_relays_due:\(replication.relaysDue)"]
         }
         return lines.joined(separator: "\r\n") + "\r\n"
     }

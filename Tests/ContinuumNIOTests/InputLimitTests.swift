@@ -132,7 +132,8 @@ import Testing
                                                     dataDirectory: NSTemporaryDirectory() + "continuum-unused")
         for change in [{ (c: inout NodeServerConfiguration) in c.maxClients = 0 }, { $0.clientIdleTimeoutSeconds = -1 },
                        { $0.clientOutputBufferBytes = 1_000 }, { $0.maxClients = 2_000_000 }, { $0.protoMaxBulkLen = 10 },
-                       { $0.maxArguments = 0 }, { $0.maxInlineBytes = 1 << 30 }, { $0.maxPeerConnectionsPerAddress = 0 }] {
+                       { $0.maxArguments = 0 }, { $0.maxInlineBytes = 1 << 30 }, { $0.maxPeerConnectionsPerAddress = 0 },
+                       { $0.lazyRelayDelayMilliseconds = -1 }, { $0.lazyRelayDelayMilliseconds = 60_001 }] {
             var changed = configuration
             change(&changed)
             #expect(throws: ContinuumError.self) { _ = try changed.validated() }
@@ -140,6 +141,7 @@ import Testing
         configuration.maxClients = 10
         configuration.clientIdleTimeoutSeconds = 0
         configuration.clientOutputBufferBytes = 1 << 20
+        configuration.lazyRelayDelayMilliseconds = 0
         _ = try configuration.validated()
     }
 }

@@ -754,8 +754,19 @@ public struct ReplicationInstance: ProtocolInstance {
             let members = Set(allMembers)
             if acknowledged.keys.contains(where: { !members.contains($0) }) { acknowledged = acknowledged.filter { members.contains($0.key) } }
             if absent.keys.contains(where: { !members.contains($0) }) { absent = absent.filter { members.contains($0.key) } }
-            behind = behind.filter { neighbors.contains($0.key) }
-            if heldBack.keys.contains(where: { !neighbors.contains($0) }) { heldBack = heldBack.filter { neighbors.contains($0.key) } }
+            // The backlog of a neighbour absent for less than the retention is kept (and grows
+            // with every change meanwhile): one that returns is examined for what changed, not
+            // for every register. A new backlog of every register took 100,000 registers
+            // 25 ticks or more to look through, with no certificate until then, after each
+            // brief suspicion under load. Relays held back from it go back into its backlog.
+            behind = behind.filter { neighbors.contains($0.key) || absent[$0.key] != nil }
+            for (peer, queues) in heldBack where !neighbors.contains(peer) {
+                heldBack[peer] = nil
+                guard behind[peer] != nil else { continue }
+                for (_, queue) in queues.sorted(by: { $0.key < $1.key }) {
+                    for parked in queue { behind[peer]!.insert(parked.register) }
+                }
+            }
             if heldBy.keys.contains(where: { !members.contains($0) }) { heldBy = heldBy.filter { members.contains($0.key) } }
             if inFlight.keys.contains(where: { !neighbors.contains($0) }) { inFlight = inFlight.filter { neighbors.contains($0.key) } }
             if incoming.keys.contains(where: { !members.contains($0) }) { incoming = incoming.filter { members.contains($0.key) } }

@@ -768,6 +768,9 @@ public struct ReplicationInstance: ProtocolInstance {
                 }
             }
             if heldBy.keys.contains(where: { !members.contains($0) }) { heldBy = heldBy.filter { members.contains($0.key) } }
+            if adoptedDirectly.keys.contains(where: { !members.contains($0) }) {
+                adoptedDirectly = adoptedDirectly.filter { members.contains($0.key) }
+            }
             if inFlight.keys.contains(where: { !neighbors.contains($0) }) { inFlight = inFlight.filter { neighbors.contains($0.key) } }
             if incoming.keys.contains(where: { !members.contains($0) }) { incoming = incoming.filter { members.contains($0.key) } }
             for peer in Array(outgoing.keys) { forgetSettledBatches(to: peer, neighbour: neighbors.contains(peer)) }

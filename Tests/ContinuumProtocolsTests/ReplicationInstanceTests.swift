@@ -330,24 +330,32 @@ let eager = ReplicationInstance.Configuration(lazyRelays: false, membership: .in
         }
     }
 
-    /// A lazy relay still goes when it is the only path, once the relay delay has passed: n1's
-    /// link to n3 is cut, so n3 never reports holding n1's increment.
-    @Test func aLazyRelayGoesOnceItFallsDue() {
+    /// The link between n1 and n3, cut (both ways).
+    static func cut(_ from: NodeID, _ to: NodeID, _: ReplicationMessage) -> Bool { (from == n1 && to == n3) || (from == n3 && to == n1) }
+
+    /// Three replicas of a counter; n1 increments it, and only n2 hears of it (`cut`).
+    static func incrementedAtN1WithItsLinkToN3Cut() -> Harness {
         var harness = Harness(nodes: 3)
-        let cut: (NodeID, NodeID, ReplicationMessage) -> Bool = { from, to, _ in (from == n1 && to == n3) || (from == n3 && to == n1) }
         harness.declare("c", GCounter.self, at: [n1, n2, n3])
         harness.deliverAll()
         _ = harness.update("c", at: n1) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
         harness.deliverAll(dropping: cut)
+        return harness
+    }
+
+    /// A lazy relay still goes when it is the only path, once the relay delay has passed: n1's
+    /// link to n3 is cut, so n3 never reports holding n1's increment.
+    @Test func aLazyRelayGoesOnceItFallsDue() {
+        var harness = Self.incrementedAtN1WithItsLinkToN3Cut()
         for round in 1...4 {
             harness.now = .milliseconds(200 * round)
             for node in [n1, n2, n3] { harness.gossip(node) }
-            harness.deliverAll(dropping: cut)
+            harness.deliverAll(dropping: Self.cut)
         }
         #expect(harness.value("c", at: n3, as: GCounter.self)?.value == 0, "held back within the delay")
         harness.now = .milliseconds(1_200)
         harness.gossip(n2)
-        harness.deliverAll(dropping: cut)
+        harness.deliverAll(dropping: Self.cut)
         #expect(harness.value("c", at: n3, as: GCounter.self)?.value == 1, "relayed once due")
         #expect(harness.instances[n2]!.statistics.relaysDue == 1)
     }
@@ -355,22 +363,17 @@ let eager = ReplicationInstance.Configuration(lazyRelays: false, membership: .in
     /// While n2 holds back n1's delta from n3, n2's certificate to n3 leaves out n1's entry: n3
     /// may lack what it covers (here it does: n1's link to n3 is cut). n3 adopts the rest.
     @Test func aCertificateLeavesOutTheMakersWhoseRelaysAreHeldBack() {
-        var harness = Harness(nodes: 3)
-        let cut: (NodeID, NodeID, ReplicationMessage) -> Bool = { from, to, _ in (from == n1 && to == n3) || (from == n3 && to == n1) }
-        harness.declare("c", GCounter.self, at: [n1, n2, n3])
-        harness.deliverAll()
-        _ = harness.update("c", at: n1) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
-        harness.deliverAll(dropping: cut)
+        var harness = Self.incrementedAtN1WithItsLinkToN3Cut()
         harness.now = .milliseconds(200)
         harness.gossip(n1)
-        harness.deliverAll(dropping: cut)
+        harness.deliverAll(dropping: Self.cut)
         #expect(harness.instances[n2]!.certificate[n1] == .milliseconds(200))
         harness.now = .milliseconds(400)
         let effects = harness.instances[n2]!.timerFired(.gossip, now: harness.now)
         let toN3 = effects.compactMap { if case .send(n3, .deltas(_, _, _, _, let certificate?, let relay)) = $0 { (certificate, relay) } else { nil } }
         #expect(toN3.count == 1 && toN3.first?.0[n1] != nil && toN3.first?.1.withheld == [n1])
         harness.carryOut(effects, at: n2)
-        harness.deliverAll(dropping: cut)
+        harness.deliverAll(dropping: Self.cut)
         #expect(harness.instances[n3]!.certificate[n2] == .milliseconds(400), "n2's own entry is adopted")
         #expect(harness.instances[n3]!.certificate[n1] == nil, "n1's is not: n3 lacks n1's increment")
         #expect(harness.value("c", at: n3, as: GCounter.self)?.value == 0)

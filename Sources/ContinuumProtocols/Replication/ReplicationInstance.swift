@@ -394,11 +394,6 @@ public struct ReplicationInstance: ProtocolInstance {
             return !entries.contains { $0.sequence > acknowledged && $0.source != nil }
         }
 
-        func interval(after acknowledged: UInt64, for peer: NodeID, joiningAtMost limit: Int = .max) -> Interval {
-            var waiting: Wait?
-            return interval(after: acknowledged, for: peer, joiningAtMost: limit, relays: nil, waiting: &waiting)
-        }
-
         /// The join of the deltas after `acknowledged` that did not come from `peer`: of the
         /// first `limit` of them at most, up to where it stopped (the rest goes in a later
         /// shipment, so that one shipment costs a bounded join however far behind the peer is).

@@ -23,6 +23,10 @@ public protocol Lattice: Sendable, Equatable, Codable {
     /// Joins `other` into `self` and says whether `self` changed. The default compares with a
     /// copy; causal CRDTs answer at the cost of `other` (see `DotMap.formJoin`).
     mutating func formJoinReportingChange(_ other: Self) -> Bool
+
+    /// Whether this is the least element. The default compares with `bottom`; a type can
+    /// answer without building one (a requirement, so that a boxed value answers as its type).
+    var isBottom: Bool { get }
 }
 
 extension Lattice {
@@ -39,7 +43,6 @@ extension Lattice {
         return result
     }
 
-    /// Whether this is the least element.
     public var isBottom: Bool { self == .bottom }
 
     /// `self` is strictly below `other` in the lattice order.

@@ -31,7 +31,9 @@ public enum LatticeLaws {
             if L.bottom.join(a) != a || a.join(.bottom) != a { violations.append("bottom not an identity for \(a)") }
             if !L.bottom.isBelowOrEqual(a) { violations.append("bottom not below \(a)") }
             if !a.isBelowOrEqual(a) { violations.append("order not reflexive at \(a)") }
+            if a.isBottom != (a == .bottom) { violations.append("isBottom is \(a.isBottom) at \(a)") }
         }
+        if !L.bottom.isBottom { violations.append("isBottom false at bottom") }
         for a in states {
             for b in states {
                 let ab = a.join(b)

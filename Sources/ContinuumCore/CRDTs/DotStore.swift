@@ -117,7 +117,10 @@ public struct DotMap<Key: Hashable & Sendable & Codable, Value: DotStore>: DotSt
     }
 
     /// Without `init`'s filtering and indexing: a join builds a bottom value per call.
-    public static var empty: DotMap { DotMap(entries: [:], keyOfDot: [:]) }
+    public static var empty: DotMap {
+        @_specialize(where Key == String, Value == DotSet)
+        get { DotMap(entries: [:], keyOfDot: [:]) }
+    }
 
     private init(entries: [Key: Value], keyOfDot: [Dot: Key]) {
         self.entries = entries
@@ -150,7 +153,10 @@ public struct DotMap<Key: Hashable & Sendable & Codable, Value: DotStore>: DotSt
         return count == keyOfDot.count
     }
 
-    public subscript(key: Key) -> Value { entries[key] ?? .empty }
+    public subscript(key: Key) -> Value {
+        @_specialize(where Key == String, Value == DotSet)
+        get { entries[key] ?? .empty }
+    }
 
     public static func join(_ a: DotMap, _ contextA: CausalContext, _ b: DotMap, _ contextB: CausalContext) -> DotMap {
         var result: [Key: Value] = [:]
@@ -225,7 +231,10 @@ public struct Causal<Store: DotStore>: Lattice {
 
     /// Without `init`'s check of every dot (an empty store has none): every in-place join of a
     /// causal CRDT builds one (`CausalCRDT.formJoinReportingChange`).
-    public static var bottom: Causal { Causal(unchecked: .empty, context: CausalContext()) }
+    public static var bottom: Causal {
+        @_specialize(where Store == DotMap<String, DotSet>)
+        get { Causal(unchecked: .empty, context: CausalContext()) }
+    }
 
     private init(unchecked store: Store, context: CausalContext) {
         self.store = store
@@ -279,6 +288,9 @@ extension CausalCRDT {
     }
     public func isBelowOrEqual(_ other: Self) -> Bool { causal.isBelowOrEqual(other.causal) }
 
+    /// Without building a bottom value and comparing stores.
+    public var isBottom: Bool { causal.store.isEmpty && causal.context == CausalContext() }
+
     /// Applies `delta` to `self` and returns it: the tail of every delta mutator.
     mutating func apply(_ delta: Self) -> Self {
         formJoin(delta)
@@ -299,7 +311,9 @@ extension DotFun: BinaryCodable where Value: BinaryCodable {
 }
 
 extension DotMap: BinaryCodable where Key: BinaryCodable, Value: BinaryCodable {
+    @_specialize(where Key == String, Value == DotSet)
     public func encode(to writer: inout BinaryWriter) { entries.encode(to: &writer) }
+    @_specialize(where Key == String, Value == DotSet)
     public init(from reader: inout BinaryReader) throws(WireDecodingError) {
         let entries = try [Key: Value](from: &reader)
         guard entries.values.allSatisfy({ !$0.isEmpty }) else { throw .invalid("dot map with an empty entry") }
@@ -311,11 +325,13 @@ extension DotMap: BinaryCodable where Key: BinaryCodable, Value: BinaryCodable {
 }
 
 extension Causal: BinaryCodable where Store: BinaryCodable {
+    @_specialize(where Store == DotMap<String, DotSet>)
     public func encode(to writer: inout BinaryWriter) {
         store.encode(to: &writer)
         context.encode(to: &writer)
     }
 
+    @_specialize(where Store == DotMap<String, DotSet>)
     public init(from reader: inout BinaryReader) throws(WireDecodingError) {
         let store = try Store(from: &reader)
         let context = try CausalContext(from: &reader)

@@ -10,11 +10,19 @@ public struct ORSet<Element: Hashable & Sendable & Codable>: CausalCRDT, CustomS
     public init(causal: Causal<DotMap<Element, DotSet>>) { self.causal = causal }
     public init() { self = .bottom }
 
-    public var elements: Set<Element> { Set(causal.store.entries.keys) }
+    public var elements: Set<Element> {
+        @_specialize(where Element == String)
+        get { Set(causal.store.entries.keys) }
+    }
+    @_specialize(where Element == String)
     public func contains(_ element: Element) -> Bool { causal.store.entries[element] != nil }
-    public var count: Int { causal.store.entries.count }
+    public var count: Int {
+        @_specialize(where Element == String)
+        get { causal.store.entries.count }
+    }
 
     @discardableResult
+    @_specialize(where Element == String)
     public mutating func insert(_ element: Element, replica: ReplicaID) -> ORSet {
         let dot = causal.nextDot(for: replica)
         let seen = causal.store[element].dots.union([dot])
@@ -24,6 +32,7 @@ public struct ORSet<Element: Hashable & Sendable & Codable>: CausalCRDT, CustomS
     /// Removes the element as observed here; removing an absent element changes nothing and
     /// returns the bottom delta.
     @discardableResult
+    @_specialize(where Element == String)
     public mutating func remove(_ element: Element) -> ORSet {
         apply(ORSet(causal: Causal(store: .empty, context: CausalContext(dots: causal.store[element].dots))))
     }
@@ -40,6 +49,8 @@ public struct ORSet<Element: Hashable & Sendable & Codable>: CausalCRDT, CustomS
 }
 
 extension ORSet: BinaryCodable where Element: BinaryCodable {
+    @_specialize(where Element == String)
     public func encode(to writer: inout BinaryWriter) { causal.encode(to: &writer) }
+    @_specialize(where Element == String)
     public init(from reader: inout BinaryReader) throws(WireDecodingError) { causal = try Causal(from: &reader) }
 }

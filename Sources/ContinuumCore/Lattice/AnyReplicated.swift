@@ -27,7 +27,7 @@ public struct AnyReplicated: Sendable, Equatable, CustomStringConvertible {
         self.typeName = replicableTypeName(L.self)
     }
 
-    private init<L: Replicable>(_ value: L, typeName: String) {
+    @usableFromInline init<L: Replicable>(_ value: L, typeName: String) {
         self.value = value
         self.typeName = typeName
     }
@@ -36,7 +36,8 @@ public struct AnyReplicated: Sendable, Equatable, CustomStringConvertible {
     /// that its storage is not shared and a mutation costs what it changes, not a copy of the
     /// state. Nil (and `body` is not run) when the value is of another type. If `body` throws,
     /// the value is kept as `body` left it: mutators must throw before they change anything.
-    public mutating func mutate<L: Replicable, R>(as _: L.Type, _ body: (inout L) throws -> R) rethrows -> R? {
+    /// Inlinable, so that it is specialized where it is called (a node's writes).
+    @inlinable public mutating func mutate<L: Replicable, R>(as _: L.Type, _ body: (inout L) throws -> R) rethrows -> R? {
         guard var typed = value as? L else { return nil }
         let name = typeName
         self = AnyReplicated(L.bottom, typeName: name)

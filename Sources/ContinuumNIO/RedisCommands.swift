@@ -376,7 +376,8 @@ final class RedisConnection: @unchecked Sendable {
                       "replication_certificates_refused_wanting:\(replication.certificatesRefusedWanting)",
                       "replication_relays_held_back:\(replication.relaysHeldBack)",
                       "replication_relays_spared:\(replication.relaysSpared)",
-                      "replication_relays_due:\(replication.relaysDue)"]
+                      "replication_relays_due:\(replication.relaysDue)",
+                      "replication_relays_waiting:\(replication.relaysWaiting)"]
         }
         return lines.joined(separator: "\r\n") + "\r\n"
     }

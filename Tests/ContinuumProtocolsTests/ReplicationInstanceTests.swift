@@ -360,6 +360,28 @@ let eager = ReplicationInstance.Configuration(lazyRelays: false, membership: .in
         #expect(harness.instances[n2]!.statistics.relaysDue == 1)
     }
 
+    /// A register that changes on every tick while its relay waits is held back once: the
+    /// queue keeps one entry per register, and the relay that falls due carries every change.
+    @Test func aRegisterThatKeepsChangingWaitsOnceInTheQueue() {
+        var harness = Self.incrementedAtN1WithItsLinkToN3Cut()
+        for round in 1...4 {
+            harness.now = .milliseconds(200 * round)
+            _ = harness.update("c", at: n1) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
+            for node in [n1, n2, n3] { harness.gossip(node) }
+            harness.deliverAll(dropping: Self.cut)
+            #expect(harness.instances[n2]!.statistics.relaysWaiting == 1, "round \(round)")
+        }
+        #expect(harness.instances[n2]!.statistics.relaysHeldBack == 1)
+        #expect(harness.value("c", at: n3, as: GCounter.self)?.value == 0, "held back within the delay")
+        for round in 6...12 {
+            harness.now = .milliseconds(200 * round)
+            for node in [n1, n2, n3] { harness.gossip(node) }
+            harness.deliverAll(dropping: Self.cut)
+        }
+        #expect(harness.value("c", at: n3, as: GCounter.self)?.value == 5, "every change relayed once due")
+        #expect(harness.instances[n2]!.statistics.relaysWaiting == 0)
+    }
+
     /// While n2 holds back n1's delta from n3, n2's certificate to n3 leaves out n1's entry: n3
     /// may lack what it covers (here it does: n1's link to n3 is cut). n3 adopts the rest.
     @Test func aCertificateLeavesOutTheMakersWhoseRelaysAreHeldBack() {

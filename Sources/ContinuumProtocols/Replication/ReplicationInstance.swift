@@ -65,6 +65,8 @@ public struct ReplicationStatistics: Sendable, Equatable {
     public var relaysHeldBack = 0
     public var relaysSpared = 0
     public var relaysDue = 0
+    /// Relays held back now (a gauge): one per neighbour, maker and register at most.
+    public var relaysWaiting = 0
     public var rejectedMessages = 0
     public var lastRejection: String?
 }
@@ -261,6 +263,32 @@ public struct ReplicationInstance: ProtocolInstance {
     struct LazyStamp {
         var sentAt: Int64
         var due: Duration
+    }
+
+    /// The relays of one maker's deltas held back from one neighbour: registers with the stamp
+    /// of their oldest waiting relay, oldest first, each register once. A register that waits
+    /// again while it is queued keeps its place: when it is released it goes back into the
+    /// backlog, and the next shipment holds back what still waits. So a queue holds at most
+    /// one entry per register, however often a register changes meanwhile.
+    struct HeldBackQueue {
+        private(set) var entries: Deque<(register: RegisterKey, stamp: LazyStamp)> = []
+        private var queued: Set<RegisterKey> = []
+
+        var first: (register: RegisterKey, stamp: LazyStamp)? { entries.first }
+        var isEmpty: Bool { entries.isEmpty }
+        var count: Int { entries.count }
+
+        /// Queues `register` unless it is queued already; whether it was.
+        @discardableResult
+        mutating func append(_ register: RegisterKey, _ stamp: LazyStamp) -> Bool {
+            guard queued.insert(register).inserted else { return false }
+            entries.append((register, stamp))
+            return true
+        }
+
+        mutating func removeFirst() {
+            queued.remove(entries.removeFirst().register)
+        }
     }
 
     /// What a lazy relay to one neighbour does now.
@@ -540,6 +568,7 @@ public struct ReplicationInstance: ProtocolInstance {
     public var statistics: ReplicationStatistics {
         var statistics = counters
         statistics.lateProbeTicks = membership.lateProbeTicks
+        statistics.relaysWaiting = heldBack.values.reduce(0) { $0 + $1.values.reduce(0) { $0 + $1.count } }
         return statistics
     }
     /// Batches shipped and not acknowledged yet that this node remembers, over all peers.
@@ -638,10 +667,9 @@ public struct ReplicationInstance: ProtocolInstance {
     /// itself (so that its deltas are relayed lazily), as of the last reachability change.
     private var cachedReachable: Set<NodeID>?
     private var cachedShipsToMyNeighbours: [NodeID: Bool] = [:]
-    /// Lazy relays held back, per neighbour and maker, oldest first: the register and its
-    /// relay's stamp. A tick takes those the neighbour holds or that fell due back into the
-    /// neighbour's backlog.
-    private var heldBack: [NodeID: [NodeID: Deque<(register: RegisterKey, stamp: LazyStamp)>]] = [:]
+    /// Lazy relays held back, per neighbour and maker, oldest first. A tick takes those the
+    /// neighbour holds or that fell due back into the neighbour's backlog.
+    private var heldBack: [NodeID: [NodeID: HeldBackQueue]] = [:]
     /// What each neighbour last reported holding (its relay report's `held`).
     private var heldBy: [NodeID: FreshnessVector] = [:]
     /// For each node whose certificate this node adopted from that node itself, its own entry:
@@ -759,7 +787,7 @@ public struct ReplicationInstance: ProtocolInstance {
                 heldBack[peer] = nil
                 guard behind[peer] != nil else { continue }
                 for (_, queue) in queues.sorted(by: { $0.key < $1.key }) {
-                    for parked in queue { behind[peer]!.insert(parked.register) }
+                    for parked in queue.entries { behind[peer]!.insert(parked.register) }
                 }
             }
             if heldBy.keys.contains(where: { !members.contains($0) }) { heldBy = heldBy.filter { members.contains($0.key) } }
@@ -1500,11 +1528,10 @@ public struct ReplicationInstance: ProtocolInstance {
                     // each maker whose relays wait in it, so that the report keeps naming them; a
                     // register not in the backlog is parked already.
                     behind[peer]!.remove(register)
-                    heldBack[peer, default: [:]][waiting.maker, default: []].append((register, waiting.stamp))
-                    for (maker, stamp) in waiting.later.sorted(by: { $0.key < $1.key }) {
-                        heldBack[peer, default: [:]][maker, default: []].append((register, stamp))
+                    for (maker, stamp) in [(waiting.maker, waiting.stamp)] + waiting.later.sorted(by: { $0.key < $1.key })
+                    where heldBack[peer, default: [:]][maker, default: HeldBackQueue()].append(register, stamp) {
+                        counters.relaysHeldBack += 1
                     }
-                    counters.relaysHeldBack += 1
                 }
             }
             let payload: DeltaPayload

@@ -593,8 +593,9 @@ public struct ReplicationInstance: ProtocolInstance {
     /// they were all made here: the same for every neighbour acknowledged up to that number,
     /// so it is computed once, not once per neighbour (13% of a one-key SADD's writer). Only
     /// joins of two deltas or more are kept: a push of many registers with one delta each
-    /// would pay two lookups per register to save a copy.
-    typealias SharedJoins = [RegisterKey: (after: UInt64, interval: DeltaBuffer.Interval)]
+    /// would pay two lookups per register to save a copy. Its payload is kept too, once
+    /// encoded, so that it is encoded once, not once per neighbour.
+    typealias SharedJoins = [RegisterKey: (after: UInt64, interval: DeltaBuffer.Interval, payload: DeltaPayload?)]
     /// Deltas one shipment of a register joins, at most: a peer far behind (back from
     /// unreachable, or slow) catches up over several shipments, and no tick spends seconds
     /// joining and encoding thousands of deltas of one large register (seen: gossip ticks of
@@ -1508,13 +1509,15 @@ public struct ReplicationInstance: ProtocolInstance {
             let interval: DeltaBuffer.Interval
             // A lazy relay that must wait stops the interval before it.
             var waiting: Wait?
+            var sharedPayload: DeltaPayload?
             if let base, !joins.isEmpty, let shared = joins[register], shared.after == base {
                 interval = shared.interval
+                sharedPayload = shared.payload
             } else {
                 interval = base.map {
                     buffer.interval(after: $0, for: peer, joiningAtMost: Self.shipmentJoinMax, relays: relays, waiting: &waiting)
                 } ?? buffer.intervalForNewcomer(peer, joiningAtMost: Self.shipmentJoinMax, relays: relays, waiting: &waiting)
-                if let base, case .deltas = interval, buffer.isSharedJoin(after: base) { joins[register] = (base, interval) }
+                if let base, case .deltas = interval, buffer.isSharedJoin(after: base) { joins[register] = (base, interval, nil) }
             }
             if let waiting {
                 // The makers of what waits are named in the report; what else waits leaves the
@@ -1557,7 +1560,8 @@ public struct ReplicationInstance: ProtocolInstance {
                 payload = DeltaPayload(register: register.name, slot: interval, isFullState: true, local: local)
                 upTo = covered
             case let .deltas(interval, covered, local):
-                payload = DeltaPayload(register: register.name, slot: interval, isFullState: false, local: local)
+                payload = sharedPayload ?? DeltaPayload(register: register.name, slot: interval, isFullState: false, local: local)
+                if sharedPayload == nil, let base, joins[register]?.after == base { joins[register]!.payload = payload }
                 upTo = covered
             case .unavailable:
                 if configuration.plantedBug == .skipFullStateFallback {

@@ -360,6 +360,35 @@ let eager = ReplicationInstance.Configuration(lazyRelays: false, membership: .in
         #expect(harness.instances[n2]!.statistics.relaysDue == 1)
     }
 
+    /// A delta from a neighbour leaves its register out of that neighbour's backlog (the
+    /// neighbour holds it) and puts it in the others'. With no other neighbour, what the source
+    /// acknowledged so is dropped at once.
+    @Test func aDeltaIsAcknowledgedForItsSourceOnReceipt() {
+        var harness = Harness(nodes: 3)
+        harness.declare("c", GCounter.self, at: [n1, n2, n3])
+        harness.deliverAll()
+        harness.now = .milliseconds(200)
+        for node in [n1, n2, n3] { harness.gossip(node) }
+        harness.deliverAll()
+        #expect(harness.instances[n2]!.backlogCount(of: n1) == 0 && harness.instances[n2]!.backlogCount(of: n3) == 0)
+        _ = harness.update("c", at: n1) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
+        harness.deliverAll()
+        #expect(harness.instances[n2]!.backlogCount(of: n1) == 0, "n1 made it")
+        #expect(harness.instances[n2]!.backlogCount(of: n3) == 1)
+
+        var pair = Harness(nodes: 2)
+        pair.declare("c", GCounter.self, at: [n1, n2])
+        pair.deliverAll()
+        pair.now = .milliseconds(200)
+        for node in [n1, n2] { pair.gossip(node) }
+        pair.deliverAll()
+        _ = pair.update("c", at: n1) { (counter: inout GCounter, replica) in counter.increment(replica: replica) }
+        pair.deliverAll()
+        #expect(pair.instances[n2]!.backlogCount(of: n1) == 0)
+        #expect(pair.instances[n2]!.bufferedDeltaCount == 0, "n1, the only neighbour, holds it")
+        #expect(pair.value("c", at: n2, as: GCounter.self)?.value == 1)
+    }
+
     /// A register that changes on every tick while its relay waits is held back once: the
     /// queue keeps one entry per register, and the relay that falls due carries every change.
     @Test func aRegisterThatKeepsChangingWaitsOnceInTheQueue() {

@@ -751,6 +751,8 @@ public struct ReplicationInstance: ProtocolInstance {
 
     /// Threshold reads waiting for their register to grow.
     public var pendingReadCount: Int { pendingReads.count }
+    /// How many registers the backlog of `peer` holds (registers it may be behind on).
+    public func backlogCount(of peer: NodeID) -> Int { behind[peer]?.count ?? 0 }
     /// Deltas buffered over all registers (kept until every neighbour has them).
     public var bufferedDeltaCount: Int { buffers.values.reduce(0) { $0 + $1.entries.count } }
 
@@ -1254,6 +1256,9 @@ public struct ReplicationInstance: ProtocolInstance {
         // was never acknowledged past, and each tick shipped and encoded the whole set again
         // (gossip ticks of a second and more, Raft losing its leader).
         let joined = source == nil && !creating && unpushed.contains(register) && buffers[register]?.joinIntoLast(delta) == true
+        // The number before this delta's: when the source had acknowledged everything up to it
+        // and nothing is in flight to it, the source holds the register's whole buffer now.
+        let before = buffers[register]?.lastSequence
         if !joined {
             // In place: a copy of the buffer would cost its length on every update.
             let overflow = buffers[register, default: DeltaBuffer(wholeHistory: creating)]
@@ -1262,7 +1267,25 @@ public struct ReplicationInstance: ProtocolInstance {
         }
         // Over a copy of the keys: iterating the dictionary itself while changing its values
         // would copy every set.
-        for peer in Array(behind.keys) { behind[peer]!.insert(register) }
+        var acknowledgedBySource = false
+        var othersBehind = false
+        for peer in Array(behind.keys) {
+            // The source is not behind on its own delta: acknowledged here at once, as a tick
+            // would find (`.nothingNew`), without putting the register in its backlog. A
+            // replica under a writer's load otherwise looked every register up once more per
+            // tick, for the writer, to learn just that; and the writer's backlog at the replica
+            // stayed long enough to withhold its certificates.
+            if let source, peer == source, let before, !creating, inFlight[peer]?[register] == nil,
+               acknowledged[peer]?[register] == before, let last = buffers[register]?.lastSequence {
+                acknowledged[peer]![register] = last
+                acknowledgedBySource = true
+                continue
+            }
+            behind[peer]!.insert(register)
+            othersBehind = true
+        }
+        // No other neighbour to acknowledge it later (and drop what every one holds then).
+        if acknowledgedBySource, !othersBehind { collectGarbage(register) }
     }
 
     /// Change notifications, derived registers and threshold reads after `registers` changed.

@@ -9,7 +9,7 @@
 # It prints each pass's requests per second, p50 and p99, then per node: the Raft term before and
 # after, the roles seen, and the certified CRDT staleness during the load (median, p99, largest
 # sample, and samples over 1 s), each node's certificate counters (sent, withheld, adopted,
-# refused) and its lazy relays (held back, spared, due). A term change means consensus lost its leader under the load; the target is none,
+# refused) and its lazy relays (held back, spared, due, waiting at the end). A term change means consensus lost its leader under the load; the target is none,
 # and staleness under 1 s throughout. With KEEP=1 the samples file also holds, per sample, the
 # staleness each node certifies member by member (which member holds its figure back).
 #
@@ -134,5 +134,5 @@ for i in 0 1 2; do
         "adopted $(field $i replication_certificates_adopted), refused for a gap $(field $i replication_certificates_refused_gap)," \
         "refused for registers it lacked $(field $i replication_certificates_refused_wanting)"
     echo "    lazy relays: held back $(field $i replication_relays_held_back), spared $(field $i replication_relays_spared)," \
-        "due $(field $i replication_relays_due); deltas received $(field $i replication_deltas_received)"
+        "due $(field $i replication_relays_due), waiting $(field $i replication_relays_waiting); deltas received $(field $i replication_deltas_received)"
 done

@@ -1256,9 +1256,10 @@ public struct ReplicationInstance: ProtocolInstance {
         // was never acknowledged past, and each tick shipped and encoded the whole set again
         // (gossip ticks of a second and more, Raft losing its leader).
         let joined = source == nil && !creating && unpushed.contains(register) && buffers[register]?.joinIntoLast(delta) == true
-        // The number before this delta's: when the source had acknowledged everything up to it
-        // and nothing is in flight to it, the source holds the register's whole buffer now.
-        let before = buffers[register]?.lastSequence
+        // For a received delta, the number before its own: when the source had acknowledged
+        // everything up to it and nothing is in flight to it, the source holds the register's
+        // whole buffer now. (No lookup for a local update.)
+        let before = source == nil ? nil : buffers[register]?.lastSequence
         if !joined {
             // In place: a copy of the buffer would cost its length on every update.
             let overflow = buffers[register, default: DeltaBuffer(wholeHistory: creating)]
@@ -1272,10 +1273,9 @@ public struct ReplicationInstance: ProtocolInstance {
         for peer in Array(behind.keys) {
             // The source is not behind on its own delta: acknowledged here at once, as a tick
             // would find (`.nothingNew`), without putting the register in its backlog. A
-            // replica under a writer's load otherwise looked every register up once more per
-            // tick, for the writer, to learn just that; and the writer's backlog at the replica
-            // stayed long enough to withhold its certificates.
-            if let source, peer == source, let before, !creating, inFlight[peer]?[register] == nil,
+            // replica under a writer's load otherwise looked every register it received up once
+            // more per tick, for the writer, to learn just that.
+            if let source, let before, peer == source, !creating, inFlight[peer]?[register] == nil,
                acknowledged[peer]?[register] == before, let last = buffers[register]?.lastSequence {
                 acknowledged[peer]![register] = last
                 acknowledgedBySource = true

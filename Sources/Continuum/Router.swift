@@ -495,11 +495,6 @@ struct AvailableBackend {
     /// Inserts (or removes) `members` in place, without reading the set first: the cost is the
     /// members', not the set's. The delta, and how many members changed.
     static func changeSet(_ set: inout ORSet<String>, _ members: [String], insert: Bool, replica: ReplicaID) -> (delta: ORSet<String>, result: Int64) {
-        if members.count == 1 {
-            let member = members[0]
-            let changed: Int64 = set.contains(member) != insert ? 1 : 0
-            return (insert ? set.insert(member, replica: replica) : set.remove(member), changed)
-        }
         var delta = ORSet<String>()
         var changed: Int64 = 0
         for member in members {

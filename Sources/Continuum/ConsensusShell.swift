@@ -153,8 +153,12 @@ actor ConsensusShell {
 
     var isLeader: Bool { raft?.role == .leader }
     var leader: NodeID? { raft?.leader }
-    var status: (role: String, term: UInt64, commitIndex: UInt64, snapshotIndex: UInt64)? {
-        raft.map { ("\($0.role)", $0.term, $0.commitIndex, $0.snapshotIndex) }
+    var status: (role: String, term: UInt64, commitIndex: UInt64, appliedIndex: UInt64, snapshotIndex: UInt64, keys: Int)? {
+        raft.map {
+            let machine = $0.stateMachine
+            return ("\($0.role)", $0.term, $0.commitIndex, $0.lastApplied, $0.snapshotIndex,
+                    machine.values.count + machine.crdts.count + machine.strings.count)
+        }
     }
     var refusals: (count: Int, last: String?) { (raft?.messagesRefused ?? 0, raft?.lastRefusal) }
     var certifiedStaleness: Duration? { raft?.certifiedStaleness(now: now) }

@@ -816,10 +816,19 @@ public actor Node {
     /// The leader this replica knows of now (itself when it leads; nil: none, or no consensus).
     public nonisolated var knownLeader: NodeID? { get async { await consensus.leader } }
 
-    /// The Raft term, commit index and snapshot index this replica knows, and its role (for
-    /// status commands).
-    public nonisolated var consensusStatus: (role: String, term: UInt64, commitIndex: UInt64, snapshotIndex: UInt64)? {
+    /// The Raft term, commit, applied and snapshot indexes this replica knows, its role and the
+    /// number of keys its state machine holds (for status commands).
+    public nonisolated var consensusStatus: (role: String, term: UInt64, commitIndex: UInt64, appliedIndex: UInt64, snapshotIndex: UInt64, keys: Int)? {
         get async { await consensus.status }
+    }
+
+    /// The peers this node's failure detector (SWIM) holds reachable now, and the available
+    /// registers (the policy catalogue's own not counted) and serializable keys it holds (for
+    /// status commands; nil once stopped).
+    public var replicaStatus: (reachablePeers: [NodeID], availableRegisters: Int, serializableKeys: Int)? {
+        guard let instance else { return nil }
+        let catalogue = instance.slots[RegisterKey(PolicyCatalogue.register)] == nil ? 0 : 1
+        return (instance.membership.reachableMembers.filter { $0 != id }, instance.slots.count - catalogue, austere?.committed.count ?? 0)
     }
 
     /// Answers once Raft's shell runs a job: what a consensus message waits for it (a probe).

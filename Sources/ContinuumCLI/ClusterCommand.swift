@@ -7,12 +7,12 @@ import Foundation
 import Glibc
 #endif
 
-/// `continuum cluster up|down|kill|restart`: a local cluster of node processes on loopback.
+/// `continuum cluster up|down|status|kill|restart`: a local cluster of node processes on loopback.
 struct ClusterCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cluster",
-        abstract: "Start and stop a local cluster of node processes on loopback.",
-        subcommands: [Up.self, Down.self, Kill.self, Restart.self])
+        abstract: "Start, stop and inspect a local cluster of node processes on loopback.",
+        subcommands: [Up.self, Down.self, Status.self, Kill.self, Restart.self])
 
     /// What `up` started, kept in DIR/cluster.json for the other subcommands.
     struct Record: Codable {

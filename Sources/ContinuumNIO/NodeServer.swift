@@ -334,6 +334,7 @@ public final class NodeServer: Service {
             defaultPolicy: policy, faultInjection: configuration.faultInjection ?? false,
             valueBytesMax: configuration.maxValueBytes ?? RedisServerConfiguration.valueBytesMaxDefault)
         respConfiguration.fsync = store.durability.rawValue
+        respConfiguration.storeBytes = { store.bytesOnDisk }
         respConfiguration.access = try configuration.accessControl()
         respConfiguration.protectedMode = !(configuration.insecure ?? false)
         respConfiguration.clientsMax = configuration.maxClients ?? RedisServerConfiguration.clientsMaxDefault

@@ -40,6 +40,9 @@ public struct RedisServerConfiguration: Sendable {
     public var valueBytesMax: Int
     /// The store's durability mode, as INFO reports it (`fsync:always` or `fsync:everysec`).
     public var fsync = "always"
+    /// The bytes the node's store takes on disk now, as INFO reports it (`store_bytes`; nil:
+    /// not reported).
+    public var storeBytes: (@Sendable () -> Int)?
     /// The users and what each may do; by default one user, `default`, with every right and
     /// no password.
     public var access: AccessControl = try! AccessControl()
@@ -350,8 +353,14 @@ final class RedisConnection: @unchecked Sendable {
                      "# Continuum", "default_policy:\(configuration.defaultPolicy.words.joined(separator: " "))"]
         lines.append("fsync:\(configuration.fsync)")
         lines.append("storage_compactions_pending:\(await node.compactionsPending)")
+        if let storeBytes = configuration.storeBytes { lines.append("store_bytes:\(storeBytes())") }
         if let status { lines += ["raft_role:\(status.role)", "raft_term:\(status.term)", "raft_commit_index:\(status.commitIndex)",
-                                        "raft_snapshot_index:\(status.snapshotIndex)"] }
+                                  "raft_applied_index:\(status.appliedIndex)", "raft_snapshot_index:\(status.snapshotIndex)",
+                                  "registers_linearizable:\(status.keys)"] }
+        if let replica = await node.replicaStatus {
+            lines += ["registers_available:\(replica.availableRegisters)", "registers_serializable:\(replica.serializableKeys)",
+                      "peers_reachable:\(replica.reachablePeers.map { "n\($0.rawValue)" }.joined(separator: ","))"]
+        }
         lines.append("certified_staleness_available_ms:\(staleness.available.map { "\($0.nanoseconds / 1_000_000)" } ?? "none")")
         let byMember = await node.certifiedStalenessByMember.map { "n\($0.member.rawValue)=\($0.staleness.map { "\($0.nanoseconds / 1_000_000)" } ?? "none")" }
         lines.append("certified_staleness_available_by_member_ms:\(byMember.joined(separator: ","))")

@@ -187,6 +187,18 @@ public final class SQLiteStore: NodeStorage {
 
     deinit { syncer?.cancel() }
 
+    /// The bytes the store takes on disk now: the database, its write-ahead log and the patch
+    /// log's segments (every file named after `path`).
+    public var bytesOnDisk: Int {
+        let directory = (path as NSString).deletingLastPathComponent
+        let name = (path as NSString).lastPathComponent
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: directory.isEmpty ? "." : directory)) ?? []
+        return files.filter { $0.hasPrefix(name) }.reduce(0) { total, file in
+            let attributes = try? FileManager.default.attributesOfItem(atPath: (directory as NSString).appendingPathComponent(file))
+            return total + ((attributes?[.size] as? NSNumber)?.intValue ?? 0)
+        }
+    }
+
     private static func createSchema(_ db: Database, node: NodeID) throws {
         try db.execute(sql: """
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);

@@ -12,10 +12,17 @@ struct NodeCommand: AsyncParsableCommand {
         commandName: "node",
         abstract: "Run one node: TCP to its peers, a SQLite store in --data-dir, and a Redis-protocol port.",
         discussion: """
-            Options may come from a JSON file (--config) with the keys id, listen, peers (an object \
-            of id to host:port), resp, metrics, dataDirectory, defaultPolicy, cluster and \
-            maxClockOffsetMilliseconds, maxValueBytes, fsync, electionTimeoutMilliseconds, lazyRelayDelayMilliseconds, metricsKeyNames, clusterSecretFile, insecure, requirePassword, aclFile, maxClients, clientIdleTimeoutSeconds, clientOutputBufferBytes, tlsCertificateFile, tlsKeyFile, tlsCAFile, protoMaxBulkLen, maxArguments, maxInlineBytes, maxPeerConnectionsPerAddress; options on the command line override it. SIGTERM or SIGINT \
-            shuts the node down gracefully: pending writes are made durable, connections closed.
+            Each option comes from its flag, else from its environment variable, else from a JSON file \
+            (--config, or CONTINUUM_CONFIG), else its default. A variable is CONTINUUM_ and the flag's name \
+            in capitals with - as _ (--data-dir: CONTINUUM_DATA_DIR; CONTINUUM_PEERS=n2=host:port,n3=host:port; \
+            switches true or false; CONTINUUM_MAX_CLOCK_OFFSET in milliseconds has no flag). The file's keys: \
+            id, listen, peers (an object of id to host:port), resp, metrics, dataDirectory, defaultPolicy, \
+            cluster, maxClockOffsetMilliseconds, faultInjection, maxValueBytes, fsync, electionTimeoutMilliseconds, \
+            lazyRelayDelayMilliseconds, metricsKeyNames, clusterSecretFile, insecure, requirePassword, aclFile, \
+            maxClients, clientIdleTimeoutSeconds, clientOutputBufferBytes, tlsCertificateFile, tlsKeyFile, tlsCAFile, \
+            protoMaxBulkLen, maxArguments, maxInlineBytes, maxPeerConnectionsPerAddress, logLevel; an unknown key \
+            is refused. SIGTERM or SIGINT shuts the node down gracefully: pending writes are made durable, \
+            connections closed.
             """)
 
     @Option(help: "A JSON configuration file.")
@@ -105,66 +112,84 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "Unread reply bytes a client may have waiting before it is disconnected (default 64 MiB, 1 MiB...1 GiB).")
     var clientOutputBufferLimit: Int?
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "info"
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default info).")
+    var logLevel: String?
 
-    func configurationFromOptions() throws -> NodeServerConfiguration {
-        var base: NodeServerConfiguration?
-        if let config {
-            let data = try Data(contentsOf: URL(fileURLWithPath: config))
-            base = try JSONDecoder().decode(NodeServerConfiguration.self, from: data)
+    /// The options below the flags: the environment's over the file's (`--config`, or
+    /// `CONTINUUM_CONFIG`), and the `CONTINUUM_*` variables nobody reads.
+    func layers(environment: [String: String]) throws -> (base: NodeOptionLayer, unknownVariables: [String]) {
+        let (variables, unknown) = try NodeOptionLayer.environment(environment)
+        let path = config ?? environment[NodeOptionLayer.configVariable].flatMap { $0.isEmpty ? nil : $0 }
+        let file = try path.map(NodeOptionLayer.file) ?? NodeOptionLayer()
+        return (file.overlaid(by: variables), unknown)
+    }
+
+    /// Each option from its flag, else the environment, else the file, else its default.
+    func configurationFromOptions(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> NodeServerConfiguration {
+        let base = try layers(environment: environment).base
+        guard let id = id ?? base.id else { throw ValidationError("--id is missing (or CONTINUUM_ID, or 'id' in --config)") }
+        guard let listen = try listen.map(NodeServerConfiguration.Address.init(parsing:)) ?? base.listen else {
+            throw ValidationError("--listen is missing (or CONTINUUM_LISTEN, or 'listen' in --config)")
         }
-        guard let id = id ?? base?.id else { throw ValidationError("--id is missing (or 'id' in --config)") }
-        guard let listen = try listen.map(NodeServerConfiguration.Address.init(parsing:)) ?? base?.listen else {
-            throw ValidationError("--listen is missing")
+        guard let dataDirectory = dataDir ?? base.dataDirectory else {
+            throw ValidationError("--data-dir is missing (or CONTINUUM_DATA_DIR, or 'dataDirectory' in --config)")
         }
-        guard let dataDirectory = dataDir ?? base?.dataDirectory else { throw ValidationError("--data-dir is missing") }
-        var peerAddresses = base?.peers ?? [:]
-        for peer in peers {
-            let parts = peer.split(separator: "=", maxSplits: 1).map(String.init)
-            guard parts.count == 2 else { throw ValidationError("--peer '\(peer)' is not id=host:port") }
-            peerAddresses[parts[0]] = try NodeServerConfiguration.Address(parsing: parts[1])
+        var peerAddresses = base.peers ?? [:]
+        if !peers.isEmpty {
+            // Peers on the command line replace the environment's and the file's list.
+            peerAddresses = [:]
+            for peer in peers {
+                let parts = peer.split(separator: "=", maxSplits: 1).map(String.init)
+                guard parts.count == 2 else { throw ValidationError("--peer '\(peer)' is not id=host:port") }
+                peerAddresses[parts[0]] = try NodeServerConfiguration.Address(parsing: parts[1])
+            }
         }
         var configuration = NodeServerConfiguration(
-            id: id, listen: listen, peers: peerAddresses, resp: try resp.map(NodeServerConfiguration.Address.init(parsing:)) ?? base?.resp,
-            metrics: try metrics.map(NodeServerConfiguration.Address.init(parsing:)) ?? base?.metrics,
-            dataDirectory: dataDirectory, defaultPolicy: defaultPolicy ?? base?.defaultPolicy ?? "linearizable",
-            cluster: cluster ?? base?.cluster ?? "continuum")
-        configuration.maxClockOffsetMilliseconds = base?.maxClockOffsetMilliseconds ?? configuration.maxClockOffsetMilliseconds
-        configuration.faultInjection = faultInjection || (base?.faultInjection ?? false)
-        configuration.maxValueBytes = maxValueBytes ?? base?.maxValueBytes
-        configuration.fsync = fsync ?? base?.fsync
-        configuration.electionTimeoutMilliseconds = electionTimeout ?? base?.electionTimeoutMilliseconds
-        configuration.lazyRelayDelayMilliseconds = lazyRelayDelay ?? base?.lazyRelayDelayMilliseconds
-        configuration.metricsKeyNames = metricsKeyNames || (base?.metricsKeyNames ?? false)
-        configuration.clusterSecretFile = clusterSecretFile ?? base?.clusterSecretFile
-        configuration.insecure = insecure || (base?.insecure ?? false)
-        configuration.requirePassword = requirepass ?? base?.requirePassword
-        configuration.aclFile = aclFile ?? base?.aclFile
-        configuration.maxClients = maxclients ?? base?.maxClients
-        configuration.protoMaxBulkLen = protoMaxBulkLen ?? base?.protoMaxBulkLen
-        configuration.maxArguments = maxArguments ?? base?.maxArguments
-        configuration.maxInlineBytes = maxInlineBytes ?? base?.maxInlineBytes
-        configuration.maxPeerConnectionsPerAddress = maxPeerConnectionsPerAddress ?? base?.maxPeerConnectionsPerAddress
-        configuration.tlsCertificateFile = tlsCert ?? base?.tlsCertificateFile
-        configuration.tlsKeyFile = tlsKey ?? base?.tlsKeyFile
-        configuration.tlsCAFile = tlsCa ?? base?.tlsCAFile
-        configuration.clientIdleTimeoutSeconds = timeout ?? base?.clientIdleTimeoutSeconds
-        configuration.clientOutputBufferBytes = clientOutputBufferLimit ?? base?.clientOutputBufferBytes
+            id: id, listen: listen, peers: peerAddresses, resp: try resp.map(NodeServerConfiguration.Address.init(parsing:)) ?? base.resp,
+            metrics: try metrics.map(NodeServerConfiguration.Address.init(parsing:)) ?? base.metrics,
+            dataDirectory: dataDirectory, defaultPolicy: defaultPolicy ?? base.defaultPolicy ?? "linearizable",
+            cluster: cluster ?? base.cluster ?? "continuum")
+        configuration.maxClockOffsetMilliseconds = base.maxClockOffsetMilliseconds ?? configuration.maxClockOffsetMilliseconds
+        configuration.faultInjection = faultInjection || (base.faultInjection ?? false)
+        configuration.maxValueBytes = maxValueBytes ?? base.maxValueBytes
+        configuration.fsync = fsync ?? base.fsync
+        configuration.electionTimeoutMilliseconds = electionTimeout ?? base.electionTimeoutMilliseconds
+        configuration.lazyRelayDelayMilliseconds = lazyRelayDelay ?? base.lazyRelayDelayMilliseconds
+        configuration.metricsKeyNames = metricsKeyNames || (base.metricsKeyNames ?? false)
+        configuration.clusterSecretFile = clusterSecretFile ?? base.clusterSecretFile
+        configuration.insecure = insecure || (base.insecure ?? false)
+        configuration.requirePassword = requirepass ?? base.requirePassword
+        configuration.aclFile = aclFile ?? base.aclFile
+        configuration.maxClients = maxclients ?? base.maxClients
+        configuration.protoMaxBulkLen = protoMaxBulkLen ?? base.protoMaxBulkLen
+        configuration.maxArguments = maxArguments ?? base.maxArguments
+        configuration.maxInlineBytes = maxInlineBytes ?? base.maxInlineBytes
+        configuration.maxPeerConnectionsPerAddress = maxPeerConnectionsPerAddress ?? base.maxPeerConnectionsPerAddress
+        configuration.tlsCertificateFile = tlsCert ?? base.tlsCertificateFile
+        configuration.tlsKeyFile = tlsKey ?? base.tlsKeyFile
+        configuration.tlsCAFile = tlsCa ?? base.tlsCAFile
+        configuration.clientIdleTimeoutSeconds = timeout ?? base.clientIdleTimeoutSeconds
+        configuration.clientOutputBufferBytes = clientOutputBufferLimit ?? base.clientOutputBufferBytes
         _ = try configuration.accessControl()
         _ = try configuration.validated()
         return configuration
     }
 
     func run() async throws {
-        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown log level '\(logLevel)'") }
+        let environment = ProcessInfo.processInfo.environment
+        let (base, unknownVariables) = try layers(environment: environment)
+        let levelName = logLevel ?? base.logLevel ?? "info"
+        guard let level = Logger.Level(rawValue: levelName) else { throw ValidationError("unknown log level '\(levelName)'") }
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler
         }
         let logger = Logger(label: "continuum.node")
-        let configuration = try configurationFromOptions()
+        for name in unknownVariables {
+            logger.warning("ignoring \(name): no option reads it (see continuum node --help)")
+        }
+        let configuration = try configurationFromOptions(environment: environment)
         let server = try NodeServer(configuration: configuration, logger: logger)
         let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()

@@ -93,6 +93,7 @@ import Glibc
         return (process.terminationStatus, String(decoding: FileManager.default.contents(atPath: output) ?? Data(), as: UTF8.self))
     }
 
+    // Ports 5 and 9 of this process's range: a cluster test of this process uses 1 to 3.
     @Test func eachOptionComesFromItsFlagElseTheEnvironmentElseTheFile() async throws {
         let cluster = try ProcessCluster(nodes: 1)
         defer { cluster.remove() }
@@ -100,23 +101,23 @@ import Glibc
         let config = cluster.directory + "/node.json"
         // The file names every option below; the environment overrides two, a flag one of those.
         let file = """
-            {"id": "n1", "listen": "127.0.0.1:\(cluster.peerPort(1))", "resp": "127.0.0.1:\(cluster.respPort(9))",
+            {"id": "n1", "listen": "127.0.0.1:\(cluster.peerPort(5))", "resp": "127.0.0.1:\(cluster.respPort(9))",
              "dataDirectory": "\(cluster.directory)/n1", "defaultPolicy": "serializable", "cluster": "from-file"}
             """
         try Data(file.utf8).write(to: URL(fileURLWithPath: config))
         let (process, output) = try Self.start(cluster, ["--default-policy", "available"], environment: [
-            "CONTINUUM_CONFIG": config, "CONTINUUM_RESP": "127.0.0.1:\(cluster.respPort(1))",
+            "CONTINUUM_CONFIG": config, "CONTINUUM_RESP": "127.0.0.1:\(cluster.respPort(5))",
             "CONTINUUM_DEFAULT_POLICY": "linearizable", "CONTINUUM_NO_SUCH_OPTION": "1",
         ])
         defer { process.terminate(); process.waitUntilExit() }
         var info: String?
         for _ in 0..<200 where info == nil {
-            info = await RealClusterTests.info(cluster, 1, "default_policy")
+            info = await RealClusterTests.info(cluster, 5, "default_policy")
             if info == nil { try await Task.sleep(for: .milliseconds(50)) }
         }
         // The environment's port (not the file's), the flag's policy (not the environment's).
         #expect(info == "available")
-        #expect(await RealClusterTests.info(cluster, 1, "continuum_node") == "n1")
+        #expect(await RealClusterTests.info(cluster, 5, "continuum_node") == "n1")
         let log = String(decoding: FileManager.default.contents(atPath: output) ?? Data(), as: UTF8.self)
         #expect(log.contains("ignoring CONTINUUM_NO_SUCH_OPTION"), "\(log)")
     }
@@ -130,7 +131,7 @@ import Glibc
     func aBadVariableIsRefusedByName(environment: [String: String], message: String) async throws {
         let cluster = try ProcessCluster(nodes: 1)
         defer { cluster.remove() }
-        let base = ["CONTINUUM_ID": "n1", "CONTINUUM_LISTEN": "127.0.0.1:\(cluster.peerPort(1))",
+        let base = ["CONTINUUM_ID": "n1", "CONTINUUM_LISTEN": "127.0.0.1:\(cluster.peerPort(5))",
                     "CONTINUUM_DATA_DIR": cluster.directory + "/n1"]
         let (process, output) = try Self.start(cluster, [], environment: base.merging(environment) { $1 })
         defer { if process.isRunning { process.terminate() } }

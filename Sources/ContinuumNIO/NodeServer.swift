@@ -335,6 +335,7 @@ public final class NodeServer: Service {
             valueBytesMax: configuration.maxValueBytes ?? RedisServerConfiguration.valueBytesMaxDefault)
         respConfiguration.fsync = store.durability.rawValue
         respConfiguration.storeBytes = { store.bytesOnDisk }
+        respConfiguration.backups = BackupFiles(store: store, directory: configuration.dataDirectory)
         respConfiguration.access = try configuration.accessControl()
         respConfiguration.protectedMode = !(configuration.insecure ?? false)
         respConfiguration.clientsMax = configuration.maxClients ?? RedisServerConfiguration.clientsMaxDefault

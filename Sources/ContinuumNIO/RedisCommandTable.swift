@@ -30,7 +30,7 @@ struct RedisCommandEntry: Sendable {
 enum RedisCommandTable {
     static let entries: [String: RedisCommandEntry] = {
         var table: [String: RedisCommandEntry] = [:]
-        for entry in connection + registers + continuum + FaultInjectionCommands.entries {
+        for entry in connection + registers + continuum + FaultInjectionCommands.entries + BackupFiles.entries {
             precondition(table[entry.name] == nil, "\(entry.name) is declared twice")
             table[entry.name] = entry
         }

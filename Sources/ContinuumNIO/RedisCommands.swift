@@ -43,6 +43,8 @@ public struct RedisServerConfiguration: Sendable {
     /// The bytes the node's store takes on disk now, as INFO reports it (`store_bytes`; nil:
     /// not reported).
     public var storeBytes: (@Sendable () -> Int)?
+    /// Where `CONTINUUM.BACKUP` writes its copies (nil: the command is refused).
+    public var backups: BackupFiles?
     /// The users and what each may do; by default one user, `default`, with every right and
     /// no password.
     public var access: AccessControl = try! AccessControl()

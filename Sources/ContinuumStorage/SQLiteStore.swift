@@ -146,8 +146,9 @@ public final class SQLiteStore: NodeStorage {
         try db.execute(sql: "INSERT OR REPLACE INTO meta (key, value) VALUES ('log_applied_through', ?)", arguments: ["\(segment)"])
     }
 
-    /// Refuses a file that is not an empty database or this node's store, opening it read-only.
-    private static func inspect(path: String, node: NodeID) throws(StorageError) {
+    /// Refuses a file that is not an empty database or this node's store (any node's, when
+    /// `node` is nil), opening it read-only.
+    private static func inspect(path: String, node: NodeID?) throws(StorageError) {
         var configuration = Configuration()
         configuration.readonly = true
         // The last connection of an earlier store of this file (one dropped in this process)
@@ -161,7 +162,10 @@ public final class SQLiteStore: NodeStorage {
                 let check = try String.fetchOne(db, sql: "PRAGMA quick_check") ?? "no answer"
                 guard check == "ok" else { throw StorageError.corrupt(path: path, reason: "quick_check: \(check)") }
                 let tables = try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'table'")
-                if tables.isEmpty { return }  // an empty database: ours to initialize
+                if tables.isEmpty {  // an empty database: ours to initialize, but no backup
+                    guard node != nil else { throw StorageError.foreign(path: path, reason: "an empty database") }
+                    return
+                }
                 guard tables.contains("meta") else {
                     throw StorageError.foreign(path: path, reason: "no Continuum marker; tables \(tables.sorted())")
                 }
@@ -172,7 +176,7 @@ public final class SQLiteStore: NodeStorage {
                 guard let version = meta["version"].flatMap({ Int($0) }), version == formatVersion || migratableVersions.contains(version) else {
                     throw StorageError.foreign(path: path, reason: "format version \(meta["version"] ?? "none"), this build reads \(formatVersion)")
                 }
-                guard meta["node"] == "\(node.rawValue)" else {
+                if let node, meta["node"] != "\(node.rawValue)" {
                     throw StorageError.foreign(path: path, reason: "it belongs to node n\(meta["node"] ?? "?"), not n\(node.rawValue)")
                 }
             }
@@ -186,6 +190,74 @@ public final class SQLiteStore: NodeStorage {
     }
 
     deinit { syncer?.cancel() }
+
+    // MARK: Backup and restore
+
+    /// Writes a consistent copy of the store to `destination`, a new file, while the node runs
+    /// on: every write made durable before the call is in it (under `everysec` the log's
+    /// current segment is closed and applied first). The copy is read on a connection of its
+    /// own, in one read transaction: the store's writer is not held up, and what it writes
+    /// meanwhile is not in the copy. Returns the copy's size in bytes.
+    @discardableResult
+    public func backup(to destination: String) throws(StorageError) -> Int {
+        guard !FileManager.default.fileExists(atPath: destination) else {
+            throw .io("\(destination) exists; a backup is written to a new file only")
+        }
+        do {
+            try log?.rotateNow()
+            // Behind whatever the writer has queued (the closed segment's application).
+            try queue.writeWithoutTransaction { _ in }
+            try log?.check()
+            var configuration = Configuration()
+            configuration.readonly = true
+            configuration.busyMode = .timeout(5)
+            let source = try DatabaseQueue(path: path, configuration: configuration)
+            let copy = try DatabaseQueue(path: destination)
+            try source.backup(to: copy)
+            try copy.close()
+            try source.close()
+        } catch let error as StorageError {
+            try? FileManager.default.removeItem(atPath: destination)
+            throw error
+        } catch {
+            try? FileManager.default.removeItem(atPath: destination)
+            throw .io("backing up to \(destination): \(error)")
+        }
+        let attributes = try? FileManager.default.attributesOfItem(atPath: destination)
+        return (attributes?[.size] as? NSNumber)?.intValue ?? 0
+    }
+
+    /// Seeds the store of node `node` at `path` (which must not exist) from `backup`, a copy
+    /// that `backup(to:)` wrote of any node's store. The copy keeps every register, the Raft
+    /// log, snapshot and term, and the committed transactions; it becomes `node`'s, and forgets
+    /// the vote of the node it was copied from (this node cast none). `backup` is checked
+    /// first (a SQLite database, a Continuum store of a format this build reads) and never
+    /// written to.
+    public static func restore(from backup: String, to path: String, node: NodeID) throws(StorageError) {
+        guard FileManager.default.fileExists(atPath: backup) else { throw .io("\(backup) does not exist") }
+        guard !FileManager.default.fileExists(atPath: path) else {
+            throw .io("\(path) exists; restore seeds a new store only (move the old one away first)")
+        }
+        try inspect(path: backup, node: nil)
+        do {
+            var configuration = Configuration()
+            configuration.readonly = true
+            let source = try DatabaseQueue(path: backup, configuration: configuration)
+            let target = try DatabaseQueue(path: path)
+            try source.backup(to: target)
+            try target.write { db in
+                try db.execute(sql: "UPDATE meta SET value = ? WHERE key = 'node'", arguments: ["\(node.rawValue)"])
+                // The log segments it counted are the source's.
+                try db.execute(sql: "DELETE FROM meta WHERE key = 'log_applied_through'")
+                try db.execute(sql: "UPDATE raft_state SET voted_for = NULL")
+            }
+            try target.close()
+            try source.close()
+        } catch {
+            for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+            throw .io("restoring \(backup) to \(path): \(error)")
+        }
+    }
 
     /// The bytes the store takes on disk now: the database, its write-ahead log and the patch
     /// log's segments (every file named after `path`).

@@ -1,5 +1,6 @@
 import ContinuumNIO
 import Foundation
+import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -15,6 +16,11 @@ import Glibc
             rows[String(line.prefix { $0 != " " })] = String(line)
         }
         return rows
+    }
+
+    /// A field of INFO's text.
+    static func field(_ info: String, _ name: String) -> String? {
+        info.split(whereSeparator: \.isNewline).first { $0.hasPrefix(name + ":") }.map { String($0.dropFirst(name.count + 1)) }
     }
 
     @Test func clusterStatusShowsEveryNodeAndSaysWhichIsDown() async throws {
@@ -152,5 +158,160 @@ import Glibc
         let ended = try await Self.exit(process, output)
         #expect(ended?.0 != 0)
         #expect(ended?.1.contains("unknown key dataDir") == true, "\(ended?.1 ?? "still running")")
+    }
+}
+
+/// `continuum backup` of a live node under load, and `continuum restore` into a new cluster.
+@Suite(.serialized, .timeLimit(.minutes(5))) struct BackupRestoreTests {
+    /// Writes under load until `stop`: linearizable SETs through the leader, and SADDs to an
+    /// available set through `follower`; records what was acknowledged, in order.
+    final class Load: Sendable {
+        let keys = Mutex<[Int]>([])
+        let members = Mutex<[Int]>([])
+        let stop = Atomic<Bool>(false)
+    }
+
+    static func write(_ cluster: ProcessCluster, leader: Int, follower: Int, load: Load) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                guard let client = try? await cluster.client(leader) else { return }
+                var index = 0
+                while !load.stop.load(ordering: .relaxed) {
+                    if (try? await client.send(["SET", "key\(index)", "value\(index)"])) == .ok { load.keys.withLock { $0.append(index) } }
+                    index += 1
+                }
+                await client.close()
+            }
+            group.addTask {
+                guard let client = try? await cluster.client(follower) else { return }
+                var index = 0
+                while !load.stop.load(ordering: .relaxed) {
+                    if case .integer? = try? await client.send(["SADD", "cart", "item\(index)"]) { load.members.withLock { $0.append(index) } }
+                    index += 1
+                }
+                await client.close()
+            }
+        }
+    }
+
+    @Test func aBackupOfAFollowerUnderLoadRestoresIntoANewClusterWithEverythingAcknowledgedBeforeIt() async throws {
+        let cluster = try ProcessCluster()
+        let file = cluster.directory + "-backup.sqlite"
+        defer {
+            cluster.down()
+            cluster.remove()
+            try? FileManager.default.removeItem(atPath: file)
+        }
+        try cluster.up()
+        let leader = try #require(try await LargeStateTests.awaitLeader(cluster))
+        let follower = leader % 3 + 1
+        let setup = try await cluster.client(follower)
+        #expect(try await setup.send(["CONTINUUM.DECLARE", "cart", "set", "available"]) == .ok)
+        await setup.close()
+        #expect(try await cluster.awaitDeclaration(of: "cart", as: "available"))
+
+        let load = Load()
+        let writers = Task { await Self.write(cluster, leader: leader, follower: follower, load: load) }
+        try await Task.sleep(for: .milliseconds(1500))
+        // Acknowledged before the backup began: all of it must be in the copy.
+        let keysBefore = load.keys.withLock { $0 }
+        let membersBefore = load.members.withLock { $0 }
+        let output = try cluster.cli(["backup", "--node", "127.0.0.1:\(cluster.respPort(follower))", "--out", file])
+        try await Task.sleep(for: .milliseconds(300))
+        load.stop.store(true, ordering: .relaxed)
+        await writers.value
+        print("backup under load: \(keysBefore.count) SETs and \(membersBefore.count) SADDs acknowledged before it; \(output)")
+        #expect(keysBefore.count > 20 && membersBefore.count > 20)
+        cluster.down()
+
+        // A new cluster of three nodes, each seeded from the one copy.
+        let restored = try ProcessCluster()
+        defer {
+            restored.down()
+            restored.remove()
+        }
+        for node in 1...3 {
+            try restored.cli(["restore", file, "--data-dir", "\(restored.directory)/n\(node)", "--id", "n\(node)"])
+        }
+        try restored.up()
+        let newLeader = try #require(try await LargeStateTests.awaitLeader(restored))
+        let client = try await restored.client(newLeader)
+        var missing: [String] = []
+        for index in keysBefore {
+            let value = try await client.send(["GET", "key\(index)"])
+            if value != .bulk(Array("value\(index)".utf8)) { missing.append("key\(index)=\(value)") }
+        }
+        #expect(missing.isEmpty, "acknowledged before the backup, missing after restore: \(missing.prefix(10))")
+        let members = try await client.send(["SMEMBERS", "cart"])
+        guard case let .array(items) = members else { Issue.record("SMEMBERS answered \(members)"); return }
+        let present = Set(items.compactMap { if case let .bulk(bytes) = $0 { String(decoding: bytes, as: UTF8.self) } else { nil } })
+        let lost = membersBefore.filter { !present.contains("item\($0)") }
+        #expect(lost.isEmpty, "SADDs acknowledged before the backup, missing after restore: \(lost.prefix(10))")
+        // The restored cluster takes new writes.
+        #expect(try await client.send(["SET", "after", "restore"]) == .ok)
+        #expect(try await client.send(["CONTINUUM.POLICY", "cart"]) == .bulk(Array("available".utf8)))
+        await client.close()
+    }
+
+    /// BEGIN first catches up with the linearizable writes acknowledged anywhere: a follower
+    /// cut off from the leader refuses (LOCAL copies what it has), and once healed, BEGIN
+    /// returns only after it applied what the leader had committed.
+    @Test func aBackupOfAFollowerWaitsForTheWritesItMissed() async throws {
+        let cluster = try ProcessCluster()
+        defer {
+            cluster.down()
+            cluster.remove()
+        }
+        try cluster.up(["--fault-injection"])
+        let leader = try #require(try await LargeStateTests.awaitLeader(cluster))
+        let follower = leader % 3 + 1
+        let cutOff = try await cluster.client(follower)
+        #expect(try await cutOff.send(["CONTINUUM.PARTITION"] + (1...3).filter { $0 != follower }.map { "n\($0)" }) == .ok)
+        let writer = try await cluster.client(leader)
+        for index in 0..<50 { #expect(try await writer.send(["SET", "missed\(index)", "v"]) == .ok) }
+        let committed = try #require(await RealClusterTests.info(cluster, leader, "raft_commit_index").flatMap { UInt64($0) })
+        await writer.close()
+
+        let refused = try await cutOff.send(["CONTINUUM.BACKUP", "BEGIN"])
+        guard case let .error(message) = refused else { Issue.record("a cut-off follower began a backup: \(refused)"); return }
+        #expect(message.hasPrefix("UNAVAILABLE"), "\(message)")
+        let local = try await cutOff.send(["CONTINUUM.BACKUP", "BEGIN", "LOCAL"])
+        guard case let .array(parts) = local, case let .bulk(token)? = parts.first else { Issue.record("BEGIN LOCAL: \(local)"); return }
+        #expect(try await cutOff.send(["CONTINUUM.BACKUP", "END", .init(decoding: token, as: UTF8.self)]) == .ok)
+        let appliedCutOff = await RealClusterTests.info(cluster, follower, "raft_applied_index").flatMap { UInt64($0) } ?? 0
+        #expect(appliedCutOff < committed)
+
+        // Healed, and at once (on the same connection) a backup: it waits for the missed writes.
+        #expect(try await cutOff.send(["CONTINUUM.HEAL"]) == .ok)
+        let begun = try await cutOff.send(["CONTINUUM.BACKUP", "BEGIN"])
+        guard case let .array(parts) = begun, case let .bulk(token)? = parts.first else { Issue.record("BEGIN after the heal: \(begun)"); return }
+        guard case let .bulk(info) = try await cutOff.send(["INFO"]) else { Issue.record("no INFO"); return }
+        let applied = OperationsTests.field(String(decoding: info, as: UTF8.self), "raft_applied_index").flatMap { UInt64($0) } ?? 0
+        #expect(applied >= committed, "applied \(applied), the leader had committed \(committed) before the backup")
+        #expect(try await cutOff.send(["CONTINUUM.BACKUP", "END", .init(decoding: token, as: UTF8.self)]) == .ok)
+        await cutOff.close()
+    }
+
+    @Test func aBackupNeverOverwritesAFileAndRestoreNeverOverwritesAStore() async throws {
+        let cluster = try ProcessCluster(nodes: 1)
+        defer {
+            cluster.down()
+            cluster.remove()
+        }
+        try cluster.up()
+        let file = cluster.directory + "/existing"
+        try Data("keep me".utf8).write(to: URL(fileURLWithPath: file))
+        #expect(throws: (any Error).self) { try cluster.cli(["backup", "--node", "127.0.0.1:\(cluster.respPort(1))", "--out", file]) }
+        #expect(FileManager.default.contents(atPath: file) == Data("keep me".utf8))
+        // Not a store: refused, nothing created.
+        #expect(throws: (any Error).self) { try cluster.cli(["restore", file, "--data-dir", cluster.directory + "/n9", "--id", "n9"]) }
+        #expect(!FileManager.default.fileExists(atPath: cluster.directory + "/n9/node.sqlite"))
+        // Over a node's own store: refused.
+        let copy = cluster.directory + "/copy.sqlite"
+        try cluster.cli(["backup", "--node", "127.0.0.1:\(cluster.respPort(1))", "--out", copy])
+        #expect(throws: (any Error).self) { try cluster.cli(["restore", copy, "--data-dir", cluster.directory + "/n1", "--id", "n1"]) }
+        // The node's copy was deleted once read.
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: cluster.directory + "/n1").filter { $0.hasPrefix("backup-") }
+        #expect(leftovers.isEmpty, "\(leftovers)")
     }
 }

@@ -53,7 +53,7 @@ struct BackupCommand: AsyncParsableCommand {
         let token = String(decoding: tokenBytes, as: UTF8.self)
         let partial = out + ".partial"
         try? FileManager.default.removeItem(atPath: partial)
-        guard FileManager.default.createFile(atPath: partial, contents: nil), let handle = FileHandle(forWritingAtPath: partial) else {
+        guard FileManager.default.createFile(atPath: partial, contents: nil, attributes: [.posixPermissions: 0o600]), let handle = FileHandle(forWritingAtPath: partial) else {
             _ = try? await client.send(["CONTINUUM.BACKUP", "END", token])
             throw ValidationError("cannot write \(partial)")
         }

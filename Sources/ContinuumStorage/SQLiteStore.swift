@@ -212,6 +212,10 @@ public final class SQLiteStore: NodeStorage {
             configuration.readonly = true
             configuration.busyMode = .timeout(5)
             let source = try DatabaseQueue(path: path, configuration: configuration)
+            // Every value of the store is in it: readable by the node's user only.
+            guard FileManager.default.createFile(atPath: destination, contents: nil, attributes: [.posixPermissions: 0o600]) else {
+                throw StorageError.io("cannot create \(destination)")
+            }
             let copy = try DatabaseQueue(path: destination)
             try source.backup(to: copy)
             try copy.close()

@@ -2,7 +2,7 @@ import ContinuumCore
 import ContinuumProtocols
 import Synchronization
 
-/// What one protocol instance asks to make durable (DESIGN.md: durable before acknowledged).
+/// What one protocol instance asks to make durable (docs/design.md: durable before acknowledged).
 public enum DurablePatch: Sendable, Equatable {
     case replication(ReplicaDurableState)
     case raft(RaftDurableState)

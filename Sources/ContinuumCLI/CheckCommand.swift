@@ -14,7 +14,7 @@ struct CheckCommand: ParsableCommand {
     @Option(help: "The model: register (a read/write/cas register per key).")
     var model = "register"
 
-    @Option(help: "The history file, one JSON event per line (DESIGN.md section 6).")
+    @Option(help: "The history file, one JSON event per line (docs/design.md section 6).")
     var history: String
 
     @Option(help: "Search steps per key before answering unknown.")

@@ -1,4 +1,4 @@
-/// Where a register sits between availability and consistency (DESIGN.md section 1).
+/// Where a register sits between availability and consistency (docs/design.md section 1).
 /// Declared next to the data as a register's default, and passed per operation to override it
 /// where the register's mechanism can honour the override.
 public enum Policy: Sendable, Equatable, CustomStringConvertible {

@@ -53,7 +53,7 @@ public struct InstanceContext: Sendable {
     public var peers: [NodeID] { members.filter { $0 != node } }
 }
 
-/// The pure-instance shape every Continuum protocol follows (DESIGN.md section 4): a value that
+/// The pure-instance shape every Continuum protocol follows (docs/design.md section 4): a value that
 /// takes events and returns effects. No I/O, no clock reads, no global randomness, no sleeping:
 /// `now` is the node's local clock reading, passed in with every event, and randomness comes
 /// from the generator in `InstanceContext`. The same instance runs under the simulator, the

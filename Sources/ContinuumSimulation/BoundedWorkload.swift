@@ -12,7 +12,7 @@ public enum BoundedScenario: String, Sendable, CaseIterable {
     case partition
 }
 
-/// The `bounded` simulation workload (DESIGN.md section 2, item 4): writers add unique ids to
+/// The `bounded` simulation workload (docs/design.md section 2, item 4): writers add unique ids to
 /// one grow-only set, and readers read it with ranked service levels (Spry bounds, Pileus
 /// choices) at random nodes. Even seeds run over CRDT anti-entropy (`ReplicationInstance`,
 /// CRDT-backed certificates), odd seeds over Raft (`RaftInstance`, lease-stamped heartbeats).
@@ -27,7 +27,7 @@ public enum BoundedWorkload {
     /// Clocks differ from true time by at most this (skew is drawn below it, drift included).
     public static let maxClockOffset: Duration = .milliseconds(20)
     public static let clockDriftMaxPartsPerMillion: Int64 = 100
-    /// The staleness bounds of the README's table (nil: unbounded).
+    /// The staleness bounds of docs/features.md's table (nil: unbounded).
     public static let tableBounds: [Duration?] = [.zero, .milliseconds(100), .seconds(1), .seconds(10), nil]
     public static let tableLatency: Duration = .milliseconds(200)
     static let register = "pages"
@@ -256,7 +256,7 @@ public enum BoundedWorkload {
     }
 }
 
-/// One bounded read's outcome, for summaries and the README's table.
+/// One bounded read's outcome, for summaries and docs/features.md's table.
 public struct BoundedReadOutcome: Sendable {
     public var levels: [ServiceLevel]
     public var served: Bool

@@ -21,7 +21,7 @@ public struct SimulationStatistics: Sendable, Equatable {
     public var bytesSent: [String: Int] = [:]
 }
 
-/// A deterministic discrete-event simulator for any `ProtocolInstance` (DESIGN.md section 5;
+/// A deterministic discrete-event simulator for any `ProtocolInstance` (docs/design.md section 5;
 /// after FoundationDB's simulation and TigerBeetle's VOPR).
 ///
 /// One thread, one event queue ordered by (virtual time, sequence number), one seed. The seed

@@ -253,7 +253,7 @@ public enum SimulationCampaign {
     }
 
     /// Reads served and refused, latencies, and per staleness bound of the first level (the
-    /// README's availability/consistency table), per mechanism.
+    /// availability/consistency table of docs/simulation.md), per mechanism.
     static func summarizeBounded(_ reports: [SeedReport]) -> [String] {
         var lines: [String] = []
         func ms(_ duration: Duration) -> String { fixed(duration.milliseconds, 1) }

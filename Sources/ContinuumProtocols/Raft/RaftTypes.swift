@@ -688,7 +688,7 @@ public enum RaftMessage: Sendable, Equatable, BinaryCodable {
     case requestVote(term: UInt64, lastLogIndex: UInt64, lastLogTerm: UInt64, preVote: Bool, transfer: Bool)
     case vote(term: UInt64, granted: Bool, preVote: Bool)
     /// `round` numbers the leader's heartbeat rounds, for ReadIndex and leases. `stamp`: a
-    /// leader holding its quorum lease certifies freshness (DESIGN.md section 3).
+    /// leader holding its quorum lease certifies freshness (docs/design.md section 3).
     case appendEntries(term: UInt64, previousIndex: UInt64, previousTerm: UInt64, entries: [LogEntry], leaderCommit: UInt64, round: UInt64,
                        stamp: FreshnessStamp?)
     /// `matchIndex`: on success the last index known to match; on failure a hint (the

@@ -75,7 +75,7 @@ public struct DeltaPayload: Sendable, Equatable, BinaryCodable {
     }
 }
 
-/// A freshness certificate of replicated state (DESIGN.md section 3, CRDT-backed): for each
+/// A freshness certificate of replicated state (docs/design.md section 3, CRDT-backed): for each
 /// node, a time on that node's clock before which the holder has merged everything that node
 /// acknowledged.
 public typealias FreshnessVector = [NodeID: Int64]

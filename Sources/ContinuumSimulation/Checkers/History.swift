@@ -1,6 +1,6 @@
 import Foundation
 
-/// A JSON value as it appears in a history (DESIGN.md section 6).
+/// A JSON value as it appears in a history (docs/design.md section 6).
 public enum HistoryValue: Hashable, Sendable, Codable, CustomStringConvertible {
     case null
     case bool(Bool)

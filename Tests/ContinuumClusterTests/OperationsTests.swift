@@ -315,3 +315,41 @@ import Glibc
         #expect(leftovers.isEmpty, "\(leftovers)")
     }
 }
+
+/// `continuum check --model list-append`: its exit statuses (0 strict serializable, 1 not,
+/// naming the anomaly, 2 a malformed history).
+@Suite struct CheckCommandTests {
+    static func check(_ lines: [String]) throws -> (status: Int32, output: String) {
+        let cluster = try ProcessCluster(nodes: 1)
+        let path = NSTemporaryDirectory() + "continuum-check-\(UUID().uuidString).jsonl"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try (lines.joined(separator: "\n") + "\n").write(toFile: path, atomically: true, encoding: .utf8)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: cluster.executable)
+        process.arguments = ["check", "--model", "list-append", "--history", path]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (process.terminationStatus, output)
+    }
+
+    static let serial = [
+        #"{"process":0,"type":"invoke","f":"txn","value":[["append","x",1]],"time":1}"#,
+        #"{"process":0,"type":"ok","f":"txn","value":[["append","x",1]],"time":2}"#,
+        #"{"process":1,"type":"invoke","f":"txn","value":[["r","x",null]],"time":3}"#,
+    ]
+
+    @Test func exitStatusesSayTheVerdict() throws {
+        let valid = try Self.check(Self.serial + [#"{"process":1,"type":"ok","f":"txn","value":[["r","x",[1]]],"time":4}"#])
+        #expect(valid.status == 0 && valid.output.hasPrefix("strict serializable: 2 transactions"), "\(valid)")
+        let stale = try Self.check(Self.serial + [#"{"process":1,"type":"ok","f":"txn","value":[["r","x",[]]],"time":4}"#,
+                                                   #"{"process":2,"type":"invoke","f":"txn","value":[["r","x",null]],"time":5}"#,
+                                                   #"{"process":2,"type":"ok","f":"txn","value":[["r","x",[1]]],"time":6}"#])
+        #expect(stale.status == 1 && stale.output.contains("G2: anti-dependency cycle, with real time"), "\(stale)")
+        let malformed = try Self.check(Self.serial + [#"{"process":1,"type":"ok""#])
+        #expect(malformed.status == 2 && malformed.output.contains("line 4"), "\(malformed)")
+    }
+}

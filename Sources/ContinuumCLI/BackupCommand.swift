@@ -13,7 +13,8 @@ struct BackupCommand: AsyncParsableCommand {
             The copy holds every write the node made durable before the command, and, unless --local, every \
             linearizable write acknowledged anywhere in the cluster before it (the node catches up first; \
             without a leader that fails). Available registers are in it as far as they had reached the node. \
-            Restore it with 'continuum restore FILE --data-dir DIR --id nK'. FILE must not exist.
+            Restore it with 'continuum restore FILE --data-dir DIR --id nK'. FILE must not exist. The user \
+            signed in as needs the admin category.
             """)
 
     @Option(help: "The node's Redis-protocol address, host:port.")
@@ -25,23 +26,15 @@ struct BackupCommand: AsyncParsableCommand {
     @Flag(help: "Copy the node's state as it is, without first catching up with the cluster's linearizable writes.")
     var local = false
 
-    @Option(help: "Sign in as this user (with --password); the user needs the admin category.")
-    var user = "default"
-
-    @Option(help: "The password to sign in with (AUTH).")
-    var password: String?
-
-    @Option(help: "Connect over TLS, trusting this CA (PEM).")
-    var tlsCa: String?
+    /// The user needs the admin category.
+    @OptionGroup var signIn: SignInOptions
 
     func run() async throws {
         let address = try NodeServerConfiguration.Address(parsing: node)
         guard !FileManager.default.fileExists(atPath: out) else { throw ValidationError("\(out) exists; give a new file") }
         let client: RESPClient
         do {
-            client = try await RESPClient.connect(host: address.host, port: address.port,
-                                                  credentials: password.map { Credentials(user: user, password: $0) },
-                                                  tls: tlsCa.map(ClientTLS.init(ca:)))
+            client = try await RESPClient.connect(host: address.host, port: address.port, credentials: signIn.credentials, tls: signIn.tls)
         } catch {
             throw ValidationError("cannot connect to \(node): \(error)")
         }

@@ -209,14 +209,7 @@ struct ClientCommand: AsyncParsableCommand {
     @Option(help: "The node's Redis-protocol port.")
     var port = 6401
 
-    @Option(help: "Sign in as this user (with --password).")
-    var user = "default"
-
-    @Option(help: "The password to sign in with (AUTH) before the command.")
-    var password: String?
-
-    @Option(help: "Connect over TLS, trusting this CA (PEM), e.g. DIR/tls/ca.pem of 'cluster up --tls'.")
-    var tlsCa: String?
+    @OptionGroup var signIn: SignInOptions
 
     @Argument(help: "The command and its arguments.")
     var command: [String]
@@ -225,8 +218,7 @@ struct ClientCommand: AsyncParsableCommand {
         guard !command.isEmpty else { throw ValidationError("no command") }
         let client: RESPClient
         do {
-            client = try await RESPClient.connect(host: host, port: port, credentials: password.map { Credentials(user: user, password: $0) },
-                                                  tls: tlsCa.map(ClientTLS.init(ca:)))
+            client = try await RESPClient.connect(host: host, port: port, credentials: signIn.credentials, tls: signIn.tls)
         } catch {
             throw ValidationError("cannot connect to \(host):\(port): \(error)")
         }
@@ -235,4 +227,19 @@ struct ClientCommand: AsyncParsableCommand {
         print(reply)
         if case .error = reply { throw ExitCode(1) }
     }
+}
+
+/// How a command signs in to a node's Redis-protocol port: `--user`, `--password`, `--tls-ca`.
+struct SignInOptions: ParsableArguments {
+    @Option(help: "Sign in as this user (with --password).")
+    var user = "default"
+
+    @Option(help: "The password to sign in with (AUTH) first.")
+    var password: String?
+
+    @Option(help: "Connect over TLS, trusting this CA (PEM), e.g. DIR/tls/ca.pem of 'cluster up --tls'.")
+    var tlsCa: String?
+
+    var credentials: Credentials? { password.map { Credentials(user: user, password: $0) } }
+    var tls: ClientTLS? { tlsCa.map(ClientTLS.init(ca:)) }
 }

@@ -324,16 +324,7 @@ import Glibc
         let path = NSTemporaryDirectory() + "continuum-check-\(UUID().uuidString).jsonl"
         defer { try? FileManager.default.removeItem(atPath: path) }
         try (lines.joined(separator: "\n") + "\n").write(toFile: path, atomically: true, encoding: .utf8)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: cluster.executable)
-        process.arguments = ["check", "--model", "list-append", "--history", path]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return (process.terminationStatus, output)
+        return try cluster.run(["check", "--model", "list-append", "--history", path])
     }
 
     static let serial = [

@@ -34,9 +34,8 @@ final class ProcessCluster: Sendable {
         }
     }
 
-    /// Runs `continuum <arguments>` and returns its output; throws when it fails.
-    @discardableResult
-    func cli(_ arguments: [String]) throws -> String {
+    /// Runs `continuum <arguments>`: its exit status and output.
+    func run(_ arguments: [String]) throws -> (status: Int32, output: String) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
@@ -46,8 +45,15 @@ final class ProcessCluster: Sendable {
         try process.run()
         let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw RESPClientError(description: "continuum \(arguments.joined(separator: " ")) failed (\(process.terminationStatus)):\n\(output)")
+        return (process.terminationStatus, output)
+    }
+
+    /// Runs `continuum <arguments>` and returns its output; throws when it fails.
+    @discardableResult
+    func cli(_ arguments: [String]) throws -> String {
+        let (status, output) = try run(arguments)
+        guard status == 0 else {
+            throw RESPClientError(description: "continuum \(arguments.joined(separator: " ")) failed (\(status)):\n\(output)")
         }
         return output
     }

@@ -116,10 +116,10 @@ public final class BackupFiles: Sendable {
     static func catchUp(_ node: Node, latency: Duration) async throws(RedisConnection.CommandError) {
         guard await node.consensusStatus != nil else { return }
         let deadline = ContinuousClock.now + latency
-        var index: UInt64?
-        while index == nil {
+        var answered: UInt64?
+        while answered == nil {
             switch await node.linearizable(.read(key: ""), client: 0, sequence: 0, latency: deadline - .now) {
-            case let .ok(_, applied): index = applied
+            case let .ok(_, applied): answered = applied
             case let .unavailable(reason):
                 guard ContinuousClock.now < deadline else {
                     throw .init(message: "UNAVAILABLE \(reason): this node cannot tell that it holds every acknowledged linearizable write (BEGIN LOCAL copies its state as it is)")
@@ -129,7 +129,8 @@ public final class BackupFiles: Sendable {
                 throw .init(message: "UNAVAILABLE no answer from the leader in time (BEGIN LOCAL copies this node's state as it is)")
             }
         }
-        while let status = await node.consensusStatus, status.appliedIndex < index! {
+        guard let index = answered else { return }
+        while let status = await node.consensusStatus, status.appliedIndex < index {
             guard ContinuousClock.now < deadline else {
                 throw .init(message: "UNAVAILABLE this node had not applied index \(index) within \(latency)")
             }

@@ -26,7 +26,7 @@ struct CheckCommand: ParsableCommand {
     var searchStepsMax = 20_000_000
 
     /// A history file is read whole; larger ones are refused.
-    static let historyBytesMax = 4 << 30
+    static let historyBytesMax = 1 << 30
 
     func run() throws {
         guard ["register", "list-append"].contains(model) else { throw ValidationError("unknown model '\(model)'; known: register, list-append") }

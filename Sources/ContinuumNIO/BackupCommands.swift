@@ -11,8 +11,8 @@ import Synchronization
 /// - `CONTINUUM.BACKUP BEGIN [LOCAL]`: writes a consistent copy of the store
 ///   (`SQLiteStore.backup(to:)`) into the data directory and answers `[token, bytes]`. First,
 ///   unless `LOCAL`, it waits until this node has applied every linearizable write
-///   acknowledged anywhere before the command (a linearizable read, then its index applied
-///   here), so that a follower's copy misses none; without a leader that fails
+///   acknowledged anywhere before the command (a read at the linearizable level served here,
+///   after this node applied the leader's read index), so that a follower's copy misses none; without a leader that fails
 ///   (`-UNAVAILABLE`), and `LOCAL` copies the node's state as it is.
 /// - `CONTINUUM.BACKUP READ token offset`: up to `chunkBytes` of the copy from `offset`
 ///   (an empty string at its end).
@@ -38,9 +38,13 @@ public final class BackupFiles: Sendable {
         var lastUsed: ContinuousClock.Instant
     }
 
-    private let open = Mutex<Open?>(nil)
-    /// A BEGIN that is writing its copy (a second one waits for nothing: it is refused).
-    private let beginning = Atomic<Bool>(false)
+    /// Nothing, a copy being written (another BEGIN is refused), or a copy open for READs.
+    enum State {
+        case writing
+        case open(Open)
+    }
+
+    private let state = Mutex<State?>(nil)
 
     /// Deletes the copies a previous life of the node left in `directory`.
     public init(store: SQLiteStore, directory: String) {
@@ -53,37 +57,40 @@ public final class BackupFiles: Sendable {
     }
 
     func begin() throws(RedisConnection.CommandError) -> (token: String, bytes: Int) {
-        guard beginning.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else {
-            throw .init(message: "ERR a backup is being written; try again when it is done")
-        }
-        defer { beginning.store(false, ordering: .releasing) }
         let now = ContinuousClock.now
-        let abandoned: String? = try open.withLock { (open: inout Open?) throws(RedisConnection.CommandError) -> String? in
-            guard let current = open else { return nil }
-            guard now - current.lastUsed >= Self.abandonedAfter else {
-                throw .init(message: "ERR backup \(current.token) is in progress; END it first (or it is dropped after \(Self.abandonedAfter.components.seconds) s unread)")
+        let abandoned = try state.withLock { (state: inout State?) throws(RedisConnection.CommandError) -> String? in
+            switch state {
+            case nil:
+                state = .writing
+                return nil
+            case .writing:
+                throw .init(message: "ERR a backup is being written; try again when it is done")
+            case let .open(current):
+                guard now - current.lastUsed >= Self.abandonedAfter else {
+                    throw .init(message: "ERR backup \(current.token) is in progress; END it first (or it is dropped after \(Self.abandonedAfter.components.seconds) s unread)")
+                }
+                state = .writing
+                return current.path
             }
-            open = nil
-            return current.path
         }
         if let abandoned { try? FileManager.default.removeItem(atPath: abandoned) }
         let token = Hex.encode((0..<8).map { _ in UInt8.random(in: 0...255) })
         let path = directory + "/" + Self.prefix + token + Self.suffix
-        let bytes: Int
         do {
-            bytes = try store.backup(to: path)
+            let bytes = try store.backup(to: path)
+            state.withLock { $0 = .open(Open(token: token, path: path, bytes: bytes, lastUsed: .now)) }
+            return (token, bytes)
         } catch {
+            state.withLock { $0 = nil }
             throw .init(message: "ERR backup failed: \(error)")
         }
-        open.withLock { $0 = Open(token: token, path: path, bytes: bytes, lastUsed: .now) }
-        return (token, bytes)
     }
 
     func current(_ token: String) throws(RedisConnection.CommandError) -> Open {
-        try open.withLock { (open: inout Open?) throws(RedisConnection.CommandError) -> Open in
-            guard var current = open, current.token == token else { throw .init(message: "ERR no backup \(token) in progress") }
+        try state.withLock { (state: inout State?) throws(RedisConnection.CommandError) -> Open in
+            guard case var .open(current) = state, current.token == token else { throw .init(message: "ERR no backup \(token) in progress") }
             current.lastUsed = .now
-            open = current
+            state = .open(current)
             return current
         }
     }
@@ -106,36 +113,33 @@ public final class BackupFiles: Sendable {
 
     func end(_ token: String) throws(RedisConnection.CommandError) {
         let current = try current(token)
-        open.withLock { $0 = nil }
+        state.withLock { $0 = nil }
         try? FileManager.default.removeItem(atPath: current.path)
     }
 
-    /// Waits until this node has applied what a linearizable read sees now: every
-    /// linearizable write acknowledged before (anywhere in the cluster). A read refused (no
-    /// leader known yet, say) is tried again until `latency` has passed.
+    /// Waits until this node has applied every linearizable write acknowledged before (anywhere
+    /// in the cluster): a read at the `linearizable` level served here, which Raft answers only
+    /// once this node applied the leader's read index. Such a read asks the leader it knows
+    /// once: one started while no leader was known (just after a partition heals, say) waits
+    /// out its bound unanswered. So each attempt is bounded by `attempt`, and a failed one is
+    /// tried again until `latency` has passed.
+    static let attempt = Duration.milliseconds(250)
+
     static func catchUp(_ node: Node, latency: Duration) async throws(RedisConnection.CommandError) {
         guard await node.consensusStatus != nil else { return }
         let deadline = ContinuousClock.now + latency
-        var answered: UInt64?
-        while answered == nil {
-            switch await node.linearizable(.read(key: ""), client: 0, sequence: 0, latency: deadline - .now) {
-            case let .ok(_, applied): answered = applied
-            case let .unavailable(reason):
-                guard ContinuousClock.now < deadline else {
-                    throw .init(message: "UNAVAILABLE \(reason): this node cannot tell that it holds every acknowledged linearizable write (BEGIN LOCAL copies its state as it is)")
-                }
-                try? await Task.sleep(for: .milliseconds(20))
-            case .indeterminate:
-                throw .init(message: "UNAVAILABLE no answer from the leader in time (BEGIN LOCAL copies this node's state as it is)")
+        var last = "no answer"
+        while ContinuousClock.now < deadline {
+            let bound = min(attempt, deadline - .now)
+            let answer = await node.raftBoundedRead(.read(key: ""), levels: [.linearizable(within: bound)], minimumIndex: 0)
+            switch answer {
+            case let .success(read) where read.receipt.guarantee == .linearizable: return
+            case let .success(read): last = "the read delivered \(read.receipt.guarantee)"
+            case let .failure(error): last = "\(error)"
             }
+            try? await Task.sleep(for: .milliseconds(20))
         }
-        guard let index = answered else { return }
-        while let status = await node.consensusStatus, status.appliedIndex < index {
-            guard ContinuousClock.now < deadline else {
-                throw .init(message: "UNAVAILABLE this node had not applied index \(index) within \(latency)")
-            }
-            try? await Task.sleep(for: .milliseconds(5))
-        }
+        throw .init(message: "UNAVAILABLE \(last): this node cannot tell that it holds every acknowledged linearizable write (BEGIN LOCAL copies its state as it is)")
     }
 
     static let entries: [RedisCommandEntry] = [
